@@ -1,0 +1,343 @@
+"""The key-value engine: reads, conditional writes, transactions and remote versions.
+
+Every mutation runs as `with self._mutation() as m:` — under one lock, against an
+overlay of the keys it touched, ending in one storage batch. Nothing inside the
+lock awaits, so no request can slip between a condition check and its write.
+
+    request ──► lock ─► read sets ─► check conditions ─► new versions (HLC, index)
+                       └──────────── one WriteBatch ◄──────────┘
+            ◄── unlock ─► notify watchers, replication ─► (group commit fsync)
+
+The engine knows nothing about HTTP; the API maps its exceptions to statuses.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvs.clock import HLC, wall_ms
+from kvs.conditions import NONE, Conditions, check, failures
+from kvs.config import Config
+from kvs.errors import CASConflict, CASDisabled, NotFound
+from kvs.model import Version, new_version_id, resolve
+from kvs.storage import Change, Storage
+
+MAX_TTL_SECONDS = 10 * 365 * 86_400
+
+
+@dataclass
+class Stats:
+    """Counters for /metrics and /cluster/status."""
+
+    cas_success: int = 0
+    cas_conflict: int = 0
+    superseded: int = 0
+    expired: int = 0
+    purged: int = 0
+    remote_applied: int = 0
+    remote_refused: int = 0
+
+
+@dataclass
+class _Mutation:
+    """Overlay of the keys one mutation touched, and the versions it applied."""
+
+    engine: Engine
+    now: int
+    sets: dict[str, list[Version]] = field(default_factory=dict)
+    original: dict[str, list[Version]] = field(default_factory=dict)
+    applied: list[Version] = field(default_factory=list)
+    expired: list[tuple[int, str]] = field(default_factory=list)
+    purged_through: int | None = None
+    ticket: int = 0  # group-commit ticket of the batch, 0 if nothing was written
+
+    def read(self, key: str) -> list[Version]:
+        if key not in self.sets:
+            self.original[key] = self.sets[key] = self.engine.storage.read(key)
+        return self.sets[key]
+
+    def current(self, key: str) -> Version | None:
+        """The key's live current version, or None if absent, deleted or expired."""
+        versions = self.read(key)
+        return versions[0] if versions and versions[0].is_live(self.now) else None
+
+    def apply(self, version: Version) -> bool:
+        """Add a version to its key's set; False if the set did not change (duplicate, too old)."""
+        engine = self.engine
+        before = self.read(version.key)
+        if any(v.version == version.version for v in before):
+            return False
+        previous = before[0] if before else None
+        version.modify_index = engine.storage.index + 1
+        version.create_index = (
+            previous.create_index if previous is not None and previous.is_live(self.now)
+            else version.modify_index
+        )
+        after = resolve([*before, version], engine.limit)
+        if not any(v.version == version.version for v in after):
+            return False  # older than everything the bounded history keeps
+        engine.storage.index = version.modify_index
+        engine.stats.superseded += _newly_superseded(before, after)
+        self.sets[version.key] = after
+        self.applied.append(version)
+        return True
+
+    def purge(self, key: str, current: Version) -> None:
+        self.read(key)
+        self.sets[key] = []
+        self.purged_through = max(self.purged_through or self.engine.storage.purged_through,
+                                  current.timestamp)
+
+    def changes(self) -> list[Change]:
+        return [
+            Change(key, self.original[key], new)
+            for key, new in self.sets.items()
+            if new is not self.original[key]
+        ]
+
+
+def _newly_superseded(before: list[Version], after: list[Version]) -> int:
+    was = {v.version for v in before if v.superseded}
+    return sum(1 for v in after if v.superseded and v.version not in was)
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One transaction operation, already validated by the API layer."""
+
+    op: str  # set | delete | check | get
+    key: str
+    value: Any = None
+    ttl_ms: int | None = None
+    flags: int = 0
+    cond: Conditions = NONE
+
+
+class Engine:
+    def __init__(self, config: Config, storage: Storage,
+                 now_ms: Callable[[], int] = wall_ms) -> None:
+        self.config = config
+        self.storage = storage
+        self.now_ms = now_ms
+        self.hlc = HLC(now_ms, storage.hlc)
+        self.limit = config.revision_history_limit if config.revision_history_enabled else 1
+        self.gc_ms = config.tombstone_gc_seconds * 1000
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        # Called with the versions of each committed mutation (replication, watchers).
+        self.listeners: list[Callable[[list[Version]], None]] = []
+
+    @property
+    def node_id(self) -> str:
+        assert self.storage.node_id is not None
+        return self.storage.node_id
+
+    @property
+    def index(self) -> int:
+        return self.storage.index
+
+    # -- reads (no lock: each is one RocksDB read of one consistent record) -------------
+
+    def get(self, key: str) -> Version:
+        versions = self.storage.read(key)
+        if not versions or not versions[0].is_live(self.now_ms()):
+            raise NotFound(f"key {key!r} not found")
+        return versions[0]
+
+    def history(self, key: str) -> list[Version]:
+        versions = self.storage.read(key)
+        if not versions:
+            raise NotFound(f"key {key!r} has no versions on this node")
+        return versions
+
+    def get_version(self, key: str, version: str) -> Version:
+        for v in self.storage.read(key):
+            if v.version == version:
+                return v
+        raise NotFound(f"version {version} of {key!r} not found (it may have left the history)")
+
+    def live(self, prefix: str, after: str | None = None) -> Iterator[Version]:
+        now = self.now_ms()
+        for versions in self.storage.scan_sets(prefix, after):
+            if versions[0].is_live(now):
+                yield versions[0]
+
+    # -- local writes --------------------------------------------------------------------
+
+    def put(self, key: str, value: Any, *, ttl_ms: int | None = None, flags: int = 0,
+            cond: Conditions = NONE) -> tuple[Version, int]:
+        self._require_cas(cond)
+        with self._mutation() as m:
+            version = self._set(m, Op("set", key, value, ttl_ms, flags, cond))
+        return version, m.ticket
+
+    def delete(self, key: str, cond: Conditions = NONE) -> tuple[Version, int]:
+        self._require_cas(cond)
+        with self._mutation() as m:
+            tombstone = self._delete(m, key, cond)
+            if tombstone is None:
+                raise NotFound(f"key {key!r} not found")
+        return tombstone, m.ticket
+
+    def delete_prefix(self, prefix: str) -> tuple[list[Version], int]:
+        with self._mutation() as m:
+            keys = [v.key for v in self.live(prefix)]
+            tombstones = [t for t in (self._delete(m, k, NONE) for k in keys) if t]
+        return tombstones, m.ticket
+
+    def txn(self, ops: list[Op]) -> tuple[list[Any], int]:
+        """All-or-nothing: a failing condition raises CASConflict with `failed`, nothing written.
+
+        Ops run in order against the transaction's own overlay, so a later op sees
+        an earlier op's write (as in Consul); conditions are all checked before
+        anything is committed.
+        """
+        if any(op.cond for op in ops):
+            self._require_cas(*[op.cond for op in ops])
+        with self._mutation() as m:
+            failed = []
+            results: list[Any] = []
+            for index, op in enumerate(ops):
+                current = m.current(op.key)
+                try:
+                    problems = failures(op.cond, current)
+                except NotFound:
+                    problems = ["the key does not exist"]
+                if problems:
+                    failed.append({"index": index, "key": op.key, "message": "; ".join(problems),
+                                   "current": current.meta() if current else None})
+                    continue
+                results.append(self._txn_op(m, op))
+            if failed:
+                self.stats.cas_conflict += 1
+                raise CASConflict(
+                    f"{len(failed)} of {len(ops)} operations failed their conditions; "
+                    "nothing was written", failed=failed)
+        return results, m.ticket
+
+    def _txn_op(self, m: _Mutation, op: Op) -> Any:
+        if op.op == "set":
+            return self._set(m, op, checked=True)
+        if op.op == "delete":
+            tombstone = self._delete(m, op.key, op.cond, checked=True)
+            return tombstone or {"key": op.key, "version": None, "modify_index": None}
+        current = m.current(op.key)
+        if op.op == "get":
+            return current.to_json() if current else None
+        return {"key": op.key, "ok": True, "version": current.version if current else None}
+
+    def _set(self, m: _Mutation, op: Op, *, checked: bool = False) -> Version:
+        current = m.current(op.key)
+        if not checked:
+            self._check(op.cond, current)
+        ts, logical = self.hlc.tick()
+        expires_at = ts + op.ttl_ms if op.ttl_ms is not None else None
+        version = self._new_version(m, op.key, op.value, ts, logical, op.flags, expires_at, False)
+        return version
+
+    def _delete(self, m: _Mutation, key: str, cond: Conditions, *,
+                checked: bool = False) -> Version | None:
+        current = m.current(key)
+        if not checked:
+            self._check(cond, current)
+        if current is None:
+            return None
+        ts, logical = self.hlc.tick()
+        return self._new_version(m, key, None, ts, logical, 0, None, True)
+
+    def _new_version(self, m: _Mutation, key: str, value: Any, ts: int, logical: int,
+                     flags: int, expires_at: int | None, deleted: bool) -> Version:
+        previous = m.read(key)
+        version = Version(
+            key=key, value=value, version=new_version_id(), timestamp=ts, logical=logical,
+            origin=self.node_id, origin_joined_at=self.storage.joined_at, flags=flags,
+            expires_at=expires_at, deleted=deleted,
+            parent=previous[0].version if previous else None,
+        )
+        applied = m.apply(version)
+        assert applied, "a fresh local version always becomes current"
+        return version
+
+    def _check(self, cond: Conditions, current: Version | None) -> None:
+        if not cond:
+            return
+        try:
+            check(cond, current)
+        except CASConflict:
+            self.stats.cas_conflict += 1
+            raise
+        self.stats.cas_success += 1
+
+    def _require_cas(self, *conds: Conditions) -> None:
+        if not self.config.cas_enabled and any(conds):
+            raise CASDisabled()
+
+    # -- remote versions and the sweeper -------------------------------------------------
+
+    def apply_remote(self, versions: list[Version]) -> list[Version]:
+        """Fold replicated versions in; idempotent and order-independent. Returns those applied.
+
+        Refused, so purged data cannot come back: a dead version already past its purge
+        time, and a version of a key we do not hold that is no newer than the newest
+        version we have purged.
+        """
+        with self._mutation() as m:
+            for version in versions:
+                self.hlc.observe((version.timestamp, version.logical))
+                if self._refuse(m, version):
+                    self.stats.remote_refused += 1
+                    continue
+                if m.apply(version):
+                    self.stats.remote_applied += 1
+        return m.applied
+
+    def _refuse(self, m: _Mutation, version: Version) -> bool:
+        dead_at = version.dead_at()
+        if dead_at is not None and dead_at + self.gc_ms <= m.now:
+            return True
+        return version.timestamp <= self.storage.purged_through and not m.read(version.key)
+
+    def sweep(self) -> tuple[int, int]:
+        """Process due expiries and purges; returns (expired, purged)."""
+        now = self.now_ms()
+        with self._mutation() as m:
+            for expires_at, key in self.storage.due(b"x", now):
+                versions = m.read(key)
+                current = versions[0] if versions else None
+                if current is not None and current.expires_at == expires_at:
+                    m.expired.append((expires_at, key))
+            for purge_at, key in self.storage.due(b"g", now):
+                versions = m.read(key)
+                current = versions[0] if versions else None
+                dead_at = current.dead_at() if current else None
+                if current is not None and dead_at is not None and dead_at + self.gc_ms == purge_at:
+                    m.purge(key, current)
+        self.stats.expired += len(m.expired)
+        purged = sum(1 for c in m.changes() if not c.new)
+        self.stats.purged += purged
+        return len(m.expired), purged
+
+    # -- the critical section -------------------------------------------------------------
+
+    @contextmanager
+    def _mutation(self) -> Iterator[_Mutation]:
+        with self._lock:
+            m = _Mutation(self, self.now_ms())
+            index = self.storage.index
+            try:
+                yield m
+            except BaseException:
+                self.storage.index = index  # nothing was written: hand the numbers out again
+                raise
+            changes = m.changes()
+            if changes or m.expired:
+                self.storage.hlc = self.hlc.last
+                m.ticket = self.storage.write(
+                    changes, now=m.now, purged_through=m.purged_through, expired=m.expired)
+        if m.applied:
+            for listener in self.listeners:
+                listener(m.applied)

@@ -1,0 +1,150 @@
+"""Versions, the conflict order, and how a key's set of versions is resolved.
+
+Every write creates a `Version`. A key is stored as its *revision set*: the
+versions this node knows of, newest first by the conflict order, at most
+`limit` long. The first entry is the current version. The set is a pure
+function of the versions a node has received, whatever order they arrived in:
+
+    received: vB, v1, vA, vB (duplicate)       conflict order: vB > vA > v1
+    set:      [vB, vA(superseded), v1]
+
+Conflict order (SPEC section 4), greatest wins:
+  1. (timestamp, logical)      - HLC, so causally later writes win
+  2. smaller origin_joined_at  - the oldest node wins a tie
+  3. greater version UUID       - final tie-breaker; UUIDs are unique
+
+`superseded` is derived, not replicated: a version is superseded when it is
+not on the parent chain of the current version, i.e. it lost to a version that
+did not descend from it. A plain succession v1 <- v2 <- v3 marks nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import xxhash
+
+Wire = list[Any]
+
+
+@dataclass(slots=True)
+class Version:
+    key: str
+    value: Any
+    version: str
+    timestamp: int
+    logical: int
+    origin: str
+    origin_joined_at: int
+    flags: int = 0
+    expires_at: int | None = None
+    deleted: bool = False
+    parent: str | None = None
+    # Node-local fields: never hashed, never replicated.
+    modify_index: int = 0
+    create_index: int = 0
+    superseded: bool = False
+
+    def order_key(self) -> tuple[int, int, int, str]:
+        return (self.timestamp, self.logical, -self.origin_joined_at, self.version)
+
+    def dead_at(self) -> int | None:
+        """When this version stopped being a live value (ms), if it ever does."""
+        return self.timestamp if self.deleted else self.expires_at
+
+    def is_live(self, now_ms: int) -> bool:
+        return not self.deleted and (self.expires_at is None or self.expires_at > now_ms)
+
+    def to_wire(self) -> Wire:
+        """Replicated form: everything but the node-local fields."""
+        return [
+            self.key, self.version, self.timestamp, self.logical, self.origin,
+            self.origin_joined_at, self.flags, self.expires_at, self.deleted, self.parent,
+            self.value,
+        ]
+
+    def canonical(self) -> bytes:
+        """Encoding hashed into the Merkle tree: independent of compression and local state."""
+        return orjson.dumps(self.to_wire(), option=orjson.OPT_SORT_KEYS)
+
+    def digest(self) -> int:
+        return xxhash.xxh3_64_intdigest(self.canonical())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "value": self.value, "version": self.version,
+            "timestamp": self.timestamp, "logical": self.logical, "origin": self.origin,
+            "origin_joined_at": self.origin_joined_at, "flags": self.flags,
+            "expires_at": self.expires_at, "deleted": self.deleted, "parent": self.parent,
+            "superseded": self.superseded, "modify_index": self.modify_index,
+            "create_index": self.create_index,
+        }
+
+    def meta(self) -> dict[str, Any]:
+        """The version's identity without its value: what a 409 reports as `current`."""
+        out = self.to_json()
+        del out["value"]
+        return out
+
+
+_WIRE_TYPES = (str, str, int, int, str, int, int, (int, type(None)), bool, (str, type(None)))
+
+
+def from_wire(item: Any) -> Version:
+    """Decode a replicated version; raise ValueError on anything malformed."""
+    if not isinstance(item, list) or len(item) != 11:
+        raise ValueError("a version is a list of 11 fields")
+    for field_value, types in zip(item, _WIRE_TYPES, strict=False):
+        if not isinstance(field_value, types) or (types is int and isinstance(field_value, bool)):
+            raise ValueError(f"bad version field {field_value!r}")
+    key, ver, ts, logical, origin, joined, flags, expires_at, deleted, parent, value = item
+    return Version(key, value, ver, ts, logical, origin, joined, flags, expires_at, deleted, parent)
+
+
+def new_version_id() -> str:
+    return str(uuid.uuid4())
+
+
+def wins(a: Version, b: Version) -> bool:
+    """True if `a` beats `b` in the conflict order."""
+    return a.order_key() > b.order_key()
+
+
+def resolve(versions: list[Version], limit: int) -> list[Version]:
+    """The revision set for these versions: deduplicated, newest first, trimmed, flags derived."""
+    unique = {v.version: v for v in versions}
+    ordered = sorted(unique.values(), key=Version.order_key, reverse=True)[:limit]
+    by_id = {v.version: v for v in ordered}
+    chain: set[str] = set()
+    cursor: Version | None = ordered[0] if ordered else None
+    while cursor is not None and cursor.version not in chain:
+        chain.add(cursor.version)
+        cursor = by_id.get(cursor.parent) if cursor.parent else None
+    return [
+        v if v.superseded == (v.version not in chain)
+        else dataclasses.replace(v, superseded=v.version not in chain)
+        for v in ordered
+    ]
+
+
+def set_digest(key: str, versions: list[Version]) -> int:
+    """Merkle leaf for a key: covers every version in its set, so history converges too."""
+    h = xxhash.xxh3_64(key.encode())
+    for v in versions:
+        h.update(v.digest().to_bytes(8, "big"))
+    return h.intdigest()
+
+
+# On-disk form of one version: wire fields + the node-local ones.
+def encode_set(versions: list[Version]) -> bytes:
+    return orjson.dumps([
+        [*v.to_wire()[1:], v.modify_index, v.create_index, v.superseded] for v in versions
+    ])
+
+
+def decode_set(key: str, raw: bytes) -> list[Version]:
+    return [Version(key, r[9], *r[:9], *r[10:]) for r in orjson.loads(raw)]

@@ -1,0 +1,122 @@
+"""Shared fixtures: real nodes (real RocksDB, real aiohttp on 127.0.0.1:0) and an HTTP helper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from kvs.config import Config, load
+from kvs.node import Node
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: Any
+
+    @property
+    def index(self) -> int:
+        return int(self.headers["X-KVS-Index"])
+
+
+class Api:
+    """Thin raw-HTTP helper: tests see exact statuses and bodies, nothing is interpreted."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+
+    async def request(self, method: str, path: str, *, json: Any = ..., data: bytes | None = None,
+                      params: dict[str, str] | None = None) -> Reply:
+        if json is not ...:
+            data = orjson.dumps(json)
+        async with self.session.request(method, self.url + path, data=data, params=params) as resp:
+            raw = await resp.read()
+            try:
+                body = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                body = raw.decode(errors="replace")
+            return Reply(resp.status, body, resp.headers)
+
+    async def put(self, key: str, body: Any) -> Reply:
+        return await self.request("PUT", f"/kv/{key}", json=body)
+
+    async def get(self, key: str, **params: str) -> Reply:
+        return await self.request("GET", f"/kv/{key}", params=params or None)
+
+    async def delete(self, key: str, **params: str) -> Reply:
+        return await self.request("DELETE", f"/kv/{key}", params=params or None)
+
+    async def txn(self, ops: list[dict[str, Any]]) -> Reply:
+        return await self.request("POST", "/txn", json={"ops": ops})
+
+
+NodeFactory = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    """Start in-process nodes; every one is stopped at teardown, even if the test failed."""
+    nodes: list[Node] = []
+    counter = 0
+
+    async def factory(**overrides: Any) -> Node:
+        nonlocal counter
+        counter += 1
+        settings: dict[str, Any] = {"port": 0, "data_dir": str(tmp_path / f"node{counter}"),
+                                    "cas_enabled": True}
+        settings.update(overrides)
+        node = Node(node_config(**settings))
+        await node.start()
+        nodes.append(node)
+        return node
+
+    yield factory
+    for node in reversed(nodes):
+        with contextlib.suppress(Exception):
+            await node.stop()
+
+
+def node_config(**settings: Any) -> Config:
+    return load(environ={}, overrides=settings)
+
+
+@pytest.fixture
+async def node(make_node: NodeFactory) -> Node:
+    return await make_node()
+
+
+@pytest.fixture
+def api(http: aiohttp.ClientSession, node: Node) -> Api:
+    return Api(http, node.url)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0,
+                     interval: float = 0.02, what: str = "condition") -> None:
+    """Await a condition with a deadline (synchronisation by condition, not by sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
