@@ -1,4 +1,4 @@
-"""A fixed-shape Merkle tree of XOR-aggregated key digests, for anti-entropy.
+"""A fixed-shape Merkle tree over key digests, for anti-entropy.
 
     level 0                    [root]                       1 node
     level 1         [0] [1] ... [15]                        16
@@ -8,11 +8,13 @@
                       |
     keys:  segment = top 16 bits of xxh3(key); leaf digest = model.set_digest
 
-Every node's hash is the XOR of the leaf digests below it. XOR is its own
-inverse, so a write changes a leaf by `delta = old ^ new` and applies that same
-delta to the five nodes on its path: O(depth) per write, never a rebuild. The
-shape is fixed (not sized to the data) so two nodes' trees always line up
-index for index and can be compared without negotiation.
+A segment's hash is the XOR of its keys' digests. XOR is its own inverse, so a
+write changes its segment by `delta = old ^ new` in O(1), and the digest covers
+the key itself, so two keys cannot cancel out. Inner nodes are xxh3 of their 16
+children; like Riak's hashtree, a write only marks its segment dirty and the
+dirty paths are rehashed bottom-up the next time a hash is read (just before
+an exchange), never the whole tree. The shape is fixed (not sized to the data)
+so two nodes' trees always line up index for index.
 
 Comparing with a peer (`descend`) walks down only where hashes differ: with d
 differing keys it fetches at most 16 * d hashes per level, whatever the number
@@ -36,29 +38,44 @@ def segment_of(key: str) -> int:
 
 
 class MerkleTree:
-    __slots__ = ("levels",)
+    __slots__ = ("_dirty", "levels")
 
     def __init__(self, segments: Mapping[int, int] | None = None) -> None:
         self.levels = [[0] * (FANOUT**level) for level in range(DEPTH + 1)]
+        self._dirty: set[int] = set()
         for segment, value in (segments or {}).items():
             self.apply(segment, value)
 
     def apply(self, segment: int, delta: int) -> None:
-        """Fold a leaf change (old digest XOR new digest) into the segment and its ancestors."""
-        if not delta:
-            return
-        index = segment
-        for level in range(DEPTH, -1, -1):
-            self.levels[level][index] ^= delta
-            index //= FANOUT
+        """Fold a leaf change (old digest XOR new digest) into its segment."""
+        if delta:
+            self.levels[DEPTH][segment] ^= delta
+            self._dirty.add(segment)
+
+    def _refresh(self) -> None:
+        dirty = self._dirty
+        for level in range(DEPTH - 1, -1, -1):
+            below = self.levels[level + 1]
+            nodes = self.levels[level]
+            parents = {i // FANOUT for i in dirty}
+            for parent in parents:
+                start = parent * FANOUT
+                children = below[start:start + FANOUT]
+                # An empty subtree hashes to 0, as in a fresh tree.
+                nodes[parent] = xxhash.xxh3_64_intdigest(
+                    b"".join(h.to_bytes(8, "big") for h in children)) if any(children) else 0
+            dirty = parents
+        self._dirty = set()
 
     def root(self) -> int:
-        return self.levels[0][0]
+        return self.hashes(0, [0])[0]
 
     def segment(self, segment: int) -> int:
         return self.levels[DEPTH][segment]
 
     def hashes(self, level: int, indices: list[int]) -> list[int]:
+        if self._dirty:
+            self._refresh()
         nodes = self.levels[level]
         return [nodes[i] for i in indices]
 
