@@ -62,7 +62,11 @@ async def _serve(config: configuration.Config) -> None:
     await node.start()
     print(f"kvs node {node.engine.node_id} listening on {node.url}", flush=True)  # type: ignore[union-attr]
     try:
-        await stop.wait()
+        # Ctrl-C / SIGTERM, or a graceful leave through the API, ends the process.
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(node.left.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
     finally:
         await node.stop()
 

@@ -10,15 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from kvs.api import KVApi, error_middleware, index_middleware
+from kvs.auth import internal_auth_middleware
 from kvs.clock import wall_ms
+from kvs.cluster_api import ClusterApi
 from kvs.config import Config
 from kvs.engine import Engine
+from kvs.replication import Replicator
 from kvs.storage import Storage
+from kvs.swim.node import Membership
+from kvs.transport import HttpTransport
 from kvs.watch import Watchers
 
 log = logging.getLogger("kvs.node")
@@ -27,13 +33,18 @@ ENVELOPE_BYTES = 1 << 20
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, now_ms: Callable[[], int] = wall_ms) -> None:
         self.config = config
+        self.now_ms = now_ms  # injectable wall clock: clock-skew tests run a node in the future
         self.storage: Storage | None = None
         self.engine: Engine | None = None
         self.watchers = Watchers()
         self.runner: web.AppRunner | None = None
+        self.transport: HttpTransport | None = None
+        self.membership: Membership | None = None
+        self.replicator: Replicator | None = None
         self.port: int | None = None
+        self.left = asyncio.Event()  # set after POST /cluster/leave: the process should exit
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -45,12 +56,20 @@ class Node:
         return f"{self.config.bind_address}:{self.port}"
 
     def build_app(self) -> web.Application:
-        assert self.engine is not None
+        assert self.engine and self.membership and self.replicator
         app = web.Application(
-            middlewares=[index_middleware(lambda: self.engine.index if self.engine else 0), error_middleware],
+            middlewares=[
+                index_middleware(lambda: self.engine.index if self.engine else 0),
+                error_middleware,
+                internal_auth_middleware(self.config.cluster_secret),
+            ],
             client_max_size=self.config.max_value_bytes * 4 + ENVELOPE_BYTES,
         )
         app.add_routes(KVApi(self.config, self.engine, self.watchers).routes())
+        app.add_routes(ClusterApi(self.engine, self.membership, self.replicator,
+                                  self.left.set).routes())
+        app.add_routes(self.membership.routes())
+        app.add_routes(self.replicator.routes())
         return app
 
     async def start(self) -> None:
@@ -61,20 +80,31 @@ class Node:
             raise
 
     async def _start(self) -> None:
-        config = self.config
+        config, now_ms = self.config, self.now_ms
         self.storage = Storage(config.data_path, compression=config.compression,
                                gc_ms=config.tombstone_gc_seconds * 1000)
-        self.storage.ensure_identity(config.node_id, wall_ms())
-        self.engine = Engine(config, self.storage)
+        self.storage.ensure_identity(config.node_id, now_ms())
+        self.engine = Engine(config, self.storage, now_ms)
         self.engine.listeners.append(self.watchers.notify)
+        # Bind first, so the address peers must use is known before membership starts.
+        sock = _bind(config.bind_address, config.port)
+        self.port = sock.getsockname()[1]
+        self.transport = HttpTransport(config.cluster_secret)
+        self.membership = Membership(
+            node_id=self.engine.node_id, address=self.address, joined_at=self.storage.joined_at,
+            seeds=config.seed_nodes, config=config, transport=self.transport)
+        self.replicator = Replicator(self.engine, self.transport, self.membership,
+                                     sync_interval_ms=config.sync_interval_ms,
+                                     eager_push=config.eager_push)
         self.runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, config.bind_address, config.port, reuse_address=True)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
+        await web.SockSite(self.runner, sock).start()
+        await self.membership.start()
+        self._spawn(self.replicator.run(), "anti-entropy")
         self._spawn(self._every(config.ttl_sweep_interval_ms, self._sweep), "sweeper")
-        log.info("event=started node=%s url=%s data_dir=%s cas_enabled=%s",
-                 self.engine.node_id, self.url, config.data_dir, config.cas_enabled)
+        log.info("event=started node=%s url=%s data_dir=%s cas_enabled=%s seeds=%s",
+                 self.engine.node_id, self.url, config.data_dir, config.cas_enabled,
+                 ",".join(config.seed_nodes) or "-")
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
@@ -94,15 +124,37 @@ class Node:
             log.debug("event=sweep expired=%d purged=%d", expired, purged)
 
     async def stop(self) -> None:
+        """Tear down in reverse order of start; safe to call after a partial start."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.membership is not None:
+            await self.membership.stop()
+        if self.replicator is not None:
+            await self.replicator.stop()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.transport is not None:
+            await self.transport.close()
         if self.storage is not None:
             self.storage.close()
             self.storage = None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}; "
+                      "is another process using that port? Pick another with --port") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

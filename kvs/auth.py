@@ -1,0 +1,121 @@
+"""HMAC authentication of node-to-node requests (everything under `/internal/`).
+
+With `cluster_secret` set, a request is accepted only if it carries
+
+    X-KVS-Timestamp: <ms since epoch when it was signed>
+    X-KVS-Signature: hex(HMAC-SHA256(secret, "<ts>\\n<METHOD>\\n<path?query>\\n" + body))
+
+and the timestamp is within `window_ms` of the receiver's clock, either way.
+Signing the path as well as the body stops a captured ping body from being
+replayed against, say, the replication endpoint; the timestamp bounds how long
+a captured request stays usable. Requests inside the window can be replayed:
+every internal endpoint is idempotent (gossip is incarnation-guarded, versions
+are applied by id), so a replay changes nothing that the original did not.
+
+`sign` and `verify` are pure (the caller passes `now_ms`); only the middleware
+at the bottom touches aiohttp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from kvs.errors import Unauthorized
+
+TIMESTAMP_HEADER = "X-KVS-Timestamp"
+SIGNATURE_HEADER = "X-KVS-Signature"
+INTERNAL_PREFIX = "/internal/"
+DEFAULT_WINDOW_MS = 30_000
+
+
+def _digest(secret: str, method: str, path: str, body: bytes, timestamp: str) -> str:
+    prefix = f"{timestamp}\n{method.upper()}\n{path}\n".encode()
+    return hmac.new(secret.encode(), prefix + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, method: str, path: str, body: bytes, now_ms: int) -> dict[str, str]:
+    """Headers that authenticate this exact request; `path` includes the query string."""
+    timestamp = str(int(now_ms))
+    return {
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: _digest(secret, method, path, body, timestamp),
+    }
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    # aiohttp's headers are case-insensitive; a plain dict (tests, other clients) is not.
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
+
+
+def verify(
+    secret: str,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    now_ms: int,
+    window_ms: int = DEFAULT_WINDOW_MS,
+) -> None:
+    """Return if the request was signed with `secret` within the window; raise Unauthorized."""
+    timestamp = _header(headers, TIMESTAMP_HEADER)
+    signature = _header(headers, SIGNATURE_HEADER)
+    if timestamp is None or signature is None:
+        missing = TIMESTAMP_HEADER if timestamp is None else SIGNATURE_HEADER
+        raise Unauthorized(
+            f"internal request without {missing} header; every node needs the same "
+            "cluster_secret"
+        )
+    if not timestamp.isascii() or not timestamp.isdigit():
+        raise Unauthorized(f"{TIMESTAMP_HEADER} must be milliseconds since epoch")
+    skew = int(now_ms) - int(timestamp)
+    if abs(skew) > window_ms:
+        direction = "old" if skew > 0 else "in the future"
+        raise Unauthorized(
+            f"internal request signed {abs(skew)} ms {direction} (window {window_ms} ms); "
+            "replayed, or the nodes' clocks disagree"
+        )
+    expected = _digest(secret, method, path, body, timestamp)
+    if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode()):
+        raise Unauthorized(
+            "internal request signature does not match; the sender uses another "
+            "cluster_secret or the request was altered"
+        )
+
+
+def internal_auth_middleware(
+    secret: str | None,
+    *,
+    window_ms: int = DEFAULT_WINDOW_MS,
+    clock_ms: Callable[[], int] | None = None,
+) -> Callable[..., Awaitable[object]]:
+    """aiohttp middleware: reject unauthenticated `/internal/` requests with 401 before any handler.
+
+    With `secret` None it passes everything through (single-host development).
+    The body is read here and stays cached on the request, so handlers read it again for free.
+    """
+    from aiohttp import web  # local import keeps sign/verify usable without aiohttp
+
+    now_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if secret is None or not request.path.startswith(INTERNAL_PREFIX):
+            return await handler(request)
+        body = await request.read()
+        try:
+            verify(secret, request.method, request.raw_path, body, request.headers, now_ms(),
+                   window_ms)
+        except Unauthorized as exc:
+            return web.json_response(exc.body(), status=exc.status)
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,59 @@
+"""Cluster and operations endpoints: /cluster/members, /cluster/status, /cluster/leave, dump."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+from kvs.api import json_response
+from kvs.engine import Engine
+from kvs.replication import Replicator
+from kvs.swim.node import Membership
+
+DUMP_PATH = "/internal/dump"
+
+
+class ClusterApi:
+    def __init__(self, engine: Engine, membership: Membership, replicator: Replicator,
+                 on_leave: Callable[[], None]) -> None:
+        self.engine = engine
+        self.membership = membership
+        self.replicator = replicator
+        self.on_leave = on_leave
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/cluster/members", self.members),
+            web.get("/cluster/status", self.status),
+            web.post("/cluster/leave", self.leave),
+            web.post(DUMP_PATH, self.dump),
+        ]
+
+    async def members(self, request: web.Request) -> web.Response:
+        return json_response(self.membership.members())
+
+    async def status(self, request: web.Request) -> web.Response:
+        storage = self.engine.storage
+        return json_response({
+            "node": self.engine.node_id,
+            "joined_at": storage.joined_at,
+            "keys": storage.live_keys,
+            "index": storage.index,
+            "merkle_root": f"{storage.tree.root():016x}",
+            "hlc": list(self.engine.hlc.last),
+            **self.replicator.status(),
+        })
+
+    async def leave(self, request: web.Request) -> web.Response:
+        """Leave gracefully: peers learn `left` at once, then the node shuts down."""
+        await self.membership.leave()
+        asyncio.get_running_loop().call_soon(self.on_leave)
+        return json_response({"status": "left", "node": self.engine.node_id})
+
+    async def dump(self, request: web.Request) -> web.Response:
+        """Every key's revision set on this node: what convergence checks compare."""
+        return json_response([
+            [v.to_json() for v in versions] for versions in self.engine.storage.scan_sets("")
+        ])

@@ -1,0 +1,446 @@
+"""The asyncio side of SWIM: the probe loop, joining, leaving, and the /internal/swim/ routes.
+
+All decisions live in `state.MemberTable`; this module moves its updates over HTTP.
+Wire messages (JSON POST; `U` is `Update.to_wire()`, "from" is the sender's own record):
+
+    /internal/swim/ping      {"from": U, "target": id, "updates": [U]}
+                           → {"ack": bool, "from": U, "updates": [U]}
+    /internal/swim/ping-req  {"from": U, "target": {"id", "address"}, "updates": [U]}
+                           → {"ack": bool, "from": U, "updates": [U]}   (ack: target answered)
+    /internal/swim/join      {"from": U, "members": [U]}      join and periodic push-pull
+                           → {"from": U, "members": [U], "updates": [U]}
+
+Every gossip_interval one tick runs:
+  1. suspects whose timer ran out are declared dead;
+  2. a probe of the next round-robin peer starts (unless one to it is still running):
+     ping with probe_timeout; on failure ping-req through INDIRECT_CHECKS alive peers
+     with 2 * probe_timeout (they ping it themselves); if nobody got an ack, suspect;
+  3. every RECONNECT_TICKS, one dead peer is pinged with the news of its death: if it
+     is back (a healed partition), it refutes in its reply and is alive again;
+  4. every PUSH_PULL_TICKS, the whole table is exchanged with one alive peer, which
+     repairs anything gossip dropped (memberlist's push-pull).
+Probes do not wait for each other, so the tick keeps its pace even when
+probe_timeout is longer than the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kvs.config import Config
+from kvs.errors import BadRequest
+from kvs.swim.state import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    SUSPECT,
+    Member,
+    MemberTable,
+    Timing,
+    Update,
+    check_address,
+    check_text,
+    initial_incarnation,
+)
+from kvs.transport import HttpTransport, TransportError
+
+log = logging.getLogger("kvs.swim")
+
+PING_PATH = "/internal/swim/ping"
+PING_REQ_PATH = "/internal/swim/ping-req"
+JOIN_PATH = "/internal/swim/join"
+
+INDIRECT_CHECKS = 3  # memberlist's IndirectChecks
+MAX_PIGGYBACK = 32  # updates per message; HTTP has no MTU, but keep messages small
+RECONNECT_TICKS = 5  # one ping to a dead peer per 5 intervals (1 s at the default 200 ms)
+PUSH_PULL_TICKS = 50  # full-table exchange every 50 intervals (10 s at the default)
+LEAVE_ROUNDS = 2  # a leaving node tells LEAVE_FANOUT peers directly, twice
+LEAVE_FANOUT = 8
+MAX_UPDATES = 1024  # per message; more is not a peer talking, it is garbage
+MAX_MEMBERS = 65_536
+JOIN_RETRY_MAX_S = 5.0
+
+Listener = Callable[[Member], None]
+
+
+class Membership:
+    """One node's SWIM membership: owns the MemberTable, probes peers, serves the routes."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        address: str,
+        joined_at: int,
+        seeds: Sequence[str],
+        config: Config,
+        transport: HttpTransport,
+        now: Callable[[], float] = time.monotonic,
+        incarnation: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.timing = Timing(
+            interval=config.gossip_interval_ms / 1000,
+            probe_timeout=config.probe_timeout_ms / 1000,
+            suspicion_multiplier=config.suspicion_multiplier,
+        )
+        self._seeds = [s for s in seeds if s != address]
+        self._transport = transport
+        self._now = now
+        self._rng = rng or random.Random()
+        self._table = MemberTable(
+            self_id=node_id,
+            address=address,
+            joined_at=joined_at,
+            incarnation=initial_incarnation(time.time()) if incarnation is None else incarnation,
+            timing=self.timing,
+            now=now(),
+            rng=self._rng,
+        )
+        self._listeners: list[Listener] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._probing: set[str] = set()
+        self._ticks = 0
+        self._running = False
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def incarnation(self) -> int:
+        return self._table.me.incarnation
+
+    def member(self, member_id: str) -> Member | None:
+        return self._table.members.get(member_id)
+
+    def members(self) -> list[dict[str, Any]]:
+        """All known members, ourselves included, as `GET /cluster/members` shows them.
+
+        last_seen is ms since epoch of the last proof of life, or null if never heard from.
+        """
+        now, wall_ms = self._now(), time.time() * 1000
+        rows = []
+        for m in sorted(self._table.members.values(), key=lambda m: m.id):
+            if m.id == self.node_id:
+                last_seen: int | None = int(wall_ms)
+            else:
+                last_seen = None if m.last_seen is None else int(wall_ms - (now - m.last_seen) * 1000)
+            rows.append({
+                "id": m.id, "address": m.address, "joined_at": m.joined_at, "state": m.state,
+                "incarnation": m.incarnation, "last_seen": last_seen,
+            })
+        return rows
+
+    def alive_peers(self) -> list[Member]:
+        return [m for m in self._table.members.values() if m.state == ALIVE and m.id != self.node_id]
+
+    def add_listener(self, callback: Listener) -> None:
+        """Call `callback(member)` after every accepted change to another member's record.
+
+        That is: a new member, a state change, an address change, or a higher incarnation
+        (a refutation or a restart, after which the member may have missed writes).
+        Callbacks run inline and must not block; schedule a task for real work.
+        """
+        self._listeners.append(callback)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post(PING_PATH, self._handle_ping),
+            web.post(PING_REQ_PATH, self._handle_ping_req),
+            web.post(JOIN_PATH, self._handle_join),
+        ]
+
+    async def start(self) -> None:
+        """Join through the seeds (retried in the background if none answers) and start probing."""
+        if self._running:
+            return
+        self._running = True
+        log.info("event=start node=%s address=%s incarnation=%d seeds=%s",
+                 self.node_id, self.address, self.incarnation, ",".join(self._seeds) or "-")
+        if self._seeds and not await self._join_once():
+            log.warning("event=join_failed seeds=%s retry=background", ",".join(self._seeds))
+            self._spawn(self._join_until_answered())
+        self._spawn(self._probe_loop())
+
+    async def stop(self) -> None:
+        """Stop probing and gossiping at once, without telling anyone (a crash, to peers)."""
+        self._running = False
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def leave(self) -> None:
+        """Tell the cluster we are leaving for good, then stop.
+
+        Probing stops first (a leaving node must not accuse anyone), then `left` is sent
+        directly to up to LEAVE_FANOUT peers, twice, one interval apart; the peers that
+        hear it gossip it on.
+        """
+        if self._table.me.state == LEFT:
+            return
+        await self.stop()
+        self._table.leave(self._now())
+        log.info("event=leave node=%s incarnation=%d", self.node_id, self.incarnation)
+        for round_no in range(LEAVE_ROUNDS):
+            peers = [m for m in self._table.members.values()
+                     if m.id != self.node_id and m.state in (ALIVE, SUSPECT)]
+            targets = self._rng.sample(peers, min(LEAVE_FANOUT, len(peers)))
+            await asyncio.gather(*(self._ping(p.id, p.address) for p in targets))
+            if round_no + 1 < LEAVE_ROUNDS:
+                await asyncio.sleep(self.timing.interval)
+
+    # -- applying facts ------------------------------------------------------------------
+
+    def _apply(self, update: Update, *, broadcast: bool = True) -> None:
+        previous = self._table.members.get(update.id)
+        record = self._table.apply(update, self._now(), broadcast=broadcast)
+        if record is not None:
+            self._report(previous, record)
+
+    def _report(self, previous: Member | None, record: Member) -> None:
+        if record.id == self.node_id:
+            log.info("event=refute node=%s incarnation=%d", record.id, record.incarnation)
+            return
+        if previous is None or previous.state != record.state or previous.address != record.address:
+            log.info("event=member id=%s address=%s state=%s previous=%s incarnation=%d",
+                     record.id, record.address, record.state,
+                     previous.state if previous else "-", record.incarnation)
+        else:
+            log.debug("event=member id=%s state=%s incarnation=%d",
+                      record.id, record.state, record.incarnation)
+        for callback in self._listeners:
+            try:
+                callback(record)
+            except Exception:
+                log.exception("event=listener_failed id=%s", record.id)
+
+    def _absorb(self, message: Any, *, members_key: str | None = None) -> tuple[Update, bool]:
+        """Validate a whole message, then apply it; ValueError before anything is applied."""
+        sender, updates, members = _parse(message, members_key)
+        self._apply(sender)
+        self._table.seen(sender.id, self._now())
+        for update in updates:
+            self._apply(update)
+        for update in members:
+            self._apply(update, broadcast=False)
+        return sender, message.get("ack") is True
+
+    def _outgoing(self, peer_id: str) -> list[dict[str, Any]]:
+        news = self._table.bad_news_for(peer_id)
+        updates = [news] if news else []
+        updates += self._table.piggyback(MAX_PIGGYBACK - len(updates))
+        return [u.to_wire() for u in updates]
+
+    def _me(self) -> dict[str, Any]:
+        return self._table.me.update(self.node_id).to_wire()
+
+    # -- the loops -------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event=task_failed", exc_info=task.exception())
+
+    async def _probe_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            self._tick()
+            next_at += self.timing.interval
+            delay = next_at - loop.time()
+            if delay < 0:  # fell behind (a stalled loop): resume the pace, do not burst
+                next_at, delay = loop.time(), 0.0
+            await asyncio.sleep(delay)
+
+    def _tick(self) -> None:
+        for record in self._table.expire(self._now()):
+            self._report(replace(record, state=SUSPECT), record)
+        self._ticks += 1
+        target = self._table.next_probe_target()
+        if target is not None and target.id not in self._probing:
+            self._probing.add(target.id)
+            self._spawn(self._probe(target))
+        if self._ticks % RECONNECT_TICKS == 0:
+            dead = self._table.random_peer((DEAD,))
+            if dead is not None and dead.id not in self._probing:
+                self._probing.add(dead.id)
+                self._spawn(self._reconnect(dead))
+        if self._ticks % PUSH_PULL_TICKS == 0:
+            peer = self._table.random_peer((ALIVE,))
+            if peer is not None:
+                self._spawn(self._exchange(peer.address))
+
+    async def _probe(self, target: Member) -> None:
+        try:
+            if await self._ping(target.id, target.address):
+                return
+            helpers = self._table.helpers(target.id, INDIRECT_CHECKS)
+            acks = await asyncio.gather(*(self._ping_req(h, target) for h in helpers))
+            if any(acks):
+                self._table.seen(target.id, self._now())
+                return
+            log.debug("event=probe_failed id=%s helpers=%d", target.id, len(helpers))
+            previous = self._table.members.get(target.id)
+            record = self._table.suspect(target.id, target.incarnation, self._now())
+            if record is not None:
+                self._report(previous, record)
+        finally:
+            self._probing.discard(target.id)
+
+    async def _reconnect(self, dead: Member) -> None:
+        # _outgoing adds the dead record itself: a live receiver refutes in its reply.
+        try:
+            await self._ping(dead.id, dead.address)
+        finally:
+            self._probing.discard(dead.id)
+
+    async def _ping(self, target_id: str, address: str) -> bool:
+        payload = {"from": self._me(), "target": target_id, "updates": self._outgoing(target_id)}
+        try:
+            reply = await self._transport.call(
+                address, PING_PATH, payload, self.timing.probe_timeout
+            )
+            sender, ack = self._absorb(reply)
+        except (TransportError, ValueError) as exc:
+            log.debug("event=ping_failed id=%s address=%s error=%r", target_id, address, exc)
+            return False
+        return ack and sender.id == target_id
+
+    async def _ping_req(self, helper: Member, target: Member) -> bool:
+        payload = {
+            "from": self._me(),
+            "target": {"id": target.id, "address": target.address},
+            "updates": self._outgoing(helper.id),
+        }
+        try:
+            reply = await self._transport.call(
+                helper.address, PING_REQ_PATH, payload, 2 * self.timing.probe_timeout
+            )
+            _, ack = self._absorb(reply)
+        except (TransportError, ValueError) as exc:
+            log.debug("event=ping_req_failed helper=%s target=%s error=%r",
+                      helper.id, target.id, exc)
+            return False
+        return ack
+
+    async def _exchange(self, address: str) -> str | None:
+        """Push-pull: swap full tables with the node at `address`; its id, or None on failure."""
+        payload = {"from": self._me(), "members": [u.to_wire() for u in self._table.snapshot()]}
+        try:
+            reply = await self._transport.call(
+                address, JOIN_PATH, payload, max(1.0, 4 * self.timing.probe_timeout)
+            )
+            sender, _ = self._absorb(reply, members_key="members")
+        except (TransportError, ValueError) as exc:
+            log.debug("event=exchange_failed address=%s error=%r", address, exc)
+            return None
+        return sender.id
+
+    async def _join_once(self) -> bool:
+        for seed in self._rng.sample(self._seeds, len(self._seeds)):
+            sender_id = await self._exchange(seed)
+            if sender_id is not None and sender_id != self.node_id:
+                log.info("event=joined seed=%s via=%s members=%d",
+                         seed, sender_id, len(self._table.members))
+                return True
+        return False
+
+    async def _join_until_answered(self) -> None:
+        delay = self.timing.interval
+        while not await self._join_once():
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, JOIN_RETRY_MAX_S)
+
+    # -- HTTP handlers -------------------------------------------------------------------
+
+    async def _handle_ping(self, request: web.Request) -> web.Response:
+        try:
+            message = await _read_json(request)
+            target = message.get("target")
+            if not isinstance(target, str):
+                raise ValueError("target must be a node id")
+            sender, _ = self._absorb(message)
+        except ValueError as exc:
+            return _bad_request(exc)
+        # A ping meant for another id reached a node that now owns its address: not an ack.
+        ack = target == self.node_id
+        return _json({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id)})
+
+    async def _handle_ping_req(self, request: web.Request) -> web.Response:
+        try:
+            message = await _read_json(request)
+            target = message.get("target")
+            if not isinstance(target, dict):
+                raise ValueError("target must be {id, address}")
+            target_id = check_text(target.get("id"), "target id")
+            target_address = check_address(target.get("address"))
+            sender, _ = self._absorb(message)
+        except ValueError as exc:
+            return _bad_request(exc)
+        ack = await self._ping(target_id, target_address)
+        return _json({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id)})
+
+    async def _handle_join(self, request: web.Request) -> web.Response:
+        try:
+            message = await _read_json(request)
+            sender, _ = self._absorb(message, members_key="members")
+        except ValueError as exc:
+            return _bad_request(exc)
+        return _json({
+            "from": self._me(),
+            "members": [u.to_wire() for u in self._table.snapshot()],
+            "updates": self._outgoing(sender.id),
+        })
+
+
+def _parse(
+    message: Any, members_key: str | None
+) -> tuple[Update, list[Update], list[Update]]:
+    if not isinstance(message, dict):
+        raise ValueError("message must be a JSON object")
+    sender = Update.from_wire(message.get("from"))
+    updates = _updates(message.get("updates", []), "updates", MAX_UPDATES)
+    members = _updates(message.get(members_key, []), members_key, MAX_MEMBERS) if members_key else []
+    return sender, updates, members
+
+
+def _updates(raw: Any, name: str, limit: int) -> list[Update]:
+    if not isinstance(raw, list) or len(raw) > limit:
+        raise ValueError(f"{name} must be a list of at most {limit} member updates")
+    return [Update.from_wire(item) for item in raw]
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"body is not JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise ValueError("message must be a JSON object")
+    return message
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def _bad_request(exc: ValueError) -> web.Response:
+    return _json(BadRequest(str(exc)).body(), status=400)
+
