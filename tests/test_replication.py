@@ -1,0 +1,191 @@
+"""Replication and convergence on real in-process clusters (real sockets, real RocksDB)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import aiohttp
+
+from kvs.model import wins
+from tests.cluster import FAST, converged, dump, heal, partition, roots, start_cluster
+from tests.conftest import Api, NodeFactory, eventually
+
+
+async def _visible_everywhere(http: aiohttp.ClientSession, nodes, key: str, expect) -> None:  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        for node in nodes:
+            reply = await Api(http, node.url).get(key)
+            if not expect(reply):
+                return False
+        return True
+
+    await eventually(check, timeout=5, what=f"{key} on every node")
+
+
+async def test_every_kind_of_write_reaches_every_node(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]
+    nodes = await start_cluster(make_node, 3)
+    a, b, c = (Api(http, n.url) for n in nodes)
+    put = await a.put("put", {"value": "p"})
+    await _visible_everywhere(http, nodes, "put", lambda r: r.status == 200
+                              and r.body["version"] == put.body["version"])
+    cas = await b.put("put", {"value": "q", "if_version": put.body["version"]})
+    assert cas.status == 200
+    await _visible_everywhere(http, nodes, "put", lambda r: r.status == 200 and r.body["value"] == "q")
+    txn = await c.txn([{"op": "set", "key": "t1", "value": 1}, {"op": "set", "key": "t2", "value": 2}])
+    assert txn.status == 200
+    await _visible_everywhere(http, nodes, "t2", lambda r: r.status == 200 and r.body["value"] == 2)
+    assert (await a.delete("put")).status == 200
+    await _visible_everywhere(http, nodes, "put", lambda r: r.status == 404)
+    ttl = await a.put("lease", {"value": "x", "ttl": 0.5})
+    await _visible_everywhere(http, nodes, "lease", lambda r: r.status == 200
+                              and r.body["expires_at"] == ttl.body["expires_at"])
+    await _visible_everywhere(http, nodes, "lease", lambda r: r.status == 404)
+    await converged(nodes)
+
+
+async def test_write_to_visible_latency_on_loopback(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]
+    nodes = await start_cluster(make_node, 3)
+    writer, reader = Api(http, nodes[0].url), Api(http, nodes[2].url)
+    delays = []
+    for i in range(50):
+        started = time.perf_counter()
+        await writer.put(f"lat/{i}", {"value": i})
+        await eventually(lambda i=i: nodes[2].storage.read(f"lat/{i}"), timeout=1.0, interval=0.001,
+                         what="the write on another node within 1 s")
+        delays.append(time.perf_counter() - started)
+    assert (await reader.get("lat/49")).status == 200
+    delays.sort()
+    print(f"write-to-visible: p50={delays[25] * 1000:.1f} ms max={delays[-1] * 1000:.1f} ms")
+
+
+async def test_anti_entropy_alone_converges(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]
+    nodes = await start_cluster(make_node, 3, eager_push=False)
+    for i, node in enumerate(nodes):
+        api = Api(http, node.url)
+        for j in range(30):
+            assert (await api.put(f"k{j}", {"value": [i, j]})).status == 200
+        assert (await api.delete(f"k{i}")).status == 200
+    assert len(roots(nodes)) == 3
+    await converged(nodes, timeout=10)  # a few sync intervals of 200 ms
+    repaired = sum(r.keys_repaired for n in nodes for r in n.replicator.rounds)
+    assert repaired > 0
+
+
+async def test_partition_with_conflicting_writes_converges_to_the_conflict_order(
+    make_node: NodeFactory, http: aiohttp.ClientSession
+) -> None:
+    nodes = await start_cluster(make_node, 3, revision_history_limit=1000)
+    a, b, c = nodes
+    base = Api(http, a.url)
+    for k in range(20):
+        assert (await base.put(f"hot/{k}", {"value": "base"})).status == 200
+    await converged(nodes)
+    partition([a], [b, c])
+    rnd = random.Random(7)
+    acked: dict[str, list[str]] = {}
+    for round_no in range(60):
+        for node in (a, b, c):
+            key = f"hot/{rnd.randrange(20)}"
+            reply = await Api(http, node.url).put(key, {"value": [node.engine.node_id, round_no]})
+            assert reply.status == 200
+            acked.setdefault(key, []).append(reply.body["version"])
+    assert len(roots(nodes)) > 1
+    heal(nodes)
+    await converged(nodes, timeout=30)
+    for node in nodes:
+        for key, versions in acked.items():
+            revisions = node.storage.read(key)
+            held = {v.version for v in revisions}
+            assert set(versions) <= held, "an acknowledged version was lost"
+            winner = revisions[0]
+            assert all(wins(winner, v) for v in revisions[1:])
+            assert not winner.superseded
+    losers = [v for v in a.storage.read("hot/3") if v.superseded]
+    assert losers, "concurrent writes on both sides leave superseded versions in history"
+    assert a.engine.stats.superseded > 0
+
+
+async def test_duplicate_and_reordered_pushes_are_idempotent(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]
+    source = await make_node()
+    api = Api(http, source.url)
+    for i in range(40):
+        await api.put(f"k{i % 7}", {"value": i})
+        if i % 5 == 0:
+            await api.delete(f"k{i % 7}")
+    versions = [v for sets in source.storage.scan_sets("") for v in sets]
+    sinks = [await make_node(), await make_node()]
+    rnd = random.Random(3)
+    for sink in sinks:
+        shuffled = versions * 2
+        rnd.shuffle(shuffled)
+        for start in range(0, len(shuffled), 9):
+            sink.engine.apply_remote([_copy(v) for v in shuffled[start:start + 9]])
+    assert dump(sinks[0]) == dump(sinks[1]) == dump(source)
+    assert roots([source, *sinks]) == {source.storage.tree.root()}
+
+
+def _copy(version):  # type: ignore[no-untyped-def]
+    from kvs.model import from_wire
+
+    return from_wire(version.to_wire())
+
+
+async def test_clock_skewed_node_cannot_win_after_others_saw_its_versions(
+    make_node: NodeFactory, http: aiohttp.ClientSession
+) -> None:
+    ahead_ms = 10 * 60 * 1000
+    normal = await make_node(**FAST)
+    skewed = await make_node(**FAST, seed_nodes=[normal.address])
+    skewed.engine.hlc.now_ms = lambda: time.time_ns() // 1_000_000 + ahead_ms
+    await eventually(lambda: normal.membership.alive_peers(), what="join")
+    fast_write = await Api(http, skewed.url).put("k", {"value": "from the future"})
+    assert fast_write.body["timestamp"] > time.time() * 1000 + ahead_ms - 5000
+    await eventually(lambda: normal.storage.read("k"), what="replication")
+    later = await Api(http, normal.url).put("k", {"value": "later, from a sane clock"})
+    assert later.body["timestamp"] >= fast_write.body["timestamp"]
+    await converged([normal, skewed])
+    for node in (normal, skewed):
+        assert node.storage.read("k")[0].value == "later, from a sane clock"
+
+
+async def test_tombstone_never_resurrects_through_sync(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]
+    nodes = await start_cluster(make_node, 2, tombstone_gc_seconds=1)
+    a, b = nodes
+    await Api(http, a.url).put("gone", {"value": 1})
+    await converged(nodes)
+    partition([a], [b])
+    await Api(http, a.url).delete("gone")
+    # b still holds the live value; a purges its tombstone after the gc horizon.
+    await eventually(lambda: not a.storage.read("gone"), timeout=5, what="tombstone purge on a")
+    heal(nodes)
+    await eventually(lambda: b.replicator.stats.rounds + a.replicator.stats.rounds > 4, timeout=10)
+    assert not a.storage.read("gone"), "an older version of a purged key came back"
+    assert a.engine.stats.remote_refused > 0
+    assert (await Api(http, a.url).get("gone")).status == 404
+
+
+async def test_anti_entropy_cost_follows_differences_not_keys(make_node: NodeFactory) -> None:
+    from kvs.model import Version, new_version_id
+
+    n_keys, n_diff = 100_000, 10
+    a = await make_node(sync_interval_ms=3_600_000, eager_push=False)
+    b = await make_node(sync_interval_ms=3_600_000, eager_push=False, seed_nodes=[a.address])
+    base = [Version(f"user/{i:06d}", {"n": i, "pad": "x" * 40}, new_version_id(), 1_700_000_000_000 + i,
+                    0, "seed", 1) for i in range(n_keys)]
+    for node in (a, b):
+        for start in range(0, n_keys, 5000):
+            node.engine.apply_remote([_copy(v) for v in base[start:start + 5000]])
+    for i in range(n_diff):
+        a.engine.put(f"user/{i * 997:06d}", "changed")
+    full_dump = sum(len(v.canonical()) for sets in a.storage.scan_sets("") for v in sets)
+    started = time.perf_counter()
+    result = await b.replicator.sync_with(a.address)
+    elapsed = time.perf_counter() - started
+    assert result is not None and result.error is None
+    assert result.keys_repaired == n_diff
+    assert roots([a, b]) == {a.storage.tree.root()}
+    ratio = result.bytes / full_dump
+    print(f"anti-entropy: {n_diff} of {n_keys} keys differ: {result.bytes} bytes moved "
+          f"({ratio:.4%} of a {full_dump}-byte dump) in {elapsed * 1000:.0f} ms")
+    assert ratio < 0.01
