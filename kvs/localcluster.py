@@ -76,11 +76,13 @@ def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: s
     lock = threading.Lock()
     started = start_nodes(nodes, base_port, directory, config_file, lock)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Explicit handlers: a shell starts background jobs with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         pending = {url for _, url, _ in started}
-        while pending:
+        while pending and not stop.is_set():
             dead = [name for name, _, proc in started if proc.poll() is not None]
             if dead or time.monotonic() > deadline:
                 why = f"{', '.join(dead)} exited" if dead else "timed out waiting for /health"
@@ -107,8 +109,6 @@ def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: s
                 if not started:
                     return 1
             stop.wait(0.5)
-        return 0
-    except KeyboardInterrupt:
         return 0
     finally:
         print("stopping the cluster...", flush=True)

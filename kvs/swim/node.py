@@ -168,7 +168,8 @@ class Membership:
         log.info("event=start node=%s address=%s incarnation=%d seeds=%s",
                  self.node_id, self.address, self.incarnation, ",".join(self._seeds) or "-")
         if self._seeds and not await self._join_once():
-            log.warning("event=join_failed seeds=%s retry=background", ",".join(self._seeds))
+            log.warning("event=join_failed node=%s seeds=%s retry=background",
+                        self.node_id, ",".join(self._seeds))
             self._spawn(self._join_until_answered())
         self._spawn(self._probe_loop())
 
@@ -203,6 +204,11 @@ class Membership:
     # -- applying facts ------------------------------------------------------------------
 
     def _apply(self, update: Update, *, broadcast: bool = True) -> None:
+        if (update.id == self.node_id and update.state == ALIVE
+                and update.address != self.address and update.incarnation > self.incarnation):
+            log.warning("event=id_conflict node=%s other_address=%s incarnation=%d: another "
+                        "process uses this node id, or our previous run had a later clock",
+                        self.node_id, update.address, update.incarnation)
         previous = self._table.members.get(update.id)
         record = self._table.apply(update, self._now(), broadcast=broadcast)
         if record is not None:
@@ -210,20 +216,20 @@ class Membership:
 
     def _report(self, previous: Member | None, record: Member) -> None:
         if record.id == self.node_id:
-            log.info("event=refute node=%s incarnation=%d", record.id, record.incarnation)
+            log.info("event=refute node=%s incarnation=%d", self.node_id, record.incarnation)
             return
         if previous is None or previous.state != record.state or previous.address != record.address:
-            log.info("event=member id=%s address=%s state=%s previous=%s incarnation=%d",
-                     record.id, record.address, record.state,
+            log.info("event=member node=%s id=%s address=%s state=%s previous=%s incarnation=%d",
+                     self.node_id, record.id, record.address, record.state,
                      previous.state if previous else "-", record.incarnation)
         else:
-            log.debug("event=member id=%s state=%s incarnation=%d",
-                      record.id, record.state, record.incarnation)
+            log.debug("event=member node=%s id=%s state=%s incarnation=%d",
+                      self.node_id, record.id, record.state, record.incarnation)
         for callback in self._listeners:
             try:
                 callback(record)
             except Exception:
-                log.exception("event=listener_failed id=%s", record.id)
+                log.exception("event=listener_failed node=%s id=%s", self.node_id, record.id)
 
     def _absorb(self, message: Any, *, members_key: str | None = None) -> tuple[Update, bool]:
         """Validate a whole message, then apply it; ValueError before anything is applied."""
@@ -255,7 +261,7 @@ class Membership:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("event=task_failed", exc_info=task.exception())
+            log.error("event=task_failed node=%s", self.node_id, exc_info=task.exception())
 
     async def _probe_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -295,7 +301,8 @@ class Membership:
             if any(acks):
                 self._table.seen(target.id, self._now())
                 return
-            log.debug("event=probe_failed id=%s helpers=%d", target.id, len(helpers))
+            log.debug("event=probe_failed node=%s id=%s helpers=%d",
+                      self.node_id, target.id, len(helpers))
             previous = self._table.members.get(target.id)
             record = self._table.suspect(target.id, target.incarnation, self._now())
             if record is not None:
@@ -318,7 +325,8 @@ class Membership:
             )
             sender, ack = self._absorb(reply)
         except (TransportError, ValueError) as exc:
-            log.debug("event=ping_failed id=%s address=%s error=%r", target_id, address, exc)
+            log.debug("event=ping_failed node=%s id=%s address=%s error=%r",
+                      self.node_id, target_id, address, exc)
             return False
         return ack and sender.id == target_id
 
@@ -334,8 +342,8 @@ class Membership:
             )
             _, ack = self._absorb(reply)
         except (TransportError, ValueError) as exc:
-            log.debug("event=ping_req_failed helper=%s target=%s error=%r",
-                      helper.id, target.id, exc)
+            log.debug("event=ping_req_failed node=%s helper=%s target=%s error=%r",
+                      self.node_id, helper.id, target.id, exc)
             return False
         return ack
 
@@ -348,7 +356,7 @@ class Membership:
             )
             sender, _ = self._absorb(reply, members_key="members")
         except (TransportError, ValueError) as exc:
-            log.debug("event=exchange_failed address=%s error=%r", address, exc)
+            log.debug("event=exchange_failed node=%s address=%s error=%r", self.node_id, address, exc)
             return None
         return sender.id
 
@@ -356,8 +364,8 @@ class Membership:
         for seed in self._rng.sample(self._seeds, len(self._seeds)):
             sender_id = await self._exchange(seed)
             if sender_id is not None and sender_id != self.node_id:
-                log.info("event=joined seed=%s via=%s members=%d",
-                         seed, sender_id, len(self._table.members))
+                log.info("event=joined node=%s seed=%s via=%s members=%d",
+                         self.node_id, seed, sender_id, len(self._table.members))
                 return True
         return False
 

@@ -304,7 +304,7 @@ class MemberTable:
         record = Member(
             update.id, update.address, update.joined_at, update.state, update.incarnation,
             current.last_seen if current else None,
-            now if changed or current is None else current.state_change,
+            now if changed else current.state_change,
         )
         self.members[update.id] = record
         self._suspicions.pop(update.id, None)
@@ -315,8 +315,10 @@ class MemberTable:
                 update.incarnation, now, low, high, self.timing.confirmations_wanted(n),
                 {update.source},
             )
-        if current is None and update.state in (ALIVE, SUSPECT):
-            # Probe newcomers within the current round rather than after a full cycle.
+        # Probe newcomers (and the returning) in this round rather than after a reshuffle.
+        was_probed = current is not None and current.state in (ALIVE, SUSPECT)
+        if (not was_probed and update.state in (ALIVE, SUSPECT)
+                and update.id not in self._order[self._next:]):
             self._order.insert(self._rng.randint(self._next, len(self._order)), update.id)
         if broadcast:
             self.queue.push(update)
