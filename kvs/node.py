@@ -21,6 +21,7 @@ from kvs.clock import wall_ms
 from kvs.cluster_api import ClusterApi
 from kvs.config import Config
 from kvs.engine import Engine
+from kvs.metrics import Metrics
 from kvs.replication import Replicator
 from kvs.storage import Storage
 from kvs.swim.node import Membership
@@ -57,8 +58,10 @@ class Node:
 
     def build_app(self) -> web.Application:
         assert self.engine and self.membership and self.replicator
+        metrics = Metrics(self.engine, self.replicator, self.membership)
         app = web.Application(
             middlewares=[
+                metrics.middleware,
                 index_middleware(lambda: self.engine.index if self.engine else 0),
                 error_middleware,
                 internal_auth_middleware(self.config.cluster_secret),
@@ -70,6 +73,7 @@ class Node:
                                   self.left.set).routes())
         app.add_routes(self.membership.routes())
         app.add_routes(self.replicator.routes())
+        app.router.add_get("/metrics", metrics.handle)
         return app
 
     async def start(self) -> None:

@@ -128,6 +128,10 @@ class Storage:
             out.append((when, key))
         return out
 
+    def count_pending_purge(self) -> int:
+        """Tombstones and expired versions still stored (scans the purge index)."""
+        return sum(1 for _ in self._scan(K.PURGE))
+
     def has(self, raw_key: bytes) -> bool:
         return self.db.get(raw_key) is not None
 

@@ -1,0 +1,83 @@
+"""Prometheus `/metrics`: one registry per node, read from the counters the parts keep.
+
+The engine, replicator and membership already count what they do (plain ints on
+their hot paths); a custom collector turns them into Prometheus families at
+scrape time, so nothing on the request path touches prometheus-client except the
+request counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kvs.engine import Engine
+from kvs.replication import Replicator
+from kvs.swim.node import Membership
+from kvs.swim.state import ALIVE, DEAD, LEFT, SUSPECT
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _NodeCollector(Collector):
+    def __init__(self, engine: Engine, replicator: Replicator, membership: Membership) -> None:
+        self.engine = engine
+        self.replicator = replicator
+        self.membership = membership
+
+    def collect(self) -> Iterator[Metric]:
+        stats, repl = self.engine.stats, self.replicator.stats
+        counters = [
+            ("kvs_cas_success", "Conditional writes whose conditions held", stats.cas_success),
+            ("kvs_cas_conflicts", "Conditional writes rejected with 409", stats.cas_conflict),
+            ("kvs_superseded_versions", "Versions that lost a conflict (kept in history)",
+             stats.superseded),
+            ("kvs_expired_keys", "Keys whose TTL ran out (sweeper)", stats.expired),
+            ("kvs_purged_keys", "Tombstoned or expired keys purged after tombstone_gc_seconds",
+             stats.purged),
+            ("kvs_remote_versions_applied", "Replicated versions applied", stats.remote_applied),
+            ("kvs_remote_versions_refused", "Replicated versions refused (past purge horizon)",
+             stats.remote_refused),
+            ("kvs_replication_pushes", "Eager push requests that reached a peer", repl.pushes),
+            ("kvs_replication_push_failures", "Eager push requests that failed", repl.push_failures),
+            ("kvs_replication_versions_pushed", "Versions sent by eager push", repl.versions_pushed),
+            ("kvs_anti_entropy_rounds", "Merkle anti-entropy rounds", repl.rounds),
+            ("kvs_anti_entropy_keys_repaired", "Keys repaired by anti-entropy", repl.keys_repaired),
+            ("kvs_anti_entropy_bytes", "Bytes exchanged by anti-entropy", repl.bytes),
+        ]
+        for name, text, value in counters:
+            yield CounterMetricFamily(name, text, value=value)
+        storage = self.engine.storage
+        yield GaugeMetricFamily("kvs_keys", "Live keys on this node", value=storage.live_keys)
+        yield GaugeMetricFamily("kvs_index", "This node's index counter", value=storage.index)
+        tombstones = GaugeMetricFamily("kvs_dead_keys_pending_purge",
+                                       "Tombstoned or expired keys waiting for purge",
+                                       value=storage.count_pending_purge())
+        yield tombstones
+        members = GaugeMetricFamily("kvs_members", "Cluster members by state", labels=["state"])
+        rows = self.membership.members()
+        for state in (ALIVE, SUSPECT, DEAD, LEFT):
+            members.add_metric([state], sum(1 for m in rows if m["state"] == state))
+        yield members
+
+
+class Metrics:
+    def __init__(self, engine: Engine, replicator: Replicator, membership: Membership) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_NodeCollector(engine, replicator, membership))
+        self.requests = Counter("kvs_http_requests", "HTTP requests by method and status",
+                                ["method", "status"], registry=self.registry)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        response = await handler(request)
+        self.requests.labels(request.method, str(response.status)).inc()
+        return response
+
+    async def handle(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE})
