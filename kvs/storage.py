@@ -85,7 +85,7 @@ class Storage:
             int.from_bytes(k[1:], "big"): int.from_bytes(v, "big")
             for k, v in self._scan(K.SEGMENT)
         })
-        self._group = GroupCommit(lambda: self.db.flush_wal(True))
+        self.group = GroupCommit(lambda: self.db.flush_wal(True))
 
     # -- identity -----------------------------------------------------------------
 
@@ -181,7 +181,7 @@ class Storage:
             self.purged_through = purged_through
         for segment, delta in deltas.items():
             self.tree.apply(segment, delta)
-        return self._group.note_write()
+        return self.group.note_write()
 
     def _stage(self, batch: rocksdict.WriteBatch, change: Change, now: int,
                deltas: dict[int, int]) -> int:
@@ -227,7 +227,7 @@ class Storage:
         return 0 if fresh else int(self.has(K.expiry_key(current.expires_at, current.key)))
 
     async def durable(self, ticket: int) -> None:
-        await self._group.wait(ticket)
+        await self.group.wait(ticket)
 
     def close(self) -> None:
         self.db.flush_wal(True)
@@ -290,8 +290,18 @@ class GroupCommit:
         self._flush = flush
         self._issued = 0
         self._synced = 0
+        self.syncs = 0  # fsyncs run: far fewer than writes under concurrency
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def issued(self) -> int:
+        return self._issued
+
+    @property
+    def synced(self) -> int:
+        """Every ticket up to this one is covered by a completed fsync."""
+        return self._synced
 
     def note_write(self) -> int:
         self._issued += 1
@@ -315,6 +325,7 @@ class GroupCommit:
                 except Exception as exc:  # disk failure: every waiter must hear it
                     self._release(target, exc)
                     continue
+                self.syncs += 1
                 self._synced = target
                 self._release(target, None)
         finally:
