@@ -84,7 +84,7 @@ async def test_partition_with_conflicting_writes_converges_to_the_conflict_order
     partition([a], [b, c])
     rnd = random.Random(7)
     acked: dict[str, list[str]] = {}
-    for round_no in range(60):
+    for round_no in range(700):  # 2,100 conflicting writes on 20 keys
         for node in (a, b, c):
             key = f"hot/{rnd.randrange(20)}"
             reply = await Api(http, node.url).put(key, {"value": [node.engine.node_id, round_no]})
