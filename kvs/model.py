@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -48,6 +48,9 @@ class Version:
     modify_index: int = 0
     create_index: int = 0
     superseded: bool = False
+    # Cache of digest(): stored beside the version on disk, so a write rehashes only
+    # the new version, not every version of the key's history.
+    cached_digest: int | None = field(default=None, compare=False, repr=False)
 
     def order_key(self) -> tuple[int, int, int, str]:
         return (self.timestamp, self.logical, -self.origin_joined_at, self.version)
@@ -72,7 +75,9 @@ class Version:
         return orjson.dumps(self.to_wire(), option=orjson.OPT_SORT_KEYS)
 
     def digest(self) -> int:
-        return xxhash.xxh3_64_intdigest(self.canonical())
+        if self.cached_digest is None:
+            self.cached_digest = xxhash.xxh3_64_intdigest(self.canonical())
+        return self.cached_digest
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -139,10 +144,11 @@ def set_digest(key: str, versions: list[Version]) -> int:
     return h.intdigest()
 
 
-# On-disk form of one version: wire fields + the node-local ones.
+# On-disk form of one version: wire fields + the node-local ones + the cached digest.
 def encode_set(versions: list[Version]) -> bytes:
     return orjson.dumps([
-        [*v.to_wire()[1:], v.modify_index, v.create_index, v.superseded] for v in versions
+        [*v.to_wire()[1:], v.modify_index, v.create_index, v.superseded, v.digest()]
+        for v in versions
     ])
 
 
