@@ -255,6 +255,8 @@ class Storage:
         for versions in self.scan_sets(""):
             key = versions[0].key
             seg = segment_of(key)
+            for v in versions:
+                v.cached_digest = None  # recompute from the content, trust nothing stored
             digest = set_digest(key, versions)
             rebuilt[seg] = rebuilt.get(seg, 0) ^ digest
             stored = self.db.get(K.leaf_key(seg, key))
