@@ -189,3 +189,36 @@ async def test_anti_entropy_cost_follows_differences_not_keys(make_node: NodeFac
     print(f"anti-entropy: {n_diff} of {n_keys} keys differ: {result.bytes} bytes moved "
           f"({ratio:.4%} of a {full_dump}-byte dump) in {elapsed * 1000:.0f} ms")
     assert ratio < 0.01
+
+
+async def test_cluster_secret_authenticates_every_internal_request(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]
+    from kvs import auth
+    from kvs.model import Version, new_version_id
+
+    nodes = await start_cluster(make_node, 2, cluster_secret="s3cret")
+    a, b = nodes
+    assert (await Api(http, a.url).put("signed", {"value": 1})).status == 200
+    await eventually(lambda: b.storage.read("signed"), what="signed replication")
+    forged = Version("evil", "x", new_version_id(), int(time.time() * 1000), 0, "mallory", 0)
+    body = _wire_body([forged])
+    headers = [
+        {},  # unsigned
+        auth.sign("wrong-secret", "POST", "/internal/push", body, int(time.time() * 1000)),
+        auth.sign("s3cret", "POST", "/internal/push", body, int(time.time() * 1000) - 120_000),  # stale
+        auth.sign("s3cret", "POST", "/internal/push", b"[]", int(time.time() * 1000)),  # other body
+    ]
+    for h in headers:
+        async with http.post(b.url + "/internal/push", data=body, headers=h) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"] == "unauthorized"
+    assert not b.storage.read("evil"), "an unauthenticated push was applied"
+    good = auth.sign("s3cret", "POST", "/internal/push", body, int(time.time() * 1000))
+    async with http.post(b.url + "/internal/push", data=body, headers=good) as resp:
+        assert resp.status == 200
+    assert b.storage.read("evil")
+
+
+def _wire_body(versions) -> bytes:  # type: ignore[no-untyped-def]
+    import orjson
+
+    return orjson.dumps([v.to_wire() for v in versions])
