@@ -9,6 +9,7 @@ bug, logged with its traceback and answered as a JSON 500 (tests assert none).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -116,10 +117,8 @@ def parse_duration(raw: str) -> float:
     return seconds
 
 
-def parse_ttl(raw: Any) -> int | None:
-    """TTL in seconds (number > 0, at most ten years) -> milliseconds."""
-    if raw is None:
-        return None
+def parse_ttl(raw: Any) -> int:
+    """TTL in seconds (number > 0, at most ten years) -> milliseconds. null is a wrong type."""
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise BadRequest(f"ttl must be a number of seconds, got {raw!r}")
     if not 0 < raw <= MAX_TTL_SECONDS:
@@ -142,9 +141,25 @@ async def _json_body(request: web.Request) -> Any:
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"body is not valid JSON (UTF-8): {exc}") from None
+    if _LONG_DIGITS.search(raw):
+        # orjson turns integers beyond 64 bits into floats, silently dropping digits.
+        # Only bodies with a 20+ digit run pay for the stdlib parse that can tell.
+        json.loads(raw, parse_int=_int64)
+    return body
+
+
+_LONG_DIGITS = re.compile(rb"\d{20}")
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value <= 2**64 - 1:
+        raise BadRequest(f"integer {text[:30]}... does not fit in 64 bits; send it as a string "
+                         "to keep every digit")
+    return value
 
 
 class KVApi:
@@ -156,9 +171,10 @@ class KVApi:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/health", self.health),
-            web.get("/kv/{key:.*}", self.get),
-            web.put("/kv/{key:.*}", self.put),
-            web.delete("/kv/{key:.*}", self.delete),
+            # [\s\S]: `.` would not match a decoded %0A, and the key would 404 instead of 400.
+            web.get(r"/kv/{key:[\s\S]*}", self.get),
+            web.put(r"/kv/{key:[\s\S]*}", self.put),
+            web.delete(r"/kv/{key:[\s\S]*}", self.delete),
             web.post("/txn", self.txn),
         ]
 
@@ -167,6 +183,7 @@ class KVApi:
             await self.engine.storage.durable(ticket)
 
     def _value(self, value: Any) -> Any:
+        conditions.check_depth("value", value)
         size = len(orjson.dumps(value))
         if size > self.config.max_value_bytes:
             raise TooLarge(f"value is {size} bytes encoded; max_value_bytes is "
@@ -182,10 +199,15 @@ class KVApi:
         query = request.query
         _check_params(query, GET_PARAMS)
         listing = _flag(query, "recurse") or _flag(query, "keys")
+        if not listing:
+            misplaced = sorted({"separator", "limit", "after"} & set(query))
+            if misplaced:
+                goes_with = "keys=true" if misplaced[0] == "separator" else "recurse=true or keys=true"
+                raise BadRequest(f"{misplaced[0]} goes with {goes_with}")
         key = _path_key(request, prefix=listing)
+        wait = parse_duration(query.get("wait", f"{DEFAULT_WAIT_SECONDS}s"))
         if "index" in query:
-            await self._block(key, listing, conditions.uint("index", _int_param(query, "index")),
-                              parse_duration(query.get("wait", f"{DEFAULT_WAIT_SECONDS}s")))
+            await self._block(key, listing, conditions.uint("index", _int_param(query, "index")), wait)
         if listing:
             return json_response(self._list(key, query))
         if _flag(query, "history"):
@@ -324,8 +346,8 @@ class KVApi:
         if kind == "set" and "value" not in body:
             raise BadRequest("missing field 'value'")
         flags = conditions.uint("flags", body["flags"]) if "flags" in body else 0
-        return Op(kind, key, self._value(body.get("value")), parse_ttl(body.get("ttl")), flags,
-                  conditions.from_body(body))
+        ttl_ms = parse_ttl(body["ttl"]) if "ttl" in body else None
+        return Op(kind, key, self._value(body.get("value")), ttl_ms, flags, conditions.from_body(body))
 
 
 def _int_param(query: Any, name: str) -> int:

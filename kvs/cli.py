@@ -124,7 +124,9 @@ def cmd_put(c: Client, args: argparse.Namespace) -> Any:
 
 def cmd_cas(c: Client, args: argparse.Namespace) -> Any:
     if not _conditions(args):
-        raise SystemExit("kvs cas: give at least one of --cas, --if-version, --if-timestamp, --if-value")
+        print("kvs cas: give at least one of --cas, --if-version, --if-timestamp, --if-value",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
     return cmd_put(c, args)
 
 

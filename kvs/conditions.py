@@ -25,6 +25,10 @@ from kvs.model import Version
 
 _MISSING = object()
 MAX_U64 = 2**64 - 1
+# orjson encodes at most 254 levels of arrays/objects, and kvs wraps a value a few levels
+# deeper (stored revision set, history, listing, txn results, replication batches).
+MAX_VALUE_DEPTH = 128
+_HEADROOM = 254 - MAX_VALUE_DEPTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,23 @@ def uint(name: str, raw: Any, maximum: int = MAX_U64) -> int:
     return raw
 
 
+def check_depth(name: str, value: Any) -> Any:
+    """Reject JSON nesting more than MAX_VALUE_DEPTH arrays/objects deep ([] is 1 level).
+
+    The test is the property kvs needs: the value must still encode when wrapped
+    _HEADROOM levels deeper. orjson does the walk (in C; a Python walk of a 1 MiB
+    value costs ~100 ms of event loop).
+    """
+    wrapped = value
+    for _ in range(_HEADROOM):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        raise BadRequest(f"{name} nests deeper than {MAX_VALUE_DEPTH} levels of arrays/objects") from None
+    return value
+
+
 def _uuid(raw: Any) -> str:
     if not isinstance(raw, str):
         raise BadRequest(f"if_version must be a UUID string, got {raw!r}")
@@ -74,7 +95,7 @@ def from_body(body: dict[str, Any]) -> Conditions:
         cas=uint("cas", body["cas"]) if "cas" in body else None,
         if_version=_uuid(body["if_version"]) if "if_version" in body else None,
         if_timestamp=uint("if_timestamp", body["if_timestamp"]) if "if_timestamp" in body else None,
-        if_value=body.get("if_value", _MISSING),
+        if_value=check_depth("if_value", body["if_value"]) if "if_value" in body else _MISSING,
     )
 
 
@@ -92,6 +113,7 @@ def from_query(query: dict[str, str]) -> Conditions:
             if_value = orjson.loads(query["if_value"])
         except orjson.JSONDecodeError:
             raise BadRequest("if_value must be JSON (quote strings: if_value=\"text\")") from None
+        check_depth("if_value", if_value)
     return Conditions(
         cas=_query_int("cas", query["cas"]) if "cas" in query else None,
         if_version=_uuid(query["if_version"]) if "if_version" in query else None,

@@ -162,6 +162,8 @@ class Engine:
 
     def live(self, prefix: str, after: str | None = None) -> Iterator[Version]:
         now = self.now_ms()
+        if after is not None and after < prefix:
+            after = None  # the scan would start before the prefix and stop at the first outsider
         for versions in self.storage.scan_sets(prefix, after):
             if versions[0].is_live(now):
                 yield versions[0]
@@ -330,14 +332,14 @@ class Engine:
             index = self.storage.index
             try:
                 yield m
+                changes = m.changes()
+                if changes or m.expired:
+                    self.storage.hlc = self.hlc.last
+                    m.ticket = self.storage.write(
+                        changes, now=m.now, purged_through=m.purged_through, expired=m.expired)
             except BaseException:
                 self.storage.index = index  # nothing was written: hand the numbers out again
                 raise
-            changes = m.changes()
-            if changes or m.expired:
-                self.storage.hlc = self.hlc.last
-                m.ticket = self.storage.write(
-                    changes, now=m.now, purged_through=m.purged_through, expired=m.expired)
         if m.applied:
             for listener in self.listeners:
                 listener(m.applied)
