@@ -222,3 +222,17 @@ def _wire_body(versions) -> bytes:  # type: ignore[no-untyped-def]
     import orjson
 
     return orjson.dumps([v.to_wire() for v in versions])
+
+
+async def test_graceful_leave_through_the_api(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]
+    nodes = await start_cluster(make_node, 3)
+    leaver = nodes[2]
+    reply = await Api(http, leaver.url).request("POST", "/cluster/leave")
+    assert reply.status == 200 and reply.body["status"] == "left"
+    assert leaver.left.is_set()  # `kvs serve` exits on this
+    leaver_id = leaver.engine.node_id
+    for other in nodes[:2]:
+        await eventually(lambda o=other: o.membership.member(leaver_id).state == "left", timeout=5,
+                         what="peers to see the node as left")
+    members = (await Api(http, nodes[0].url).request("GET", "/cluster/members")).body
+    assert {m["id"]: m["state"] for m in members}[leaver_id] == "left"
