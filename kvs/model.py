@@ -21,7 +21,7 @@ did not descend from it. A plain succession v1 <- v2 <- v3 marks nothing.
 from __future__ import annotations
 
 import dataclasses
-import uuid
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,8 +110,15 @@ def from_wire(item: Any) -> Version:
     return Version(key, value, ver, ts, logical, origin, joined, flags, expires_at, deleted, parent)
 
 
+_V4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (2**128 - 1)
+_V4_BITS = 0x4000 << 64 | 0x8000 << 48
+
+
 def new_version_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID string, without uuid.uuid4()'s syscall and object: this is
+    on every write's path. Uniqueness is what matters here, not unpredictability."""
+    h = f"{random.getrandbits(128) & _V4_MASK | _V4_BITS:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def wins(a: Version, b: Version) -> bool:
