@@ -29,6 +29,9 @@ from kvs.watch import Watchers
 
 log = logging.getLogger("kvs.api")
 
+# Keys the server writes itself (the service registry): readable through /kv, and
+# watchable with blocking queries, but written only through /services.
+RESERVED_PREFIX = "_services/"
 MAX_WAIT_SECONDS = 600
 DEFAULT_WAIT_SECONDS = 300
 PUT_FIELDS = frozenset({"value", "ttl", "flags", *conditions.FIELDS})
@@ -79,7 +82,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 413:
             return error_response(413, code, "request body is larger than this node accepts "
                                   "(max_value_bytes plus envelope)")
-        return error_response(exc.status, code, exc.reason)
+        response = error_response(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:  # RFC 9110: a 405 lists the methods the resource has
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -89,7 +95,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 # -- input parsing ---------------------------------------------------------------------
 
-def _flag(query: Any, name: str) -> bool:
+def flag(query: Any, name: str) -> bool:
     raw = query.get(name)
     if raw is None:
         return False
@@ -100,7 +106,7 @@ def _flag(query: Any, name: str) -> bool:
     raise BadRequest(f"{name} must be true or false, got {raw!r}")
 
 
-def _check_params(query: Any, allowed: frozenset[str]) -> None:
+def check_params(query: Any, allowed: frozenset[str]) -> None:
     unknown = sorted(set(query) - allowed)
     if unknown:
         raise BadRequest(f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
@@ -136,7 +142,7 @@ def _path_key(request: web.Request, *, prefix: bool = False) -> str:
     return validate_key(key, prefix=prefix)
 
 
-async def _json_body(request: web.Request) -> Any:
+async def json_body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
@@ -197,8 +203,10 @@ class KVApi:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         query = request.query
-        _check_params(query, GET_PARAMS)
-        listing = _flag(query, "recurse") or _flag(query, "keys")
+        check_params(query, GET_PARAMS)
+        # Every flag is parsed, also those this mode ignores: a malformed one is a 400.
+        flags = {name: flag(query, name) for name in ("raw", "history", "recurse", "keys")}
+        listing = flags["recurse"] or flags["keys"]
         if not listing:
             misplaced = sorted({"separator", "limit", "after"} & set(query))
             if misplaced:
@@ -210,14 +218,14 @@ class KVApi:
             await self._block(key, listing, conditions.uint("index", _int_param(query, "index")), wait)
         if listing:
             return json_response(self._list(key, query))
-        if _flag(query, "history"):
+        if flags["history"]:
             revisions = [v.to_json() for v in self.engine.history(key)]
             return json_response({"key": key, "revisions": revisions})
         if "version" in query:
             found = self.engine.get_version(key, query["version"])
             return json_response(found.to_json())
         current = self.engine.get(key)
-        if _flag(query, "raw"):
+        if flags["raw"]:
             return self._raw(current)
         return json_response(current.to_json())
 
@@ -232,9 +240,9 @@ class KVApi:
             raise BadRequest("limit must be > 0")
         after = query.get("after")
         separator = query.get("separator")
-        if separator is not None and (not separator or not _flag(query, "keys")):
+        if separator is not None and (not separator or not flag(query, "keys")):
             raise BadRequest("separator must be non-empty and goes with keys=true")
-        names_only = _flag(query, "keys")
+        names_only = flag(query, "keys")
         items: list[Any] = []
         last_group: str | None = None
         more = False
@@ -257,14 +265,25 @@ class KVApi:
         return {"prefix": prefix, field: items, "next": next_after}
 
     async def _block(self, key: str, prefix: bool, index: int, wait: float) -> None:
-        """Hold the request until the key's (or prefix's) modify index exceeds `index`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while self._modify_index(key, prefix) <= index:
-            remaining = deadline - loop.time()
-            if remaining <= 0 or not await self.watchers.wait(key, prefix=prefix,
-                                                              timeout=remaining):
+        """Hold the request until the key's (or prefix's) modify index exceeds `index`.
+
+        One watch stays registered for the whole wait (see kvs/watch.py); a wake-up
+        reads only the keys that changed. The prefix scan runs at most once, and not at
+        all when `index` is this node's own counter (the usual X-KVS-Index round trip).
+        A TTL expiry of a watched key also ends the wait: what a read returns changed.
+        """
+        with self.watchers.watch(key, prefix=prefix) as watch:
+            if index < self.engine.index and self._modify_index(key, prefix) > index:
                 return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while (remaining := deadline - loop.time()) > 0:
+                news = await watch.next(remaining)
+                if news is None:
+                    return
+                changed, expired = news
+                if expired or any(self._modify_index(k, False) > index for k in changed):
+                    return
 
     def _modify_index(self, key: str, prefix: bool) -> int:
         if not prefix:
@@ -275,11 +294,12 @@ class KVApi:
     # -- PUT / DELETE --------------------------------------------------------------------
 
     async def put(self, request: web.Request) -> web.Response:
-        _check_params(request.query, frozenset())
+        check_params(request.query, frozenset())
         key = _path_key(request)
-        body = await _json_body(request)
+        body = await json_body(request)
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object like {\"value\": ...}")
+        _writable(key)
         op = self._op(body, "set", key, allowed=PUT_FIELDS)
         version, ticket = self.engine.put(key, op.value, ttl_ms=op.ttl_ms, flags=op.flags,
                                           cond=op.cond)
@@ -288,16 +308,18 @@ class KVApi:
 
     async def delete(self, request: web.Request) -> web.Response:
         query = request.query
-        _check_params(query, DELETE_PARAMS)
-        if _flag(query, "recurse"):
+        check_params(query, DELETE_PARAMS)
+        if flag(query, "recurse"):
             prefix = _path_key(request, prefix=True)
             if set(query) - {"recurse"}:
                 raise BadRequest("conditions do not combine with recurse=true")
-            tombstones, ticket = self.engine.delete_prefix(prefix)
+            _writable(prefix)  # a prefix covering the reserved one skips it instead
+            tombstones, ticket = self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
             await self._durable(ticket)
             return json_response({"prefix": prefix, "deleted": [t.key for t in tombstones],
                                   "modify_index": self.engine.index})
         key = _path_key(request)
+        _writable(key)
         tombstone, ticket = self.engine.delete(key, conditions.from_query(dict(query)))
         await self._durable(ticket)
         return json_response({"key": key, "version": tombstone.version,
@@ -306,8 +328,8 @@ class KVApi:
     # -- transactions --------------------------------------------------------------------
 
     async def txn(self, request: web.Request) -> web.Response:
-        _check_params(request.query, frozenset())
-        body = await _json_body(request)
+        check_params(request.query, frozenset())
+        body = await json_body(request)
         if not isinstance(body, dict) or set(body) != {"ops"} or not isinstance(body["ops"], list):
             raise BadRequest("body must be {\"ops\": [...]}")
         raw_ops = body["ops"]
@@ -334,6 +356,8 @@ class KVApi:
         if not isinstance(key, str):
             raise BadRequest(f"ops[{index}].key must be a string")
         try:
+            if kind in ("set", "delete"):
+                _writable(key)
             allowed = TXN_FIELDS if kind == "set" else TXN_FIELDS - {"value", "ttl", "flags"}
             return self._op(raw, kind, validate_key(key), allowed=allowed)
         except BadRequest as exc:
@@ -348,6 +372,12 @@ class KVApi:
         flags = conditions.uint("flags", body["flags"]) if "flags" in body else 0
         ttl_ms = parse_ttl(body["ttl"]) if "ttl" in body else None
         return Op(kind, key, self._value(body.get("value")), ttl_ms, flags, conditions.from_body(body))
+
+
+def _writable(key: str) -> None:
+    if key.startswith(RESERVED_PREFIX):
+        raise BadRequest(f"keys under {RESERVED_PREFIX!r} are the service registry's; "
+                         "write them through /services")
 
 
 def _int_param(query: Any, name: str) -> int:

@@ -130,6 +130,8 @@ class Engine:
         self._lock = threading.Lock()
         # Called with the versions of each committed mutation (replication, watchers).
         self.listeners: list[Callable[[list[Version]], None]] = []
+        # Called with the keys whose TTL the sweeper found run out (blocking queries).
+        self.expiry_listeners: list[Callable[[list[str]], None]] = []
 
     @property
     def node_id(self) -> str:
@@ -171,8 +173,11 @@ class Engine:
     # -- local writes --------------------------------------------------------------------
 
     def put(self, key: str, value: Any, *, ttl_ms: int | None = None, flags: int = 0,
-            cond: Conditions = NONE) -> tuple[Version, int]:
-        self._require_cas(cond)
+            cond: Conditions = NONE, internal: bool = False) -> tuple[Version, int]:
+        """`internal`: the condition is the server's own (a service lease renewal), not a
+        client CAS, so it holds even with cas_enabled false."""
+        if not internal:
+            self._require_cas(cond)
         with self._mutation() as m:
             version = self._set(m, Op("set", key, value, ttl_ms, flags, cond))
         return version, m.ticket
@@ -185,9 +190,10 @@ class Engine:
                 raise NotFound(f"key {key!r} not found")
         return tombstone, m.ticket
 
-    def delete_prefix(self, prefix: str) -> tuple[list[Version], int]:
+    def delete_prefix(self, prefix: str, *, skip: str | None = None) -> tuple[list[Version], int]:
+        """Tombstone every live key under `prefix`, except those under `skip`."""
         with self._mutation() as m:
-            keys = [v.key for v in self.live(prefix)]
+            keys = [v.key for v in self.live(prefix) if skip is None or not v.key.startswith(skip)]
             tombstones = [t for t in (self._delete(m, k, NONE) for k in keys) if t]
         return tombstones, m.ticket
 
@@ -219,6 +225,8 @@ class Engine:
                 raise CASConflict(
                     f"{len(failed)} of {len(ops)} operations failed their conditions; "
                     "nothing was written", failed=failed)
+            if any(op.cond for op in ops):
+                self.stats.cas_success += 1  # one conditional write, like its conflict
         return results, m.ticket
 
     def _txn_op(self, m: _Mutation, op: Op) -> Any:
@@ -319,6 +327,9 @@ class Engine:
                 if current is not None and dead_at is not None and dead_at + self.gc_ms == purge_at:
                     m.purge(key, current)
         self.stats.expired += len(m.expired)
+        if m.expired:
+            for listener in self.expiry_listeners:
+                listener([key for _, key in m.expired])
         purged = sum(1 for c in m.changes() if not c.new)
         self.stats.purged += purged
         return len(m.expired), purged

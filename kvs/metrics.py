@@ -8,7 +8,7 @@ request counter.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -24,16 +24,20 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _NodeCollector(Collector):
-    def __init__(self, engine: Engine, replicator: Replicator, membership: Membership) -> None:
+    def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
+                 watchers: Sized | None = None) -> None:
         self.engine = engine
         self.replicator = replicator
         self.membership = membership
+        self.watchers = watchers
 
     def collect(self) -> Iterator[Metric]:
         stats, repl = self.engine.stats, self.replicator.stats
         counters = [
-            ("kvs_cas_success", "Conditional writes whose conditions held", stats.cas_success),
-            ("kvs_cas_conflicts", "Conditional writes rejected with 409", stats.cas_conflict),
+            ("kvs_cas_success", "Conditional writes whose conditions held (a transaction with "
+             "conditions counts once)", stats.cas_success),
+            ("kvs_cas_conflicts", "Conditional writes rejected with 409 (a transaction counts once)",
+             stats.cas_conflict),
             ("kvs_superseded_versions", "Versions that lost a conflict (kept in history)",
              stats.superseded),
             ("kvs_expired_keys", "Keys whose TTL ran out (sweeper)", stats.expired),
@@ -55,9 +59,12 @@ class _NodeCollector(Collector):
         yield GaugeMetricFamily("kvs_keys", "Live keys on this node", value=storage.live_keys)
         yield GaugeMetricFamily("kvs_index", "This node's index counter", value=storage.index)
         tombstones = GaugeMetricFamily("kvs_dead_keys_pending_purge",
-                                       "Tombstoned or expired keys waiting for purge",
+                                       "Tombstones: deleted or expired keys kept until purge",
                                        value=storage.count_pending_purge())
         yield tombstones
+        if self.watchers is not None:
+            yield GaugeMetricFamily("kvs_blocking_queries", "Blocking queries waiting on this node",
+                                    value=len(self.watchers))
         members = GaugeMetricFamily("kvs_members", "Cluster members by state", labels=["state"])
         rows = self.membership.members()
         for state in (ALIVE, SUSPECT, DEAD, LEFT):
@@ -66,9 +73,10 @@ class _NodeCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, engine: Engine, replicator: Replicator, membership: Membership) -> None:
+    def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
+                 watchers: Sized | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_NodeCollector(engine, replicator, membership))
+        self.registry.register(_NodeCollector(engine, replicator, membership, watchers))
         self.requests = Counter("kvs_http_requests", "HTTP requests by method and status",
                                 ["method", "status"], registry=self.registry)
 

@@ -21,6 +21,7 @@ did not descend from it. A plain succession v1 <- v2 <- v3 marks nothing.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,12 +113,18 @@ def from_wire(item: Any) -> Version:
 
 _V4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (2**128 - 1)
 _V4_BITS = 0x4000 << 64 | 0x8000 << 48
+# A private generator seeded from os.urandom, re-seeded in a forked child: the global
+# `random` is anyone's to seed (Hypothesis seeds it for every example, a test or a chaos
+# run may call random.seed()), and two writes with the same id would be taken for one
+# version, on this node and on every peer.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 def new_version_id() -> str:
     """A random (version 4) UUID string, without uuid.uuid4()'s syscall and object: this is
     on every write's path. Uniqueness is what matters here, not unpredictability."""
-    h = f"{random.getrandbits(128) & _V4_MASK | _V4_BITS:032x}"
+    h = f"{_ids.getrandbits(128) & _V4_MASK | _V4_BITS:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -12,9 +12,11 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 
+from kvs import openapi
 from kvs.api import KVApi, error_middleware, index_middleware
 from kvs.auth import internal_auth_middleware
 from kvs.clock import wall_ms
@@ -23,6 +25,7 @@ from kvs.config import Config
 from kvs.engine import Engine
 from kvs.metrics import Metrics
 from kvs.replication import Replicator
+from kvs.services import ServiceApi
 from kvs.storage import Storage
 from kvs.swim.node import Membership
 from kvs.transport import HttpTransport
@@ -58,7 +61,7 @@ class Node:
 
     def build_app(self) -> web.Application:
         assert self.engine and self.membership and self.replicator
-        metrics = Metrics(self.engine, self.replicator, self.membership)
+        metrics = Metrics(self.engine, self.replicator, self.membership, self.watchers)
         app = web.Application(
             middlewares=[
                 metrics.middleware,
@@ -74,6 +77,8 @@ class Node:
         app.add_routes(self.membership.routes())
         app.add_routes(self.replicator.routes())
         app.router.add_get("/metrics", metrics.handle)
+        app.add_routes(ServiceApi(self.config, self.engine).routes())
+        app.router.add_get("/openapi.json", openapi.handle)
         return app
 
     async def start(self) -> None:
@@ -90,6 +95,7 @@ class Node:
         self.storage.ensure_identity(config.node_id, now_ms())
         self.engine = Engine(config, self.storage, now_ms)
         self.engine.listeners.append(self.watchers.notify)
+        self.engine.expiry_listeners.append(partial(self.watchers.notify_keys, expired=True))
         # Bind first, so the address peers must use is known before membership starts.
         sock = _bind(config.bind_address, config.port)
         self.port = sock.getsockname()[1]

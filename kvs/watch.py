@@ -1,52 +1,98 @@
-"""Blocking queries: waiters parked on a key or a prefix, woken by committed versions.
+"""Blocking queries: subscriptions on a key or a prefix, woken by committed versions.
 
-No polling: a waiter is a future in a dict; each committed mutation wakes the
-futures of exactly its keys and of every registered prefix that covers them.
-Hundreds of idle watchers cost a dict entry each.
+No polling. A blocking GET registers one `Watch` for its whole wait; each
+committed mutation appends the keys it changed to the watches of exactly those
+keys and of every registered prefix that covers them, and wakes them:
+
+    GET /kv/p/?recurse=true&index=41&wait=30s
+        watch = Watch()  ->  _prefixes["p/"] = {watch, ...}
+    PUT /kv/p/a  (modify_index 42)
+        notify([p/a@42]) -> watch.changed = {"p/a"}, watch wakes
+    the query reads only the changed keys: p/a's current modify_index 42 > 41 -> answer
+
+A wake-up costs a read of the changed keys, never a rescan of the prefix, and an
+idle watcher costs one set entry and one timer. Because a watch stays registered
+between wake-ups, a change that lands while its query is checking is not lost.
+Expiries found by the sweeper wake the watches of the expired keys too: the
+version did not change, but what a read returns did.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from kvs.model import Version
 
 
+class Watch:
+    """One blocking query's subscription: the keys changed since it last looked."""
+
+    __slots__ = ("_future", "changed", "expired")
+
+    def __init__(self) -> None:
+        self.changed: set[str] = set()
+        self.expired = False
+        self._future: asyncio.Future[None] | None = None
+
+    def _add(self, key: str, expired: bool) -> None:
+        self.changed.add(key)
+        self.expired |= expired
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    async def next(self, timeout: float) -> tuple[set[str], bool] | None:
+        """(changed keys, any of them expired) since the last call; None on timeout."""
+        if not self.changed:
+            self._future = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._future
+            except TimeoutError:
+                return None
+            finally:
+                self._future = None
+        changed, expired = self.changed, self.expired
+        self.changed, self.expired = set(), False
+        return changed, expired
+
+
 class Watchers:
     def __init__(self) -> None:
-        self._keys: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
-        self._prefixes: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._keys: dict[str, set[Watch]] = {}
+        self._prefixes: dict[str, set[Watch]] = {}
 
-    async def wait(self, key: str, *, prefix: bool, timeout: float) -> bool:
-        """Wait for a change under `key` (or prefix); False on timeout."""
+    @contextmanager
+    def watch(self, key: str, *, prefix: bool) -> Iterator[Watch]:
         table = self._prefixes if prefix else self._keys
-        future = asyncio.get_running_loop().create_future()
-        table[key].add(future)
+        watch = Watch()
+        table.setdefault(key, set()).add(watch)
         try:
-            await asyncio.wait_for(future, timeout)
-            return True
-        except TimeoutError:
-            return False
+            yield watch
         finally:
-            waiters = table.get(key)
-            if waiters is not None:
-                waiters.discard(future)
-                if not waiters:
-                    del table[key]
+            watches = table[key]
+            watches.discard(watch)
+            if not watches:
+                del table[key]
 
     def notify(self, versions: list[Version]) -> None:
-        for key in {v.key for v in versions}:
-            self._wake(self._keys.get(key))
-            for prefix, waiters in list(self._prefixes.items()):
-                if key.startswith(prefix):
-                    self._wake(waiters)
+        """Engine listener: versions committed by one mutation."""
+        self.notify_keys({v.key for v in versions})
+
+    def notify_keys(self, keys: Iterable[str], *, expired: bool = False) -> None:
+        for key in keys:
+            for watch in self._keys.get(key, ()):
+                watch._add(key, expired)
+            for prefix in self._covering(key):
+                for watch in self._prefixes[prefix]:
+                    watch._add(key, expired)
+
+    def _covering(self, key: str) -> list[str]:
+        """Registered prefixes of `key`: a walk over whichever is shorter, the prefixes or the key."""
+        if len(self._prefixes) <= len(key) + 1:
+            return [p for p in self._prefixes if key.startswith(p)]
+        return [key[:n] for n in range(len(key) + 1) if key[:n] in self._prefixes]
 
     def __len__(self) -> int:
         return sum(map(len, self._keys.values())) + sum(map(len, self._prefixes.values()))
-
-    @staticmethod
-    def _wake(waiters: set[asyncio.Future[None]] | None) -> None:
-        for future in waiters or ():
-            if not future.done():
-                future.set_result(None)

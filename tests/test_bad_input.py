@@ -332,6 +332,9 @@ BAD_QUERIES = [
     ("GET", "/kv/probe?raw=yes"),
     ("GET", "/kv/probe?history=2"),
     ("GET", "/kv/probe?recurse=maybe"),
+    ("GET", "/kv/?keys=true&history=null"),  # a flag the listing ignores is still checked
+    ("GET", "/kv/?recurse=true&keys=maybe"),
+    ("GET", "/kv/?keys=true&raw=2"),
     ("GET", "/kv/?keys=%FF"),
     ("GET", "/kv/probe?%FF=1"),
     ("GET", "/kv/?keys=true&limit=0"),
@@ -478,6 +481,8 @@ async def test_wrong_method_or_path(api: Api, before: tuple[Any, ...]) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}[status]
         await assert_rejected(api, before, reply, status, code, what=(method, path))
         assert reply.headers["Content-Type"].startswith("application/json")
+        if status == 405:  # RFC 9110: a 405 says which methods the resource has
+            assert reply.headers["Allow"], (method, path)
 
 
 async def test_a_failed_storage_write_hands_its_index_back(node: Node, api: Api) -> None:

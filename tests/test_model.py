@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import random
+import uuid
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.model import Version, decode_set, encode_set, from_wire, resolve, set_digest, wins
+from kvs.model import (
+    Version,
+    decode_set,
+    encode_set,
+    from_wire,
+    new_version_id,
+    resolve,
+    set_digest,
+    wins,
+)
 
 uuids = st.uuids().map(str)
 versions = st.builds(
@@ -109,3 +119,17 @@ def test_digest_ignores_node_local_fields() -> None:
     assert set_digest("k", [a]) == set_digest("k", [b])
     flagged = Version("k", "1", "1", 1, 0, "n", 0, flags=1)
     assert set_digest("k", [a]) != set_digest("k", [flagged])
+
+
+def test_version_ids_do_not_follow_the_global_random_state() -> None:
+    """Hypothesis (and any seeded test or tool) resets `random`; ids must stay unique.
+
+    Found by the schemathesis run: an in-process node under Hypothesis handed out the
+    same id twice, and a delete of that key hit the engine's invariant (a 500).
+    """
+    random.seed(0)
+    first = new_version_id()
+    random.seed(0)
+    second = new_version_id()
+    assert first != second
+    assert uuid.UUID(first).version == 4 and str(uuid.UUID(first)) == first

@@ -1,0 +1,316 @@
+"""OpenAPI 3.1 description of the public HTTP API, served at GET /openapi.json.
+
+Built as a plain dict, so it is data the tests can compare with the routes the app
+registers (tests/test_openapi.py: every public route documented and vice versa) and
+hand to schemathesis, which fuzzes a live node against it. `/internal/` (node to
+node) is not part of the public API and is not described here.
+
+Operations that end or disturb the node rather than read or write data carry
+`x-kvs-destructive: true` (POST /cluster/leave); fuzzers must skip them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from aiohttp import web
+
+from kvs import __version__
+from kvs.api import MAX_WAIT_SECONDS, json_response
+from kvs.engine import MAX_TTL_SECONDS
+
+Schema = dict[str, Any]
+
+U64 = {"type": "integer", "minimum": 0, "maximum": 2**64 - 1}
+INT = {"type": "integer"}
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+ANY: Schema = {"description": "any JSON value"}
+TTL = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TTL_SECONDS,
+       "description": "seconds (fractions allowed)"}
+UUID = {"type": "string", "format": "uuid"}
+SERVICE_NAME = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _null(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _obj(required: dict[str, Schema], optional: dict[str, Schema] | None = None, *,
+         closed: bool = True, description: str | None = None) -> Schema:
+    out: Schema = {"type": "object", "properties": {**required, **(optional or {})},
+                   "required": list(required)}
+    if closed:
+        out["additionalProperties"] = False
+    if description:
+        out["description"] = description
+    return out
+
+
+CONDITION_FIELDS: dict[str, Schema] = {
+    "cas": {**U64, "description": "0: create-only (key absent); N: current modify_index is N"},
+    "if_version": {**UUID, "description": "the current version's UUID equals it"},
+    "if_timestamp": {**U64, "description": "the current version's timestamp equals it"},
+    "if_value": {**ANY, "description": "the current value equals it (JSON equality)"},
+}
+
+VERSION_META_FIELDS: dict[str, Schema] = {
+    "key": STR, "version": UUID, "timestamp": INT, "logical": INT, "origin": STR,
+    "origin_joined_at": INT, "flags": U64, "expires_at": _null(INT), "deleted": BOOL,
+    "parent": _null(UUID), "superseded": BOOL, "modify_index": INT, "create_index": INT,
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": _obj(
+        {"error": {"type": "string", "enum": [
+            "bad_request", "unauthorized", "not_found", "method_not_allowed", "cas_conflict",
+            "too_large", "cas_disabled", "http_error"]},
+         "message": STR},
+        {"current": _null(_ref("VersionMeta")),
+         "failed": {"type": "array", "items": _ref("TxnFailure")}},
+        closed=False, description="Every error: a code and a human message. A 409 from a "
+        "single write carries `current`, from a transaction `failed`."),
+    "Version": _obj({**VERSION_META_FIELDS, "value": ANY},
+                    description="One version of a key (SPEC section 2)."),
+    "VersionMeta": _obj(VERSION_META_FIELDS, description="A version without its value."),
+    "History": _obj({"key": STR, "revisions": {"type": "array", "items": _ref("Version")}},
+                    description="history=true: current and past versions, newest first."),
+    "Listing": _obj({"prefix": STR, "items": {"type": "array", "items": _ref("Version")},
+                     "next": _null(STR)}, description="recurse=true: live versions in key order."),
+    "KeyListing": _obj({"prefix": STR, "keys": {"type": "array", "items": STR}, "next": _null(STR)},
+                       description="keys=true: key names (or separator groups) in key order."),
+    "PutBody": _obj({"value": ANY}, {"ttl": TTL, "flags": U64, **CONDITION_FIELDS}),
+    "WriteResult": _obj({"key": STR, "version": UUID, "timestamp": INT, "modify_index": INT,
+                         "create_index": INT, "expires_at": _null(INT)}),
+    "DeleteResult": _obj({"key": STR, "version": UUID, "modify_index": INT}),
+    "PrefixDeleteResult": _obj({"prefix": STR, "deleted": {"type": "array", "items": STR},
+                                "modify_index": INT}),
+    "TxnOp": _obj({"op": {"type": "string", "enum": ["set", "delete", "check", "get"]}, "key": STR},
+                  {"value": ANY, "ttl": TTL, "flags": U64, **CONDITION_FIELDS},
+                  description="value, ttl and flags go with op=set only."),
+    "TxnBody": _obj({"ops": {"type": "array", "minItems": 1, "items": _ref("TxnOp")}}),
+    "TxnResult": _obj({"results": {"type": "array", "items": {"anyOf": [
+        _ref("WriteResult"), _ref("DeleteResult"), _ref("Version"),
+        _obj({"key": STR, "version": {"type": "null"}, "modify_index": {"type": "null"}},
+             description="delete of an absent key: a no-op"),
+        _obj({"key": STR, "ok": {"const": True}, "version": _null(UUID)}, description="check"),
+        {"type": "null", "description": "get of an absent key"},
+    ]}}}, description="One result per op, in order."),
+    "TxnFailure": _obj({"index": INT, "key": STR, "message": STR, "current": _null(_ref("VersionMeta"))}),
+    "Health": _obj({"status": {"const": "ok"}, "node": STR}),
+    "Member": _obj({"id": STR, "address": STR, "joined_at": INT,
+                    "state": {"type": "string", "enum": ["alive", "suspect", "dead", "left"]},
+                    "incarnation": INT, "last_seen": _null(INT)}),
+    "AntiEntropyRound": _obj({"peer": STR, "keys_repaired": INT, "bytes": INT,
+                              "duration_ms": {"type": "number"}, "at": INT, "error": _null(STR)}),
+    "ClusterStatus": _obj({
+        "node": STR, "joined_at": INT, "keys": INT, "index": INT,
+        "merkle_root": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "hlc": {"type": "array", "items": INT, "minItems": 2, "maxItems": 2},
+        "last_rounds": {"type": "array", "items": _ref("AntiEntropyRound")},
+    }),
+    "Left": _obj({"status": {"const": "left"}, "node": STR}),
+    "Registration": _obj({
+        "name": SERVICE_NAME, "address": _null(STR),
+        "port": _null({"type": "integer", "minimum": 1, "maximum": 65535}),
+        "tags": {"type": "array", "items": STR},
+        "meta": {"type": "object", "additionalProperties": STR},
+        "ttl": _null(TTL),
+    }, description="A service registration as stored (absent fields are null, [] or {})."),
+    "RegisterBody": _obj({"name": SERVICE_NAME}, {
+        "address": _null(STR), "port": _null({"type": "integer", "minimum": 1, "maximum": 65535}),
+        "tags": {"type": "array", "items": STR}, "meta": {"type": "object", "additionalProperties": STR},
+        "ttl": _null(TTL), "cas": CONDITION_FIELDS["cas"],
+    }),
+    "RenewBody": _obj({}, {"ttl": _null(TTL)}),
+    "ServiceWriteResult": _obj({"name": SERVICE_NAME, "version": UUID, "modify_index": INT,
+                                "create_index": INT, "expires_at": _null(INT)}),
+    "ServiceDeleteResult": _obj({"name": SERVICE_NAME, "version": UUID, "modify_index": INT}),
+    "ServiceList": _obj({"services": {"type": "array", "items": _ref("Registration")}}),
+}
+# The registration plus its version: the same fields, and four more.
+SCHEMAS["RegistrationWithMetadata"] = _obj({
+    **SCHEMAS["Registration"]["properties"],
+    "version": UUID, "modify_index": INT, "create_index": INT, "expires_at": _null(INT),
+}, description="metadata=true: the registration and its version's identity.")
+
+ERROR_TEXT = {
+    400: "bad_request: malformed body or query, unknown field or parameter, wrong type, bad key",
+    404: "not_found: absent, deleted or expired (or a condition other than cas=0 on an absent key)",
+    409: "cas_conflict: a condition did not hold; nothing was written",
+    413: "too_large: value over max_value_bytes, or body over the node's limit",
+    501: "cas_disabled: a condition was sent while cas_enabled is false; nothing was written",
+}
+INDEX_HEADER = {"X-KVS-Index": {
+    "description": "This node's index counter; pass it as ?index= to a blocking query.",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+
+
+def _json(schema: Schema, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description,
+                           "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _responses(ok: Schema, ok_text: str, errors: tuple[int, ...], *, kv: bool = False,
+               extra_ok: dict[str, Any] | None = None) -> dict[str, Any]:
+    headers = INDEX_HEADER if kv else None
+    out = {"200": _json(ok, ok_text, headers)}
+    if extra_ok:
+        out["200"]["content"].update(extra_ok)
+    for status in errors:
+        out[str(status)] = _json(_ref("Error"), ERROR_TEXT[status], headers)
+    return out
+
+
+def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+FLAG = {"type": "boolean"}
+KEY_PARAM = {
+    "name": "key", "in": "path", "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 512,
+               "pattern": "^[^\u0000-\u001f\u007f-\u009f]+$"},
+    "description": "UTF-8 key, 1..512 bytes, '/' allowed (percent-encode it or not), no control "
+                   "characters. A prefix for recurse/keys. Keys under `_services/` are the "
+                   "service registry's: readable here, written only through /services.",
+}
+NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": SERVICE_NAME,
+              "description": "service name"}
+WAIT = {"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m)?$"}
+
+KV_GET_PARAMS = [
+    KEY_PARAM,
+    _query("raw", FLAG, "answer the bare value: a string as text/plain, other JSON as JSON"),
+    _query("version", STR, "that version (UUID) of the key, from history if it is not current; "
+                           "an unknown version is a 404"),
+    _query("history", FLAG, "current and past versions, newest first"),
+    _query("recurse", FLAG, "versions of all live keys under the prefix, key order"),
+    _query("keys", FLAG, "key names only, under the prefix"),
+    _query("separator", {"type": "string", "minLength": 1}, "with keys=true: group names like Consul"),
+    _query("limit", {"type": "integer", "minimum": 1}, "with recurse/keys: page size"),
+    _query("after", STR, "with recurse/keys: start after this key (the previous page's `next`)"),
+    _query("index", U64, "blocking query: wait until the key's (prefix's) modify_index exceeds it"),
+    _query("wait", WAIT, f"blocking query: longest wait (30s, 500ms, 5m; default 300s, max "
+                         f"{MAX_WAIT_SECONDS // 60}m)"),
+]
+KV_DELETE_PARAMS = [
+    KEY_PARAM,
+    _query("recurse", FLAG, "tombstone every live key under the prefix (no conditions)"),
+    _query("cas", U64, "0: only if absent; N: only if modify_index is N"),
+    _query("if_version", UUID, "only if the current version is this one"),
+    _query("if_timestamp", U64, "only if the current timestamp is this one"),
+    _query("if_value", STR, "only if the current value equals this JSON text (quote strings)"),
+]
+
+
+def _op(summary: str, responses: dict[str, Any], *, tag: str, params: list[Any] | None = None,
+        body: Schema | None = None, body_required: bool = True, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses, **extra}
+    if params:
+        out["parameters"] = params
+    if body is not None:
+        out["requestBody"] = {"required": body_required,
+                              "content": {"application/json": {"schema": body}}}
+    return out
+
+
+def build() -> dict[str, Any]:
+    """The whole document (a fresh dict each call)."""
+    kv_read = {"anyOf": [_ref("Version"), _ref("History"), _ref("Listing"), _ref("KeyListing"),
+                         {**ANY, "description": "raw=true: the bare value"}]}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "kvs",
+            "version": __version__,
+            "description": "Leaderless, gossip-replicated key-value store with compare-and-swap. "
+                           "JSON in, JSON out; every error is {\"error\", \"message\"}.",
+        },
+        "paths": {
+            "/kv/{key}": {
+                "get": _op("Read a key, a version, its history, or list a prefix; blocking with "
+                           "index and wait", _responses(kv_read, "the version (or listing, "
+                                                        "history, raw value)", (400, 404), kv=True,
+                                                        extra_ok={"text/plain": {"schema": STR}}),
+                           tag="kv", params=KV_GET_PARAMS),
+                "put": _op("Write a key, optionally conditional (CAS)",
+                           _responses(_ref("WriteResult"), "the new version's identity",
+                                      (400, 404, 409, 413, 501), kv=True),
+                           tag="kv", params=[KEY_PARAM], body=_ref("PutBody")),
+                "delete": _op("Delete a key (tombstone), optionally conditional; or a subtree",
+                              _responses({"anyOf": [_ref("DeleteResult"), _ref("PrefixDeleteResult")]},
+                                         "the tombstone (or the keys a recursive delete removed)",
+                                         (400, 404, 409, 501), kv=True),
+                              tag="kv", params=KV_DELETE_PARAMS),
+            },
+            "/txn": {"post": _op(
+                "All-or-nothing transaction of set/delete/check/get ops on this node",
+                _responses(_ref("TxnResult"), "every op's result", (400, 409, 413, 501), kv=True),
+                tag="kv", body=_ref("TxnBody"))},
+            "/services": {
+                "get": _op("List live service registrations, by name",
+                           _responses(_ref("ServiceList"), "live registrations", (400,)),
+                           tag="services"),
+                "post": _op("Register (or update) a service; `cas` as for /kv, `ttl` makes it expire "
+                            "unless renewed",
+                            _responses(_ref("ServiceWriteResult"), "the registration's version",
+                                       (400, 404, 409, 413, 501)),
+                            tag="services", body=_ref("RegisterBody")),
+            },
+            "/services/{name}": {
+                "get": _op("One registration; metadata=true adds its version and indexes",
+                           _responses({"anyOf": [_ref("Registration"), _ref("RegistrationWithMetadata")]},
+                                      "the registration", (400, 404)),
+                           tag="services", params=[
+                               NAME_PARAM, _query("metadata", FLAG, "add version, modify_index, "
+                                                  "create_index and expires_at")]),
+                "delete": _op("Deregister (tombstone); cas=N only if modify_index is N",
+                              _responses(_ref("ServiceDeleteResult"), "the tombstone",
+                                         (400, 404, 409, 501)),
+                              tag="services", params=[NAME_PARAM, _query("cas", U64, "only if "
+                                                                         "modify_index is N")]),
+            },
+            "/services/{name}/renew": {"put": _op(
+                "Renew a registration's TTL (a lease renewal conditioned on its current version, "
+                "so it never resurrects an expired or deregistered one; works with cas_enabled "
+                "false)",
+                _responses(_ref("ServiceWriteResult"), "the renewed registration's version",
+                           (400, 404, 409, 413)),
+                tag="services", params=[NAME_PARAM], body=_ref("RenewBody"), body_required=False)},
+            "/health": {"get": _op("Liveness", _responses(_ref("Health"), "the node is up", ()),
+                                   tag="operations")},
+            "/cluster/members": {"get": _op(
+                "Members as this node's gossip sees them",
+                _responses({"type": "array", "items": _ref("Member")}, "all known members", ()),
+                tag="operations")},
+            "/cluster/status": {"get": _op(
+                "This node: id, key count, index, Merkle root, last anti-entropy rounds",
+                _responses(_ref("ClusterStatus"), "node status", ()), tag="operations")},
+            "/cluster/leave": {"post": _op(
+                "Leave the cluster gracefully; the node then shuts down",
+                _responses(_ref("Left"), "peers were told; the node stops", ()),
+                tag="operations", **{"x-kvs-destructive": True})},
+            "/metrics": {"get": _op(
+                "Prometheus metrics", {"200": {"description": "Prometheus text exposition format",
+                                               "content": {"text/plain": {"schema": STR}}}},
+                tag="operations")},
+            "/openapi.json": {"get": _op(
+                "This document", _responses({"type": "object"}, "OpenAPI 3.1 document", ()),
+                tag="operations")},
+        },
+        "components": {"schemas": copy.deepcopy(SCHEMAS)},
+    }
+
+
+async def handle(request: web.Request) -> web.Response:
+    return json_response(build())

@@ -1,0 +1,193 @@
+"""Service registry (as in Konsul): /services, stored as ordinary KV versions.
+
+A registration is the JSON value of the key `_services/<name>`, written through
+the engine like any other key, so it replicates, converges, expires and keeps
+history exactly as KV data does:
+
+    POST /services {"name": "web", "port": 80, "ttl": 10}
+        -> engine.put("_services/web", {"name": "web", "address": null, "port": 80,
+                                        "tags": [], "meta": {}, "ttl": 10}, ttl_ms=10_000)
+
+    GET    /services                   live registrations, by name
+    GET    /services/{name}            one registration (?metadata=true adds its version)
+    PUT    /services/{name}/renew      fresh TTL, conditioned on the current version
+    DELETE /services/{name}?cas=N      tombstone
+
+`cas` means what it means for `/kv` (create-only with 0, modify_index otherwise)
+and needs `cas_enabled`. A renewal is different: its `if_version` condition is
+the server's own guard against resurrecting a registration that expired or was
+deregistered meanwhile, not a client CAS, so it works with `cas_enabled: false`.
+The `/kv` API treats the `_services/` prefix as read-only (see api.RESERVED_PREFIX).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kvs import conditions
+from kvs.api import RESERVED_PREFIX, check_params, flag, json_body, json_response, parse_ttl
+from kvs.conditions import NONE, Conditions
+from kvs.config import Config
+from kvs.engine import Engine
+from kvs.errors import BadRequest, NotFound, TooLarge
+from kvs.model import Version
+
+PREFIX = RESERVED_PREFIX
+NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+REGISTER_FIELDS = frozenset({"name", "address", "port", "tags", "meta", "ttl", "cas"})
+
+
+def validate_name(raw: Any) -> str:
+    if not isinstance(raw, str) or not NAME.fullmatch(raw):
+        raise BadRequest(f"service name must be 1 to 128 characters of A-Z a-z 0-9 . _ -, got {raw!r}")
+    return raw
+
+
+def parse_registration(body: Any) -> tuple[dict[str, Any], int | None, Conditions]:
+    """POST /services body -> (registration value, ttl in ms or None, conditions)."""
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object like {\"name\": \"web\", \"port\": 80}")
+    unknown = sorted(set(body) - REGISTER_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(REGISTER_FIELDS))}")
+    if "name" not in body:
+        raise BadRequest("missing field 'name'")
+    name = validate_name(body["name"])
+    address = body.get("address")
+    if address is not None and not isinstance(address, str):
+        raise BadRequest(f"address must be a string, got {address!r}")
+    port = body.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 1 <= port <= 65535):
+        raise BadRequest(f"port must be an integer from 1 to 65535, got {port!r}")
+    tags = body.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise BadRequest("tags must be a list of strings")
+    meta = body.get("meta", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise BadRequest("meta must be an object of string values")
+    ttl = body.get("ttl")
+    ttl_ms = parse_ttl(ttl) if ttl is not None else None
+    cond = Conditions(cas=conditions.uint("cas", body["cas"])) if "cas" in body else NONE
+    value = {"name": name, "address": address, "port": port, "tags": tags, "meta": meta, "ttl": ttl}
+    return value, ttl_ms, cond
+
+
+def _is_registration(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("name"), str)
+
+
+class ServiceApi:
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/services", self.register),
+            web.get("/services", self.list_services),
+            web.get("/services/{name}", self.get),
+            web.put("/services/{name}/renew", self.renew),
+            web.delete("/services/{name}", self.deregister),
+        ]
+
+    async def _durable(self, ticket: int) -> None:
+        if self.config.sync_writes and ticket:
+            await self.engine.storage.durable(ticket)
+
+    def _current(self, name: str) -> Version:
+        try:
+            current = self.engine.get(PREFIX + name)
+        except NotFound:
+            raise NotFound(f"service {name!r} is not registered (or its ttl ran out)") from None
+        if not _is_registration(current.value):
+            raise NotFound(f"service {name!r} is not registered")
+        return current
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def register(self, request: web.Request) -> web.Response:
+        check_params(request.query, frozenset())
+        value, ttl_ms, cond = parse_registration(await json_body(request))
+        size = len(orjson.dumps(value))
+        if size > self.config.max_value_bytes:
+            raise TooLarge(f"registration is {size} bytes encoded; max_value_bytes is "
+                           f"{self.config.max_value_bytes}")
+        name = value["name"]
+        try:
+            version, ticket = self.engine.put(PREFIX + name, value, ttl_ms=ttl_ms, cond=cond)
+        except NotFound:
+            raise NotFound(f"service {name!r} is not registered; cas={cond.cas} needs an existing "
+                           "registration (cas=0 creates one)") from None
+        await self._durable(ticket)
+        return json_response(_write_result(name, version))
+
+    async def list_services(self, request: web.Request) -> web.Response:
+        check_params(request.query, frozenset())
+        services = [v.value for v in self.engine.live(PREFIX) if _is_registration(v.value)]
+        return json_response({"services": services})
+
+    async def get(self, request: web.Request) -> web.Response:
+        check_params(request.query, frozenset({"metadata"}))
+        metadata = flag(request.query, "metadata")
+        current = self._current(validate_name(request.match_info["name"]))
+        if not metadata:
+            return json_response(current.value)
+        return json_response({**current.value, "version": current.version,
+                              "modify_index": current.modify_index,
+                              "create_index": current.create_index,
+                              "expires_at": current.expires_at})
+
+    async def renew(self, request: web.Request) -> web.Response:
+        """Rewrite the registration with a fresh TTL, only if it is still the same version.
+
+        The if_version condition is the server's own (a lease renewal must not
+        resurrect a registration that expired or was deregistered, nor overwrite one
+        that changed meanwhile), so it is allowed with cas_enabled: false.
+        """
+        check_params(request.query, frozenset())
+        name = validate_name(request.match_info["name"])
+        ttl: Any = None
+        if await request.read():
+            body = await json_body(request)
+            if not isinstance(body, dict) or set(body) - {"ttl"}:
+                raise BadRequest("body must be empty or {\"ttl\": <seconds>}")
+            ttl = body.get("ttl")
+        current = self._current(name)
+        if ttl is None:
+            ttl = current.value.get("ttl")
+            if ttl is None:
+                raise BadRequest(f"service {name!r} was registered without a ttl; pass "
+                                 "{\"ttl\": <seconds>} to renew it with one")
+        ttl_ms = parse_ttl(ttl)
+        value = {**current.value, "ttl": ttl}
+        try:
+            version, ticket = self.engine.put(
+                PREFIX + name, value, ttl_ms=ttl_ms, flags=current.flags,
+                cond=Conditions(if_version=current.version), internal=True)
+        except NotFound:
+            raise NotFound(f"service {name!r} expired or was deregistered; register it again") from None
+        await self._durable(ticket)
+        return json_response(_write_result(name, version))
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        query = request.query
+        check_params(query, frozenset({"cas"}))
+        name = validate_name(request.match_info["name"])
+        cond = conditions.from_query(dict(query))
+        try:
+            tombstone, ticket = self.engine.delete(PREFIX + name, cond)
+        except NotFound:
+            raise NotFound(f"service {name!r} is not registered") from None
+        await self._durable(ticket)
+        return json_response({"name": name, "version": tombstone.version,
+                              "modify_index": tombstone.modify_index})
+
+
+def _write_result(name: str, v: Version) -> dict[str, Any]:
+    return {"name": name, "version": v.version, "modify_index": v.modify_index,
+            "create_index": v.create_index, "expires_at": v.expires_at}
