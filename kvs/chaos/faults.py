@@ -1,0 +1,274 @@
+"""Faults: kill -9 + restart, SIGSTOP/SIGCONT, network partitions, and a clock-skewed node.
+
+Partitions on one host. Every node and every client talks to 127.0.0.1, so addresses
+cannot tell a node's packets from another's. Ports can, together with the sender: each
+node runs under its own group id, and iptables' owner match sees which group a
+locally generated packet comes from. Cutting {n1} from {n2, n3} adds, to a chain of our
+own, one DROP per direction and pair:
+
+    -A KVSCHAOS-1a2b3c4d -p tcp -m owner --gid-owner <gid n1> --dport <port n2> -j DROP
+    -A KVSCHAOS-1a2b3c4d -p tcp -m owner --gid-owner <gid n2> --dport <port n1> -j DROP
+    ...
+    -A OUTPUT -m comment --comment kvs-chaos:1a2b3c4d -j KVSCHAOS-1a2b3c4d   (one jump)
+
+SYNs and data on pooled connections are dropped alike, so a partition looks like a dead
+network (timeouts), not like refused connections. The clients run as root's group and
+are never cut off: a client of n1 keeps talking to n1 during the partition. Healing
+flushes the chain; cleanup deletes the jump rule (found by its comment) and the chain,
+and nothing else, also after Ctrl-C. `kvs chaos cleanup` removes what a run that was
+itself killed -9 left behind (chains named KVSCHAOS-*, jumps commented kvs-chaos:*).
+
+Without root (or without the iptables command) partitions are left out of the fault mix
+with a message saying why; kill, pause and skew need no privileges.
+
+Clock skew: one node runs for the whole run with its wall clock off by --skew-ms (via
+kvs.chaos.skewed_node), across its restarts too. A skew that changed while a node runs
+would make its TTLs jump, which no lease can survive; a fixed one is what real hosts
+with a bad clock look like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from kvs.chaos.cluster import LocalCluster, NodeProcess
+from kvs.chaos.history import HistoryWriter
+
+FAULT_KINDS = ("kill", "pause", "partition", "skew")
+CHAIN_PREFIX = "KVSCHAOS-"
+COMMENT_PREFIX = "kvs-chaos:"
+
+
+class FirewallError(RuntimeError):
+    pass
+
+
+def partitions_available() -> tuple[bool, str]:
+    """(True, "") if this process can make iptables partitions, else (False, why not)."""
+    if os.geteuid() != 0:
+        return False, "network partitions need root (iptables and per-node group ids); " \
+                      "running without partition faults"
+    if shutil.which("iptables") is None:
+        return False, "network partitions need the iptables command (apt-get install iptables); " \
+                      "running without partition faults"
+    probe = subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return False, f"iptables does not work here ({probe.stderr.strip()}); " \
+                      "running without partition faults"
+    return True, ""
+
+
+def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise FirewallError(f"iptables {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
+
+
+class Firewall:
+    """The run's own chain. Every method is safe to call again; cleanup() is idempotent."""
+
+    def __init__(self, run_id: str) -> None:
+        self.chain = f"{CHAIN_PREFIX}{run_id}"[:28]
+        self.comment = f"{COMMENT_PREFIX}{run_id}"
+        self.installed = False
+        self.rules = 0
+
+    def setup(self) -> None:
+        _iptables("-N", self.chain)
+        self.installed = True  # from here on, cleanup() has something to remove
+        _iptables("-I", "OUTPUT", "-m", "comment", "--comment", self.comment, "-j", self.chain)
+
+    def cut(self, pairs: list[tuple[int, int]]) -> None:
+        """Drop packets from processes of group `gid` to `port`, for each (gid, port)."""
+        for gid, port in pairs:
+            for proto in ("tcp", "udp"):
+                _iptables("-A", self.chain, "-p", proto, "-m", "owner", "--gid-owner", str(gid),
+                          "--dport", str(port), "-j", "DROP")
+                self.rules += 1
+
+    def heal(self) -> None:
+        if self.installed:
+            _iptables("-F", self.chain)
+            self.rules = 0
+
+    def cleanup(self) -> None:
+        """Remove the jump rule(s) and the chain; leaves every other rule alone."""
+        while _iptables("-D", "OUTPUT", "-m", "comment", "--comment", self.comment, "-j", self.chain,
+                        check=False).returncode == 0:
+            pass
+        _iptables("-F", self.chain, check=False)
+        _iptables("-X", self.chain, check=False)
+        self.installed = False
+
+    def leftovers(self) -> list[str]:
+        return [line for line in iptables_save() if self.chain in line or self.comment in line]
+
+
+def iptables_save() -> list[str]:
+    if shutil.which("iptables-save") is None:
+        return []
+    proc = subprocess.run(["iptables-save"], capture_output=True, text=True)
+    return proc.stdout.splitlines()
+
+
+def cleanup_all() -> list[str]:
+    """Remove every chain and jump that any chaos run created (for runs that were killed -9)."""
+    removed = []
+    for line in iptables_save():
+        parts = line.split()
+        if line.startswith("-A OUTPUT") and COMMENT_PREFIX in line and "-j" in parts:
+            chain = parts[parts.index("-j") + 1]
+            if chain.startswith(CHAIN_PREFIX):
+                rule = parts[2:]  # drop "-A OUTPUT"
+                rule = [p.strip('"') for p in rule]
+                if _iptables("-D", "OUTPUT", *rule, check=False).returncode == 0:
+                    removed.append(line)
+    for line in iptables_save():
+        if line.startswith(":" + CHAIN_PREFIX):
+            chain = line[1:].split()[0]
+            _iptables("-F", chain, check=False)
+            if _iptables("-X", chain, check=False).returncode == 0:
+                removed.append(f"chain {chain}")
+    return removed
+
+
+@dataclass
+class FaultPlan:
+    kinds: list[str]
+    quiet: tuple[float, float] = (1.0, 3.0)  # seconds between faults
+    duration: tuple[float, float] = (2.0, 5.0)  # seconds a fault lasts
+
+
+class FaultInjector:
+    """Runs one fault at a time until told to stop; `heal_all()` ends whatever is active."""
+
+    def __init__(self, cluster: LocalCluster, history: HistoryWriter, plan: FaultPlan,
+                 rng: random.Random, session: aiohttp.ClientSession, *, firewall: Firewall | None,
+                 say: Callable[[str], None]) -> None:
+        self.cluster = cluster
+        self.history = history
+        self.plan = plan
+        self.rng = rng
+        self.session = session
+        self.firewall = firewall
+        self.say = say
+        self.active: dict[int, tuple[str, list[str], dict[str, Any]]] = {}
+        self._next = 0
+        self.counts: dict[str, int] = {}
+
+    def describe_active(self) -> str:
+        out = []
+        for kind, nodes, detail in self.active.values():
+            if kind == "partition":
+                out.append("partition(" + " | ".join(",".join(side) for side in detail["sides"]) + ")")
+            else:
+                out.append(f"{kind}({','.join(nodes)})")
+        return ", ".join(out) or "-"
+
+    def _begin(self, kind: str, nodes: list[str], **detail: Any) -> int:
+        self._next += 1
+        self.active[self._next] = (kind, nodes, detail)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.history.event("fault", fault=self._next, kind=kind, phase="begin", nodes=nodes,
+                           detail=detail)
+        return self._next
+
+    def _end(self, fault: int) -> None:
+        kind, nodes, _ = self.active.pop(fault)
+        self.history.event("fault", fault=fault, kind=kind, phase="end", nodes=nodes)
+
+    def mark_skew(self, node: NodeProcess) -> int:
+        """The skewed node is skewed for the whole run: one fault spanning it, for the timeline."""
+        return self._begin("skew", [node.name], offset_ms=node.skew_ms)
+
+    async def run(self, until: float) -> None:
+        """Inject faults until monotonic time `until`. The last one is left active: `heal_all()`
+        ends it after the workload, so convergence is measured from a real fault, not from calm."""
+        kinds = [k for k in self.plan.kinds if k != "skew"]
+        if not kinds:
+            return
+        queue: list[str] = []
+        while True:
+            await asyncio.sleep(self.rng.uniform(*self.plan.quiet))
+            if time.monotonic() >= until:
+                return
+            if not queue:  # every kind once per round, in a random order: the mix stays even
+                queue = self.rng.sample(kinds, len(kinds))
+            length = self.rng.uniform(*self.plan.duration)
+            heal = await self._inject(queue.pop())
+            if time.monotonic() + length + 0.5 > until:
+                return  # open-ended: healed with everything else after the workload
+            await asyncio.sleep(length)  # cancelled (Ctrl-C): the runner's cleanup stops everything
+            await heal()
+
+    async def _inject(self, kind: str) -> Callable[[], Awaitable[None]]:
+        """Begin a fault; returns the coroutine function that ends it."""
+        if kind == "partition":
+            return await self._partition()
+        node = self.rng.choice(self.cluster.nodes)
+        fault = self._begin(kind, [node.name])
+        if kind == "kill":
+            await node.kill()
+        else:
+            node.pause()
+
+        async def heal() -> None:
+            if kind == "kill":
+                await self._restart(node)
+            else:
+                node.resume()
+            self._end(fault)
+        return heal
+
+    async def _restart(self, node: NodeProcess) -> None:
+        if not node.running:
+            await node.start(self.session)
+
+    async def _partition(self) -> Callable[[], Awaitable[None]]:
+        assert self.firewall is not None
+        firewall = self.firewall
+        names = [n.name for n in self.cluster.nodes]
+        self.rng.shuffle(names)
+        cut = self.rng.randint(1, len(names) // 2)
+        sides = [sorted(names[:cut]), sorted(names[cut:])]
+        pairs = []
+        for a_name in sides[0]:
+            for b_name in sides[1]:
+                a, b = self.cluster.by_name(a_name), self.cluster.by_name(b_name)
+                assert a.gid is not None and b.gid is not None
+                pairs += [(a.gid, b.port), (b.gid, a.port)]
+        fault = self._begin("partition", sorted(names), sides=sides)
+        await asyncio.to_thread(firewall.cut, pairs)
+
+        async def heal() -> None:
+            await asyncio.to_thread(firewall.heal)
+            self._end(fault)
+        return heal
+
+    async def heal_all(self) -> None:
+        """End every fault: flush partitions, resume paused nodes, restart dead ones."""
+        if self.firewall is not None:
+            await asyncio.to_thread(self.firewall.heal)
+        for node in self.cluster.nodes:
+            if node.paused:
+                node.resume()
+        for node in self.cluster.nodes:
+            await self._restart(node)
+        for fault, (kind, _, _) in list(self.active.items()):
+            if kind != "skew":  # the skewed node stays skewed until the run ends
+                self._end(fault)
+
+    def end_all(self) -> None:
+        for fault in list(self.active):
+            self._end(fault)

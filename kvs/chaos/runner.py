@@ -1,0 +1,372 @@
+"""Orchestration of one chaos run, and its cleanup.
+
+    start N nodes (or take the given URLs)  ─►  clients + fault schedule for --duration
+          │                                            │ progress line every few seconds
+          ▼                                            ▼
+    stop clients (in-flight ops end by timeout) ─► heal: flush partitions, SIGCONT, restart
+          ─► wait for equal Merkle roots (bounded) ─► final reads ─► dumps ─► stop nodes
+          ─► checkers on the saved history ─► summary table, checks.json, report.html
+
+Every phase has a time bound, so the run ends by itself. Cleanup is in `finally`: every
+node process group is killed and the iptables chain removed, also on Ctrl-C, SIGTERM or
+an exception; an atexit hook repeats it if the interpreter exits some other way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import random
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from kvs import auth
+from kvs.chaos import report
+from kvs.chaos.checkers import run_all
+from kvs.chaos.client import NodeClient, no_resend, sent_trace
+from kvs.chaos.cluster import ClusterError, LocalCluster, get_json, remote_nodes
+from kvs.chaos.faults import FAULT_KINDS, FaultInjector, FaultPlan, Firewall, partitions_available
+from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
+from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
+
+GID_BASE = 47000
+DUMP_PATH = "/internal/dump"
+SETUP_SECONDS = 60.0
+
+
+@dataclass
+class Options:
+    nodes: int = 3
+    clients: int = 8
+    duration: float = 30.0
+    seed: int | None = None
+    workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
+    faults: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
+    out: Path = Path("chaos-out")
+    urls: list[str] = field(default_factory=list)
+    keys: int = 3  # hot keys per workload
+    key_budget: int = 150  # write attempts per key before it rotates
+    history_limit: int = 1000  # revision_history_limit of the chaos cluster
+    lease_ttl: float = 3.0
+    op_timeout: float = 1.0
+    skew_ms: int = 2500
+    converge_timeout: float = 60.0
+    fault_quiet: tuple[float, float] = (1.0, 3.0)
+    fault_duration: tuple[float, float] = (2.0, 5.0)
+    settings: dict[str, str] = field(default_factory=dict)  # extra node config as KVS_* env
+    cluster_secret: str | None = None  # given to the nodes started; signs the dump requests
+    base_port: int | None = None
+    progress: float = 2.0
+    think: float = 0.005
+    shrink_seconds: float = 20.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["out"] = str(self.out)
+        out["cluster_secret"] = "***" if self.cluster_secret else None
+        return out
+
+
+class Run:
+    def __init__(self, options: Options, say: Callable[[str], None]) -> None:
+        self.o = options
+        self.say = say
+        self.run_id = secrets.token_hex(4)
+        self.seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
+        self.rng = random.Random(self.seed)
+        self.out = Path(options.out)
+        self.history: HistoryWriter | None = None
+        self.cluster: LocalCluster | None = None
+        self.nodes: list[Any] = []
+        self.firewall: Firewall | None = None
+        self.injector: FaultInjector | None = None
+        self.keys = KeySpace(f"chaos-{self.run_id}", options.keys, options.key_budget)
+        self.faults = list(options.faults)
+        self.t0 = time.time()
+
+    # -- cleanup (idempotent, synchronous: also runs from atexit) --------------------------
+
+    def cleanup(self) -> None:
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.stop()
+        if self.firewall is not None:
+            with contextlib.suppress(Exception):
+                self.firewall.cleanup()
+        if self.history is not None:
+            self.history.close()
+
+    # -- phases -----------------------------------------------------------------------------
+
+    def _plan_faults(self) -> None:
+        unknown = [f for f in self.faults if f not in FAULT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown fault {unknown[0]!r}; choose from {', '.join(FAULT_KINDS)}")
+        if self.o.urls:
+            dropped = [f for f in self.faults if f in FAULT_KINDS]
+            if dropped:
+                self.say(f"note: with --url the run does not own the node processes; faults "
+                         f"{', '.join(dropped)} are left out (workload and checks only)")
+            self.faults = []
+            return
+        if "partition" in self.faults:
+            ok, why = partitions_available()
+            if not ok:
+                self.say(f"note: {why}")
+                self.faults.remove("partition")
+        if "partition" in self.faults and self.o.nodes < 2:
+            self.faults.remove("partition")
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._plan_faults()
+        env = {"KVS_CAS_ENABLED": "true", "KVS_REVISION_HISTORY_LIMIT": str(self.o.history_limit),
+               **{f"KVS_{k.upper()}": v for k, v in self.o.settings.items()}}
+        if self.o.cluster_secret:
+            env["KVS_CLUSTER_SECRET"] = self.o.cluster_secret
+        if self.o.urls:
+            self.nodes = await remote_nodes(session, self.o.urls)
+        else:
+            gids = None
+            if "partition" in self.faults:
+                base = GID_BASE + (os.getpid() % 1000) * 16
+                gids = [base + i for i in range(self.o.nodes)]
+            skews = {}
+            if "skew" in self.faults:
+                skews[f"n{self.o.nodes}"] = self.o.skew_ms * self.rng.choice((1, -1))
+            self.cluster = LocalCluster(self.out / "nodes", self.o.nodes, env=env,
+                                        base_port=self.o.base_port, gids=gids, skews=skews)
+            self.nodes = self.cluster.nodes
+        self.history = HistoryWriter(self.out / HISTORY_FILE)
+        self.history.write({
+            "type": "meta", "run_id": self.run_id, "seed": self.seed, "t0": self.t0,
+            "nodes": {n.name: {"url": n.url, "skew_ms": n.skew_ms,
+                               "gid": getattr(n, "gid", None)} for n in self.nodes},
+            "faults": self.faults, "options": self.o.to_json(), "argv": sys.argv,
+            "prefix": self.keys.prefix})
+        if self.cluster is not None:
+            self.say(f"starting {self.o.nodes} nodes under {self.out / 'nodes'} "
+                     f"(cas_enabled, revision_history_limit={self.o.history_limit})")
+            await self.cluster.start(session)
+        if "partition" in self.faults:
+            self.firewall = Firewall(self.run_id)
+            await asyncio.to_thread(self.firewall.setup)
+        for node in self.nodes:
+            skew = f"  clock skew {node.skew_ms:+d} ms" if node.skew_ms else ""
+            self.say(f"  {node.name}  {node.url}{skew}")
+
+    async def workload(self, session: aiohttp.ClientSession) -> None:
+        assert self.history is not None
+        history = self.history
+        stop = asyncio.Event()
+        contexts = []
+        for i, (workload, home) in enumerate(assign(self.o.clients, len(self.nodes), self.o.workloads)):
+            name = f"c{i + 1}"
+            clients = [NodeClient(session, history, client=name, node=n.name, url=n.url,
+                                  workload=workload, timeout=self.o.op_timeout) for n in self.nodes]
+            ctx = ClientContext(name, home, clients, random.Random(f"{self.seed}:{name}"), self.keys, stop,
+                                history.next_id, think=self.o.think, lease_ttl=self.o.lease_ttl)
+            contexts.append((workload, ctx))
+        self.say(f"running {self.o.clients} clients ({', '.join(self.o.workloads)}) for "
+                 f"{self.o.duration:.0f}s; faults: {', '.join(self.faults) or 'none'}; seed {self.seed}")
+        history.event("phase", phase="workload")
+        tasks = [asyncio.create_task(CLIENTS[w](ctx), name=ctx.name) for w, ctx in contexts]
+        until = time.monotonic() + self.o.duration
+        fault_task = None
+        if self.cluster is not None:
+            self.injector = FaultInjector(
+                self.cluster, history, FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration),
+                random.Random(f"{self.seed}:faults"), session, firewall=self.firewall, say=self.say)
+            for node in self.cluster.nodes:
+                if node.skew_ms:
+                    self.injector.mark_skew(node)
+            fault_task = asyncio.create_task(self.injector.run(until), name="faults")
+        progress = asyncio.create_task(self._progress(), name="progress")
+        try:
+            while time.monotonic() < until:
+                await asyncio.sleep(min(0.5, until - time.monotonic()))
+                crashed = [t for t in tasks if t.done() and t.exception() is not None]
+                if crashed:
+                    raise RuntimeError(f"client {crashed[0].get_name()} crashed") from crashed[0].exception()
+                if fault_task is not None and fault_task.done() and fault_task.exception():
+                    raise RuntimeError("fault injection failed") from fault_task.exception()
+            stop.set()
+            history.event("phase", phase="stopping")
+            if fault_task is not None:
+                await asyncio.wait_for(fault_task, timeout=SETUP_SECONDS)
+            _, pending = await asyncio.wait(tasks, timeout=self.o.op_timeout * 3 + 5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            stop.set()
+            others = [progress, *tasks] + ([fault_task] if fault_task is not None else [])
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+        history.event("phase", phase="workload_end")
+
+    async def _progress(self) -> None:
+        assert self.history is not None
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(self.o.progress)
+            self.history.flush()
+            c = self.history.counts
+            faults = self.injector.describe_active() if self.injector else "-"
+            self.say(f"[{time.monotonic() - started:6.1f}s] ops {c['invoke']:>7}  ok {c['ok']:>7}  "
+                     f"fail {c['fail']:>6}  unknown {c['unknown']:>5}  faults: {faults}")
+
+    async def heal(self, session: aiohttp.ClientSession) -> None:
+        assert self.history is not None
+        if self.injector is not None:
+            await self.injector.heal_all()
+        self.history.event("phase", phase="healed")
+        self.say("faults healed; waiting for convergence")
+
+    async def converge(self, session: aiohttp.ClientSession) -> bool:
+        assert self.history is not None
+        deadline = time.monotonic() + self.o.converge_timeout
+        previous = None
+        while True:
+            roots = {}
+            for node in self.nodes:
+                try:
+                    status = await get_json(session, node.url + "/cluster/status")
+                    roots[node.name] = status["merkle_root"]
+                except (aiohttp.ClientError, TimeoutError, ClusterError, OSError) as exc:
+                    roots[node.name] = f"unreachable: {exc!r}"
+            equal = len(set(roots.values())) == 1
+            self.history.event("converge", roots=roots, equal=equal)
+            if equal and previous == roots:
+                self.history.event("phase", phase="converged")
+                return True
+            previous = roots if equal else None
+            if time.monotonic() > deadline:
+                self.history.event("phase", phase="not_converged")
+                self.say(f"Merkle roots still differ after {self.o.converge_timeout:.0f}s: {roots}")
+                return False
+            await asyncio.sleep(0.5)
+
+    async def collect(self, session: aiohttp.ClientSession) -> None:
+        """Final reads of every key on every node, then each node's dump."""
+        assert self.history is not None
+        async def read_all(node: Any) -> None:
+            for key, workload in sorted(self.keys.touched.items()):
+                client = NodeClient(session, history, client="final", node=node.name, url=node.url,
+                                    workload=workload, timeout=10.0)
+                await client.read(key, tag="final")
+
+        history = self.history
+        await asyncio.gather(*(read_all(node) for node in self.nodes))
+        prefix = self.keys.prefix + "/"
+        for node in self.nodes:
+            try:
+                headers = None
+                if self.o.cluster_secret:  # internal endpoints want an HMAC (see kvs/auth.py)
+                    now_ms = time.time_ns() // 1_000_000
+                    headers = auth.sign(self.o.cluster_secret, "POST", DUMP_PATH, b"", now_ms)
+                dump = await get_json(session, node.url + DUMP_PATH, timeout=60.0, method="POST",
+                                      headers=headers)
+            except (aiohttp.ClientError, TimeoutError, ClusterError, OSError) as exc:
+                self.say(f"could not dump {node.name}: {exc!r}")
+                continue
+            count = 0
+            for versions in dump:
+                if versions and versions[0]["key"].startswith(prefix):
+                    self.history.write({"type": "dump", "node": node.name, "key": versions[0]["key"],
+                                        "versions": versions})
+                    count += 1
+            status = await get_json(session, node.url + "/cluster/status")
+            self.history.event("dump_done", node=node.name, keys=count, merkle_root=status["merkle_root"])
+        self.history.flush()
+
+
+async def _run(run: Run) -> None:
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[sent_trace()]) as session:
+        no_resend(session)
+        await asyncio.wait_for(run.start(session), timeout=SETUP_SECONDS)
+        await run.workload(session)
+        await asyncio.wait_for(run.heal(session), timeout=SETUP_SECONDS)
+        await run.converge(session)
+        await asyncio.wait_for(run.collect(session), timeout=SETUP_SECONDS * 2)
+        if run.injector is not None:
+            run.injector.end_all()
+
+
+def execute(options: Options, say: Callable[[str], None] = print) -> int:
+    """Run, check, report. Exit code: 0 all checkers pass, 1 a violation, 2 the run itself failed."""
+    run = Run(options, say)
+    atexit.register(run.cleanup)
+    failed: BaseException | None = None
+    try:
+        asyncio.run(_main(run))
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        failed = exc
+        say("interrupted: stopping every node and removing every rule this run created")
+    except Exception as exc:
+        failed = exc
+        say(f"chaos run failed: {exc}")
+    finally:
+        run.cleanup()
+        atexit.unregister(run.cleanup)
+        if run.cluster is not None:
+            left = run.cluster.leftover_pids()
+            if left:
+                say(f"warning: node processes still alive: {left}")
+    if run.history is None:
+        return 2
+    say(f"history: {run.out / HISTORY_FILE}")
+    if isinstance(failed, KeyboardInterrupt | asyncio.CancelledError):
+        return 130
+    code = check_dir(run.out, say, shrink_seconds=options.shrink_seconds)
+    return 2 if failed is not None else code
+
+
+async def _main(run: Run) -> None:
+    """Run under SIGINT/SIGTERM handlers that cancel it (a shell may start us with SIGINT ignored)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    interrupted = []
+
+    def interrupt() -> None:
+        interrupted.append(True)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
+    try:
+        await _run(run)
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def check_dir(path: Path, say: Callable[[str], None] = print, *,
+              shrink_seconds: float = 20.0) -> int:
+    """Load a saved history, run every checker, write checks.json and report.html, print the table."""
+    path = Path(path)
+    started = time.monotonic()
+    history = load_history(path)
+    results = run_all(history, shrink_seconds=shrink_seconds)
+    out_dir = path if path.is_dir() else path.parent
+    report.write(out_dir, history, results, seconds=time.monotonic() - started)
+    say(report.summary_table(history, results))
+    say(f"report: {out_dir / report.HTML_FILE}")
+    return 0 if all(r.passed for r in results) else 1

@@ -1,0 +1,249 @@
+"""The four workloads. Each client is an asyncio task with its own seeded random stream.
+
+    register  read / put / CAS with if_version / CAS with the modify index (cas: N, or
+              cas: 0 when the key is absent) over a small hot key set
+    counter   read-modify-CAS increments {"n": n + 1, "w": <op id>} with retry on 409;
+              an increment whose CAS outcome is unknown is never retried (it may count)
+    lease     acquire (cas: 0 + ttl), renew (if_value: token + ttl), release (delete if_value)
+    putdel    plain puts and deletes, and reads
+
+Clients have a home node and send most logical operations there (two clients share
+each home, so one node serves concurrent CAS); one in five goes to another node, so
+every key is written through several nodes and replication races with local CAS. A
+read and the CAS that depends on it always go to the same node: a modify index means
+nothing elsewhere. A lease holder renews and releases through the node it acquired on.
+
+Every written value is unique in the run (it carries the op id), so a checker can tell
+which operation wrote a version even when the operation's answer was lost.
+
+Key rotation: a key's whole revision set is kept (the chaos cluster runs with a high
+revision_history_limit), and the no-loss checker needs every version to stay. Each key
+takes at most `budget` write attempts; then its slot moves on to a fresh key
+(`.../register/0@1`), so history never overflows and a set stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvs.chaos.client import NodeClient, Outcome
+
+WORKLOADS = ("register", "counter", "lease", "putdel")
+OTHER_NODE_SHARE = 0.2
+AVOID_SECONDS = 2.0
+_UNKNOWN = object()
+
+
+class KeySpace:
+    """Hot keys per workload, renamed to a new generation when their write budget is spent."""
+
+    def __init__(self, prefix: str, slots: int, budget: int) -> None:
+        self.prefix = prefix
+        # Leader election wants contention: a third as many lease keys as other keys.
+        self.slots = {w: max(1, slots // 3) if w == "lease" else slots for w in WORKLOADS}
+        self.budget = budget
+        self._gen: dict[tuple[str, int], int] = {}
+        self._writes: dict[str, int] = {}
+        self.touched: dict[str, str] = {}  # every key used -> its workload
+
+    def key(self, workload: str, slot: int) -> str:
+        name = f"{self.prefix}/{workload}/{slot}@{self._gen.get((workload, slot), 0)}"
+        self.touched.setdefault(name, workload)
+        return name
+
+    def pick(self, workload: str, rng: random.Random) -> str:
+        return self.key(workload, rng.randrange(self.slots[workload]))
+
+    def note_write(self, key: str) -> None:
+        """Count a write attempt; the slot's next pick gets a fresh key once the budget is spent."""
+        count = self._writes[key] = self._writes.get(key, 0) + 1
+        if count == self.budget:
+            workload, rest = key[len(self.prefix) + 1:].split("/", 1)
+            slot = int(rest.split("@", 1)[0])
+            self._gen[(workload, slot)] = self._gen.get((workload, slot), 0) + 1
+
+    def current(self, key: str) -> bool:
+        return self._writes.get(key, 0) < self.budget
+
+
+@dataclass
+class ClientContext:
+    name: str
+    home: int
+    nodes: Sequence[NodeClient]  # one per node, same order as the cluster
+    rng: random.Random
+    keys: KeySpace
+    stop: asyncio.Event
+    next_id: Callable[[], int]
+    think: float = 0.005
+    lease_ttl: float = 3.0
+    avoid: dict[int, float] = field(default_factory=dict)  # node index -> monotonic time
+
+    def node(self) -> NodeClient:
+        """Home node mostly, another node sometimes; nodes that just failed us are avoided a while,
+        as a client with several endpoints would (it still goes home if every node failed)."""
+        now = time.monotonic()
+        usable = [i for i in range(len(self.nodes)) if self.avoid.get(i, 0) <= now]
+        others = [i for i in usable if i != self.home]
+        if others and (self.home not in usable or self.rng.random() < OTHER_NODE_SHARE):
+            return self.nodes[self.rng.choice(others)]
+        return self.nodes[self.home]
+
+    def noted(self, client: NodeClient, out: Outcome) -> Outcome:
+        """Remember a node that timed out or refused, so the next picks avoid it for a while."""
+        if out.kind == "unknown" or (out.kind == "fail" and out.error and out.error.startswith("unavail")):
+            self.avoid[self.nodes.index(client)] = time.monotonic() + AVOID_SECONDS
+        return out
+
+    async def pause(self, seconds: float | None = None) -> None:
+        """Think time; returns early when the run stops."""
+        delay = self.rng.uniform(0, self.think) if seconds is None else seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=delay)
+
+
+async def register_client(ctx: ClientContext) -> None:
+    known: dict[tuple[str, str], Any] = {}  # (node, key) -> (version, index), None: absent
+    rng = ctx.rng
+    while not ctx.stop.is_set():
+        client = ctx.node()
+        key = ctx.keys.pick("register", rng)
+        state = known.get((client.node, key), _UNKNOWN)
+        roll = rng.random()
+        if state is _UNKNOWN or roll < 0.3:
+            out = ctx.noted(client, await client.read(key))
+        else:
+            op_id = ctx.next_id()
+            value = f"{ctx.name}:{op_id}"
+            if roll < 0.45:
+                cond = None
+            elif state is None:
+                cond = {"cas": 0}
+            elif roll < 0.72:
+                cond = {"if_version": state[0]}
+            else:
+                cond = {"cas": state[1]}
+            ctx.keys.note_write(key)
+            out = ctx.noted(client, await client.write(key, value, cond=cond, op_id=op_id))
+        known[(client.node, key)] = _learn(out, state)
+        await ctx.pause()
+
+
+def _learn(out: Outcome, before: Any) -> Any:
+    """What a client believes about the key's current version after an answer."""
+    if out.ok and isinstance(out.body, dict):
+        return out.body["version"], out.body["modify_index"]
+    if out.kind == "fail" and out.error == "not_found":
+        return None
+    if out.kind == "fail" and out.current is not None:
+        return out.current["version"], out.current["modify_index"]
+    if out.kind == "fail" and out.error == "unavailable":
+        return before
+    return _UNKNOWN
+
+
+async def counter_client(ctx: ClientContext, max_attempts: int = 5) -> None:
+    rng = ctx.rng
+    while not ctx.stop.is_set():
+        client = ctx.node()
+        key = ctx.keys.pick("counter", rng)
+        for _ in range(max_attempts):
+            if ctx.stop.is_set():
+                break
+            read = ctx.noted(client, await client.read(key, tag="incr-read"))
+            if read.ok:
+                n = read.body["value"]["n"]
+                cond = ({"if_version": read.body["version"]} if rng.random() < 0.5
+                        else {"cas": read.body["modify_index"]})
+            elif read.kind == "fail" and read.error == "not_found":
+                n, cond = 0, {"cas": 0}
+            else:
+                break  # node unreachable: try again later, nothing was written
+            op_id = ctx.next_id()
+            ctx.keys.note_write(key)
+            out = ctx.noted(client, await client.write(key, {"n": n + 1, "w": op_id}, cond=cond, tag="incr",
+                                                       op_id=op_id))
+            if out.kind != "fail" or out.error == "unavailable":
+                break  # ok, or unknown: a retry could count the same increment twice
+        await ctx.pause()
+
+
+async def lease_client(ctx: ClientContext) -> None:
+    rng, ttl = ctx.rng, ctx.lease_ttl
+    while not ctx.stop.is_set():
+        client = ctx.node()
+        key = ctx.keys.pick("lease", rng)
+        op_id = ctx.next_id()
+        token = f"{ctx.name}:{op_id}"
+        ctx.keys.note_write(key)
+        out = ctx.noted(client, await client.write(key, token, cond={"cas": 0}, ttl=ttl, tag="acquire",
+                                                   op_id=op_id))
+        if not out.ok:
+            await ctx.pause(rng.uniform(0.05, ttl / 3))
+            continue
+        await _hold(ctx, client, key, token, out.inv)
+
+
+async def _hold(ctx: ClientContext, client: NodeClient, key: str, token: str, since: float) -> None:
+    """Renew every ttl/3 through the same node, then release; stop at the first failed renew."""
+    rng, ttl = ctx.rng, ctx.lease_ttl
+    renewals = rng.randint(1, 5)
+    valid_until = since + ttl  # the lease may be ours until then, counted from the invoke
+    while True:
+        await ctx.pause(ttl / 3 * rng.uniform(0.7, 1.0))
+        if time.time() > valid_until - 0.2:
+            return  # too late to renew safely: consider it lost (it expires by itself)
+        if ctx.stop.is_set() or renewals == 0 or not ctx.keys.current(key):
+            ctx.keys.note_write(key)
+            ctx.noted(client, await client.delete(key, cond={"if_value": token}, tag="release"))
+            return
+        renewals -= 1
+        ctx.keys.note_write(key)
+        out = ctx.noted(client, await client.write(key, token, cond={"if_value": token}, ttl=ttl,
+                                                   tag="renew"))
+        if not out.ok:
+            return
+        valid_until = out.inv + ttl
+
+
+async def putdel_client(ctx: ClientContext) -> None:
+    rng = ctx.rng
+    while not ctx.stop.is_set():
+        client = ctx.node()
+        key = ctx.keys.pick("putdel", rng)
+        roll = rng.random()
+        if roll < 0.55:
+            op_id = ctx.next_id()
+            ctx.keys.note_write(key)
+            ctx.noted(client, await client.write(key, f"{ctx.name}:{op_id}", op_id=op_id))
+        elif roll < 0.8:
+            ctx.keys.note_write(key)
+            ctx.noted(client, await client.delete(key))
+        else:
+            ctx.noted(client, await client.read(key))
+        await ctx.pause()
+
+
+CLIENTS = {
+    "register": register_client,
+    "counter": counter_client,
+    "lease": lease_client,
+    "putdel": putdel_client,
+}
+
+
+def assign(clients: int, nodes: int, workloads: Sequence[str]) -> list[tuple[str, int]]:
+    """(workload, home node index) per client: workloads round-robin, two clients per home."""
+    out = []
+    seen: dict[str, int] = {}
+    for i in range(clients):
+        workload = workloads[i % len(workloads)]
+        j = seen[workload] = seen.get(workload, -1) + 1
+        out.append((workload, (j // 2 + WORKLOADS.index(workload)) % nodes))
+    return out
