@@ -1,25 +1,30 @@
 """The `kvs` command: run a node, run a local cluster, or talk to a node over HTTP.
 
-Exit codes (for scripts): 0 ok, 1 error, 2 usage, 3 not found, 4 CAS conflict,
-5 CAS disabled on the node, 6 no node reachable.
+Exit codes (for scripts): 0 ok, 1 error, 2 usage, 3 not found, 4 CAS conflict (`kvs lock`:
+the lock stayed taken until --timeout), 5 CAS disabled on the node, 6 no node reachable,
+7 `kvs lock`: the lock was lost while the command ran (the command was stopped).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvs import config as configuration
-from kvs.client import Client, Unavailable
+from kvs.client import DEFAULT_NODE, Client, Unavailable, Version, WatchEvent, as_json
 from kvs.errors import CASConflict, CASDisabled, ConfigError, KVSError, NotFound
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DISABLED, EXIT_UNAVAILABLE = 1, 2, 3, 4, 5, 6
+EXIT_LOCK_LOST = 7
 _EXIT_FOR: list[tuple[type[KVSError], int]] = [
     (NotFound, EXIT_NOT_FOUND), (CASConflict, EXIT_CONFLICT), (CASDisabled, EXIT_DISABLED),
     (Unavailable, EXIT_UNAVAILABLE),
@@ -113,7 +118,8 @@ def _put_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_get(c: Client, args: argparse.Namespace) -> Any:
     if args.raw:
-        print(c.get(args.key, raw=True))
+        value = c.get_value(args.key)
+        print(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
         return None
     return c.get(args.key)
 
@@ -131,33 +137,250 @@ def cmd_cas(c: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_delete(c: Client, args: argparse.Namespace) -> Any:
-    return c.delete(args.key, recurse=args.recurse, **_conditions(args))
+    if args.recurse:
+        if _conditions(args):
+            print("kvs delete: conditions do not combine with --recurse", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
+        return c.delete_prefix(args.key)
+    return c.delete(args.key, **_conditions(args))
 
 
 def cmd_history(c: Client, args: argparse.Namespace) -> Any:
-    return c.history(args.key)
+    return {"key": args.key, "revisions": c.history(args.key)}
 
 
 def cmd_ls(c: Client, args: argparse.Namespace) -> Any:
-    result = c.list(args.prefix, keys=True, separator=args.separator)
     if args.json:
-        return result
-    for key in result["keys"]:
+        page = c.list_keys(args.prefix, separator=args.separator)
+        return {"prefix": page.prefix, "keys": page.items, "next": page.next}
+    for key in c.scan_keys(args.prefix, separator=args.separator):
         print(key)
     return None
+
+
+# -- client commands with human output (--json for machines) ------------------------------
+
+def _table(rows: list[tuple[Any, ...]]) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _ms_ago(ms: int | None) -> str:
+    if ms is None:
+        return "never"
+    return f"{max(0.0, time.time() - ms / 1000):.1f}s ago"
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+    return f"{stamp}.{ms % 1000:03d}"
+
+
+def _short_json(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def cmd_members(c: Client, args: argparse.Namespace) -> Any:
     members = c.members()
     if args.json:
         return members
-    for m in members:
-        print(f"{m['id']:<14} {m['address']:<22} {m['state']:<8} incarnation={m['incarnation']}")
+    _table([("ID", "ADDRESS", "STATE", "INCARNATION", "LAST SEEN")]
+           + [(m.id, m.address, m.state, m.incarnation, _ms_ago(m.last_seen)) for m in members])
     return None
 
 
 def cmd_status(c: Client, args: argparse.Namespace) -> Any:
-    return c.status()
+    status = c.status()
+    if args.json:
+        return status
+    _table([("node", status.node), ("joined at", _when(status.joined_at)), ("keys", status.keys),
+            ("index", status.index), ("merkle root", status.merkle_root),
+            ("hlc", ".".join(map(str, status.hlc)) or "-")])
+    if status.last_rounds:
+        print("\nlast anti-entropy rounds:")
+        _table([("PEER", "KEYS REPAIRED", "BYTES", "DURATION", "AT", "ERROR")]
+               + [(r.peer, r.keys_repaired, r.bytes, f"{r.duration_ms:.1f}ms", _when(r.at), r.error or "")
+                  for r in status.last_rounds])
+    return None
+
+
+def _describe(version: Version) -> str:
+    ttl = f", expires {_when(version.expires_at)}" if version.expires_at else ""
+    return f"{_short_json(version.value)}  (modify_index {version.modify_index}{ttl})"
+
+
+def cmd_watch(c: Client, args: argparse.Namespace) -> Any:
+    """Print the current state, then each change, until Ctrl-C (or --count events)."""
+    previous: dict[str, Version] = {}
+    events = c.watch(args.key, prefix=args.prefix, index=args.index, wait=args.wait)
+    for seen, event in enumerate(events, 1):
+        if args.json:
+            print(json.dumps(_watch_json(event), ensure_ascii=False), flush=True)
+        else:
+            _print_change(event, previous, first=seen == 1)
+            previous = {v.key: v for v in event.items}
+        if args.count and seen >= args.count:
+            break
+    return None
+
+
+def _watch_json(event: WatchEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": event.index, "node": event.node}
+    if event.prefix:
+        return {**out, "prefix": event.key, "items": as_json(event.items)}
+    return {**out, "key": event.key, "version": as_json(event.version)}
+
+
+def _print_change(event: WatchEvent, previous: dict[str, Version], *, first: bool) -> None:
+    if not event.prefix:
+        version = event.version
+        state = f"= {_describe(version)}" if version else "absent"
+        print(f"[index {event.index}] {event.key} {state}", flush=True)
+        return
+    current = {v.key: v for v in event.items}
+    print(f"[index {event.index}] {event.key}* ({len(current)} keys)")
+    for key in sorted(current.keys() | previous.keys()):
+        old, new = previous.get(key), current.get(key)
+        if new is None:
+            print(f"  - {key}")
+        elif first:
+            print(f"    {key} = {_describe(new)}")
+        elif old is None:
+            print(f"  + {key} = {_describe(new)}")
+        elif old.version != new.version:
+            print(f"  ~ {key} = {_describe(new)}")
+    sys.stdout.flush()
+
+
+SERVICE_ACTIONS = ("list", "get", "register", "renew", "deregister")
+
+
+def cmd_services(c: Client, args: argparse.Namespace) -> Any:
+    if args.action != "list" and not args.name:
+        print(f"kvs services {args.action}: give the service NAME", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    if args.action == "list":
+        services = c.list_services()
+        if args.json:
+            return services
+        if not services:
+            print("no services registered")
+            return None
+        _table([("NAME", "ADDRESS", "PORT", "TAGS", "TTL")]
+               + [(s.name, s.address or "-", s.port or "-", ",".join(s.tags) or "-",
+                   f"{s.ttl:g}s" if s.ttl else "-") for s in services])
+        return None
+    if args.action == "get":
+        service = c.get_service(args.name, metadata=True)
+        if args.json:
+            return service
+        _table([("name", service.name), ("address", service.address or "-"),
+                ("port", service.port or "-"), ("tags", ",".join(service.tags) or "-"),
+                ("meta", _short_json(service.meta)), ("ttl", f"{service.ttl:g}s" if service.ttl else "-"),
+                ("expires", _when(service.expires_at)), ("modify_index", service.modify_index),
+                ("create_index", service.create_index)])
+        return None
+    if args.action == "register":
+        meta = dict(item.partition("=")[::2] for item in args.meta or [])
+        result: Any = c.register_service(args.name, address=args.address, port=args.port,
+                                         tags=args.tag, meta=meta or None, ttl=args.ttl, cas=args.cas)
+        verb = "registered"
+    elif args.action == "renew":
+        result, verb = c.renew_service(args.name, ttl=args.ttl), "renewed"
+    else:
+        result, verb = c.deregister_service(args.name, cas=args.cas), "deregistered"
+    if args.json:
+        return result
+    expires = getattr(result, "expires_at", None)
+    print(f"{verb} {args.name} (modify_index {result.modify_index}"
+          + (f", expires {_when(expires)})" if expires else ")"))
+    return None
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    """Run a command while holding a lock; see `kvs lock --help`."""
+    rest = list(args.command)
+    if "--" in rest:  # options may also follow KEY: `kvs lock KEY --ttl 5 -- cmd`
+        cut = rest.index("--")
+        _lock_options(argparse.ArgumentParser(prog="kvs lock", argument_default=argparse.SUPPRESS)
+                      ).parse_args(rest[:cut], namespace=args)
+        rest = rest[cut + 1:]
+    if not rest or rest[0].startswith("-"):
+        print("kvs lock: give the command to run after --, e.g. kvs lock KEY --ttl 10 -- make deploy",
+              file=sys.stderr)
+        return EXIT_USAGE
+    args.node = args.lock_node or [DEFAULT_NODE]
+    return asyncio.run(_locked(args, rest))
+
+
+def _lock_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--ttl", type=float,
+                   help="lease seconds: how long others wait if this process dies (default 15)")
+    p.add_argument("--timeout", type=float, help="give up waiting for the lock after S seconds")
+    p.add_argument("--grace", type=float,
+                   help="seconds between SIGTERM and SIGKILL when the lock is lost (default 10)")
+    p.add_argument("--node", action="append", dest="lock_node", metavar="URL",
+                   help=f"node URL (repeat for failover); default {DEFAULT_NODE}")
+    return p
+
+
+async def _locked(args: argparse.Namespace, command: list[str]) -> int:
+    from kvs.client import AsyncClient
+    from kvs.coordination import Lock
+
+    setup_logging("warning")  # renewal trouble shows up on stderr as it happens
+    async with AsyncClient(args.node) as client:
+        lock = Lock(client, args.key, ttl=args.ttl)
+        try:
+            if not await lock.acquire(timeout=args.timeout):
+                print(f"kvs: lock {args.key!r} is held by someone else; gave up after "
+                      f"{args.timeout:g}s", file=sys.stderr)
+                return EXIT_CONFLICT
+        except KVSError as exc:
+            return _report(exc)
+        try:
+            # Its own process group, so that a lost lock stops everything the command started.
+            proc = await asyncio.create_subprocess_exec(*command, process_group=0)
+        except OSError as exc:
+            await lock.release()
+            print(f"kvs lock: cannot run {command[0]}: {exc}", file=sys.stderr)
+            return 127
+
+        def signal_group(sig: int) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # passed on to the command
+            loop.add_signal_handler(sig, signal_group, sig)
+        waiter = asyncio.ensure_future(proc.wait())
+        lost = asyncio.ensure_future(lock.lost.wait())
+        await asyncio.wait([waiter, lost], return_when=asyncio.FIRST_COMPLETED)
+        lost.cancel()
+        if not waiter.done():
+            print(f"kvs: {lock.reason.message if lock.reason else 'lock lost'}; stopping the command "
+                  f"(SIGTERM, SIGKILL after {args.grace:g}s)", file=sys.stderr)
+            signal_group(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), args.grace)
+            signal_group(signal.SIGKILL)  # whatever is left of the group after the grace period
+            await waiter
+            return EXIT_LOCK_LOST
+        await lock.release()
+        code = waiter.result()
+        return 128 - code if code < 0 else code
+
+
+def _report(exc: KVSError) -> int:
+    print(f"kvs: {exc.message}", file=sys.stderr)
+    current = exc.extra.get("current")
+    if current is not None:
+        print(json.dumps({"current": current}, indent=2), file=sys.stderr)
+    return next((code for cls, code in _EXIT_FOR if isinstance(exc, cls)), EXIT_ERROR)
 
 
 def _run_client(handler: Callable[[Client, argparse.Namespace], Any], args: argparse.Namespace) -> int:
@@ -165,13 +388,11 @@ def _run_client(handler: Callable[[Client, argparse.Namespace], Any], args: argp
     try:
         result = handler(client, args)
     except KVSError as exc:
-        print(f"kvs: {exc.message}", file=sys.stderr)
-        current = exc.extra.get("current")
-        if current is not None:
-            print(json.dumps({"current": current}, indent=2), file=sys.stderr)
-        return next((code for cls, code in _EXIT_FOR if isinstance(exc, cls)), EXIT_ERROR)
+        return _report(exc)
+    finally:
+        client.close()
     if result is not None:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print(json.dumps(as_json(result), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -207,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config", help="YAML config shared by all nodes")
     up.set_defaults(run=cmd_cluster_up)
 
+    from kvs.chaos.cli import add_parser as add_chaos_parser  # `kvs chaos` (docs/chaos.md)
+    add_chaos_parser(sub)
+
     def client_command(name: str, handler: Callable[[Client, argparse.Namespace], Any],
                        help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
@@ -238,8 +462,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--separator", help="group keys at this separator, like Consul")
     p.add_argument("--json", action="store_true")
     p = client_command("members", cmd_members, "cluster members")
-    p.add_argument("--json", action="store_true")
-    client_command("status", cmd_status, "node and anti-entropy status")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = client_command("status", cmd_status, "node and anti-entropy status")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = client_command("watch", cmd_watch, "print a key (or prefix) and then each change to it")
+    p.add_argument("key")
+    p.add_argument("--prefix", action="store_true", help="watch every key under KEY")
+    p.add_argument("--index", type=int, help="only changes after this X-KVS-Index of the node")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds per blocking query (default 60)")
+    p.add_argument("--count", type=int, help="exit after printing this many states")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = sub.add_parser(
+        "lock", help="run a command while holding a lock",
+        description="Acquire the lock KEY (a TTL lease, renewed every TTL/3), run the command, "
+                    "release the lock. The command runs in its own process group (it should "
+                    "not read the terminal); Ctrl-C, SIGTERM and SIGHUP are passed on to it. "
+                    "If the lock is lost meanwhile the whole group gets SIGTERM (SIGKILL after "
+                    "--grace) and kvs exits 7; otherwise it exits with the command's status. "
+                    "Exit 4: --timeout passed while someone else held the lock.",
+        usage="kvs lock KEY [--ttl T] [--timeout S] [--grace S] [--node URL] -- command [args...]")
+    p.add_argument("key")
+    _lock_options(p).set_defaults(ttl=15.0, grace=10.0, timeout=None, lock_node=None)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
+    p.set_defaults(run=cmd_lock)
+
+    p = client_command("services", cmd_services, "service registry: list, get, register, renew, "
+                                                 "deregister")
+    p.add_argument("action", nargs="?", default="list", choices=SERVICE_ACTIONS)
+    p.add_argument("name", nargs="?")
+    p.add_argument("--address")
+    p.add_argument("--port", type=int)
+    p.add_argument("--ttl", type=float, help="register/renew: seconds until it expires unless renewed")
+    p.add_argument("--tag", action="append", help="register: a tag (repeatable)")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="register: metadata (repeatable)")
+    p.add_argument("--cas", type=int, help="register/deregister: modify_index it must have (0: create-only)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 

@@ -1,116 +1,1148 @@
-"""Python client for the kvs HTTP API (synchronous, standard library only).
+"""Python client for the kvs HTTP API: `AsyncClient` (aiohttp) and `Client` (blocking, stdlib).
 
-Errors come back as the same typed exceptions the server raises:
+    async with AsyncClient(["http://127.0.0.1:8080", "http://127.0.0.1:8081"]) as kv:
+        w = await kv.put("config/db", {"pool": 10}, cas=0)       # create-only
+        v = await kv.get("config/db")                            # Version(value={"pool": 10}, ...)
+        await kv.put("config/db", {"pool": 20}, if_version=v.version)
+        await kv.update("stats/hits", lambda n: (n or 0) + 1)    # read-modify-write, retried
+        async for event in kv.watch("config/", prefix=True):     # blocking queries
+            print(event.index, [i.key for i in event.items])
 
-    KVSError
-    ├── BadRequest       400
-    ├── NotFound         404
-    ├── CASConflict      409   .extra["current"]: the current version's metadata
-    ├── TooLarge         413
-    ├── CASDisabled      501
-    └── Unavailable      no node in the list answered (connection refused, timeout)
+    with Client("http://127.0.0.1:8080") as kv:                  # the same methods, blocking
+        kv.put("config/db", {"pool": 30})
 
-Given several node URLs the client fails over to the next one when a node
-cannot be reached; it never retries a request that a node answered.
+How it is built
+---------------
+Every method is written once, in `_Commands`, as a *plan*: either one `Call` (HTTP method,
+target, body, and the function that turns the node's answer into a typed result or a typed
+exception), or a generator that yields Calls (and Sleeps, and items for iterators) and is sent
+their results. The two clients differ only in how they carry out a Call: `AsyncClient` over one
+aiohttp session, `Client` over a small pool of http.client keep-alive connections (the CLI and
+scripts need no event loop and import nothing heavy). Request building, response decoding,
+error mapping, update() retries, pagination and watch logic therefore exist exactly once; in
+`AsyncClient` each method returns an awaitable (iterators are async iterators).
+
+Errors
+------
+    KVSError                        kvs.errors; `except KVSError` catches every one below
+    ├── BadRequest            400   malformed request, bad key, unknown field, ttl <= 0
+    ├── NotFound              404   key or service absent, deleted or expired
+    ├── CASConflict           409   a condition did not hold; .current: VersionMeta | None
+    │                               (what is there now), .failed: list[TxnFailure] for a txn
+    ├── TooLarge              413   value or body larger than the node accepts
+    ├── CASDisabled           501   a condition sent to a node with cas_enabled: false;
+    │                               nothing was written
+    ├── ServerError           any other answer: 5xx, an unknown error code, a body that is
+    │                               not what kvs sends; .status
+    └── Unavailable                 no node could be reached (refused, reset, timed out), or
+                                    the connection broke while reading an answer; .failures
+
+The five HTTP ones are subclasses of the kvs.errors classes of the same name, so code that
+catches `kvs.errors.NotFound` also catches `kvs.client.NotFound`. An error a node answered
+carries `.node` (its URL) and `.extra` (the answer's fields besides error and message).
+
+Failover
+--------
+Given several node URLs the client sends each request to one node; when that node cannot be
+reached (connection refused or reset before an answer, connect or read timeout) it moves on to
+the next and sticks to the first one that answers. It never resends a request a node answered,
+whatever the status. A write whose connection broke after it was sent may have been applied
+on that node (and replicated) before failing over; conditional writes make that safe to reason
+about (a repeat fails its condition instead of applying twice). Modify indexes are node-local:
+a watch that fails over restarts its blocking query from the new node's index.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import inspect
 import json
-import urllib.error
+import random
+import threading
+import time
 import urllib.parse
-import urllib.request
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from kvs import errors
 from kvs.errors import KVSError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = [
+    "AsyncClient", "BadRequest", "CASConflict", "CASDisabled", "CheckResult", "Client",
+    "DeleteResult", "Health", "KVSError", "Member", "NotFound", "Page", "PrefixDeleteResult",
+    "ServerError", "Service", "ServiceDeleteResult", "ServiceWriteResult", "Status", "TooLarge",
+    "TxnFailure", "TxnOp", "Unavailable", "Updated", "Version", "VersionMeta", "WatchEvent",
+    "WriteResult", "as_json",
+]
+
+DEFAULT_NODE = "http://127.0.0.1:8080"
+DEFAULT_WAIT = 60.0       # seconds a blocking query may be held by the node
+MAX_WAIT = 600.0          # the node's limit (SPEC: 10 min)
+EXPIRY_MARGIN = 0.02      # wake this long after a lease's expires_at (clock granularity)
+MIN_EXPIRY_WAIT = 0.05    # ...but never poll faster than this when clocks disagree
+
+T = TypeVar("T")
+# In `Client` a method returns T; in `AsyncClient` the same method returns an awaitable of T.
+Out: TypeAlias = T | Awaitable[T]
+Stream: TypeAlias = Iterator[T] | AsyncIterator[T]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()  # "not given", where None (JSON null) is a meaningful value
+
+
+# -- exceptions ------------------------------------------------------------------------------
+
+class BadRequest(errors.BadRequest):
+    pass
+
+
+class NotFound(errors.NotFound):
+    pass
+
+
+class CASConflict(errors.CASConflict):
+    """A condition did not hold. `.current` is the key's current version now (None if absent)."""
+
+    @property
+    def current(self) -> VersionMeta | None:
+        raw = self.extra.get("current")
+        return None if raw is None else _build(VersionMeta, raw)
+
+    @property
+    def failed(self) -> list[TxnFailure]:
+        """For a transaction: which ops failed their conditions, and what is there now."""
+        return [TxnFailure(index=f["index"], key=f["key"], message=f.get("message", ""),
+                           current=None if f.get("current") is None
+                           else _build(VersionMeta, f["current"]))
+                for f in self.extra.get("failed", [])]
+
+
+class TooLarge(errors.TooLarge):
+    pass
+
+
+class CASDisabled(errors.CASDisabled):
+    def __init__(self, message: str, **extra: Any) -> None:
+        KVSError.__init__(self, message, **extra)
+
+
+class ServerError(KVSError):
+    code = "server_error"
+
+    def __init__(self, message: str, status: int = 500, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.status = status
 
 
 class Unavailable(KVSError):
     code = "unavailable"
 
+    def __init__(self, message: str, failures: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.failures = list(failures)
+
 
 _BY_CODE: dict[str, type[KVSError]] = {
-    cls.code: cls
-    for cls in (errors.BadRequest, errors.NotFound, errors.CASConflict, errors.TooLarge,
-                errors.Unauthorized)
+    "bad_request": BadRequest, "not_found": NotFound, "cas_conflict": CASConflict,
+    "too_large": TooLarge, "cas_disabled": CASDisabled,
 }
 
 
-def _error(status: int, body: bytes) -> KVSError:
+def _unavailable(failures: Sequence[str]) -> Unavailable:
+    return Unavailable("no node answered: " + "; ".join(failures)
+                       + ". Is the node running? Start one with `kvs serve`.", failures)
+
+
+# -- typed results ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VersionMeta:
+    """A version's identity and metadata (SPEC section 2), without its value."""
+
+    key: str
+    version: str
+    timestamp: int
+    logical: int
+    origin: str
+    origin_joined_at: int
+    flags: int
+    expires_at: int | None
+    deleted: bool
+    parent: str | None
+    superseded: bool
+    modify_index: int
+    create_index: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Version(VersionMeta):
+    value: Any
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WriteResult:
+    """The new version's identity: chain the next CAS on it without re-reading."""
+
+    key: str
+    version: str
+    timestamp: int
+    modify_index: int
+    create_index: int
+    expires_at: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeleteResult:
+    key: str
+    version: str | None       # the tombstone; None for a txn delete of an absent key
+    modify_index: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PrefixDeleteResult:
+    prefix: str
+    deleted: list[str]
+    modify_index: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CheckResult:
+    key: str
+    ok: bool
+    version: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TxnFailure:
+    index: int
+    key: str
+    message: str
+    current: VersionMeta | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing. Pass `next` as `after` for the following page (None: last)."""
+
+    prefix: str
+    items: list[T]
+    next: str | None
+    index: int                # the node's X-KVS-Index when it answered
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WatchEvent:
+    """The state of a key (or of every live key under a prefix) as one node answered it."""
+
+    key: str                  # the key or prefix watched
+    prefix: bool
+    index: int                # the node's X-KVS-Index: pass it as `index` to wait for the next change
+    node: str                 # the node that answered (indexes are node-local)
+    items: list[Version]      # key: [current version] or [] if absent; prefix: live versions
+
+    @property
+    def version(self) -> Version | None:
+        return self.items[0] if self.items and not self.prefix else None
+
+    @property
+    def value(self) -> Any:
+        return self.version.value if self.version is not None else None
+
+    def signature(self) -> tuple[tuple[str, str], ...]:
+        return tuple((v.key, v.version) for v in self.items)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Updated:
+    """What update() wrote: the value fn returned, the write's identity, and the attempts used."""
+
+    key: str
+    value: Any
+    result: WriteResult
+    attempts: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Member:
+    id: str
+    address: str
+    joined_at: int
+    state: str                # alive | suspect | dead | left
+    incarnation: int
+    last_seen: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AntiEntropyRound:
+    peer: str
+    keys_repaired: int
+    bytes: int
+    duration_ms: float
+    at: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Status:
+    node: str
+    joined_at: int
+    keys: int
+    index: int
+    merkle_root: str
+    hlc: list[int] = field(default_factory=list)
+    last_rounds: list[AntiEntropyRound] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Health:
+    status: str
+    node: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Service:
+    """A service registration; the index fields are set when read with metadata=True."""
+
+    name: str
+    address: str | None = None
+    port: int | None = None
+    tags: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    ttl: float | None = None
+    version: str | None = None
+    modify_index: int | None = None
+    create_index: int | None = None
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServiceWriteResult:
+    name: str
+    version: str
+    modify_index: int
+    create_index: int
+    expires_at: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServiceDeleteResult:
+    name: str
+    version: str
+    modify_index: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TxnOp:
+    """One operation of a transaction; build it with TxnOp.set/delete/check/get."""
+
+    op: str
+    key: str
+    body: dict[str, Any]
+
+    @classmethod
+    def set(cls, key: str, value: Any, *, ttl: float | None = None, flags: int | None = None,
+            cas: int | None = None, if_version: str | None = None, if_timestamp: int | None = None,
+            if_value: Any = UNSET) -> TxnOp:
+        body = {"value": value, **_options(ttl=ttl, flags=flags),
+                **_conditions(cas, if_version, if_timestamp, if_value)}
+        return cls(op="set", key=key, body=body)
+
+    @classmethod
+    def delete(cls, key: str, *, cas: int | None = None, if_version: str | None = None,
+               if_timestamp: int | None = None, if_value: Any = UNSET) -> TxnOp:
+        return cls(op="delete", key=key, body=_conditions(cas, if_version, if_timestamp, if_value))
+
+    @classmethod
+    def check(cls, key: str, *, cas: int | None = None, if_version: str | None = None,
+              if_timestamp: int | None = None, if_value: Any = UNSET) -> TxnOp:
+        return cls(op="check", key=key, body=_conditions(cas, if_version, if_timestamp, if_value))
+
+    @classmethod
+    def get(cls, key: str) -> TxnOp:
+        return cls(op="get", key=key, body={})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "key": self.key, **self.body}
+
+
+TxnResult: TypeAlias = WriteResult | DeleteResult | CheckResult | Version | None
+
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _build(cls: type[T], data: Any) -> T:
+    """A result dataclass from the node's JSON; fields this client does not know are ignored."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in fields(cls))  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def as_json(result: Any) -> Any:
+    """A result (dataclass, or list of them) as plain JSON data, e.g. for printing."""
+    if isinstance(result, list | tuple):
+        return [as_json(r) for r in result]
+    if isinstance(result, dict):
+        return {k: as_json(v) for k, v in result.items()}
+    if hasattr(result, "__dataclass_fields__"):
+        return {f.name: as_json(getattr(result, f.name)) for f in fields(result)}
+    return result
+
+
+# -- the protocol layer: requests and answers, no I/O ------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a node sent back, as either transport reads it."""
+
+    node: str
+    status: int
+    content_type: str
+    index: int | None          # X-KVS-Index header
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One HTTP request and how to read its answer."""
+
+    method: str
+    target: str                              # percent-encoded path and query
+    body: bytes | None
+    decode: Callable[[Answer], T]
+    wait: float = 0.0                        # the node may hold it this long (blocking query)
+    pinned: str | None = None                # the node whose index `target` carries...
+    elsewhere: Call[T] | None = None         # ...and what to send to any other node instead
+
+    def for_node(self, node: str) -> Call[T]:
+        if self.pinned is None or self.pinned == node or self.elsewhere is None:
+            return self
+        return self.elsewhere
+
+    def read(self, answer: Answer) -> T:
+        """The typed result; or the typed exception, naming the node that answered (`.node`)."""
+        try:
+            return self.decode(answer)
+        except KVSError as exc:
+            exc.node = answer.node  # type: ignore[attr-defined]
+            raise
+
+
+class Sleep(NamedTuple):
+    seconds: float
+
+
+class Emit(NamedTuple):
+    item: Any
+
+
+class _Await(NamedTuple):
+    awaitable: Awaitable[Any]
+
+
+Step: TypeAlias = Call[Any] | Sleep | Emit | _Await
+Plan: TypeAlias = Generator[Step, Any, T]
+
+
+def _target(path: str, query: Mapping[str, Any] | None = None) -> str:
+    pairs = [(k, "true" if v is True else "false" if v is False else str(v))
+             for k, v in (query or {}).items() if v is not None]
+    if not pairs:
+        return path
+    return path + "?" + urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
+
+
+def _kv(key: str, query: Mapping[str, Any] | None = None) -> str:
+    return _target("/kv/" + urllib.parse.quote(key, safe="/"), query)
+
+
+def _service(name: str, suffix: str = "", query: Mapping[str, Any] | None = None) -> str:
+    return _target("/services/" + urllib.parse.quote(name, safe="") + suffix, query)
+
+
+def _encode(body: Any) -> bytes:
     try:
-        data = json.loads(body)
+        return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"request is not JSON-serializable: {exc}") from None
+
+
+def _duration(seconds: float) -> str:
+    return f"{max(0, round(seconds * 1000))}ms"
+
+
+def _conditions(cas: int | None, if_version: str | None, if_timestamp: int | None,
+                if_value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if cas is not None:
+        out["cas"] = cas
+    if if_version is not None:
+        out["if_version"] = if_version
+    if if_timestamp is not None:
+        out["if_timestamp"] = if_timestamp
+    if if_value is not UNSET:
+        out["if_value"] = if_value
+    return out
+
+
+def _options(**options: Any) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def error_for(answer: Answer) -> KVSError:
+    """The typed exception for an error answer."""
+    try:
+        data = json.loads(answer.body)
         code, message = data.pop("error"), data.pop("message")
     except (ValueError, KeyError, TypeError, AttributeError):
-        return KVSError(f"HTTP {status}: {body[:200]!r}")
-    if code == "cas_disabled":
-        exc: KVSError = errors.CASDisabled()
-        exc.message = message
-        return exc
-    cls = _BY_CODE.get(code, KVSError)
-    return cls(message, **data)
+        exc: KVSError = ServerError(f"{answer.node} answered HTTP {answer.status}: "
+                                    f"{answer.body[:200]!r}", answer.status)
+    else:
+        cls = _BY_CODE.get(code)
+        if cls is None:
+            exc = ServerError(f"{answer.node} answered HTTP {answer.status} {code}: {message}",
+                              answer.status, **data)
+        else:
+            exc = cls(message, **data)
+    return exc
 
 
-class Client:
-    def __init__(self, nodes: str | Sequence[str] = "http://127.0.0.1:8080",
-                 timeout: float = 10.0) -> None:
-        self.nodes = [nodes] if isinstance(nodes, str) else list(nodes)
-        self.timeout = timeout
+def _reader(parse: Callable[[Any, Answer], T]) -> Callable[[Answer], T]:
+    """A decoder: error answers raise their typed exception; a 2xx JSON body goes to `parse`."""
 
-    def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
-                body: Any = None, raw: bool = False) -> Any:
-        url_path = path + ("?" + urllib.parse.urlencode(query) if query else "")
-        data = None if body is None else json.dumps(body).encode()
-        failures = []
-        for node in self.nodes:
-            req = urllib.request.Request(node.rstrip("/") + url_path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = resp.read()
-            except urllib.error.HTTPError as exc:
-                raise _error(exc.code, exc.read()) from None
-            except (urllib.error.URLError, OSError) as exc:
-                failures.append(f"{node}: {getattr(exc, 'reason', exc)}")
-                continue
-            return payload.decode() if raw else json.loads(payload)
-        raise Unavailable("no node answered: " + "; ".join(failures)
-                          + ". Is the node running? Start one with `kvs serve`.")
+    def decode(answer: Answer) -> T:
+        if answer.status >= 300:
+            raise error_for(answer)
+        try:
+            return parse(json.loads(answer.body), answer)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ServerError(f"{answer.node} sent an answer this client cannot read "
+                              f"({exc!r}): {answer.body[:200]!r}", answer.status) from None
+
+    return decode
+
+
+def _of(cls: type[T]) -> Callable[[Answer], T]:
+    return _reader(lambda data, _: _build(cls, data))
+
+
+def _list_of(cls: type[T]) -> Callable[[Answer], list[T]]:
+    return _reader(lambda data, _: [_build(cls, d) for d in data])
+
+
+def _raw_value(answer: Answer) -> Any:
+    if answer.status >= 300:
+        raise error_for(answer)
+    if answer.content_type.startswith("text/"):
+        return answer.body.decode()
+    return _reader(lambda data, _: data)(answer)
+
+
+def _status(data: Any, _: Answer) -> Status:
+    rounds = [_build(AntiEntropyRound, r) for r in data.get("last_rounds", [])]
+    return _build(Status, {**data, "last_rounds": rounds})
+
+
+def _page(field_name: str, item: Callable[[Any], Any]) -> Callable[[Answer], Page[Any]]:
+    return _reader(lambda data, answer: Page(
+        prefix=data["prefix"], items=[item(i) for i in data[field_name]], next=data["next"],
+        index=answer.index or 0))
+
+
+def _txn_decoder(ops: Sequence[TxnOp]) -> Callable[[Answer], list[TxnResult]]:
+    def result(op: TxnOp, data: Any) -> TxnResult:
+        if data is None:
+            return None
+        return _build({"set": WriteResult, "delete": DeleteResult, "check": CheckResult,
+                       "get": Version}[op.op], data)
+
+    return _reader(lambda data, _: [result(op, r)
+                                    for op, r in zip(ops, data["results"], strict=True)])
+
+
+def _watch_decoder(key: str, prefix: bool) -> Callable[[Answer], WatchEvent]:
+    def decode(answer: Answer) -> WatchEvent:
+        if not prefix and answer.status == 404:
+            error = error_for(answer)
+            if isinstance(error, NotFound):  # the key is absent: that is a state too
+                return WatchEvent(key=key, prefix=False, index=answer.index or 0,
+                                  node=answer.node, items=[])
+            raise error
+        return _reader(lambda data, _: WatchEvent(
+            key=key, prefix=prefix, index=answer.index or 0, node=answer.node,
+            items=[_build(Version, d) for d in data["items"]] if prefix else [_build(Version, data)],
+        ))(answer)
+
+    return decode
+
+
+def _wake_cap(wait: float, items: Sequence[Version], now: float) -> float:
+    """How long to block: at most `wait`, and not past the first lease under watch to expire.
+
+    An expiry does not bump the modify index, so no write wakes a blocking query when a
+    lease ends; the client sets the wait so that it asks again just after `expires_at`.
+    Clocks are assumed roughly in sync (the HLC's physical part is wall-clock ms); when the
+    node's clock is behind ours this polls every MIN_EXPIRY_WAIT until the node agrees.
+    """
+    expiries = [v.expires_at for v in items if v.expires_at is not None]
+    if not expiries:
+        return wait
+    return min(wait, max(MIN_EXPIRY_WAIT, min(expiries) / 1000 - now + EXPIRY_MARGIN))
+
+
+# -- every command, once ---------------------------------------------------------------------
+
+class _Commands:
+    """The API. `_execute` and `_iterate` carry plans out: blocking in Client, async in AsyncClient."""
+
+    def _execute(self, plan: Call[T] | Plan[T]) -> Any:
+        raise NotImplementedError
+
+    def _iterate(self, plan: Plan[None]) -> Any:
+        raise NotImplementedError
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def health(self) -> Out[Health]:
+        return self._execute(Call("GET", "/health", None, _of(Health)))
+
+    def get(self, key: str, *, version: str | None = None) -> Out[Version]:
+        """The current version of `key` (or the given version UUID, also from history)."""
+        return self._execute(Call("GET", _kv(key, {"version": version}), None, _of(Version)))
+
+    def get_value(self, key: str, default: Any = UNSET) -> Out[Any]:
+        """Just the value (`?raw=true`); `default` instead of NotFound if given."""
+        decode = _raw_value
+        if default is not UNSET:
+            def decode(answer: Answer) -> Any:
+                return default if answer.status == 404 else _raw_value(answer)
+        return self._execute(Call("GET", _kv(key, {"raw": True}), None, decode))
+
+    def history(self, key: str) -> Out[list[Version]]:
+        """Current and past versions, newest first, tombstones and superseded ones included."""
+        return self._execute(Call("GET", _kv(key, {"history": True}), None, _reader(
+            lambda data, _: [_build(Version, r) for r in data["revisions"]])))
+
+    def list(self, prefix: str = "", *, limit: int | None = None,
+             after: str | None = None) -> Out[Page[Version]]:
+        """Live versions under `prefix`, in key order; one page of at most `limit`."""
+        query = {"recurse": True, "limit": limit, "after": after}
+        return self._execute(Call("GET", _kv(prefix, query), None,
+                                  _page("items", lambda d: _build(Version, d))))
+
+    def list_keys(self, prefix: str = "", *, separator: str | None = None, limit: int | None = None,
+                  after: str | None = None) -> Out[Page[str]]:
+        """Live key names under `prefix`; with `separator`, grouped like Consul (`a/`)."""
+        query = {"keys": True, "separator": separator, "limit": limit, "after": after}
+        return self._execute(Call("GET", _kv(prefix, query), None, _page("keys", str)))
+
+    def scan(self, prefix: str = "", *, page_size: int = 100) -> Stream[Version]:
+        """Every live version under `prefix`, fetching pages of `page_size` as it goes."""
+        return self._iterate(self._pages(lambda after: _PLAN.list(prefix, limit=page_size, after=after)))
+
+    def scan_keys(self, prefix: str = "", *, separator: str | None = None,
+                  page_size: int = 1000) -> Stream[str]:
+        return self._iterate(self._pages(lambda after: _PLAN.list_keys(
+            prefix, separator=separator, limit=page_size, after=after)))
 
     @staticmethod
-    def _key_path(key: str) -> str:
-        return "/kv/" + urllib.parse.quote(key, safe="/")
+    def _pages(call: Callable[[str | None], Call[Page[Any]]]) -> Plan[None]:
+        after = None
+        while True:
+            page = yield call(after)
+            for item in page.items:
+                yield Emit(item)
+            if page.next is None:
+                return
+            after = page.next
 
-    def get(self, key: str, *, raw: bool = False) -> Any:
-        if raw:
-            return self.request("GET", self._key_path(key), query={"raw": "true"}, raw=True)
-        return self.request("GET", self._key_path(key))
+    # -- writes ----------------------------------------------------------------------------
 
-    def history(self, key: str) -> dict[str, Any]:
-        return self.request("GET", self._key_path(key), query={"history": "true"})
+    def put(self, key: str, value: Any, *, ttl: float | None = None, flags: int | None = None,
+            cas: int | None = None, if_version: str | None = None, if_timestamp: int | None = None,
+            if_value: Any = UNSET) -> Out[WriteResult]:
+        """Write `value` (any JSON). Conditions (all must hold): `cas` 0 = create-only, N = the
+        key's modify_index is N; `if_version`, `if_timestamp`, `if_value` compare with the
+        current version. `ttl` in seconds; a conditional write with ttl renews a lease."""
+        body = {"value": value, **_options(ttl=ttl, flags=flags),
+                **_conditions(cas, if_version, if_timestamp, if_value)}
+        return self._execute(Call("PUT", _kv(key), _encode(body), _of(WriteResult)))
 
-    def put(self, key: str, value: Any, **options: Any) -> dict[str, Any]:
-        return self.request("PUT", self._key_path(key), body={"value": value, **options})
+    def delete(self, key: str, *, cas: int | None = None, if_version: str | None = None,
+               if_timestamp: int | None = None, if_value: Any = UNSET) -> Out[DeleteResult]:
+        """Write a tombstone (NotFound if the key is absent), under the same conditions as put."""
+        query: dict[str, Any] = _conditions(cas, if_version, if_timestamp, UNSET)
+        if if_value is not UNSET:
+            query["if_value"] = _encode(if_value).decode()
+        return self._execute(Call("DELETE", _kv(key, query), None, _of(DeleteResult)))
 
-    def delete(self, key: str, *, recurse: bool = False, **conditions: Any) -> dict[str, Any]:
-        query = {k: (json.dumps(v) if k == "if_value" else v) for k, v in conditions.items()}
-        if recurse:
-            query["recurse"] = "true"
-        return self.request("DELETE", self._key_path(key), query=query or None)
+    def delete_prefix(self, prefix: str) -> Out[PrefixDeleteResult]:
+        """Tombstone every live key under `prefix`, in one batch."""
+        return self._execute(Call("DELETE", _kv(prefix, {"recurse": True}), None,
+                                  _of(PrefixDeleteResult)))
 
-    def list(self, prefix: str = "", *, keys: bool = False, separator: str | None = None,
-             limit: int | None = None, after: str | None = None) -> dict[str, Any]:
-        query: dict[str, Any] = {"keys" if keys else "recurse": "true"}
-        query.update({k: v for k, v in (("separator", separator), ("limit", limit),
-                                        ("after", after)) if v is not None})
-        return self.request("GET", self._key_path(prefix), query=query)
+    def txn(self, ops: Sequence[TxnOp]) -> Out[list[TxnResult]]:
+        """All-or-nothing on the node: one result per op (set: WriteResult, delete:
+        DeleteResult, check: CheckResult, get: Version or None). A failed condition raises
+        CASConflict with `.failed` and writes nothing."""
+        body = {"ops": [op.to_json() for op in ops]}
+        return self._execute(Call("POST", "/txn", _encode(body), _txn_decoder(list(ops))))
 
-    def txn(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.request("POST", "/txn", body={"ops": ops})
+    def update(self, key: str, fn: Callable[[Any], Any], *, retries: int = 16, backoff: float = 0.01,
+               max_backoff: float = 1.0, ttl: float | None = None) -> Out[Updated]:
+        """Optimistic read-modify-write: write `fn(current value)` only if nobody wrote meanwhile.
 
-    def members(self) -> Any:
-        return self.request("GET", "/cluster/members")
+        Reads the key, calls `fn(value)` (`fn(None)` if the key is absent, and then creates it
+        with cas=0), and writes the result with `if_version` of what was read, keeping the
+        key's flags (and setting `ttl` if given). If another writer got there first (409
+        CASConflict, or 404 NotFound because the key was deleted in between: both mean "lost
+        the race") it sleeps a random time in [0, min(max_backoff, backoff * 2**attempt)]
+        ("full jitter") and starts over, at most `retries` times, then raises that last
+        CASConflict/NotFound. Every other error is raised at once; so is anything `fn` raises
+        (nothing is written). `fn` runs once per attempt, so it must not have side effects; in
+        AsyncClient it may be a coroutine function.
+        """
+        return self._execute(self._update_plan(key, fn, retries, backoff, max_backoff, ttl))
 
-    def status(self) -> Any:
-        return self.request("GET", "/cluster/status")
+    def _update_plan(self, key: str, fn: Callable[[Any], Any], retries: int, backoff: float,
+                     max_backoff: float, ttl: float | None) -> Plan[Updated]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                current: Version | None = yield _PLAN.get(key)
+            except NotFound:
+                current = None
+            value = fn(None if current is None else current.value)
+            if inspect.isawaitable(value):
+                value = yield _Await(value)
+            if current is None:
+                write = _PLAN.put(key, value, ttl=ttl, cas=0)
+            else:
+                write = _PLAN.put(key, value, ttl=ttl, flags=current.flags or None,
+                                    if_version=current.version)
+            try:
+                result = yield write
+            except (CASConflict, NotFound):
+                if attempt > retries:
+                    raise
+                yield Sleep(random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1))))
+                continue
+            return Updated(key=key, value=value, result=result, attempts=attempt)
+
+    # -- blocking queries ------------------------------------------------------------------
+
+    def watch_once(self, key: str, *, prefix: bool = False, index: int | None = None,
+                   wait: float = DEFAULT_WAIT) -> Out[WatchEvent]:
+        """One blocking query: the state once the key's (prefix's) modify index on the node
+        exceeds `index`, or after `wait` seconds. Without `index` it answers at once."""
+        return self._execute(_watch_call(key, prefix, index, wait))
+
+    def watch(self, key: str, *, prefix: bool = False, index: int | None = None,
+              wait: float = DEFAULT_WAIT) -> Stream[WatchEvent]:
+        """Each new state of `key` (or of the live keys under it, with prefix=True), forever.
+
+        The first event is the current state (unless `index` is given: then the first change
+        after it). Then one blocking query after another, each from the index of the last
+        answer; an answer that is the same state (the wait ran out) is not yielded. A key under
+        watch whose lease expires is noticed within EXPIRY_MARGIN of its expires_at, although
+        an expiry bumps no index (see `_wake_cap`). Changes that happen between two answers
+        are coalesced: you see states, not every write (use history() for those).
+        """
+        return self._iterate(self._watch_plan(key, prefix, index, wait))
+
+    @staticmethod
+    def _watch_plan(key: str, prefix: bool, index: int | None, wait: float) -> Plan[None]:
+        last: tuple[tuple[str, str], ...] | None = None
+        node: str | None = None
+        items: list[Version] = []
+        while True:
+            call = _watch_call(key, prefix, index, _wake_cap(wait, items, time.time()), pinned=node)
+            event: WatchEvent = yield call
+            if event.signature() != last:
+                last = event.signature()
+                yield Emit(event)
+            index, node, items = event.index, event.node, event.items
+
+    # -- cluster ---------------------------------------------------------------------------
+
+    def members(self) -> Out[list[Member]]:
+        return self._execute(Call("GET", "/cluster/members", None, _list_of(Member)))
+
+    def status(self) -> Out[Status]:
+        return self._execute(Call("GET", "/cluster/status", None, _reader(_status)))
+
+    # -- service registry ------------------------------------------------------------------
+
+    def register_service(self, name: str, *, address: str | None = None, port: int | None = None,
+                         tags: Sequence[str] | None = None, meta: Mapping[str, Any] | None = None,
+                         ttl: float | None = None, cas: int | None = None) -> Out[ServiceWriteResult]:
+        """Register (or replace) a service; with `ttl` it expires unless renewed; `cas` as for put."""
+        body = _options(name=name, address=address, port=port,
+                        tags=None if tags is None else list(tags),
+                        meta=None if meta is None else dict(meta), ttl=ttl, cas=cas)
+        return self._execute(Call("POST", "/services", _encode(body), _of(ServiceWriteResult)))
+
+    def list_services(self) -> Out[list[Service]]:
+        return self._execute(Call("GET", "/services", None, _reader(
+            lambda data, _: [_build(Service, s) for s in data["services"]])))
+
+    def get_service(self, name: str, *, metadata: bool = False) -> Out[Service]:
+        query = {"metadata": True} if metadata else None
+        return self._execute(Call("GET", _service(name, query=query), None, _of(Service)))
+
+    def renew_service(self, name: str, *, ttl: float | None = None) -> Out[ServiceWriteResult]:
+        """Extend a registration's lease (NotFound once it has expired: register again)."""
+        body = None if ttl is None else _encode({"ttl": ttl})
+        return self._execute(Call("PUT", _service(name, "/renew"), body, _of(ServiceWriteResult)))
+
+    def deregister_service(self, name: str, *, cas: int | None = None) -> Out[ServiceDeleteResult]:
+        return self._execute(Call("DELETE", _service(name, query={"cas": cas}), None,
+                                  _of(ServiceDeleteResult)))
+
+
+class _Planner(_Commands):
+    """Runs no plan: its methods return the Call itself (plans use it to build requests)."""
+
+    def _execute(self, plan: Call[T] | Plan[T]) -> Any:
+        return plan
+
+
+_PLAN = _Planner()
+
+
+def _watch_call(key: str, prefix: bool, index: int | None, wait: float,
+                pinned: str | None = None) -> Call[WatchEvent]:
+    decode = _watch_decoder(key, prefix)
+    listing = {"recurse": True} if prefix else {}
+    if index is None:
+        return Call("GET", _kv(key, listing), None, decode)
+    wait = min(max(wait, 0.0), MAX_WAIT)
+    call = Call("GET", _kv(key, {**listing, "index": index, "wait": _duration(wait)}), None,
+                decode, wait=wait)
+    if pinned is None:
+        return call
+    # The index is this node's; anywhere else it means nothing, so ask for the state at once.
+    return Call(call.method, call.target, None, decode, wait, pinned, _watch_call(key, prefix, None, 0))
+
+
+# -- nodes and failover ----------------------------------------------------------------------
+
+def _normalize(url: str) -> str:
+    url = url.strip().rstrip("/")
+    return url if "://" in url else "http://" + url
+
+
+class _Nodes:
+    """The node URLs in failover order, starting from the one that answered last."""
+
+    def __init__(self, nodes: str | Sequence[str]) -> None:
+        urls = [nodes] if isinstance(nodes, str) else list(nodes)
+        if not urls:
+            raise ValueError("give at least one node URL")
+        self.urls = [_normalize(u) for u in urls]
+        self._first = 0
+
+    def order(self) -> list[str]:
+        first = self._first
+        return self.urls[first:] + self.urls[:first]
+
+    def answered(self, node: str) -> None:
+        self._first = self.urls.index(node)
+
+
+def _advance(plan: Plan[Any], reply: Any, error: BaseException | None) -> Step | _Done:
+    try:
+        return plan.throw(error) if error is not None else plan.send(reply)
+    except StopIteration as stop:
+        return _Done(stop.value)
+
+
+class _Done(NamedTuple):
+    value: Any
+
+
+_HEADERS = {"Accept": "application/json", "User-Agent": "kvs-client"}
+_JSON_HEADERS = {**_HEADERS, "Content-Type": "application/json"}
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout:g}s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return str(exc) or type(exc).__name__
+
+
+# -- the blocking client ---------------------------------------------------------------------
+
+class Client(_Commands):
+    """Blocking client (http.client, keep-alive, thread-safe). Methods as in `_Commands`.
+
+    `timeout` bounds each request (connect and every read), plus the wait of a blocking
+    query; `connect_timeout` bounds connecting, so a dead host fails over quickly.
+    """
+
+    IDLE_SECONDS = 10.0  # drop pooled connections idle longer (the node closes them at 75 s)
+
+    def __init__(self, nodes: str | Sequence[str] = DEFAULT_NODE, *, timeout: float = 10.0,
+                 connect_timeout: float = 3.0) -> None:
+        self._nodes = _Nodes(nodes)
+        self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
+        self._idle: dict[str, list[tuple[http.client.HTTPConnection, float]]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._nodes.urls)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn, _ in conns:
+                conn.close()
+
+    def _execute(self, plan: Call[T] | Plan[T]) -> Any:
+        if isinstance(plan, Call):
+            return self._send(plan)
+        items = self._drive(plan)
+        try:
+            next(items)
+        except StopIteration as stop:
+            return stop.value
+        raise RuntimeError("a plan run by _execute emitted an item")
+
+    def _iterate(self, plan: Plan[None]) -> Iterator[Any]:
+        return self._drive(plan)
+
+    def _drive(self, plan: Plan[T]) -> Generator[Any, None, T]:
+        reply: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                step = _advance(plan, reply, error)
+                reply, error = None, None
+                if isinstance(step, _Done):
+                    return step.value  # type: ignore[no-any-return]
+                if isinstance(step, Emit):
+                    yield step.item
+                elif isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                elif isinstance(step, _Await):
+                    error = TypeError("update() fn returned an awaitable; use AsyncClient for async fns")
+                    if inspect.iscoroutine(step.awaitable):
+                        step.awaitable.close()
+                else:
+                    try:
+                        reply = self._send(step)
+                    except KVSError as exc:
+                        error = exc
+        finally:
+            plan.close()
+
+    def _send(self, call: Call[T]) -> T:
+        failures = []
+        for node in self._nodes.order():
+            sent = call.for_node(node)
+            try:
+                answer = self._exchange(node, sent)
+            except _NoAnswer as exc:
+                failures.append(f"{node}: {exc}")
+                continue
+            self._nodes.answered(node)
+            return sent.read(answer)
+        raise _unavailable(failures)
+
+    def _exchange(self, node: str, call: Call[Any]) -> Answer:
+        read_timeout = self.timeout + call.wait
+        base = urllib.parse.urlsplit(node).path
+        for attempt in (1, 2):
+            conn, reused = self._take(node)
+            limit = self.connect_timeout
+            try:
+                if conn.sock is None:
+                    conn.timeout = self.connect_timeout
+                    conn.connect()
+                limit = read_timeout
+                conn.sock.settimeout(read_timeout)
+                conn.request(call.method, base + call.target, body=call.body,
+                             headers=_JSON_HEADERS if call.body is not None else _HEADERS)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                # A kept-alive connection the node closed meanwhile: the request never got
+                # there. Resend once on a fresh one (idempotent methods, as aiohttp does).
+                stale = isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError)
+                if reused and stale and attempt == 1 and call.method in ("GET", "PUT", "DELETE"):
+                    continue
+                raise _NoAnswer(_reason(exc, limit)) from exc
+            try:
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise Unavailable(f"{node} answered HTTP {resp.status} but the connection broke "
+                                  f"while reading: {_reason(exc, read_timeout)}", [node]) from exc
+            if resp.will_close:
+                conn.close()
+            else:
+                self._give(node, conn)
+            index = resp.getheader("X-KVS-Index")
+            return Answer(node, resp.status, resp.getheader("Content-Type", ""),
+                          int(index) if index and index.isdigit() else None, body)
+        raise AssertionError("unreachable")
+
+    def _take(self, node: str) -> tuple[http.client.HTTPConnection, bool]:
+        now = time.monotonic()
+        with self._lock:
+            stack = self._idle.get(node, [])
+            while stack:
+                conn, since = stack.pop()
+                if now - since < self.IDLE_SECONDS:
+                    return conn, True
+                conn.close()
+        parts = urllib.parse.urlsplit(node)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        return cls(parts.hostname or "127.0.0.1", parts.port, timeout=self.connect_timeout), False
+
+    def _give(self, node: str, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._idle.setdefault(node, []).append((conn, time.monotonic()))
+
+
+class _NoAnswer(Exception):
+    """The node could not be reached: the request may be tried on the next node."""
+
+
+# -- the asyncio client ----------------------------------------------------------------------
+
+class AsyncClient(_Commands):
+    """asyncio client over one aiohttp session (keep-alive). Every method returns an awaitable;
+    scan, scan_keys and watch return async iterators. Use `async with AsyncClient(...)` or
+    `await client.close()`.
+
+    `timeout` bounds each request from start to end (plus the wait of a blocking query);
+    `connect_timeout` bounds connecting, so a dead host fails over quickly. `max_connections`
+    (None: unlimited) caps open connections; a watch holds one for its whole wait, so keep it
+    above the number of concurrent watches.
+    """
+
+    def __init__(self, nodes: str | Sequence[str] = DEFAULT_NODE, *, timeout: float = 10.0,
+                 connect_timeout: float = 3.0, max_connections: int | None = None) -> None:
+        self._nodes = _Nodes(nodes)
+        self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._nodes.urls)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.max_connections or 0)
+            self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("Content-Type",))
+        return self._session
+
+    async def _execute(self, plan: Call[T] | Plan[T]) -> Any:
+        if isinstance(plan, Call):
+            return await self._send(plan)
+        done: list[Any] = []
+        async for _ in self._drive(plan, done):
+            raise RuntimeError("a plan run by _execute emitted an item")
+        return done[0]
+
+    def _iterate(self, plan: Plan[None]) -> AsyncIterator[Any]:
+        return self._drive(plan, [])
+
+    async def _drive(self, plan: Plan[Any], done: list[Any]) -> AsyncIterator[Any]:
+        """Carry the plan out, yielding what it emits; its return value goes to `done`."""
+        reply: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                step = _advance(plan, reply, error)
+                reply, error = None, None
+                if isinstance(step, _Done):
+                    done.append(step.value)
+                    return
+                if isinstance(step, Emit):
+                    yield step.item
+                elif isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                else:
+                    try:
+                        reply = await (step.awaitable if isinstance(step, _Await) else self._send(step))
+                    except KVSError as exc:
+                        error = exc
+        finally:
+            plan.close()
+
+    async def _send(self, call: Call[T]) -> T:
+        import aiohttp
+        from yarl import URL
+
+        session = self._open()
+        failures = []
+        for node in self._nodes.order():
+            sent = call.for_node(node)
+            timeout = aiohttp.ClientTimeout(total=self.timeout + sent.wait,
+                                            sock_connect=self.connect_timeout)
+            answered = False
+            try:
+                async with session.request(
+                        sent.method, URL(node + sent.target, encoded=True), data=sent.body,
+                        headers=_JSON_HEADERS if sent.body is not None else _HEADERS,
+                        timeout=timeout) as resp:
+                    answered = True
+                    body = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if answered:
+                    raise Unavailable(f"{node} answered HTTP {resp.status} but the connection broke "
+                                      f"while reading: {_reason(exc, timeout.total or 0)}",
+                                      [node]) from exc
+                failures.append(f"{node}: {_connect_reason(exc, timeout.total or 0)}")
+                continue
+            self._nodes.answered(node)
+            index = resp.headers.get("X-KVS-Index")
+            return sent.read(Answer(node, resp.status, resp.headers.get("Content-Type", ""),
+                                      int(index) if index and index.isdigit() else None, body))
+        raise _unavailable(failures)
+
+
+def _connect_reason(exc: BaseException, timeout: float) -> str:
+    cause = getattr(exc, "os_error", None)  # aiohttp.ClientConnectorError wraps the OSError
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    return _reason(exc, timeout)
