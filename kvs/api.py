@@ -1,9 +1,9 @@
 """Public HTTP API (SPEC section 3): /kv, /txn, /health. JSON in, JSON out.
 
 Handlers only translate: they validate input into engine calls and engine
-results into JSON. Every expected failure is a KVSError that the error
-middleware renders as {"error", "message"} with its status; anything else is a
-bug, logged with its traceback and answered as a JSON 500 (tests assert none).
+results into JSON. Every expected failure is a KVSError that `render_error` (called
+by the node's middleware) renders as {"error", "message"} with its status; anything
+else is a bug, logged with its traceback and answered as a JSON 500 (tests assert none).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -43,8 +42,6 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
                405: "method_not_allowed", 413: "too_large"}
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
                   ) -> web.Response:
@@ -56,28 +53,18 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     return json_response({"error": code, "message": message, **extra}, status)
 
 
-def index_middleware(index: Callable[[], int]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Stamp X-KVS-Index on every KV response, errors included, for blocking-query clients."""
+def render_error(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer for an exception out of a handler: {"error", "message"} and its status.
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
-        if request.path.startswith(("/kv/", "/txn")):
-            response.headers["X-KVS-Index"] = str(index())
-        return response
-
-    return middleware
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except KVSError as exc:
+    A KVSError is expected; an HTTPException (404, 405, 413 from aiohttp) keeps its status;
+    anything else is a bug, logged with its traceback. A non-error HTTPException (a
+    redirect) is re-raised for aiohttp to send.
+    """
+    if isinstance(exc, KVSError):
         return json_response(exc.body(), exc.status)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         if exc.status == 413:
             return error_response(413, code, "request body is larger than this node accepts "
@@ -86,11 +73,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if "Allow" in exc.headers:  # RFC 9110: a 405 lists the methods the resource has
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("event=internal_error method=%s path=%s", request.method, request.path)
-        return error_response(500, "internal", "internal error; see the node's log")
+    log.error("event=internal_error method=%s path=%s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal", "internal error; see the node's log")
 
 
 # -- input parsing ---------------------------------------------------------------------
@@ -134,11 +118,12 @@ def parse_ttl(raw: Any) -> int:
 
 def _path_key(request: web.Request, *, prefix: bool = False) -> str:
     """The key from the raw path, percent-decoded strictly: %FF is not a key, it is an error."""
-    raw = request.rel_url.raw_path.split("/", 2)[2]
-    try:
-        key = unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("key is not valid UTF-8 once percent-decoded") from None
+    key = request.rel_url.raw_path.split("/", 2)[2]
+    if "%" in key:  # without a percent sign, decoding would change nothing
+        try:
+            key = unquote_to_bytes(key).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("key is not valid UTF-8 once percent-decoded") from None
     return validate_key(key, prefix=prefix)
 
 
@@ -189,8 +174,7 @@ class KVApi:
             await self.engine.storage.durable(ticket)
 
     def _value(self, value: Any) -> Any:
-        conditions.check_depth("value", value)
-        size = len(orjson.dumps(value))
+        size = conditions.encoded_size("value", value)
         if size > self.config.max_value_bytes:
             raise TooLarge(f"value is {size} bytes encoded; max_value_bytes is "
                            f"{self.config.max_value_bytes}")
@@ -202,6 +186,9 @@ class KVApi:
     # -- GET -----------------------------------------------------------------------------
 
     async def get(self, request: web.Request) -> web.StreamResponse:
+        if not request.query_string:  # the common read: the current version, no options
+            body = self.engine.get(_path_key(request)).json_bytes()
+            return web.Response(body=body, content_type="application/json")
         query = request.query
         check_params(query, GET_PARAMS)
         # Every flag is parsed, also those this mode ignores: a malformed one is a 400.
@@ -294,7 +281,8 @@ class KVApi:
     # -- PUT / DELETE --------------------------------------------------------------------
 
     async def put(self, request: web.Request) -> web.Response:
-        check_params(request.query, frozenset())
+        if request.query_string:  # request.query is parsed on first use: only when there is one
+            check_params(request.query, frozenset())
         key = _path_key(request)
         body = await json_body(request)
         if not isinstance(body, dict):

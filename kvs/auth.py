@@ -22,8 +22,12 @@ import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from kvs.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 TIMESTAMP_HEADER = "X-KVS-Timestamp"
 SIGNATURE_HEADER = "X-KVS-Signature"
@@ -98,24 +102,40 @@ def internal_auth_middleware(
     """aiohttp middleware: reject unauthenticated `/internal/` requests with 401 before any handler.
 
     With `secret` None it passes everything through (single-host development).
-    The body is read here and stays cached on the request, so handlers read it again for free.
+    A node does not use it: its one middleware (kvs/node.py) calls `refuse` itself.
     """
     from aiohttp import web  # local import keeps sign/verify usable without aiohttp
 
-    now_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+    now_ms = clock_ms or _wall_ms
 
     @web.middleware
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if secret is None or not request.path.startswith(INTERNAL_PREFIX):
-            return await handler(request)
-        body = await request.read()
-        try:
-            verify(secret, request.method, request.raw_path, body, request.headers, now_ms(),
-                   window_ms)
-        except Unauthorized as exc:
-            return web.json_response(exc.body(), status=exc.status)
+        if secret is not None and request.path.startswith(INTERNAL_PREFIX):
+            refused = await refuse(secret, request, now_ms(), window_ms)
+            if refused is not None:
+                return refused
         return await handler(request)
 
     return middleware
+
+
+async def refuse(secret: str, request: web.Request, now_ms: int,
+                 window_ms: int = DEFAULT_WINDOW_MS) -> web.Response | None:
+    """The 401 answer to an `/internal/` request not signed with `secret`, or None if it was.
+
+    The body is read here and stays cached on the request, so handlers read it again for free.
+    """
+    from aiohttp import web
+
+    body = await request.read()
+    try:
+        verify(secret, request.method, request.raw_path, body, request.headers, now_ms, window_ms)
+    except Unauthorized as exc:
+        return web.json_response(exc.body(), status=exc.status)
+    return None
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -79,6 +79,19 @@ def check_depth(name: str, value: Any) -> Any:
     return value
 
 
+def encoded_size(name: str, value: Any) -> int:
+    """Bytes of the value's JSON encoding, after check_depth's test: one orjson pass for both."""
+    if not isinstance(value, dict | list):
+        return len(orjson.dumps(value))
+    wrapped = value
+    for _ in range(_HEADROOM):
+        wrapped = [wrapped]
+    try:
+        return len(orjson.dumps(wrapped)) - 2 * _HEADROOM  # each wrapper adds "[" and "]"
+    except orjson.JSONEncodeError:
+        raise BadRequest(f"{name} nests deeper than {MAX_VALUE_DEPTH} levels of arrays/objects") from None
+
+
 def _uuid(raw: Any) -> str:
     if not isinstance(raw, str):
         raise BadRequest(f"if_version must be a UUID string, got {raw!r}")
@@ -91,6 +104,9 @@ def _uuid(raw: Any) -> str:
 
 def from_body(body: dict[str, Any]) -> Conditions:
     """Conditions from a JSON body (PUT, txn op); absent fields impose nothing."""
+    if "cas" not in body and "if_version" not in body and "if_timestamp" not in body \
+            and "if_value" not in body:
+        return NONE
     return Conditions(
         cas=uint("cas", body["cas"]) if "cas" in body else None,
         if_version=_uuid(body["if_version"]) if "if_version" in body else None,

@@ -13,6 +13,7 @@ The engine knows nothing about HTTP; the API maps its exceptions to statuses.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from kvs.clock import HLC, wall_ms
 from kvs.conditions import NONE, Conditions, check, failures
 from kvs.config import Config
 from kvs.errors import CASConflict, CASDisabled, NotFound
-from kvs.model import Version, new_version_id, resolve
+from kvs.model import Version, add_newest, new_version_id, resolve, wins
 from kvs.storage import Change, Storage
 
 MAX_TTL_SECONDS = 10 * 365 * 86_400
@@ -77,9 +78,12 @@ class _Mutation:
             previous.create_index if previous is not None and previous.is_live(self.now)
             else version.modify_index
         )
-        after = resolve([*before, version], engine.limit)
-        if not any(v.version == version.version for v in after):
-            return False  # older than everything the bounded history keeps
+        if previous is None or wins(version, previous):
+            after = add_newest(before, version, engine.limit)
+        else:
+            after = resolve([*before, version], engine.limit)
+            if not any(v.version == version.version for v in after):
+                return False  # older than everything the bounded history keeps
         engine.storage.index = version.modify_index
         engine.stats.superseded += _newly_superseded(before, after)
         self.sets[version.key] = after
@@ -301,7 +305,9 @@ class Engine:
                 if self._refuse(m, version):
                     self.stats.remote_refused += 1
                     continue
-                if m.apply(version):
+                # A copy: apply() sets this node's indexes on it, and an in-process caller
+                # may pass another node's stored (cached, shared) versions.
+                if m.apply(dataclasses.replace(version)):
                     self.stats.remote_applied += 1
         return m.applied
 

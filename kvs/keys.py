@@ -15,6 +15,8 @@ User keys contain no control characters, so b"\\x00" never occurs inside one.
 
 from __future__ import annotations
 
+import re
+
 from kvs.errors import BadRequest
 
 MAX_KEY_BYTES = 512
@@ -46,11 +48,13 @@ def validate_key(key: str, *, prefix: bool = False) -> str:
         raise BadRequest("key is not valid UTF-8") from None
     if size > MAX_KEY_BYTES:
         raise BadRequest(f"key is {size} bytes; the limit is {MAX_KEY_BYTES}")
-    for ch in key:
-        code = ord(ch)
-        if code < 0x20 or 0x7F <= code <= 0x9F:
-            raise BadRequest(f"key contains control character U+{code:04X}")
+    control = _CONTROL.search(key)
+    if control:
+        raise BadRequest(f"key contains control character U+{ord(control.group()):04X}")
     return key
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 
 
 def u64(n: int) -> bytes:

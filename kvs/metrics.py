@@ -2,8 +2,8 @@
 
 The engine, replicator and membership already count what they do (plain ints on
 their hot paths); a custom collector turns them into Prometheus families at
-scrape time, so nothing on the request path touches prometheus-client except the
-request counter.
+scrape time, so nothing on the request path touches prometheus-client; the request
+counter is a dict the node's middleware increments.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sized
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -25,11 +25,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class _NodeCollector(Collector):
     def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
-                 watchers: Sized | None = None) -> None:
+                 watchers: Sized | None = None,
+                 requests: dict[tuple[str, int], int] | None = None) -> None:
         self.engine = engine
         self.replicator = replicator
         self.membership = membership
         self.watchers = watchers
+        self.requests = requests if requests is not None else {}
 
     def collect(self) -> Iterator[Metric]:
         stats, repl = self.engine.stats, self.replicator.stats
@@ -55,6 +57,11 @@ class _NodeCollector(Collector):
         ]
         for name, text, value in counters:
             yield CounterMetricFamily(name, text, value=value)
+        requests = CounterMetricFamily("kvs_http_requests", "HTTP requests by method and status",
+                                       labels=["method", "status"])
+        for (method, status), count in sorted(self.requests.items()):
+            requests.add_metric([method, str(status)], count)
+        yield requests
         storage = self.engine.storage
         yield GaugeMetricFamily("kvs_keys", "Live keys on this node", value=storage.live_keys)
         yield GaugeMetricFamily("kvs_index", "This node's index counter", value=storage.index)
@@ -76,15 +83,16 @@ class Metrics:
     def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
                  watchers: Sized | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_NodeCollector(engine, replicator, membership, watchers))
-        self.requests = Counter("kvs_http_requests", "HTTP requests by method and status",
-                                ["method", "status"], registry=self.registry)
+        # (method, status) -> answered requests; a plain dict, as prometheus-client's Counter
+        # takes a lock and builds a label key on every request.
+        self.requests: dict[tuple[str, int], int] = {}
+        self.registry.register(_NodeCollector(engine, replicator, membership, watchers,
+                                              self.requests))
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
-        response = await handler(request)
-        self.requests.labels(request.method, str(response.status)).inc()
-        return response
+    def count(self, method: str, status: int) -> None:
+        """Count one answered request (called by the node's middleware)."""
+        key = (method, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),

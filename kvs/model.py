@@ -52,6 +52,12 @@ class Version:
     # Cache of digest(): stored beside the version on disk, so a write rehashes only
     # the new version, not every version of the key's history.
     cached_digest: int | None = field(default=None, compare=False, repr=False)
+    # Cache of row(): a version's fields do not change once it is in a revision set
+    # (a new `superseded` is a new Version), so a write encodes only the new version.
+    # Not init fields: dataclasses.replace() must not copy them.
+    cached_row: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    # Cache of json_bytes(), for the same reason: a GET of a hot key re-encodes nothing.
+    cached_json: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def order_key(self) -> tuple[int, int, int, str]:
         return (self.timestamp, self.logical, -self.origin_joined_at, self.version)
@@ -80,6 +86,13 @@ class Version:
             self.cached_digest = xxhash.xxh3_64_intdigest(self.canonical())
         return self.cached_digest
 
+    def row(self) -> bytes:
+        """This version's entry in the on-disk encoding of its revision set (encode_set)."""
+        if self.cached_row is None:
+            self.cached_row = orjson.dumps([*self.to_wire()[1:], self.modify_index,
+                                            self.create_index, self.superseded, self.digest()])
+        return self.cached_row
+
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key, "value": self.value, "version": self.version,
@@ -89,6 +102,12 @@ class Version:
             "superseded": self.superseded, "modify_index": self.modify_index,
             "create_index": self.create_index,
         }
+
+    def json_bytes(self) -> bytes:
+        """to_json() encoded: the body of a GET of this version."""
+        if self.cached_json is None:
+            self.cached_json = orjson.dumps(self.to_json())
+        return self.cached_json
 
     def meta(self) -> dict[str, Any]:
         """The version's identity without its value: what a 409 reports as `current`."""
@@ -136,7 +155,17 @@ def wins(a: Version, b: Version) -> bool:
 def resolve(versions: list[Version], limit: int) -> list[Version]:
     """The revision set for these versions: deduplicated, newest first, trimmed, flags derived."""
     unique = {v.version: v for v in versions}
-    ordered = sorted(unique.values(), key=Version.order_key, reverse=True)[:limit]
+    return _flagged(sorted(unique.values(), key=Version.order_key, reverse=True)[:limit])
+
+
+def add_newest(resolved: list[Version], version: Version, limit: int) -> list[Version]:
+    """resolve([*resolved, version], limit) for a version that is not in the resolved set
+    and beats its current version: nothing to deduplicate or sort (every local write)."""
+    return _flagged([version, *resolved[:limit - 1]])
+
+
+def _flagged(ordered: list[Version]) -> list[Version]:
+    """Versions in conflict order with `superseded` derived from the current's parent chain."""
     by_id = {v.version: v for v in ordered}
     chain: set[str] = set()
     cursor: Version | None = ordered[0] if ordered else None
@@ -160,10 +189,7 @@ def set_digest(key: str, versions: list[Version]) -> int:
 
 # On-disk form of one version: wire fields + the node-local ones + the cached digest.
 def encode_set(versions: list[Version]) -> bytes:
-    return orjson.dumps([
-        [*v.to_wire()[1:], v.modify_index, v.create_index, v.superseded, v.digest()]
-        for v in versions
-    ])
+    return b"[" + b",".join([v.row() for v in versions]) + b"]"
 
 
 def decode_set(key: str, raw: bytes) -> list[Version]:

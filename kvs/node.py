@@ -16,9 +16,8 @@ from functools import partial
 
 from aiohttp import web
 
-from kvs import openapi
-from kvs.api import KVApi, error_middleware, index_middleware
-from kvs.auth import internal_auth_middleware
+from kvs import auth, openapi
+from kvs.api import KVApi, render_error
 from kvs.clock import wall_ms
 from kvs.cluster_api import ClusterApi
 from kvs.config import Config
@@ -63,12 +62,7 @@ class Node:
         assert self.engine and self.membership and self.replicator
         metrics = Metrics(self.engine, self.replicator, self.membership, self.watchers)
         app = web.Application(
-            middlewares=[
-                metrics.middleware,
-                index_middleware(lambda: self.engine.index if self.engine else 0),
-                error_middleware,
-                internal_auth_middleware(self.config.cluster_secret),
-            ],
+            middlewares=[_middleware(self.engine, metrics, self.config.cluster_secret)],
             client_max_size=self.config.max_value_bytes * 4 + ENVELOPE_BYTES,
         )
         app.add_routes(KVApi(self.config, self.engine, self.watchers).routes())
@@ -153,6 +147,38 @@ class Node:
         if self.storage is not None:
             self.storage.close()
             self.storage = None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_INDEXED = ("/kv/", "/txn")  # responses that carry X-KVS-Index, errors included
+
+
+def _middleware(engine: Engine, metrics: Metrics, secret: str | None
+                ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Everything around a handler, in one middleware: each aiohttp middleware is another
+    coroutine and partial per request, which a GET noticeably pays for.
+
+    In order: /internal/ requests must be signed (401), failures become JSON errors
+    (api.render_error), KV responses get X-KVS-Index, and the answer is counted.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        try:
+            response = None
+            if secret is not None and path.startswith(auth.INTERNAL_PREFIX):
+                response = await auth.refuse(secret, request, wall_ms())
+            if response is None:
+                response = await handler(request)
+        except Exception as exc:
+            response = render_error(request, exc)
+        if path.startswith(_INDEXED):
+            response.headers["X-KVS-Index"] = str(engine.index)
+        metrics.count(request.method, response.status)
+        return response
+
+    return middleware
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -152,10 +152,11 @@ class Replicator:
     def _on_applied(self, versions: list[Version]) -> None:
         if not self.eager_push:
             return
-        local = [v for v in versions if v.origin == self.engine.node_id]
+        peers = self.membership.alive_peers()  # none on a single node: no version to look at
+        local = [v for v in versions if v.origin == self.engine.node_id] if peers else None
         if not local:
             return
-        for member in self.membership.alive_peers():
+        for member in peers:
             sender = self._senders.get(member.id)
             if sender is None or sender.address != member.address:
                 sender = self._senders[member.id] = _PeerSender(self, member)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,12 @@ from kvs.merkle import MerkleTree, segment_of
 from kvs.model import Version, decode_set, encode_set, set_digest
 
 log = logging.getLogger("kvs.storage")
+
+# Decoded revision sets kept in memory, by their encoded size: decoding a set (orjson
+# plus a Version per entry) is most of a GET and a good part of a PUT on a hot key.
+# Sets larger than CACHE_MAX_SET_BYTES are not cached; they would evict everything else.
+CACHE_BYTES = 16 << 20
+CACHE_MAX_SET_BYTES = 256 << 10
 
 _COMPRESSION = {
     "none": rocksdict.DBCompressionType.none,
@@ -64,6 +71,8 @@ class Storage:
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.set_compression_type(_COMPRESSION[compression]())
+        # One writer at a time (the engine's lock): the memtable need not pay for concurrent inserts.
+        opts.set_allow_concurrent_memtable_write(False)
         try:
             self.db = rocksdict.Rdict(str(path), opts)
         except Exception as exc:
@@ -86,6 +95,7 @@ class Storage:
             for k, v in self._scan(K.SEGMENT)
         })
         self.group = GroupCommit(lambda: self.db.flush_wal(True))
+        self._cache = SetCache(CACHE_BYTES, CACHE_MAX_SET_BYTES)
 
     # -- identity -----------------------------------------------------------------
 
@@ -108,8 +118,15 @@ class Storage:
     # -- reads --------------------------------------------------------------------
 
     def read(self, key: str) -> list[Version]:
-        raw = self.db.get(K.versions_key(key))
-        return decode_set(key, raw) if raw is not None else []
+        """The key's revision set. Callers must not modify it: it may be the cached one."""
+        versions = self._cache.get(key)
+        if versions is None:
+            raw = self.db.get(K.versions_key(key))
+            if raw is None:
+                return []
+            versions = decode_set(key, raw)
+            self._cache.put(key, versions, len(raw))
+        return versions
 
     def scan_sets(self, prefix: str, after: str | None = None) -> Iterator[list[Version]]:
         """Revision sets of keys under `prefix`, in key order, starting after `after`."""
@@ -161,9 +178,10 @@ class Storage:
         """Commit changes (and sweeper expiries) in one batch; returns a group-commit ticket."""
         batch = rocksdict.WriteBatch(raw_mode=True)
         deltas: dict[int, int] = {}
+        cached: list[tuple[str, list[Version], int]] = []  # the cache's new entries, once written
         live = self.live_keys
         for change in changes:
-            live += self._stage(batch, change, now, deltas)
+            live += self._stage(batch, change, now, deltas, cached)
         for expires_at, key in expired:
             batch.delete(K.expiry_key(expires_at, key))
             batch.put(K.purge_key(expires_at + self.gc_ms, key), b"")
@@ -176,6 +194,8 @@ class Storage:
         if purged_through is not None:
             batch.put(K.META_PURGED, K.u64(purged_through))
         self.db.write(batch)
+        for key, versions, size in cached:
+            self._cache.put(key, versions, size)
         self.live_keys = live
         if purged_through is not None:
             self.purged_through = purged_through
@@ -184,7 +204,7 @@ class Storage:
         return self.group.note_write()
 
     def _stage(self, batch: rocksdict.WriteBatch, change: Change, now: int,
-               deltas: dict[int, int]) -> int:
+               deltas: dict[int, int], cached: list[tuple[str, list[Version], int]]) -> int:
         """Add one key's change to the batch; returns the live-key count delta."""
         key = change.key
         old = change.old[0] if change.old else None
@@ -203,12 +223,15 @@ class Storage:
         segment = segment_of(key)
         old_digest = set_digest(key, change.old) if change.old else 0
         if change.new:
-            batch.put(K.versions_key(key), encode_set(change.new))
+            encoded = encode_set(change.new)
+            batch.put(K.versions_key(key), encoded)
+            cached.append((key, change.new, len(encoded)))
             new_digest = set_digest(key, change.new)
             batch.put(K.leaf_key(segment, key), K.u64(new_digest))
         else:
             batch.delete(K.versions_key(key))
             batch.delete(K.leaf_key(segment, key))
+            cached.append((key, [], 0))  # forgotten, not cached: purged keys would pile up
             new_digest = 0
         if old_digest != new_digest:
             deltas[segment] = deltas.get(segment, 0) ^ old_digest ^ new_digest
@@ -344,3 +367,36 @@ class GroupCommit:
                 else:
                     future.set_exception(OSError(f"fsync of the write-ahead log failed: {exc}"))
         self._waiters = still
+
+
+class SetCache:
+    """LRU of decoded revision sets, bounded by their encoded size.
+
+    Never stale: `Storage.write` is the only writer of revision sets and puts every
+    set it commits here, after the batch is written.
+    """
+
+    def __init__(self, max_bytes: int, max_entry_bytes: int) -> None:
+        self._entries: OrderedDict[str, tuple[list[Version], int]] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._max_entry_bytes = max_entry_bytes
+
+    def get(self, key: str) -> list[Version] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: str, versions: list[Version], size: int) -> None:
+        """Cache the key's set; an empty or oversized one only drops the old entry."""
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+        if not versions or size > self._max_entry_bytes:
+            return
+        self._entries[key] = (versions, size)
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            self._bytes -= self._entries.popitem(last=False)[1][1]

@@ -78,7 +78,8 @@ class Watchers:
 
     def notify(self, versions: list[Version]) -> None:
         """Engine listener: versions committed by one mutation."""
-        self.notify_keys({v.key for v in versions})
+        if self._keys or self._prefixes:  # nobody waiting: nothing to look up
+            self.notify_keys({v.key for v in versions})
 
     def notify_keys(self, keys: Iterable[str], *, expired: bool = False) -> None:
         for key in keys:
