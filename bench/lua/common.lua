@@ -68,3 +68,24 @@ function done(summary, latency, requests)
       e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
       latency.max, latency.mean, c_ok, c_conflict, c_other))
 end
+
+-- etcd random-key workloads: `etcd_keys(args, default_prefix)` reads prefix, keys and
+-- value_bytes, and returns key64(i) (the base64 of key number i, memoised), the base64
+-- of the value, and the number of keys.
+function etcd_keys(args, default_prefix)
+   local opts = parse_opts(args)
+   local key_prefix = (opts.prefix or default_prefix) .. "/"
+   local count = tonumber(opts.keys or "10000")
+   local value64 = base64('"' .. string.rep("v", tonumber(opts.value_bytes or "64")) .. '"')
+   local encoded = {}
+   local function key64(i)
+      local e = encoded[i]
+      if e == nil then
+         e = base64(key_prefix .. string.format("%05d", i))
+         encoded[i] = e
+      end
+      return e
+   end
+   seed_random()
+   return key64, value64, count
+end

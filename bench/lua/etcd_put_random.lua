@@ -1,25 +1,10 @@
 -- etcd gateway: put a random key out of `keys`.  args: prefix=bench/r, keys=10000, value_bytes=64
 dofile((os.getenv("BENCH_LUA_DIR") or "bench/lua") .. "/common.lua")
 
-local encoded = {}  -- key number -> base64 key, filled lazily
-local keys, value64, key_prefix
-
-local function key64(i)
-   local e = encoded[i]
-   if e == nil then
-      e = base64(key_prefix .. string.format("%05d", i))
-      encoded[i] = e
-   end
-   return e
-end
+local key64, value64, keys
 
 function init(args)
-   local opts = parse_opts(args)
-   local prefix = (opts.prefix or "bench/r") .. "/"
-   keys = tonumber(opts.keys or "10000")
-   key_prefix = prefix
-   value64 = base64('"' .. string.rep("v", tonumber(opts.value_bytes or "64")) .. '"')
-   seed_random()
+   key64, value64, keys = etcd_keys(args, "bench/r")
 end
 
 function request()
