@@ -15,9 +15,14 @@ from typing import Any
 
 import pytest
 
+from kvs.cli import EXIT_CONFLICT as CONFLICT
+from kvs.cli import EXIT_DISABLED as DISABLED
+from kvs.cli import EXIT_NOT_FOUND as NOT_FOUND
+from kvs.cli import EXIT_UNAVAILABLE as UNAVAILABLE
+from kvs.cli import EXIT_USAGE as USAGE
 from tests.procs import KvsProcess, ProcessGroup, free_port, process_group, run_cli
 
-OK, USAGE, NOT_FOUND, CONFLICT, DISABLED, UNAVAILABLE = 0, 2, 3, 4, 5, 6
+OK = 0
 
 
 @pytest.fixture(scope="module")

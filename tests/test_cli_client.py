@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from kvs.cli import EXIT_CONFLICT as CONFLICT
+from kvs.cli import EXIT_LOCK_LOST as LOCK_LOST
+from kvs.cli import EXIT_NOT_FOUND as NOT_FOUND
+from kvs.cli import EXIT_UNAVAILABLE as UNAVAILABLE
+from kvs.cli import EXIT_USAGE as USAGE
 from kvs.client import Client, NotFound
 from tests.procs import KvsProcess, ProcessGroup, free_port, kvs_command, kvs_env, process_group, run_cli
 
-OK, USAGE, NOT_FOUND, CONFLICT, UNAVAILABLE, LOCK_LOST = 0, 2, 3, 4, 6, 7
+OK = 0
 
 
 @pytest.fixture(scope="module")

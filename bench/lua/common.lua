@@ -89,3 +89,12 @@ function etcd_keys(args, default_prefix)
    seed_random()
    return key64, value64, count
 end
+
+-- CAS workloads: with hot > 0 every thread contends on `hot` shared keys, else each
+-- thread chains CAS on its own key (no conflicts).
+function cas_key(prefix, hot)
+   if hot > 0 then
+      return prefix .. "/hot/" .. math.random(1, hot)
+   end
+   return prefix .. "/own/" .. id
+end

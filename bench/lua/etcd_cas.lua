@@ -31,12 +31,7 @@ local function key64(key)
 end
 
 function request()
-   local key
-   if hot > 0 then
-      key = prefix .. "/hot/" .. math.random(1, hot)
-   else
-      key = prefix .. "/own/" .. id
-   end
+   local key = cas_key(prefix, hot)
    last_key = key
    local k = key64(key)
    local n = known[key] or 0

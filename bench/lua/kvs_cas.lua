@@ -25,12 +25,7 @@ function init(args)
 end
 
 function request()
-   local key
-   if hot > 0 then
-      key = prefix .. "/hot/" .. math.random(1, hot)
-   else
-      key = prefix .. "/own/" .. id
-   end
+   local key = cas_key(prefix, hot)
    last_key = key
    local k = known[key]
    local cond
