@@ -169,9 +169,6 @@ class KVApi:
             web.post("/txn", self.txn),
         ]
 
-    async def _durable(self, ticket: int) -> None:
-        if self.config.sync_writes and ticket:
-            await self.engine.storage.durable(ticket)
 
     def _value(self, value: Any) -> Any:
         size = conditions.encoded_size("value", value)
@@ -289,9 +286,8 @@ class KVApi:
             raise BadRequest("body must be a JSON object like {\"value\": ...}")
         _writable(key)
         op = self._op(body, "set", key, allowed=PUT_FIELDS)
-        version, ticket = self.engine.put(key, op.value, ttl_ms=op.ttl_ms, flags=op.flags,
+        version = self.engine.put(key, op.value, ttl_ms=op.ttl_ms, flags=op.flags,
                                           cond=op.cond)
-        await self._durable(ticket)
         return json_response(_write_result(version))
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -302,14 +298,12 @@ class KVApi:
             if set(query) - {"recurse"}:
                 raise BadRequest("conditions do not combine with recurse=true")
             _writable(prefix)  # a prefix covering the reserved one skips it instead
-            tombstones, ticket = self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
-            await self._durable(ticket)
+            tombstones = self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
             return json_response({"prefix": prefix, "deleted": [t.key for t in tombstones],
                                   "modify_index": self.engine.index})
         key = _path_key(request)
         _writable(key)
-        tombstone, ticket = self.engine.delete(key, conditions.from_query(dict(query)))
-        await self._durable(ticket)
+        tombstone = self.engine.delete(key, conditions.from_query(dict(query)))
         return json_response({"key": key, "version": tombstone.version,
                               "modify_index": tombstone.modify_index})
 
@@ -326,8 +320,7 @@ class KVApi:
         if len(raw_ops) > self.config.max_txn_ops:
             raise BadRequest(f"{len(raw_ops)} ops; max_txn_ops is {self.config.max_txn_ops}")
         ops = [self._txn_op(i, raw) for i, raw in enumerate(raw_ops)]
-        results, ticket = self.engine.txn(ops)
-        await self._durable(ticket)
+        results = self.engine.txn(ops)
         return json_response({"results": [
             _write_result(r) if isinstance(r, Version) and not r.deleted
             else _delete_result(r) if isinstance(r, Version) else r

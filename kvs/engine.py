@@ -5,8 +5,9 @@ overlay of the keys it touched, ending in one storage batch. Nothing inside the
 lock awaits, so no request can slip between a condition check and its write.
 
     request ──► lock ─► read sets ─► check conditions ─► new versions (HLC, index)
-                       └──────────── one WriteBatch ◄──────────┘
-            ◄── unlock ─► notify watchers, replication ─► (group commit fsync)
+                       └──────── staged for the next batch ◄──────┘
+            ◄── unlock ─► notify watchers, replication
+    (the answer waits for the batch's write, and with sync_writes its fsync: Storage)
 
 The engine knows nothing about HTTP; the API maps its exceptions to statuses.
 """
@@ -54,7 +55,6 @@ class _Mutation:
     applied: list[Version] = field(default_factory=list)
     expired: list[tuple[int, str]] = field(default_factory=list)
     purged_through: int | None = None
-    ticket: int = 0  # group-commit ticket of the batch, 0 if nothing was written
 
     def read(self, key: str) -> list[Version]:
         if key not in self.sets:
@@ -177,31 +177,29 @@ class Engine:
     # -- local writes --------------------------------------------------------------------
 
     def put(self, key: str, value: Any, *, ttl_ms: int | None = None, flags: int = 0,
-            cond: Conditions = NONE, internal: bool = False) -> tuple[Version, int]:
+            cond: Conditions = NONE, internal: bool = False) -> Version:
         """`internal`: the condition is the server's own (a service lease renewal), not a
         client CAS, so it holds even with cas_enabled false."""
         if not internal:
             self._require_cas(cond)
         with self._mutation() as m:
-            version = self._set(m, Op("set", key, value, ttl_ms, flags, cond))
-        return version, m.ticket
+            return self._set(m, Op("set", key, value, ttl_ms, flags, cond))
 
-    def delete(self, key: str, cond: Conditions = NONE) -> tuple[Version, int]:
+    def delete(self, key: str, cond: Conditions = NONE) -> Version:
         self._require_cas(cond)
         with self._mutation() as m:
             tombstone = self._delete(m, key, cond)
             if tombstone is None:
                 raise NotFound(f"key {key!r} not found")
-        return tombstone, m.ticket
+        return tombstone
 
-    def delete_prefix(self, prefix: str, *, skip: str | None = None) -> tuple[list[Version], int]:
+    def delete_prefix(self, prefix: str, *, skip: str | None = None) -> list[Version]:
         """Tombstone every live key under `prefix`, except those under `skip`."""
         with self._mutation() as m:
             keys = [v.key for v in self.live(prefix) if skip is None or not v.key.startswith(skip)]
-            tombstones = [t for t in (self._delete(m, k, NONE) for k in keys) if t]
-        return tombstones, m.ticket
+            return [t for t in (self._delete(m, k, NONE) for k in keys) if t]
 
-    def txn(self, ops: list[Op]) -> tuple[list[Any], int]:
+    def txn(self, ops: list[Op]) -> list[Any]:
         """All-or-nothing: a failing condition raises CASConflict with `failed`, nothing written.
 
         Ops run in order against the transaction's own overlay, so a later op sees
@@ -231,7 +229,7 @@ class Engine:
                     "nothing was written", failed=failed)
             if any(op.cond for op in ops):
                 self.stats.cas_success += 1  # one conditional write, like its conflict
-        return results, m.ticket
+        return results
 
     def _txn_op(self, m: _Mutation, op: Op) -> Any:
         if op.op == "set":
@@ -352,7 +350,7 @@ class Engine:
                 changes = m.changes()
                 if changes or m.expired:
                     self.storage.hlc = self.hlc.last
-                    m.ticket = self.storage.write(
+                    self.storage.write(
                         changes, now=m.now, purged_through=m.purged_through, expired=m.expired)
             except BaseException:
                 self.storage.index = index  # nothing was written: hand the numbers out again

@@ -7,7 +7,8 @@
     ├── NotFound            404   key absent / deleted / expired
     ├── CASConflict         409   a condition did not hold; carries `current` or `failed`
     ├── TooLarge            413   value or body over the limit
-    └── CASDisabled         501   a condition was sent while cas_enabled is false
+    ├── CASDisabled         501   a condition was sent while cas_enabled is false
+    └── StorageFailed       503   a RocksDB write or fsync failed: the node must be restarted
 
 A broken invariant is not a KVSError: it is a bug and fails loudly.
 """
@@ -68,3 +69,8 @@ class CASDisabled(KVSError):
             "conditional writes are disabled on this node; set cas_enabled: true in the "
             "config file (or KVS_CAS_ENABLED=true) and restart it. The write was not applied."
         )
+
+
+class StorageFailed(KVSError):
+    status = 503
+    code = "storage_failed"

@@ -22,6 +22,7 @@ from kvs.clock import wall_ms
 from kvs.cluster_api import ClusterApi
 from kvs.config import Config
 from kvs.engine import Engine
+from kvs.errors import StorageFailed
 from kvs.metrics import Metrics
 from kvs.replication import Replicator
 from kvs.services import ServiceApi
@@ -85,7 +86,8 @@ class Node:
     async def _start(self) -> None:
         config, now_ms = self.config, self.now_ms
         self.storage = Storage(config.data_path, compression=config.compression,
-                               gc_ms=config.tombstone_gc_seconds * 1000)
+                               gc_ms=config.tombstone_gc_seconds * 1000,
+                               sync_writes=config.sync_writes)
         self.storage.ensure_identity(config.node_id, now_ms())
         self.engine = Engine(config, self.storage, now_ms)
         self.engine.listeners.append(self.watchers.notify)
@@ -159,8 +161,11 @@ def _middleware(engine: Engine, metrics: Metrics, secret: str | None
     coroutine and partial per request, which a GET noticeably pays for.
 
     In order: /internal/ requests must be signed (401), failures become JSON errors
-    (api.render_error), KV responses get X-KVS-Index, and the answer is counted.
+    (api.render_error), the answer waits until what it shows is durable
+    (Storage.settled: handlers return as soon as their mutation is staged), KV
+    responses get X-KVS-Index, and the answer is counted.
     """
+    storage = engine.storage
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -173,8 +178,14 @@ def _middleware(engine: Engine, metrics: Metrics, secret: str | None
                 response = await handler(request)
         except Exception as exc:
             response = render_error(request, exc)
+        index = engine.index  # staged now, so written (and synced) once settled
+        if storage.unsettled:
+            try:
+                await storage.settled()
+            except StorageFailed as exc:
+                response = render_error(request, exc)
         if path.startswith(_INDEXED):
-            response.headers["X-KVS-Index"] = str(engine.index)
+            response.headers["X-KVS-Index"] = str(index)
         metrics.count(request.method, response.status)
         return response
 

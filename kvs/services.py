@@ -95,10 +95,6 @@ class ServiceApi:
             web.delete("/services/{name}", self.deregister),
         ]
 
-    async def _durable(self, ticket: int) -> None:
-        if self.config.sync_writes and ticket:
-            await self.engine.storage.durable(ticket)
-
     def _current(self, name: str) -> Version:
         try:
             current = self.engine.get(PREFIX + name)
@@ -119,11 +115,10 @@ class ServiceApi:
                            f"{self.config.max_value_bytes}")
         name = value["name"]
         try:
-            version, ticket = self.engine.put(PREFIX + name, value, ttl_ms=ttl_ms, cond=cond)
+            version = self.engine.put(PREFIX + name, value, ttl_ms=ttl_ms, cond=cond)
         except NotFound:
             raise NotFound(f"service {name!r} is not registered; cas={cond.cas} needs an existing "
                            "registration (cas=0 creates one)") from None
-        await self._durable(ticket)
         return json_response(_write_result(name, version))
 
     async def list_services(self, request: web.Request) -> web.Response:
@@ -166,12 +161,11 @@ class ServiceApi:
         ttl_ms = parse_ttl(ttl)
         value = {**current.value, "ttl": ttl}
         try:
-            version, ticket = self.engine.put(
+            version = self.engine.put(
                 PREFIX + name, value, ttl_ms=ttl_ms, flags=current.flags,
                 cond=Conditions(if_version=current.version), internal=True)
         except NotFound:
             raise NotFound(f"service {name!r} expired or was deregistered; register it again") from None
-        await self._durable(ticket)
         return json_response(_write_result(name, version))
 
     async def deregister(self, request: web.Request) -> web.Response:
@@ -180,10 +174,9 @@ class ServiceApi:
         name = validate_name(request.match_info["name"])
         cond = conditions.from_query(dict(query))
         try:
-            tombstone, ticket = self.engine.delete(PREFIX + name, cond)
+            tombstone = self.engine.delete(PREFIX + name, cond)
         except NotFound:
             raise NotFound(f"service {name!r} is not registered") from None
-        await self._durable(ticket)
         return json_response({"name": name, "version": tombstone.version,
                               "modify_index": tombstone.modify_index})
 

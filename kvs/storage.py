@@ -1,20 +1,27 @@
 """RocksDB adapter: the only module that imports rocksdict.
 
-Each mutation of any number of keys is ONE WriteBatch holding, for every key:
-its revision set, the expiry / purge index entries of its current version, its
-Merkle leaf and segment hash; and once per batch the node's index counter, HLC
-and purge watermark. A kill -9 at any moment therefore leaves all of them
-consistent, and the index counter can never go backwards or repeat.
+Each mutation of any number of keys stages, for every key: its revision set, the
+expiry / purge index entries of its current version, its Merkle leaf and segment
+hash. Staged mutations are written together, in ONE WriteBatch that also holds the
+node's index counter, HLC and purge watermark, at the end of the event loop's
+current round (write coalescing): 32 concurrent PUTs cost one RocksDB write, and a
+hot key's record is written once, not 32 times. A batch is a union of whole
+mutations, so a kill -9 at any moment leaves all of them consistent, and the index
+counter can never go backwards or repeat.
 
-Durability: RocksDB writes the WAL with write(2) on every batch, so a process
-crash loses nothing that was acknowledged. With sync_writes, acknowledgement
-waits for a group commit: one fsync of the WAL (in a worker thread, so the
-event loop keeps serving) covers every batch written before it started.
+    mutation ─► stage (memory: visible to reads) ─► written (db.write: survives a
+    process crash) ─► synced (WAL fsync: survives power loss; sync_writes only)
+
+Durability: a request is acknowledged only once its ticket is *written* (RocksDB
+writes the WAL with write(2)), or *synced* with sync_writes: one fsync of the WAL,
+in a worker thread so the event loop keeps serving, covers every batch written
+before it started (group commit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import OrderedDict
@@ -26,6 +33,7 @@ import rocksdict
 
 from kvs import keys as K
 from kvs.clock import Stamp, wall_ms
+from kvs.errors import StorageFailed
 from kvs.merkle import MerkleTree, segment_of
 from kvs.model import Version, decode_set, encode_set, set_digest
 
@@ -66,7 +74,8 @@ def _timers(current: Version | None, gc_ms: int, now: int) -> tuple[bytes | None
 
 
 class Storage:
-    def __init__(self, path: Path, *, compression: str = "none", gc_ms: int = 86_400_000) -> None:
+    def __init__(self, path: Path, *, compression: str = "none", gc_ms: int = 86_400_000,
+                 sync_writes: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(True)
@@ -80,6 +89,12 @@ class Storage:
                 f"cannot open RocksDB in {path}: {exc}. Is another kvs node using this data_dir?"
             ) from exc
         self.gc_ms = gc_ms
+        self.sync_writes = sync_writes
+        self.commits = Commits(self._write_pending, lambda: self.db.flush_wal(True))
+        # Staged, not yet written: RocksDB key -> value, None for a delete. Later mutations
+        # overwrite earlier ones' entries, so the batch holds each record once.
+        self._pending: dict[bytes, bytes | None] = {}
+        self._dirty_segments: set[int] = set()
         self.node_id = self._meta_str(K.META_NODE_ID)
         self.joined_at = self._meta_int(K.META_JOINED_AT)
         self.index = self._meta_int(K.META_INDEX)
@@ -94,7 +109,6 @@ class Storage:
             int.from_bytes(k[1:], "big"): int.from_bytes(v, "big")
             for k, v in self._scan(K.SEGMENT)
         })
-        self.group = GroupCommit(lambda: self.db.flush_wal(True))
         self._cache = SetCache(CACHE_BYTES, CACHE_MAX_SET_BYTES)
 
     # -- identity -----------------------------------------------------------------
@@ -121,7 +135,7 @@ class Storage:
         """The key's revision set. Callers must not modify it: it may be the cached one."""
         versions = self._cache.get(key)
         if versions is None:
-            raw = self.db.get(K.versions_key(key))
+            raw = self._get(K.versions_key(key))
             if raw is None:
                 return []
             versions = decode_set(key, raw)
@@ -150,7 +164,13 @@ class Storage:
         return sum(1 for _ in self._scan(K.PURGE))
 
     def has(self, raw_key: bytes) -> bool:
-        return self.db.get(raw_key) is not None
+        return self._get(raw_key) is not None
+
+    def _get(self, raw_key: bytes) -> bytes | None:
+        """A point read that sees staged mutations (reads never force a write)."""
+        if raw_key in self._pending:
+            return self._pending[raw_key]
+        return self.db.get(raw_key)
 
     def leaves(self, segment: int) -> dict[str, int]:
         """Key -> set digest for one Merkle segment."""
@@ -160,6 +180,7 @@ class Storage:
         }
 
     def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self.flush()  # an iterator sees only what is written
         it = self.db.iter()
         it.seek(start if start is not None else prefix)
         while it.valid():
@@ -175,37 +196,58 @@ class Storage:
         self, changes: list[Change], *, now: int, purged_through: int | None = None,
         expired: list[tuple[int, str]] = (),  # type: ignore[assignment]
     ) -> int:
-        """Commit changes (and sweeper expiries) in one batch; returns a group-commit ticket."""
-        batch = rocksdict.WriteBatch(raw_mode=True)
+        """Stage one mutation (changes and sweeper expiries); returns its ticket.
+
+        Staging is all or nothing: the mutation's entries are collected first and only
+        then joined to the pending batch, so a batch never holds half a mutation.
+        """
+        self.commits.check()
+        staged: dict[bytes, bytes | None] = {}
         deltas: dict[int, int] = {}
-        cached: list[tuple[str, list[Version], int]] = []  # the cache's new entries, once written
+        cached: list[tuple[str, list[Version], int]] = []
         live = self.live_keys
         for change in changes:
-            live += self._stage(batch, change, now, deltas, cached)
+            live += self._stage(staged, change, now, deltas, cached)
         for expires_at, key in expired:
-            batch.delete(K.expiry_key(expires_at, key))
-            batch.put(K.purge_key(expires_at + self.gc_ms, key), b"")
+            staged[K.expiry_key(expires_at, key)] = None
+            staged[K.purge_key(expires_at + self.gc_ms, key)] = b""
             live -= 1
-        for segment, delta in deltas.items():
-            batch.put(K.segment_key(segment), K.u64(self.tree.segment(segment) ^ delta))
-        batch.put(K.META_INDEX, K.u64(self.index))
-        batch.put(K.META_LIVE, K.u64(live))
-        batch.put(K.META_HLC, K.u64(self.hlc[0]) + K.u64(self.hlc[1]))
-        if purged_through is not None:
-            batch.put(K.META_PURGED, K.u64(purged_through))
-        self.db.write(batch)
+        self._pending.update(staged)
         for key, versions, size in cached:
             self._cache.put(key, versions, size)
+        for segment, delta in deltas.items():
+            self.tree.apply(segment, delta)
+            self._dirty_segments.add(segment)
         self.live_keys = live
         if purged_through is not None:
             self.purged_through = purged_through
-        for segment, delta in deltas.items():
-            self.tree.apply(segment, delta)
-        return self.group.note_write()
+        return self.commits.stage()
 
-    def _stage(self, batch: rocksdict.WriteBatch, change: Change, now: int,
+    def flush(self) -> None:
+        """Write what is staged now, instead of at the end of the event-loop round."""
+        self.commits.write()
+
+    def _write_pending(self) -> None:
+        """Every staged mutation, with the node's counters, as one batch."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for raw_key, value in self._pending.items():
+            if value is None:
+                batch.delete(raw_key)
+            else:
+                batch.put(raw_key, value)
+        for segment in self._dirty_segments:
+            batch.put(K.segment_key(segment), K.u64(self.tree.segment(segment)))
+        batch.put(K.META_INDEX, K.u64(self.index))
+        batch.put(K.META_LIVE, K.u64(self.live_keys))
+        batch.put(K.META_HLC, K.u64(self.hlc[0]) + K.u64(self.hlc[1]))
+        batch.put(K.META_PURGED, K.u64(self.purged_through))
+        self._pending = {}
+        self._dirty_segments = set()
+        self.db.write(batch)
+
+    def _stage(self, staged: dict[bytes, bytes | None], change: Change, now: int,
                deltas: dict[int, int], cached: list[tuple[str, list[Version], int]]) -> int:
-        """Add one key's change to the batch; returns the live-key count delta."""
+        """Add one key's change to `staged`; returns the live-key count delta."""
         key = change.key
         old = change.old[0] if change.old else None
         new = change.new[0] if change.new else None
@@ -213,24 +255,24 @@ class Storage:
         if old is not None:
             # Whatever entry the old current had (swept or not), it goes; the new one is put.
             if old.expires_at is not None:
-                batch.delete(K.expiry_key(old.expires_at, key))
+                staged[K.expiry_key(old.expires_at, key)] = None
             dead_at = old.dead_at()
             if dead_at is not None:
-                batch.delete(K.purge_key(dead_at + self.gc_ms, key))
+                staged[K.purge_key(dead_at + self.gc_ms, key)] = None
         for entry in _timers(new, self.gc_ms, now):
             if entry is not None:
-                batch.put(entry, b"")
+                staged[entry] = b""
         segment = segment_of(key)
         old_digest = set_digest(key, change.old) if change.old else 0
         if change.new:
             encoded = encode_set(change.new)
-            batch.put(K.versions_key(key), encoded)
+            staged[K.versions_key(key)] = encoded
             cached.append((key, change.new, len(encoded)))
             new_digest = set_digest(key, change.new)
-            batch.put(K.leaf_key(segment, key), K.u64(new_digest))
+            staged[K.leaf_key(segment, key)] = K.u64(new_digest)
         else:
-            batch.delete(K.versions_key(key))
-            batch.delete(K.leaf_key(segment, key))
+            staged[K.versions_key(key)] = None
+            staged[K.leaf_key(segment, key)] = None
             cached.append((key, [], 0))  # forgotten, not cached: purged keys would pile up
             new_digest = 0
         if old_digest != new_digest:
@@ -249,10 +291,24 @@ class Storage:
             return 1
         return 0 if fresh else int(self.has(K.expiry_key(current.expires_at, current.key)))
 
-    async def durable(self, ticket: int) -> None:
-        await self.group.wait(ticket)
+    @property
+    def unsettled(self) -> bool:
+        """Something is staged that an answer must not show yet (see settled)."""
+        commits = self.commits
+        return commits.issued > (commits.synced if self.sync_writes else commits.written)
+
+    async def settled(self) -> None:
+        """Return once everything staged so far is written, and with sync_writes fsynced.
+
+        Every answer waits for this, reads included: a client may then rely on whatever
+        the answer shows (its own write, a value another write staged, an index), since
+        no crash can take it back. With nothing staged it returns at once.
+        """
+        await self.commits.wait(self.commits.issued, sync=self.sync_writes)
 
     def close(self) -> None:
+        with contextlib.suppress(StorageFailed):  # what could not be written is lost
+            self.flush()
         self.db.flush_wal(True)
         self.db.close()
 
@@ -303,69 +359,114 @@ class Storage:
         return problems
 
 
-class GroupCommit:
-    """Share one WAL fsync among every writer waiting for durability.
+class Commits:
+    """Tickets of staged mutations, and the two points a writer can wait for.
 
-    Tickets are issued in write order. A sync that starts after ticket t was
-    issued makes t durable, so each waiter needs only the first sync that begins
-    after its write; writers arriving during a sync share the next one.
+        staged ──(one db.write per event-loop round)──► written ──(one WAL fsync)──► synced
+
+    Tickets are issued in staging order and a write covers every ticket staged before
+    it. An fsync that starts after ticket t was written makes t durable, so a waiter
+    needs only the first fsync that begins after its write; writers arriving during an
+    fsync share the next one (group commit).
+
+    A failed write or fsync leaves memory ahead of disk: every waiter hears it, and so
+    does every later write, until the node is restarted.
     """
 
-    def __init__(self, flush: Callable[[], None]) -> None:
-        self._flush = flush
-        self._issued = 0
-        self._synced = 0
-        self.syncs = 0  # fsyncs run: far fewer than writes under concurrency
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, write_staged: Callable[[], None], fsync: Callable[[], None]) -> None:
+        self._write_staged = write_staged
+        self._fsync = fsync
+        self.issued = 0
+        self.written = 0
+        self.synced = 0
+        self.writes = 0  # RocksDB writes: far fewer than tickets under concurrency
+        self.syncs = 0  # fsyncs: far fewer than tickets under concurrency
+        self.failure: StorageFailed | None = None
+        self._scheduled = False
+        self._waiters: list[tuple[int, bool, asyncio.Future[None]]] = []
+        self._sync_task: asyncio.Task[None] | None = None
 
-    @property
-    def issued(self) -> int:
-        return self._issued
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
-    @property
-    def synced(self) -> int:
-        """Every ticket up to this one is covered by a completed fsync."""
-        return self._synced
+    def stage(self) -> int:
+        """A new ticket; its write happens once the current event-loop round is over."""
+        self.issued += 1
+        if not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (tools, checks): nothing to coalesce with
+                self.write()
+            else:
+                self._scheduled = True
+                loop.call_soon(self._write_soon)
+        return self.issued
 
-    def note_write(self) -> int:
-        self._issued += 1
-        return self._issued
+    def _write_soon(self) -> None:
+        self._scheduled = False
+        with contextlib.suppress(StorageFailed):  # logged and handed to every waiter by _fail()
+            self.write()
 
-    async def wait(self, ticket: int) -> None:
-        if ticket <= self._synced:
+    def write(self) -> None:
+        """Write every staged ticket now (a scan needs it, or there is no event loop)."""
+        self.check()
+        if self.written == self.issued:
+            return
+        try:
+            self._write_staged()
+        except Exception as exc:
+            raise self._fail("writing a batch to RocksDB", exc) from exc
+        self.writes += 1
+        self.written = self.issued
+        self._release(lambda ticket, sync: ticket <= self.written and not sync)
+        if self._sync_task is None and any(sync for _, sync, _ in self._waiters):
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync())
+
+    def _fail(self, what: str, exc: BaseException) -> StorageFailed:
+        self.failure = StorageFailed(
+            f"{what} failed ({exc}); this node's memory is now ahead of its disk, so it "
+            "refuses writes: check the disk and restart the node (unacknowledged writes are lost)")
+        log.error("event=storage_failed what=%r error=%r", what, str(exc))
+        self._release(lambda ticket, sync: True)
+        return self.failure
+
+    async def wait(self, ticket: int, *, sync: bool) -> None:
+        self.check()
+        if ticket <= (self.synced if sync else self.written):
             return
         future = asyncio.get_running_loop().create_future()
-        self._waiters.append((ticket, future))
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
+        self._waiters.append((ticket, sync, future))
+        if sync and ticket <= self.written and self._sync_task is None:
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync())
         await future
 
-    async def _run(self) -> None:
+    async def _sync(self) -> None:
         try:
-            while self._waiters:
-                target = self._issued
+            while self.failure is None and any(
+                    sync and ticket <= self.written for ticket, sync, _ in self._waiters):
+                target = self.written
                 try:
-                    await asyncio.to_thread(self._flush)
-                except Exception as exc:  # disk failure: every waiter must hear it
-                    self._release(target, exc)
-                    continue
+                    await asyncio.to_thread(self._fsync)
+                except Exception as exc:
+                    self._fail("fsync of the write-ahead log", exc)
+                    return
                 self.syncs += 1
-                self._synced = target
-                self._release(target, None)
+                self.synced = target
+                self._release(lambda ticket, sync: ticket <= self.synced)
         finally:
-            self._task = None
+            self._sync_task = None
 
-    def _release(self, target: int, exc: Exception | None) -> None:
+    def _release(self, done: Callable[[int, bool], bool]) -> None:
         still = []
-        for ticket, future in self._waiters:
-            if ticket > target:
-                still.append((ticket, future))
+        for ticket, sync, future in self._waiters:
+            if not done(ticket, sync):
+                still.append((ticket, sync, future))
             elif not future.done():
-                if exc is None:
+                if self.failure is None:
                     future.set_result(None)
                 else:
-                    future.set_exception(OSError(f"fsync of the write-ahead log failed: {exc}"))
+                    future.set_exception(self.failure)
         self._waiters = still
 
 
