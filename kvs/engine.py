@@ -17,8 +17,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kvs.clock import HLC, wall_ms
@@ -44,17 +43,57 @@ class Stats:
     remote_refused: int = 0
 
 
-@dataclass
 class _Mutation:
-    """Overlay of the keys one mutation touched, and the versions it applied."""
+    """Overlay of the keys one mutation touched, and the versions it applied.
 
-    engine: Engine
-    now: int
-    sets: dict[str, list[Version]] = field(default_factory=dict)
-    original: dict[str, list[Version]] = field(default_factory=dict)
-    applied: list[Version] = field(default_factory=list)
-    expired: list[tuple[int, str]] = field(default_factory=list)
-    purged_through: int | None = None
+    Used as `with engine._mutation() as m:` — the critical section: the engine's lock
+    is held from __enter__ to __exit__, which stages everything in one storage write
+    (or, on an exception, hands the index numbers it took out again). A class, not a
+    @contextmanager generator: this is on every write's path.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.now = 0
+        self.sets: dict[str, list[Version]] = {}
+        self.original: dict[str, list[Version]] = {}
+        self.applied: list[Version] = []
+        self.expired: list[tuple[int, str]] = []
+        self.purged_through: int | None = None
+        self._index = 0
+
+    def __enter__(self) -> _Mutation:
+        engine = self.engine
+        engine._lock.acquire()
+        self.now = engine.now_ms()
+        self._index = engine.storage.index
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        engine = self.engine
+        try:
+            if exc_type is None:
+                self._commit()
+        except BaseException:
+            engine.storage.index = self._index
+            raise
+        else:
+            if exc_type is not None:
+                engine.storage.index = self._index  # nothing was staged: hand the numbers out again
+        finally:
+            engine._lock.release()
+        if exc_type is None and self.applied:
+            for listener in engine.listeners:
+                listener(self.applied)
+
+    def _commit(self) -> None:
+        changes = self.changes()
+        if changes or self.expired:
+            storage = self.engine.storage
+            storage.hlc = self.engine.hlc.last
+            storage.write(changes, now=self.now, purged_through=self.purged_through,
+                          expired=self.expired)
 
     def read(self, key: str) -> list[Version]:
         if key not in self.sets:
@@ -66,11 +105,14 @@ class _Mutation:
         versions = self.read(key)
         return versions[0] if versions and versions[0].is_live(self.now) else None
 
-    def apply(self, version: Version) -> bool:
-        """Add a version to its key's set; False if the set did not change (duplicate, too old)."""
+    def apply(self, version: Version, *, fresh: bool = False) -> bool:
+        """Add a version to its key's set; False if the set did not change (duplicate, too old).
+
+        `fresh`: a version this node just created, so it cannot be a duplicate.
+        """
         engine = self.engine
         before = self.read(version.key)
-        if any(v.version == version.version for v in before):
+        if not fresh and any(v.version == version.version for v in before):
             return False
         previous = before[0] if before else None
         version.modify_index = engine.storage.index + 1
@@ -270,7 +312,7 @@ class Engine:
             expires_at=expires_at, deleted=deleted,
             parent=previous[0].version if previous else None,
         )
-        applied = m.apply(version)
+        applied = m.apply(version, fresh=True)
         assert applied, "a fresh local version always becomes current"
         return version
 
@@ -340,21 +382,5 @@ class Engine:
 
     # -- the critical section -------------------------------------------------------------
 
-    @contextmanager
-    def _mutation(self) -> Iterator[_Mutation]:
-        with self._lock:
-            m = _Mutation(self, self.now_ms())
-            index = self.storage.index
-            try:
-                yield m
-                changes = m.changes()
-                if changes or m.expired:
-                    self.storage.hlc = self.hlc.last
-                    self.storage.write(
-                        changes, now=m.now, purged_through=m.purged_through, expired=m.expired)
-            except BaseException:
-                self.storage.index = index  # nothing was written: hand the numbers out again
-                raise
-        if m.applied:
-            for listener in self.listeners:
-                listener(m.applied)
+    def _mutation(self) -> _Mutation:
+        return _Mutation(self)

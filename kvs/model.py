@@ -160,8 +160,17 @@ def resolve(versions: list[Version], limit: int) -> list[Version]:
 
 def add_newest(resolved: list[Version], version: Version, limit: int) -> list[Version]:
     """resolve([*resolved, version], limit) for a version that is not in the resolved set
-    and beats its current version: nothing to deduplicate or sort (every local write)."""
-    return _flagged([version, *resolved[:limit - 1]])
+    and beats its current version: nothing to deduplicate or sort (every local write).
+
+    When it descends from the current version (a plain succession, the common case),
+    no flag changes either: the current's chain only gains the new version, and the
+    one trimmed off the end is the oldest, which no kept version's chain runs through
+    (a parent is always older than its child: the child's HLC stamp exceeds it).
+    """
+    ordered = [version, *resolved[:limit - 1]]
+    if resolved and version.parent == resolved[0].version and not version.superseded:
+        return ordered
+    return _flagged(ordered)
 
 
 def _flagged(ordered: list[Version]) -> list[Version]:

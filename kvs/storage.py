@@ -139,7 +139,7 @@ class Storage:
             if raw is None:
                 return []
             versions = decode_set(key, raw)
-            self._cache.put(key, versions, len(raw))
+            self._cache.put(key, versions, len(raw), None)
         return versions
 
     def scan_sets(self, prefix: str, after: str | None = None) -> Iterator[list[Version]]:
@@ -204,7 +204,7 @@ class Storage:
         self.commits.check()
         staged: dict[bytes, bytes | None] = {}
         deltas: dict[int, int] = {}
-        cached: list[tuple[str, list[Version], int]] = []
+        cached: list[tuple[str, list[Version], int, int]] = []
         live = self.live_keys
         for change in changes:
             live += self._stage(staged, change, now, deltas, cached)
@@ -213,8 +213,8 @@ class Storage:
             staged[K.purge_key(expires_at + self.gc_ms, key)] = b""
             live -= 1
         self._pending.update(staged)
-        for key, versions, size in cached:
-            self._cache.put(key, versions, size)
+        for key, versions, size, digest in cached:
+            self._cache.put(key, versions, size, digest)
         for segment, delta in deltas.items():
             self.tree.apply(segment, delta)
             self._dirty_segments.add(segment)
@@ -246,7 +246,7 @@ class Storage:
         self.db.write(batch)
 
     def _stage(self, staged: dict[bytes, bytes | None], change: Change, now: int,
-               deltas: dict[int, int], cached: list[tuple[str, list[Version], int]]) -> int:
+               deltas: dict[int, int], cached: list[tuple[str, list[Version], int, int]]) -> int:
         """Add one key's change to `staged`; returns the live-key count delta."""
         key = change.key
         old = change.old[0] if change.old else None
@@ -263,17 +263,19 @@ class Storage:
             if entry is not None:
                 staged[entry] = b""
         segment = segment_of(key)
-        old_digest = set_digest(key, change.old) if change.old else 0
+        old_digest = 0
+        if change.old:
+            old_digest = self._cache.digest(key, change.old) or set_digest(key, change.old)
         if change.new:
             encoded = encode_set(change.new)
             staged[K.versions_key(key)] = encoded
-            cached.append((key, change.new, len(encoded)))
             new_digest = set_digest(key, change.new)
+            cached.append((key, change.new, len(encoded), new_digest))
             staged[K.leaf_key(segment, key)] = K.u64(new_digest)
         else:
             staged[K.versions_key(key)] = None
             staged[K.leaf_key(segment, key)] = None
-            cached.append((key, [], 0))  # forgotten, not cached: purged keys would pile up
+            cached.append((key, [], 0, 0))  # forgotten, not cached: purged keys would pile up
             new_digest = 0
         if old_digest != new_digest:
             deltas[segment] = deltas.get(segment, 0) ^ old_digest ^ new_digest
@@ -471,14 +473,15 @@ class Commits:
 
 
 class SetCache:
-    """LRU of decoded revision sets, bounded by their encoded size.
+    """LRU of decoded revision sets (and their Merkle leaf digests once known), bounded
+    by their encoded size.
 
     Never stale: `Storage.write` is the only writer of revision sets and puts every
-    set it commits here, after the batch is written.
+    set it stages here.
     """
 
     def __init__(self, max_bytes: int, max_entry_bytes: int) -> None:
-        self._entries: OrderedDict[str, tuple[list[Version], int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[list[Version], int, int | None]] = OrderedDict()
         self._bytes = 0
         self._max_bytes = max_bytes
         self._max_entry_bytes = max_entry_bytes
@@ -490,14 +493,19 @@ class SetCache:
         self._entries.move_to_end(key)
         return entry[0]
 
-    def put(self, key: str, versions: list[Version], size: int) -> None:
+    def digest(self, key: str, versions: list[Version]) -> int | None:
+        """The set digest of `versions` if they are the cached set and it is known."""
+        entry = self._entries.get(key)
+        return entry[2] if entry is not None and entry[0] is versions else None
+
+    def put(self, key: str, versions: list[Version], size: int, digest: int | None) -> None:
         """Cache the key's set; an empty or oversized one only drops the old entry."""
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old[1]
         if not versions or size > self._max_entry_bytes:
             return
-        self._entries[key] = (versions, size)
+        self._entries[key] = (versions, size, digest)
         self._bytes += size
         while self._bytes > self._max_bytes:
             self._bytes -= self._entries.popitem(last=False)[1][1]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from kvs.model import (
     Version,
+    add_newest,
     decode_set,
     encode_set,
     from_wire,
@@ -75,6 +76,33 @@ def test_resolve_is_order_independent_and_idempotent(
     for v in shuffled:
         incremental = resolve([*incremental, v], limit)
     assert [v.version for v in incremental] == [v.version for v in one]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[Version]:
+    """Versions as nodes make them: each one's parent, if any, is an older version
+    (a writer stamps its HLC past the parent it read), several may share a parent."""
+    out: list[Version] = []
+    for ts in range(1, draw(st.integers(1, 14)) + 1):
+        parent = draw(st.sampled_from([None, *(v.version for v in out)]))
+        out.append(Version("k", ts, f"{ts:02d}", ts, 0, draw(st.sampled_from("ab")), 0,
+                           parent=parent))
+    return out
+
+
+@settings(max_examples=300)
+@given(histories(), st.integers(1, 6), st.booleans())
+def test_add_newest_is_resolve_for_a_winning_version(
+    vs: list[Version], limit: int, from_current: bool
+) -> None:
+    """The fast path of local writes (add_newest) gives exactly resolve()'s set and flags."""
+    *older, newest = vs
+    resolved = resolve(older, limit)
+    if from_current and resolved:
+        newest.parent = resolved[0].version
+    expected = resolve([*resolved, newest], limit)
+    got = add_newest(resolved, newest, limit)
+    assert [(v.version, v.superseded) for v in got] == [(v.version, v.superseded) for v in expected]
 
 
 def _v(vid: str, ts: int, parent: str | None) -> Version:
