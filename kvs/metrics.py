@@ -8,6 +8,7 @@ counter is a dict the node's middleware increments.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sized
 
 from aiohttp import web
@@ -85,14 +86,13 @@ class Metrics:
         self.registry = CollectorRegistry()
         # (method, status) -> answered requests; a plain dict, as prometheus-client's Counter
         # takes a lock and builds a label key on every request.
-        self.requests: dict[tuple[str, int], int] = {}
+        self.requests: Counter[tuple[str, int]] = Counter()
         self.registry.register(_NodeCollector(engine, replicator, membership, watchers,
                                               self.requests))
 
     def count(self, method: str, status: int) -> None:
         """Count one answered request (called by the node's middleware)."""
-        key = (method, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        self.requests[method, status] += 1
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),

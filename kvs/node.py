@@ -62,18 +62,20 @@ class Node:
     def build_app(self) -> web.Application:
         assert self.engine and self.membership and self.replicator
         metrics = Metrics(self.engine, self.replicator, self.membership, self.watchers)
-        app = web.Application(
-            middlewares=[_middleware(self.engine, metrics, self.config.cluster_secret)],
-            client_max_size=self.config.max_value_bytes * 4 + ENVELOPE_BYTES,
-        )
-        app.add_routes(KVApi(self.config, self.engine, self.watchers).routes())
-        app.add_routes(ClusterApi(self.engine, self.membership, self.replicator,
-                                  self.left.set).routes())
-        app.add_routes(self.membership.routes())
-        app.add_routes(self.replicator.routes())
-        app.router.add_get("/metrics", metrics.handle)
-        app.add_routes(ServiceApi(self.config, self.engine).routes())
-        app.router.add_get("/openapi.json", openapi.handle)
+        app = web.Application(client_max_size=self.config.max_value_bytes * 4 + ENVELOPE_BYTES)
+        routes = [
+            *KVApi(self.config, self.engine, self.watchers).routes(),
+            *ClusterApi(self.engine, self.membership, self.replicator, self.left.set).routes(),
+            *self.membership.routes(),
+            *self.replicator.routes(),
+            web.get("/metrics", metrics.handle),
+            *ServiceApi(self.config, self.engine).routes(),
+            web.get("/openapi.json", openapi.handle),
+        ]
+        around = _around(self.engine, metrics, self.config.cluster_secret)
+        app.add_routes([web.RouteDef(r.method, r.path, around(r.handler, r.path), r.kwargs)
+                        for r in routes])
+        app.router.add_route("*", "/{path:.*}", around(_no_route, None))  # last: the fallback
         return app
 
     async def start(self) -> None:
@@ -155,10 +157,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _INDEXED = ("/kv/", "/txn")  # responses that carry X-KVS-Index, errors included
 
 
-def _middleware(engine: Engine, metrics: Metrics, secret: str | None
-                ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Everything around a handler, in one middleware: each aiohttp middleware is another
-    coroutine and partial per request, which a GET noticeably pays for.
+def _around(engine: Engine, metrics: Metrics, secret: str | None
+            ) -> Callable[[Handler, str], Handler]:
+    """What runs around every handler, wrapped onto each route rather than installed as
+    aiohttp middleware: a middleware costs every request a partial, an extra coroutine
+    and aiohttp's current-app bookkeeping, which a GET noticeably pays for.
 
     In order: /internal/ requests must be signed (401), failures become JSON errors
     (api.render_error), the answer waits until what it shows is durable
@@ -166,30 +169,49 @@ def _middleware(engine: Engine, metrics: Metrics, secret: str | None
     responses get X-KVS-Index, and the answer is counted.
     """
     storage = engine.storage
+    commits = storage.commits
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        try:
-            response = None
-            if secret is not None and path.startswith(auth.INTERNAL_PREFIX):
-                response = await auth.refuse(secret, request, wall_ms())
-            if response is None:
-                response = await handler(request)
-        except Exception as exc:
-            response = render_error(request, exc)
-        index = engine.index  # staged now, so written (and synced) once settled
-        if storage.unsettled:
+    def around(handler: Handler, path: str | None) -> Handler:
+        """`path`: the route's; None for the fallback route, which matches any path."""
+        signed = secret is not None and path is not None and path.startswith(auth.INTERNAL_PREFIX)
+        indexed = None if path is None else path.startswith(_INDEXED)
+        checked_secret = secret or ""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
-                await storage.settled()
-            except StorageFailed as exc:
+                response = None
+                if signed:
+                    response = await auth.refuse(checked_secret, request, wall_ms())
+                if response is None:
+                    response = await handler(request)
+            except Exception as exc:
                 response = render_error(request, exc)
-        if path.startswith(_INDEXED):
-            response.headers["X-KVS-Index"] = str(index)
-        metrics.count(request.method, response.status)
-        return response
+            index = storage.index  # staged now, so written (and synced) once settled
+            if commits.issued != commits.settled:
+                try:
+                    await storage.settled()
+                except StorageFailed as exc:
+                    response = render_error(request, exc)
+            if indexed or (indexed is None and request.path.startswith(_INDEXED)):
+                response.headers["X-KVS-Index"] = str(index)
+            metrics.count(request.method, response.status)
+            return response
 
-    return middleware
+        return wrapped
+
+    return around
+
+
+async def _no_route(request: web.Request) -> web.StreamResponse:
+    """The last route, matching any path and method: 405 with Allow if another route has
+    the path (under another method), else 404. aiohttp's own answers would skip `_around`."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 def _bind(host: str, port: int) -> socket.socket:

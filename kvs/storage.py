@@ -90,7 +90,8 @@ class Storage:
             ) from exc
         self.gc_ms = gc_ms
         self.sync_writes = sync_writes
-        self.commits = Commits(self._write_pending, lambda: self.db.flush_wal(True))
+        self.commits = Commits(self._write_pending, lambda: self.db.flush_wal(True),
+                               sync=sync_writes)
         # Staged, not yet written: RocksDB key -> value, None for a delete. Later mutations
         # overwrite earlier ones' entries, so the batch holds each record once.
         self._pending: dict[bytes, bytes | None] = {}
@@ -293,12 +294,6 @@ class Storage:
             return 1
         return 0 if fresh else int(self.has(K.expiry_key(current.expires_at, current.key)))
 
-    @property
-    def unsettled(self) -> bool:
-        """Something is staged that an answer must not show yet (see settled)."""
-        commits = self.commits
-        return commits.issued > (commits.synced if self.sync_writes else commits.written)
-
     async def settled(self) -> None:
         """Return once everything staged so far is written, and with sync_writes fsynced.
 
@@ -375,12 +370,15 @@ class Commits:
     does every later write, until the node is restarted.
     """
 
-    def __init__(self, write_staged: Callable[[], None], fsync: Callable[[], None]) -> None:
+    def __init__(self, write_staged: Callable[[], None], fsync: Callable[[], None], *,
+                 sync: bool = False) -> None:
         self._write_staged = write_staged
         self._fsync = fsync
+        self._sync_acks = sync
         self.issued = 0
         self.written = 0
         self.synced = 0
+        self.settled = 0  # answers may show everything through this ticket (Storage.settled)
         self.writes = 0  # RocksDB writes: far fewer than tickets under concurrency
         self.syncs = 0  # fsyncs: far fewer than tickets under concurrency
         self.failure: StorageFailed | None = None
@@ -421,6 +419,8 @@ class Commits:
             raise self._fail("writing a batch to RocksDB", exc) from exc
         self.writes += 1
         self.written = self.issued
+        if not self._sync_acks:
+            self.settled = self.written
         self._release(lambda ticket, sync: ticket <= self.written and not sync)
         if self._sync_task is None and any(sync for _, sync, _ in self._waiters):
             self._sync_task = asyncio.get_running_loop().create_task(self._sync())
@@ -455,6 +455,8 @@ class Commits:
                     return
                 self.syncs += 1
                 self.synced = target
+                if self._sync_acks:
+                    self.settled = target
                 self._release(lambda ticket, sync: ticket <= self.synced)
         finally:
             self._sync_task = None
