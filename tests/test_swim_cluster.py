@@ -345,9 +345,13 @@ async def test_join_is_retried_until_a_seed_answers(cluster: Cluster) -> None:
 # -- the transport on its own --------------------------------------------------------------
 
 
+PEERS_SEEN: list[object] = []  # client addresses the echo server saw, one per request
+
+
 @pytest.fixture
-async def echo_server() -> AsyncIterator[str]:
+async def echo_server(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     async def ok(request: web.Request) -> web.Response:
+        PEERS_SEEN.append(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
         return web.json_response({"echo": await request.json()})
 
     async def teapot(request: web.Request) -> web.Response:
@@ -363,8 +367,10 @@ async def echo_server() -> AsyncIterator[str]:
     app = web.Application()
     app.add_routes([web.post("/ok", ok), web.post("/teapot", teapot),
                     web.post("/garbage", garbage), web.post("/slow", slow)])
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    keepalive = getattr(request, "param", 75.0)  # seconds an idle connection stays open
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, keepalive_timeout=keepalive)
     await runner.setup()
+    PEERS_SEEN.clear()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -378,6 +384,32 @@ async def test_transport_returns_the_decoded_reply(echo_server: str) -> None:
     transport = HttpTransport(None)
     try:
         assert await transport.call(echo_server, "/ok", {"a": [1, 2]}, 1.0) == {"echo": {"a": [1, 2]}}
+    finally:
+        await transport.close()
+
+
+async def test_transport_reuses_one_connection_for_calls_in_sequence(echo_server: str) -> None:
+    transport = HttpTransport(None)
+    try:
+        for i in range(5):
+            assert await transport.call(echo_server, "/ok", i, 1.0) == {"echo": i}
+        assert len(PEERS_SEEN) == 5 and len(set(PEERS_SEEN)) == 1
+    finally:
+        await transport.close()
+
+
+@pytest.mark.parametrize("echo_server", [0.05], indirect=True)
+async def test_transport_replaces_a_pooled_connection_the_peer_closed(echo_server: str) -> None:
+    transport = HttpTransport(None)
+    try:
+        assert await transport.call(echo_server, "/ok", 1, 1.0) == {"echo": 1}
+        pooled_reader = transport._peers[echo_server].idle[0][0]
+        deadline = time.monotonic() + 5
+        while not pooled_reader.at_eof():  # the server's 50 ms keep-alive timeout closes it
+            assert time.monotonic() < deadline, "the server never closed the idle connection"
+            await asyncio.sleep(0.01)
+        assert await transport.call(echo_server, "/ok", 2, 1.0) == {"echo": 2}
+        assert len(set(PEERS_SEEN)) == 2  # a second connection, and no error for the caller
     finally:
         await transport.close()
 
