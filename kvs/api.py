@@ -285,9 +285,7 @@ class KVApi:
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object like {\"value\": ...}")
         _writable(key)
-        op = self._op(body, "set", key, allowed=PUT_FIELDS)
-        version = self.engine.put(key, op.value, ttl_ms=op.ttl_ms, flags=op.flags,
-                                          cond=op.cond)
+        version = self.engine.set(self._op(body, "set", key, allowed=PUT_FIELDS))
         return json_response(_write_result(version))
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -345,8 +343,8 @@ class KVApi:
             raise BadRequest(f"ops[{index}]: {exc.message}") from None
 
     def _op(self, body: dict[str, Any], kind: str, key: str, *, allowed: frozenset[str]) -> Op:
-        unknown = sorted(set(body) - allowed)
-        if unknown:
+        if not allowed.issuperset(body):
+            unknown = sorted(set(body) - allowed)
             raise BadRequest(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
         if kind == "set" and "value" not in body:
             raise BadRequest("missing field 'value'")

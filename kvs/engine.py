@@ -122,12 +122,16 @@ class _Mutation:
         )
         if previous is None or wins(version, previous):
             after = add_newest(before, version, engine.limit)
+            # A plain succession of the current version supersedes nothing.
+            succession = previous is None or version.parent == previous.version
         else:
             after = resolve([*before, version], engine.limit)
             if not any(v.version == version.version for v in after):
                 return False  # older than everything the bounded history keeps
+            succession = False
         engine.storage.index = version.modify_index
-        engine.stats.superseded += _newly_superseded(before, after)
+        if not succession:
+            engine.stats.superseded += _newly_superseded(before, after)
         self.sets[version.key] = after
         self.applied.append(version)
         return True
@@ -222,10 +226,14 @@ class Engine:
             cond: Conditions = NONE, internal: bool = False) -> Version:
         """`internal`: the condition is the server's own (a service lease renewal), not a
         client CAS, so it holds even with cas_enabled false."""
+        return self.set(Op("set", key, value, ttl_ms, flags, cond), internal=internal)
+
+    def set(self, op: Op, *, internal: bool = False) -> Version:
+        """put() for an already validated set operation (the API's PUT)."""
         if not internal:
-            self._require_cas(cond)
+            self._require_cas(op.cond)
         with self._mutation() as m:
-            return self._set(m, Op("set", key, value, ttl_ms, flags, cond))
+            return self._set(m, op)
 
     def delete(self, key: str, cond: Conditions = NONE) -> Version:
         self._require_cas(cond)
