@@ -69,7 +69,7 @@ SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
         {"error": {"type": "string", "enum": [
             "bad_request", "unauthorized", "not_found", "method_not_allowed", "cas_conflict",
-            "too_large", "cas_disabled", "http_error"]},
+            "too_large", "cas_disabled", "storage_failed", "http_error"]},
          "message": STR},
         {"current": _null(_ref("VersionMeta")),
          "failed": {"type": "array", "items": _ref("TxnFailure")}},
@@ -145,6 +145,8 @@ ERROR_TEXT = {
     409: "cas_conflict: a condition did not hold; nothing was written",
     413: "too_large: value over max_value_bytes, or body over the node's limit",
     501: "cas_disabled: a condition was sent while cas_enabled is false; nothing was written",
+    503: "storage_failed: a RocksDB write or fsync failed; the node refuses writes until it is "
+         "restarted (the write may be lost)",
 }
 INDEX_HEADER = {"X-KVS-Index": {
     "description": "This node's index counter; pass it as ?index= to a blocking query.",
@@ -245,17 +247,17 @@ def build() -> dict[str, Any]:
                            tag="kv", params=KV_GET_PARAMS),
                 "put": _op("Write a key, optionally conditional (CAS)",
                            _responses(_ref("WriteResult"), "the new version's identity",
-                                      (400, 404, 409, 413, 501), kv=True),
+                                      (400, 404, 409, 413, 501, 503), kv=True),
                            tag="kv", params=[KEY_PARAM], body=_ref("PutBody")),
                 "delete": _op("Delete a key (tombstone), optionally conditional; or a subtree",
                               _responses({"anyOf": [_ref("DeleteResult"), _ref("PrefixDeleteResult")]},
                                          "the tombstone (or the keys a recursive delete removed)",
-                                         (400, 404, 409, 501), kv=True),
+                                         (400, 404, 409, 501, 503), kv=True),
                               tag="kv", params=KV_DELETE_PARAMS),
             },
             "/txn": {"post": _op(
                 "All-or-nothing transaction of set/delete/check/get ops on this node",
-                _responses(_ref("TxnResult"), "every op's result", (400, 409, 413, 501), kv=True),
+                _responses(_ref("TxnResult"), "every op's result", (400, 409, 413, 501, 503), kv=True),
                 tag="kv", body=_ref("TxnBody"))},
             "/services": {
                 "get": _op("List live service registrations, by name",
@@ -264,7 +266,7 @@ def build() -> dict[str, Any]:
                 "post": _op("Register (or update) a service; `cas` as for /kv, `ttl` makes it expire "
                             "unless renewed",
                             _responses(_ref("ServiceWriteResult"), "the registration's version",
-                                       (400, 404, 409, 413, 501)),
+                                       (400, 404, 409, 413, 501, 503)),
                             tag="services", body=_ref("RegisterBody")),
             },
             "/services/{name}": {
@@ -276,7 +278,7 @@ def build() -> dict[str, Any]:
                                                   "create_index and expires_at")]),
                 "delete": _op("Deregister (tombstone); cas=N only if modify_index is N",
                               _responses(_ref("ServiceDeleteResult"), "the tombstone",
-                                         (400, 404, 409, 501)),
+                                         (400, 404, 409, 501, 503)),
                               tag="services", params=[NAME_PARAM, _query("cas", U64, "only if "
                                                                          "modify_index is N")]),
             },

