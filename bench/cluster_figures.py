@@ -33,10 +33,10 @@ from bench.targets import (
     KvsTarget,
     Proc,
     Target,
-    kvs_env,
     pinned,
     wait_until,
 )
+from kvs.chaos.cluster import node_env
 
 Progress = Callable[[str], None]
 VISIBLE_TIMEOUT = 5.0
@@ -134,7 +134,7 @@ def startup_rss(data_dir: Path, keys: int, log_dir: Path, cpus: str | None, prog
     """Start `kvs serve` on an existing data dir; time to /health 200 and resident memory."""
     command = [sys.executable, "-m", "kvs", "serve", "--port", "0", "--data-dir", str(data_dir)]
     proc = Proc("startup", pinned(command, cpus), log_dir / "startup.log",
-                env=kvs_env({"KVS_CAS_ENABLED": "true"}))
+                env=node_env({"KVS_CAS_ENABLED": "true"}))
     try:
         proc.start()
         match = wait_until(lambda: KVS_BANNER.search(proc.log_text()), START_TIMEOUT * 5,

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from kvs.chaos.cluster import node_env, stop_group
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KVS_BANNER = re.compile(r"kvs node (\S+) listening on (http://\S+)")
 BARE_BANNER = re.compile(r"bare app listening on (http://\S+)")
@@ -167,20 +169,8 @@ class Proc:
         self._signal(signal.SIGTERM, grace)
 
     def _signal(self, sig: signal.Signals, grace: float) -> None:
-        popen = self.popen
-        if popen is None:
-            return
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, sig)
-            try:
-                popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(popen.pid, signal.SIGKILL)
-                popen.wait(grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(popen.pid, signal.SIGKILL)  # anything the server spawned
+        if self.popen is not None:
+            stop_group(self.popen, sig, grace)
         _LIVE.discard(self)
 
 
@@ -211,14 +201,6 @@ def wait_until(check: Any, timeout: float, what: str, procs: Sequence[Proc] = ()
             tails = "\n".join(f"--- {p.name}:\n{p.log_tail()}" for p in procs)
             raise RuntimeError(f"timed out after {timeout}s waiting for {what}\n{tails}")
         time.sleep(interval)
-
-
-def kvs_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVS_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
 
 
 # -- targets --------------------------------------------------------------------------------
@@ -281,7 +263,7 @@ class BareTarget(Target):
         if self.fsync:
             command += ["--fsync-dir", str(self.dir / "rocksdb")]
         proc = Proc(self.name, pinned(command, self.cpus), self.dir / "server.log",
-                    env=kvs_env({}), cwd=REPO_ROOT).start()
+                    env=node_env({}), cwd=REPO_ROOT).start()
         self.procs.append(proc)
         match = wait_until(lambda: BARE_BANNER.search(proc.log_text()), START_TIMEOUT,
                            f"{self.name} banner", [proc])
@@ -305,7 +287,7 @@ class KvsTarget(Target):
         if seed:
             command += ["--seed", seed]
         proc = Proc(f"{self.name}/node{index}", pinned(command, self.cpus),
-                    self.dir / f"node{index}.log", env=kvs_env(self.env), cwd=REPO_ROOT).start()
+                    self.dir / f"node{index}.log", env=node_env(self.env), cwd=REPO_ROOT).start()
         self.procs.append(proc)
         match = wait_until(lambda: KVS_BANNER.search(proc.log_text()), START_TIMEOUT,
                            f"{proc.name} banner", [proc])

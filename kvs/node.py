@@ -173,15 +173,15 @@ def _around(engine: Engine, metrics: Metrics, secret: str | None
 
     def around(handler: Handler, path: str | None) -> Handler:
         """`path`: the route's; None for the fallback route, which matches any path."""
-        signed = secret is not None and path is not None and path.startswith(auth.INTERNAL_PREFIX)
+        internal = path is not None and path.startswith(auth.INTERNAL_PREFIX)
+        signed_with = secret if internal else None
         indexed = None if path is None else path.startswith(_INDEXED)
-        checked_secret = secret or ""
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
                 response = None
-                if signed:
-                    response = await auth.refuse(checked_secret, request, wall_ms())
+                if signed_with is not None:
+                    response = await auth.refuse(signed_with, request, wall_ms())
                 if response is None:
                     response = await handler(request)
             except Exception as exc:

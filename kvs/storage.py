@@ -89,7 +89,6 @@ class Storage:
                 f"cannot open RocksDB in {path}: {exc}. Is another kvs node using this data_dir?"
             ) from exc
         self.gc_ms = gc_ms
-        self.sync_writes = sync_writes
         self.commits = Commits(self._write_pending, lambda: self.db.flush_wal(True),
                                sync=sync_writes)
         # Staged, not yet written: RocksDB key -> value, None for a delete. Later mutations
@@ -301,7 +300,7 @@ class Storage:
         the answer shows (its own write, a value another write staged, an index), since
         no crash can take it back. With nothing staged it returns at once.
         """
-        await self.commits.wait(self.commits.issued, sync=self.sync_writes)
+        await self.commits.settle()
 
     def close(self) -> None:
         with contextlib.suppress(StorageFailed):  # what could not be written is lost
@@ -432,6 +431,10 @@ class Commits:
         log.error("event=storage_failed what=%r error=%r", what, str(exc))
         self._release(lambda ticket, sync: True)
         return self.failure
+
+    async def settle(self) -> None:
+        """Wait until every ticket issued so far may be acknowledged (see `settled`)."""
+        await self.wait(self.issued, sync=self._sync_acks)
 
     async def wait(self, ticket: int, *, sync: bool) -> None:
         self.check()

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import pytest
 
+from kvs.chaos.cluster import node_env, stop_group
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BANNER = re.compile(r"kvs node (\S+) listening on (http://\S+)")
 START_TIMEOUT = 20.0
@@ -60,10 +62,7 @@ def free_port() -> int:
 
 def kvs_env(env: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """The environment for a `kvs` subprocess: ours without KVS_*, plus `env` (None removes)."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith("KVS_")}
-    out["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    out["PYTHONUNBUFFERED"] = "1"
+    out = node_env({})
     for key, value in (env or {}).items():
         if value is None:
             out.pop(key, None)
@@ -216,23 +215,11 @@ class KvsProcess:
         return self.start(timeout)
 
     def _signal(self, sig: signal.Signals, grace: float) -> int | None:
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(grace)
-        # Anything the node spawned lives in its group; make sure it is gone too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        code = stop_group(self.proc, sig, grace)
         _LIVE.discard(self)
-        return proc.returncode
+        return code
 
     # -- inspection ---------------------------------------------------------------------------
 

@@ -65,6 +65,26 @@ def node_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def stop_group(proc: subprocess.Popen[Any], sig: signal.Signals, grace: float) -> int | None:
+    """Send `sig` to the process group of `proc` (started with start_new_session), wait up
+    to `grace` seconds, then SIGKILL the group and reap; returns the exit code.
+
+    The group is killed in any case: the leader may be gone while something it spawned
+    is not. A stopped (SIGSTOPped) group is continued first, or SIGTERM would wait.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace)
+    return proc.returncode
+
+
 async def get_json(session: aiohttp.ClientSession, url: str, timeout: float = 2.0,
                    method: str = "GET", headers: Mapping[str, str] | None = None) -> Any:
     async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout),
@@ -166,9 +186,7 @@ class NodeProcess:
         """SIGKILL the process group and reap it (also works on a stopped process)."""
         if self.proc is None:
             return
-        self._signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(STOP_GRACE)
+        stop_group(self.proc, signal.SIGKILL, STOP_GRACE)
         self.paused = False
 
     async def kill(self) -> None:
@@ -186,12 +204,8 @@ class NodeProcess:
         """Clean shutdown if it comes within `grace`, else SIGKILL; never leaves the group behind."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self._signal_group(signal.SIGCONT)
-            self._signal_group(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(grace)
-        self.kill_now()  # the leader may be gone while something it spawned is not
+        stop_group(self.proc, signal.SIGTERM, grace)
+        self.paused = False
 
     def log_tail(self, lines: int = 30) -> str:
         try:
