@@ -498,6 +498,45 @@ def _fmt_s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} s"
 
 
+# -- one wrk run ----------------------------------------------------------------------------
+
+
+def run_wrk(target: Target, op: str, duration: int, tag: str, *, connections: int,
+            cpus: str | None, log_path: Path) -> Rep:
+    """Load `target` with operation `op` for `duration` seconds; wrk's output goes to log_path."""
+    spec = OPS[op]
+    args = list(spec.args)
+    if spec.fresh_prefix:
+        args.append(f"prefix=bench/{op}/{tag}-{time.time_ns()}")
+    c = str(connections)
+    command = pinned(["wrk", "-t", c, "-c", c, "-d", f"{duration}s", "--timeout", "5s",
+                      "-s", str(LUA_DIR / spec.scripts[target.kind]), target.url, "--", *args], cpus)
+    env = {**os.environ, "BENCH_LUA_DIR": str(LUA_DIR)}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, text=True)
+    try:
+        output, _ = proc.communicate(timeout=duration + 60)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    with open(log_path, "a") as log:
+        log.write(f"===== {target.name} {op} {tag}: {shlex.join(command)}\n{output}\n")
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited {proc.returncode}: {output[-1000:]}")
+    return Rep.parse(output)
+
+
+def prepare(target: Target) -> None:
+    """The key the GET cells read."""
+    client = Http(target.url)
+    try:
+        target.put(client, "bench/get", "v" * VALUE_BYTES)
+    finally:
+        client.close()
+
+
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -555,36 +594,8 @@ class Runner:
     # wrk ------------------------------------------------------------------------------------
 
     def wrk(self, target: Target, op: str, duration: int, tag: str) -> Rep:
-        spec = OPS[op]
-        args = list(spec.args)
-        if spec.fresh_prefix:
-            args.append(f"prefix=bench/{op}/{tag}-{time.time_ns()}")
-        c = str(self.s.connections)
-        command = pinned(["wrk", "-t", c, "-c", c, "-d", f"{duration}s", "--timeout", "5s",
-                          "-s", str(LUA_DIR / spec.scripts[target.kind]), target.url, "--", *args],
-                         self.s.load_cpus)
-        env = {**os.environ, "BENCH_LUA_DIR": str(LUA_DIR)}
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, text=True)
-        try:
-            output, _ = proc.communicate(timeout=duration + 60)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        with open(self.wrk_log, "a") as log:
-            log.write(f"===== {target.name} {op} {tag}: {shlex.join(command)}\n{output}\n")
-        if proc.returncode != 0:
-            raise RuntimeError(f"wrk exited {proc.returncode}: {output[-1000:]}")
-        return Rep.parse(output)
-
-    def prepare(self, target: Target) -> None:
-        client = Http(target.url)
-        try:
-            target.put(client, "bench/get", "v" * VALUE_BYTES)
-        finally:
-            client.close()
+        return run_wrk(target, op, duration, tag, connections=self.s.connections,
+                       cpus=self.s.load_cpus, log_path=self.wrk_log)
 
     def run_rep(self, target: Target, cell: Cell, rep: int | None) -> None:
         """One wrk run of one cell: a warm-up (rep None, discarded) or timed repetition `rep`."""
@@ -630,7 +641,7 @@ class Runner:
                 t0 = time.perf_counter()
                 try:
                     target.start()
-                    self.prepare(target)
+                    prepare(target)
                 except (RuntimeError, OSError) as exc:
                     target.stop()
                     self.say(f"{spec.name}: FAILED to start: {exc}")

@@ -274,9 +274,12 @@ class KvsTarget(Target):
     kind = "kvs"
 
     def __init__(self, name: str, base_dir: Path, cpus: str | None, *, nodes: int = 1,
-                 sync_writes: bool = False, env: Mapping[str, str] | None = None) -> None:
+                 sync_writes: bool = False, env: Mapping[str, str] | None = None,
+                 root: Path = REPO_ROOT) -> None:
+        """`root`: the source tree whose kvs the nodes run (bench.ab: another git revision)."""
         super().__init__(name, base_dir, cpus)
         self.nodes = nodes
+        self.root = root
         self.env = {"KVS_CAS_ENABLED": "true", "KVS_SYNC_WRITES": "true" if sync_writes else "false",
                     **(env or {})}
         self.node_ids: list[str] = []
@@ -287,7 +290,8 @@ class KvsTarget(Target):
         if seed:
             command += ["--seed", seed]
         proc = Proc(f"{self.name}/node{index}", pinned(command, self.cpus),
-                    self.dir / f"node{index}.log", env=node_env(self.env), cwd=REPO_ROOT).start()
+                    self.dir / f"node{index}.log", env=node_env({"PYTHONPATH": str(self.root), **self.env}),
+                    cwd=self.root).start()
         self.procs.append(proc)
         match = wait_until(lambda: KVS_BANNER.search(proc.log_text()), START_TIMEOUT,
                            f"{proc.name} banner", [proc])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import bare_app, cluster_figures, run, targets
+from bench import ab, bare_app, cluster_figures, run, targets
 from bench.run import KVS, Cell, Ratio, Rep
 
 
@@ -109,3 +109,17 @@ def test_every_planned_operation_has_a_script_for_its_target(tmp_path: Path) -> 
             target = spec.make(tmp_path, None)  # constructed, not started
             for op in spec.ops:
                 assert (run.LUA_DIR / run.OPS[op].scripts[target.kind]).is_file(), (spec.name, op)
+
+
+def test_ab_targets_name_a_revision_and_settings(tmp_path: Path) -> None:
+    here = ab._target(".+KVS_REVISION_HISTORY_LIMIT=1,KVS_SYNC_WRITES=true", tmp_path, None)
+    assert isinstance(here, targets.KvsTarget) and here.root == targets.REPO_ROOT
+    assert here.env["KVS_REVISION_HISTORY_LIMIT"] == "1" and here.env["KVS_SYNC_WRITES"] == "true"
+    head = ab._target("HEAD", tmp_path, None)
+    assert head.root != targets.REPO_ROOT and (head.root / "kvs" / "engine.py").is_file()
+
+
+def test_ab_compares_cas_with_the_bare_put() -> None:
+    cells = {(run.BARE, op): Cell(run.BARE, op, reps=[_rep(100)]) for op in ("get", "put_one")}
+    assert ab._denominator(cells, "get") is cells[run.BARE, "get"]
+    assert ab._denominator(cells, "cas_index") is cells[run.BARE, "put_one"]

@@ -1,0 +1,104 @@
+"""A/B: kvs at other git revisions (or settings) side by side with the bare aiohttp app.
+
+    python -m bench.ab HEAD~1 .                      # the last commit vs the working tree
+    python -m bench.ab --ops put_random,cas_index . .+KVS_REVISION_HISTORY_LIMIT=1
+    python -m bench.ab --reps 5 --duration 3 HEAD~2 HEAD~1 .
+
+A target is `REV` (anything `git archive` takes; `.` is the working tree), optionally
+followed by `+NAME=VALUE,...` environment settings for its node. Every round runs each
+operation on every target back to back, so the machine's drift (large on a 2-core
+machine) hits them alike; ratios are medians of per-round ratios (`bench.run.paired_ratio`).
+A change of the optimisation passes in docs/benchmarks.md was kept only when this showed
+a gain beyond the noise. Pinning, wrk settings and Lua scripts are the harness's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.run import BARE, OPS, Cell, paired_ratio, prepare, run_wrk
+from bench.targets import REPO_ROOT, BareTarget, KvsTarget, Target, have_taskset, stop_all
+
+
+def _export(rev: str, into: Path) -> Path:
+    """The tree of `rev`, extracted under `into` (kvs runs from there)."""
+    tree = into / "src" / rev.replace("/", "_")
+    tree.mkdir(parents=True)
+    archive = into / "src.tar"
+    subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "-o", str(archive), rev], check=True)
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(tree)], check=True)
+    return tree
+
+
+def _target(spec: str, work: Path, cpus: str | None) -> Target:
+    rev, _, settings = spec.partition("+")
+    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    root = REPO_ROOT if rev == "." else _export(rev, work)
+    return KvsTarget(f"kvs@{spec}", work, cpus, env=env, root=root)
+
+
+def _denominator(cells: dict[tuple[str, str], Cell], op: str) -> Cell:
+    """The bare app's cell a kvs cell is compared with: the same operation, or its PUT
+    (CAS has no bare counterpart, as in the harness's targets)."""
+    return cells.get((BARE, op)) or cells[BARE, "put_one"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
+    parser.add_argument("targets", nargs="+", help="REV[+NAME=VALUE,...]; '.' is the working tree")
+    parser.add_argument("--ops", default="get,put_one,cas_index",
+                        help=f"comma-separated, of {', '.join(OPS)}")
+    parser.add_argument("--reps", type=int, default=5, help="rounds")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args(argv)
+    ops = args.ops.split(",")
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        parser.error(f"unknown operation {unknown[0]!r}; choose from {', '.join(OPS)}")
+    pin = have_taskset()
+    server_cpus, load_cpus = ("0", "1") if pin else (None, None)
+    with tempfile.TemporaryDirectory(prefix="kvs-ab-") as tmp:
+        work = Path(tmp)
+        targets: list[Target] = [BareTarget(BARE, work, server_cpus)]
+        targets += [_target(spec, work, server_cpus) for spec in args.targets]
+        cells: dict[tuple[str, str], Cell] = {}
+        try:
+            for target in targets:
+                target.start()
+                prepare(target)
+                print(f"{target.name} at {target.url}", flush=True)
+            plan = [(t, op) for op in ops for t in targets if OPS[op].scripts.get(t.kind)]
+            if "put_one" not in ops:  # the denominator of CAS ratios
+                plan += [(targets[0], "put_one")]
+            for rnd in range(args.reps + 1):  # round 0 is the warm-up
+                for target, op in plan:
+                    rep = run_wrk(target, op, 1 if rnd == 0 else args.duration, f"ab{rnd}",
+                                  connections=args.connections, cpus=load_cpus, log_path=work / "wrk.log")
+                    if rnd:
+                        rep.round = rnd
+                        cell = cells.setdefault((target.name, op), Cell(target.name, op, cas=OPS[op].cas))
+                        cell.reps.append(rep)
+                print(f"round {rnd}/{args.reps} done" + (" (warm-up)" if rnd == 0 else ""), flush=True)
+        finally:
+            stop_all()
+        first = targets[1].name
+        print(f"\n| op | target | req/s (CAS: ok/s) | / {BARE} | / {first} |\n|---|---|---:|---:|---:|")
+        for op in ops:
+            for target in targets:
+                cell = cells.get((target.name, op))
+                if cell is None:
+                    continue
+                vs_bare = paired_ratio(cell.by_round(), _denominator(cells, op).by_round())
+                vs_first = paired_ratio(cell.by_round(), cells[first, op].by_round())
+                print(f"| {OPS[op].label} | {target.name} | {cell.value:,.0f} | {vs_bare or 0:.2f} "
+                      f"| {vs_first or 0:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
