@@ -25,8 +25,11 @@ from bench.targets import REPO_ROOT, BareTarget, KvsTarget, Target, have_taskset
 
 
 def _export(rev: str, into: Path) -> Path:
-    """The tree of `rev`, extracted under `into` (kvs runs from there)."""
+    """The tree of `rev`, extracted under `into` (kvs runs from there); once per revision,
+    as `REV` and `REV+SETTINGS` share it."""
     tree = into / "src" / rev.replace("/", "_")
+    if tree.exists():
+        return tree
     tree.mkdir(parents=True)
     archive = into / "src.tar"
     subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "-o", str(archive), rev], check=True)

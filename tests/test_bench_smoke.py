@@ -117,6 +117,7 @@ def test_ab_targets_name_a_revision_and_settings(tmp_path: Path) -> None:
     assert here.env["KVS_REVISION_HISTORY_LIMIT"] == "1" and here.env["KVS_SYNC_WRITES"] == "true"
     head = ab._target("HEAD", tmp_path, None)
     assert head.root != targets.REPO_ROOT and (head.root / "kvs" / "engine.py").is_file()
+    assert ab._target("HEAD+KVS_SYNC_WRITES=true", tmp_path, None).root == head.root
 
 
 def test_ab_compares_cas_with_the_bare_put() -> None:
