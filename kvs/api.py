@@ -2,7 +2,7 @@
 
 Handlers only translate: they validate input into engine calls and engine
 results into JSON. Every expected failure is a KVSError that `render_error` (called
-by the node's middleware) renders as {"error", "message"} with its status; anything
+by the wrapper around every route, kvs/node.py) renders as {"error", "message"} with its status; anything
 else is a bug, logged with its traceback and answered as a JSON 500 (tests assert none).
 """
 
@@ -168,7 +168,6 @@ class KVApi:
             web.delete(r"/kv/{key:[\s\S]*}", self.delete),
             web.post("/txn", self.txn),
         ]
-
 
     def _value(self, value: Any) -> Any:
         size = conditions.encoded_size("value", value)

@@ -12,18 +12,18 @@ a captured request stays usable. Requests inside the window can be replayed:
 every internal endpoint is idempotent (gossip is incarnation-guarded, versions
 are applied by id), so a replay changes nothing that the original did not.
 
-`sign` and `verify` are pure (the caller passes `now_ms`); only the middleware
-at the bottom touches aiohttp.
+`sign` and `verify` are pure (the caller passes `now_ms`); only `refuse` and the
+middleware at the bottom touch aiohttp.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
+from kvs.clock import wall_ms
 from kvs.errors import Unauthorized
 
 if TYPE_CHECKING:
@@ -102,11 +102,11 @@ def internal_auth_middleware(
     """aiohttp middleware: reject unauthenticated `/internal/` requests with 401 before any handler.
 
     With `secret` None it passes everything through (single-host development).
-    A node does not use it: its one middleware (kvs/node.py) calls `refuse` itself.
+    A node does not use it: the wrapper around its routes (kvs/node.py) calls `refuse` itself.
     """
     from aiohttp import web  # local import keeps sign/verify usable without aiohttp
 
-    now_ms = clock_ms or _wall_ms
+    now_ms = clock_ms or wall_ms
 
     @web.middleware
     async def middleware(
@@ -136,6 +136,3 @@ async def refuse(secret: str, request: web.Request, now_ms: int,
         return web.json_response(exc.body(), status=exc.status)
     return None
 
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000

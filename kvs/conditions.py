@@ -53,7 +53,7 @@ class Conditions:
 
 
 NONE = Conditions()
-FIELDS = ("cas", "if_version", "if_timestamp", "if_value")
+FIELDS = frozenset({"cas", "if_version", "if_timestamp", "if_value"})
 
 
 def uint(name: str, raw: Any, maximum: int = MAX_U64) -> int:
@@ -104,8 +104,7 @@ def _uuid(raw: Any) -> str:
 
 def from_body(body: dict[str, Any]) -> Conditions:
     """Conditions from a JSON body (PUT, txn op); absent fields impose nothing."""
-    if "cas" not in body and "if_version" not in body and "if_timestamp" not in body \
-            and "if_value" not in body:
+    if FIELDS.isdisjoint(body):
         return NONE
     return Conditions(
         cas=uint("cas", body["cas"]) if "cas" in body else None,

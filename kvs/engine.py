@@ -72,18 +72,16 @@ class _Mutation:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
         engine = self.engine
+        staged = False
         try:
             if exc_type is None:
                 self._commit()
-        except BaseException:
-            engine.storage.index = self._index
-            raise
-        else:
-            if exc_type is not None:
-                engine.storage.index = self._index  # nothing was staged: hand the numbers out again
+                staged = True
         finally:
+            if not staged:
+                engine.storage.index = self._index  # nothing was staged: hand the numbers out again
             engine._lock.release()
-        if exc_type is None and self.applied:
+        if self.applied:
             for listener in engine.listeners:
                 listener(self.applied)
 

@@ -3,7 +3,7 @@
 The engine, replicator and membership already count what they do (plain ints on
 their hot paths); a custom collector turns them into Prometheus families at
 scrape time, so nothing on the request path touches prometheus-client; the request
-counter is a dict the node's middleware increments.
+counter is a dict the wrapper around every route (kvs/node.py) increments.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class _NodeCollector(Collector):
     def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
-                 watchers: Sized | None = None,
-                 requests: dict[tuple[str, int], int] | None = None) -> None:
+                 watchers: Sized | None, requests: dict[tuple[str, int], int]) -> None:
         self.engine = engine
         self.replicator = replicator
         self.membership = membership
         self.watchers = watchers
-        self.requests = requests if requests is not None else {}
+        self.requests = requests
 
     def collect(self) -> Iterator[Metric]:
         stats, repl = self.engine.stats, self.replicator.stats
@@ -91,7 +90,7 @@ class Metrics:
                                               self.requests))
 
     def count(self, method: str, status: int) -> None:
-        """Count one answered request (called by the node's middleware)."""
+        """Count one answered request (called by the wrapper around every route)."""
         self.requests[method, status] += 1
 
     async def handle(self, request: web.Request) -> web.Response:

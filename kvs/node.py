@@ -158,7 +158,7 @@ _INDEXED = ("/kv/", "/txn")  # responses that carry X-KVS-Index, errors included
 
 
 def _around(engine: Engine, metrics: Metrics, secret: str | None
-            ) -> Callable[[Handler, str], Handler]:
+            ) -> Callable[[Handler, str | None], Handler]:
     """What runs around every handler, wrapped onto each route rather than installed as
     aiohttp middleware: a middleware costs every request a partial, an extra coroutine
     and aiohttp's current-app bookkeeping, which a GET noticeably pays for.

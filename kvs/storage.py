@@ -377,13 +377,17 @@ class Commits:
         self.issued = 0
         self.written = 0
         self.synced = 0
-        self.settled = 0  # answers may show everything through this ticket (Storage.settled)
         self.writes = 0  # RocksDB writes: far fewer than tickets under concurrency
         self.syncs = 0  # fsyncs: far fewer than tickets under concurrency
         self.failure: StorageFailed | None = None
         self._scheduled = False
-        self._waiters: list[tuple[int, bool, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (ticket, until settled)
         self._sync_task: asyncio.Task[None] | None = None
+
+    @property
+    def settled(self) -> int:
+        """Answers may show everything through this ticket: written, or synced with sync_writes."""
+        return self.synced if self._sync_acks else self.written
 
     def check(self) -> None:
         if self.failure is not None:
@@ -419,9 +423,8 @@ class Commits:
         self.writes += 1
         self.written = self.issued
         if not self._sync_acks:
-            self.settled = self.written
-        self._release(lambda ticket, sync: ticket <= self.written and not sync)
-        if self._sync_task is None and any(sync for _, sync, _ in self._waiters):
+            self._release()
+        elif self._waiters and self._sync_task is None:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync())
 
     def _fail(self, what: str, exc: BaseException) -> StorageFailed:
@@ -429,27 +432,27 @@ class Commits:
             f"{what} failed ({exc}); this node's memory is now ahead of its disk, so it "
             "refuses writes: check the disk and restart the node (unacknowledged writes are lost)")
         log.error("event=storage_failed what=%r error=%r", what, str(exc))
-        self._release(lambda ticket, sync: True)
+        self._release()
         return self.failure
 
     async def settle(self) -> None:
         """Wait until every ticket issued so far may be acknowledged (see `settled`)."""
-        await self.wait(self.issued, sync=self._sync_acks)
+        await self.wait(self.issued)
 
-    async def wait(self, ticket: int, *, sync: bool) -> None:
+    async def wait(self, ticket: int) -> None:
+        """Wait until `ticket` is settled."""
         self.check()
-        if ticket <= (self.synced if sync else self.written):
+        if ticket <= self.settled:
             return
         future = asyncio.get_running_loop().create_future()
-        self._waiters.append((ticket, sync, future))
-        if sync and ticket <= self.written and self._sync_task is None:
+        self._waiters.append((ticket, future))
+        if self._sync_acks and ticket <= self.written and self._sync_task is None:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync())
         await future
 
     async def _sync(self) -> None:
         try:
-            while self.failure is None and any(
-                    sync and ticket <= self.written for ticket, sync, _ in self._waiters):
+            while self.failure is None and any(ticket <= self.written for ticket, _ in self._waiters):
                 target = self.written
                 try:
                     await asyncio.to_thread(self._fsync)
@@ -458,17 +461,16 @@ class Commits:
                     return
                 self.syncs += 1
                 self.synced = target
-                if self._sync_acks:
-                    self.settled = target
-                self._release(lambda ticket, sync: ticket <= self.synced)
+                self._release()
         finally:
             self._sync_task = None
 
-    def _release(self, done: Callable[[int, bool], bool]) -> None:
+    def _release(self) -> None:
+        """Wake the waiters whose tickets are settled; after a failure, all of them."""
         still = []
-        for ticket, sync, future in self._waiters:
-            if not done(ticket, sync):
-                still.append((ticket, sync, future))
+        for ticket, future in self._waiters:
+            if ticket > self.settled and self.failure is None:
+                still.append((ticket, future))
             elif not future.done():
                 if self.failure is None:
                     future.set_result(None)

@@ -16,12 +16,12 @@ clean partition without touching sockets.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import orjson
 
 from kvs import auth
+from kvs.clock import wall_ms
 
 # Per peer, a bound on open connections: how many requests one slow peer can hold.
 CONNECTIONS_PER_HOST = 32
@@ -98,7 +98,7 @@ class HttpTransport:
         head = (f"POST {path} HTTP/1.1\r\nHost: {address}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")
         if self._secret is not None:
-            signed = auth.sign(self._secret, "POST", path, body, time.time_ns() // 1_000_000)
+            signed = auth.sign(self._secret, "POST", path, body, wall_ms())
             head += "".join(f"{name}: {value}\r\n" for name, value in signed.items())
         return (head + "\r\n").encode("latin-1") + body
 

@@ -41,7 +41,7 @@ async def test_a_failed_write_fails_every_waiter_and_refuses_later_writes() -> N
 
     commits = Commits(broken_disk, fsync=lambda: None)
     first, second = commits.stage(), commits.stage()  # coalesced: one write, after this round
-    waits = [asyncio.ensure_future(commits.wait(t, sync=False)) for t in (first, second)]
+    waits = [asyncio.ensure_future(commits.wait(t)) for t in (first, second)]
     done = await asyncio.gather(*waits, return_exceptions=True)
     assert all(isinstance(e, StorageFailed) and "restart the node" in e.message for e in done)
     assert commits.written == 0
