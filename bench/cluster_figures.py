@@ -37,6 +37,7 @@ from bench.targets import (
     wait_until,
 )
 from kvs.chaos.cluster import node_env
+from kvs.engine import Op
 
 Progress = Callable[[str], None]
 VISIBLE_TIMEOUT = 5.0
@@ -187,7 +188,7 @@ async def load_keys(node: Any, n: int, progress: Progress, batch: int = 5000) ->
     for start in range(0, n, batch):
         versions = [Version(f"user/{i:07d}", {"n": i, "pad": "x" * 40}, new_version_id(),
                             1_700_000_000_000 + i, 0, "seed", 1) for i in range(start, min(n, start + batch))]
-        node.engine.apply_remote(versions)
+        await node.engine.apply_remote(versions)
         await asyncio.sleep(0)
         if n >= 200_000 and (start + batch) % 100_000 == 0:
             progress(f"  loaded {start + batch:,}/{n:,} keys ({time.perf_counter() - started:.0f} s)")
@@ -199,7 +200,7 @@ def _forget_identity(data_dir: Path) -> None:
     Uses the storage layout (kvs.keys.META_NODE_ID); the next start generates a fresh identity.
     """
     from kvs import keys as K
-    from kvs.storage import Storage
+    from kvs.store.storage import Storage
 
     storage = Storage(data_dir)
     try:
@@ -244,7 +245,8 @@ async def anti_entropy_curve(work: Path, ns: Sequence[int], ds: Sequence[int], p
                 samples: list[tuple[int, float, int]] = []
                 for rep in range(repeats):
                     for i in range(d):
-                        a.engine.put(f"user/{(i * 7919 + d) % n:07d}", f"changed-{d}-{rep}")
+                        key = f"user/{(i * 7919 + d) % n:07d}"
+                        await a.engine.put(Op("set", key, f"changed-{d}-{rep}"))
                     result = await b.replicator.sync_with(a.address)
                     if result is None or result.error is not None:
                         raise RuntimeError(f"sync round failed: {result}")
@@ -290,7 +292,7 @@ async def partition_convergence(work: Path, keys: int, progress: Progress,
         half = keys // 2
         for side, node, count in (("a", a, half), ("b", b, keys - half)):
             for i in range(count):
-                node.engine.put(f"part/{side}/{i:06d}", {"i": i})
+                await node.engine.put(Op("set", f"part/{side}/{i:06d}", {"i": i}))
                 if i % 500 == 499:
                     await asyncio.sleep(0)
 

@@ -1,20 +1,31 @@
 """The key-value engine: reads, conditional writes, transactions and remote versions.
 
 Every mutation runs as `with self._mutation() as m:` — under one lock, against an
-overlay of the keys it touched, ending in one storage batch. Nothing inside the
-lock awaits, so no request can slip between a condition check and its write.
+overlay of the keys it touched, ending in one staged storage batch. Nothing inside
+the lock awaits, so no request can slip between a condition check and its write.
+The mutation owns the index numbers and the HLC stamp it takes and hands them to
+the store when it stages (as etcd's write txn owns its revision).
 
-    request ──► lock ─► read sets ─► check conditions ─► new versions (HLC, index)
-                       └──────── staged for the next batch ◄──────┘
-            ◄── unlock ─► notify watchers, replication
-    (the answer waits for the batch's write, and with sync_writes its fsync: Storage)
+    put() ──► lock ─► read sets ─► check conditions ─► new versions (HLC, index)
+                     └──────── stage(changes, index, hlc) ◄─────────┘
+          ◄── unlock ─► listeners (watchers, replication; guarded)
+          ◄── await settle(ticket): written, and fsynced with sync_writes
+    put() returns: the write is acknowledged only now
 
-The engine knows nothing about HTTP; the API maps its exceptions to statuses.
+Every write method is a coroutine that returns only once its write is settled, so
+every path that writes (KV, txn, services, remote versions, sweeper) gets the same
+guarantee. Reads are plain calls; `settle()` lets a caller wait until whatever a
+read may show (another mutation's staged write) is settled too.
+
+Outside the engine nothing touches Storage: readers use the read methods,
+anti-entropy the `sync` view, operations `status()`. The engine knows nothing about
+HTTP; the API maps its exceptions to statuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,10 +35,11 @@ from kvs.clock import HLC, wall_ms
 from kvs.conditions import NONE, Conditions, check, failures
 from kvs.config import Config
 from kvs.errors import CASConflict, CASDisabled, NotFound
+from kvs.merkle import MerkleTree
 from kvs.model import Version, add_newest, new_version_id, resolve, wins
-from kvs.storage import Change, Storage
+from kvs.store.storage import Change, Storage
 
-MAX_TTL_SECONDS = 10 * 365 * 86_400
+log = logging.getLogger("kvs.engine")
 
 
 @dataclass
@@ -41,15 +53,18 @@ class Stats:
     purged: int = 0
     remote_applied: int = 0
     remote_refused: int = 0
+    listener_errors: int = 0
 
 
 class _Mutation:
-    """Overlay of the keys one mutation touched, and the versions it applied.
+    """Overlay of the keys one mutation touched, the versions it applied, and the index
+    numbers it took.
 
     Used as `with engine._mutation() as m:` — the critical section: the engine's lock
-    is held from __enter__ to __exit__, which stages everything in one storage write
-    (or, on an exception, hands the index numbers it took out again). A class, not a
-    @contextmanager generator: this is on every write's path.
+    is held from __enter__ to __exit__, which stages everything in one storage batch
+    with the mutation's index and HLC stamp. On an exception nothing is staged, and the
+    index numbers it took were never anyone else's. A class, not a @contextmanager
+    generator: this is on every write's path.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -60,38 +75,32 @@ class _Mutation:
         self.applied: list[Version] = []
         self.expired: list[tuple[int, str]] = []
         self.purged_through: int | None = None
-        self._index = 0
+        self.index = 0
+        self.ticket = 0  # the staged batch to wait for; 0: nothing was staged
 
     def __enter__(self) -> _Mutation:
         engine = self.engine
         engine._lock.acquire()
         self.now = engine.now_ms()
-        self._index = engine.storage.index
+        self.index = engine.storage.index
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
-        engine = self.engine
-        staged = False
         try:
             if exc_type is None:
-                self._commit()
-                staged = True
+                self._stage()
         finally:
-            if not staged:
-                engine.storage.index = self._index  # nothing was staged: hand the numbers out again
-            engine._lock.release()
-        if self.applied:
-            for listener in engine.listeners:
-                listener(self.applied)
+            self.engine._lock.release()
+        if exc_type is None and self.applied:
+            self.engine._notify(self.engine.listeners, self.applied)
 
-    def _commit(self) -> None:
+    def _stage(self) -> None:
         changes = self.changes()
         if changes or self.expired:
-            storage = self.engine.storage
-            storage.hlc = self.engine.hlc.last
-            storage.write(changes, now=self.now, purged_through=self.purged_through,
-                          expired=self.expired)
+            self.ticket = self.engine.storage.stage(
+                changes, index=self.index, hlc=self.engine.hlc.last, now=self.now,
+                purged_through=self.purged_through, expired=self.expired)
 
     def read(self, key: str) -> list[Version]:
         if key not in self.sets:
@@ -113,7 +122,7 @@ class _Mutation:
         if not fresh and any(v.version == version.version for v in before):
             return False
         previous = before[0] if before else None
-        version.modify_index = engine.storage.index + 1
+        version.modify_index = self.index + 1
         version.create_index = (
             previous.create_index if previous is not None and previous.is_live(self.now)
             else version.modify_index
@@ -127,7 +136,7 @@ class _Mutation:
             if not any(v.version == version.version for v in after):
                 return False  # older than everything the bounded history keeps
             succession = False
-        engine.storage.index = version.modify_index
+        self.index = version.modify_index
         if not succession:
             engine.stats.superseded += _newly_superseded(before, after)
         self.sets[version.key] = after
@@ -166,6 +175,8 @@ class Op:
 
 
 class Engine:
+    """One node's data: reads, conditional writes, transactions, remote versions, expiry."""
+
     def __init__(self, config: Config, storage: Storage,
                  now_ms: Callable[[], int] = wall_ms) -> None:
         self.config = config
@@ -175,10 +186,12 @@ class Engine:
         self.limit = config.revision_history_limit if config.revision_history_enabled else 1
         self.gc_ms = config.tombstone_gc_seconds * 1000
         self.stats = Stats()
+        self.sync = SyncView(storage)
         self._lock = threading.Lock()
-        # Called with the versions of each committed mutation (replication, watchers).
+        # Called with the versions of each committed mutation (replication, watchers), and
+        # with the keys whose TTL the sweeper found run out (blocking queries). Wired by
+        # the node; a listener that raises is logged and counted, never fails the write.
         self.listeners: list[Callable[[list[Version]], None]] = []
-        # Called with the keys whose TTL the sweeper found run out (blocking queries).
         self.expiry_listeners: list[Callable[[list[str]], None]] = []
 
     @property
@@ -187,7 +200,12 @@ class Engine:
         return self.storage.node_id
 
     @property
+    def joined_at(self) -> int:
+        return self.storage.joined_at
+
+    @property
     def index(self) -> int:
+        """This node's index counter: the modify index of the last version it applied."""
         return self.storage.index
 
     # -- reads (no lock: each is one RocksDB read of one consistent record) -------------
@@ -218,43 +236,83 @@ class Engine:
             if versions[0].is_live(now):
                 yield versions[0]
 
-    # -- local writes --------------------------------------------------------------------
+    def modify_index(self, key: str, *, prefix: bool = False) -> int:
+        """The modify index of the key's newest version (any state), or the highest under a
+        prefix; 0 if none. What a blocking query compares with."""
+        if not prefix:
+            versions = self.storage.read(key)
+            return versions[0].modify_index if versions else 0
+        return max((s[0].modify_index for s in self.storage.scan_sets(key)), default=0)
 
-    def put(self, key: str, value: Any, *, ttl_ms: int | None = None, flags: int = 0,
-            cond: Conditions = NONE, internal: bool = False) -> Version:
-        """`internal`: the condition is the server's own (a service lease renewal), not a
-        client CAS, so it holds even with cas_enabled false."""
-        return self.set(Op("set", key, value, ttl_ms, flags, cond), internal=internal)
+    @property
+    def unsettled(self) -> bool:
+        """True while some staged write is not yet settled (written; fsynced with sync_writes)."""
+        commits = self.storage.commits
+        return commits.issued != commits.settled_through
 
-    def set(self, op: Op, *, internal: bool = False) -> Version:
-        """put() for an already validated set operation (the API's PUT)."""
+    async def settle(self) -> None:
+        """Wait until everything staged so far is settled: an answer that shows another
+        mutation's write (a read, a 409's `current`, an index) must not show what a crash
+        could take back. Raises StorageFailed if the write or fsync failed."""
+        await self.storage.settle()
+
+    def status(self) -> dict[str, Any]:
+        """What /cluster/status and /metrics show of this node's data."""
+        storage = self.storage
+        return {
+            "node": self.node_id,
+            "joined_at": storage.joined_at,
+            "keys": storage.live_keys,
+            "index": storage.index,
+            "merkle_root": f"{storage.tree.root():016x}",
+            "hlc": list(self.hlc.last),
+        }
+
+    def dead_pending_purge(self) -> int:
+        """Tombstones and expired versions still stored (a scan: for metrics, not hot paths)."""
+        return self.storage.count_pending_purge()
+
+    # -- local writes: each returns once the write is settled -----------------------------
+
+    async def put(self, op: Op, *, internal: bool = False) -> Version:
+        """Write one validated set operation.
+
+        `internal`: the condition is the server's own (a service lease renewal), not a
+        client CAS, so it holds even with cas_enabled false.
+        """
         if not internal:
             self._require_cas(op.cond)
         with self._mutation() as m:
-            return self._set(m, op)
+            version = self._set(m, op)
+        await self._settled(m)
+        return version
 
-    def delete(self, key: str, cond: Conditions = NONE) -> Version:
+    async def delete(self, key: str, cond: Conditions = NONE) -> Version:
         self._require_cas(cond)
         with self._mutation() as m:
             tombstone = self._delete(m, key, cond)
             if tombstone is None:
                 raise NotFound(f"key {key!r} not found")
+        await self._settled(m)
         return tombstone
 
-    def delete_prefix(self, prefix: str, *, skip: str | None = None) -> list[Version]:
+    async def delete_prefix(self, prefix: str, *, skip: str | None = None) -> list[Version]:
         """Tombstone every live key under `prefix`, except those under `skip`."""
         with self._mutation() as m:
             keys = [v.key for v in self.live(prefix) if skip is None or not v.key.startswith(skip)]
-            return [t for t in (self._delete(m, k, NONE) for k in keys) if t]
+            tombstones = [t for t in (self._delete(m, k, NONE) for k in keys) if t]
+        await self._settled(m)
+        return tombstones
 
-    def txn(self, ops: list[Op]) -> list[Any]:
+    async def txn(self, ops: list[Op]) -> list[Any]:
         """All-or-nothing: a failing condition raises CASConflict with `failed`, nothing written.
 
         Ops run in order against the transaction's own overlay, so a later op sees
         an earlier op's write (as in Consul); conditions are all checked before
         anything is committed.
         """
-        if any(op.cond for op in ops):
+        conditional = any(op.cond for op in ops)
+        if conditional:
             self._require_cas(*[op.cond for op in ops])
         with self._mutation() as m:
             failed = []
@@ -275,8 +333,9 @@ class Engine:
                 raise CASConflict(
                     f"{len(failed)} of {len(ops)} operations failed their conditions; "
                     "nothing was written", failed=failed)
-            if any(op.cond for op in ops):
+            if conditional:
                 self.stats.cas_success += 1  # one conditional write, like its conflict
+        await self._settled(m)
         return results
 
     def _txn_op(self, m: _Mutation, op: Op) -> Any:
@@ -296,8 +355,7 @@ class Engine:
             self._check(op.cond, current)
         ts, logical = self.hlc.tick()
         expires_at = ts + op.ttl_ms if op.ttl_ms is not None else None
-        version = self._new_version(m, op.key, op.value, ts, logical, op.flags, expires_at, False)
-        return version
+        return self._new_version(m, op.key, op.value, ts, logical, op.flags, expires_at, False)
 
     def _delete(self, m: _Mutation, key: str, cond: Conditions, *,
                 checked: bool = False) -> Version | None:
@@ -338,7 +396,7 @@ class Engine:
 
     # -- remote versions and the sweeper -------------------------------------------------
 
-    def apply_remote(self, versions: list[Version]) -> list[Version]:
+    async def apply_remote(self, versions: list[Version]) -> list[Version]:
         """Fold replicated versions in; idempotent and order-independent. Returns those applied.
 
         Refused, so purged data cannot come back: a dead version already past its purge
@@ -355,6 +413,7 @@ class Engine:
                 # may pass another node's stored (cached, shared) versions.
                 if m.apply(dataclasses.replace(version)):
                     self.stats.remote_applied += 1
+        await self._settled(m)
         return m.applied
 
     def _refuse(self, m: _Mutation, version: Version) -> bool:
@@ -363,7 +422,7 @@ class Engine:
             return True
         return version.timestamp <= self.storage.purged_through and not m.read(version.key)
 
-    def sweep(self) -> tuple[int, int]:
+    async def sweep(self) -> tuple[int, int]:
         """Process due expiries and purges; returns (expired, purged)."""
         now = self.now_ms()
         with self._mutation() as m:
@@ -379,14 +438,55 @@ class Engine:
                 if current is not None and dead_at is not None and dead_at + self.gc_ms == purge_at:
                     m.purge(key, current)
         self.stats.expired += len(m.expired)
-        if m.expired:
-            for listener in self.expiry_listeners:
-                listener([key for _, key in m.expired])
         purged = sum(1 for c in m.changes() if not c.new)
         self.stats.purged += purged
+        await self._settled(m)
+        if m.expired:
+            self._notify(self.expiry_listeners, [key for _, key in m.expired])
         return len(m.expired), purged
 
-    # -- the critical section -------------------------------------------------------------
+    # -- the critical section and what follows it ----------------------------------------
 
     def _mutation(self) -> _Mutation:
         return _Mutation(self)
+
+    async def _settled(self, m: _Mutation) -> None:
+        if m.ticket:
+            await self.storage.settle(m.ticket)
+
+    def _notify(self, listeners: list[Callable[[Any], None]], what: Any) -> None:
+        """Tell every listener; one that raises is logged and counted, and the others still
+        hear: the write it reports is staged already and must be answered as such."""
+        for listener in listeners:
+            try:
+                listener(what)
+            except Exception:
+                self.stats.listener_errors += 1
+                log.exception("event=listener_failed listener=%s",
+                              getattr(listener, "__qualname__", listener))
+
+
+class SyncView:
+    """What Merkle anti-entropy reads: the tree, one segment's leaves, revision sets.
+
+    A narrow view, so replication never reaches into Storage itself.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    @property
+    def tree(self) -> MerkleTree:
+        return self._storage.tree
+
+    def leaves(self, segment: int) -> dict[str, int]:
+        """Key -> revision-set digest for one Merkle segment."""
+        return self._storage.leaves(segment)
+
+    def revisions(self, keys: list[str]) -> list[Version]:
+        """Every stored version (history included) of the given keys."""
+        return [v for key in keys for v in self._storage.read(key)]
+
+    def dump(self) -> Iterator[list[Version]]:
+        """Every key's revision set, in key order (what convergence checks compare)."""
+        return self._storage.scan_sets("")

@@ -8,14 +8,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from kvs.auth import (
+from kvs.cluster.auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    internal_auth_middleware,
     sign,
     verify,
 )
 from kvs.errors import Unauthorized
+from kvs.http.server import make_app
 
 SECRET = "s3cret"
 NOW = 1_700_000_000_000
@@ -81,7 +81,7 @@ def test_malformed_timestamp_is_rejected(timestamp: str) -> None:
         verify(SECRET, "POST", PATH, BODY, headers, NOW)
 
 
-# -- middleware --------------------------------------------------------------------------
+# -- the route wrapper --------------------------------------------------------------------------
 
 
 async def _client(secret: str | None) -> tuple[TestClient, list[bytes]]:
@@ -91,22 +91,21 @@ async def _client(secret: str | None) -> tuple[TestClient, list[bytes]]:
         seen.append(await request.read())
         return web.json_response({"ok": True})
 
-    app = web.Application(middlewares=[internal_auth_middleware(secret)])
-    app.router.add_post("/internal/echo", handler)
-    app.router.add_post("/public", handler)
+    routes = [web.post("/internal/echo", handler), web.post("/public", handler)]
+    app = make_app(routes, secret=secret, client_max_size=1 << 20)
     client = TestClient(TestServer(app))
     await client.start_server()
     return client, seen
 
 
-async def test_middleware_accepts_signed_and_rejects_unsigned_internal_requests() -> None:
+async def test_wrapper_accepts_signed_and_rejects_unsigned_internal_requests() -> None:
     client, seen = await _client(SECRET)
     try:
         now = time.time_ns() // 1_000_000
         ok = await client.post("/internal/echo?q=1", data=BODY,
                                headers=sign(SECRET, "POST", "/internal/echo?q=1", BODY, now))
         assert ok.status == 200
-        assert seen == [BODY]  # the handler still reads the body the middleware read
+        assert seen == [BODY]  # the handler still reads the body the wrapper read
 
         forged = await client.post("/internal/echo", data=b"{}",
                                    headers=sign(SECRET, "POST", "/internal/echo", BODY, now))
@@ -125,7 +124,7 @@ async def test_middleware_accepts_signed_and_rejects_unsigned_internal_requests(
         await client.close()
 
 
-async def test_middleware_without_a_secret_passes_everything() -> None:
+async def test_wrapper_without_a_secret_passes_everything() -> None:
     client, seen = await _client(None)
     try:
         response = await client.post("/internal/echo", data=BODY)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from yarl import URL
 
+from kvs.engine import Op
 from kvs.node import Node
 from tests.conftest import Api, NodeFactory, Reply
 
@@ -490,7 +491,7 @@ async def test_a_failed_storage_write_hands_its_index_back(node: Node, api: Api)
     index the mutation took is released, so the next write gets it (no gap, no reuse)."""
     put = await api.put("probe", PROBE)
     with pytest.raises(TypeError):  # orjson: recursion limit
-        node.engine.put("deep", orjson.loads(_nested(254)))
+        await node.engine.put(Op("set", "deep", orjson.loads(_nested(254))))
     assert node.storage.index == put.index
     assert (await api.get("deep")).status == 404
     after = await api.put("next", {"value": 1})

@@ -42,7 +42,7 @@ import aiohttp
 import orjson
 import pytest
 
-from kvs.storage import Storage
+from kvs.store.storage import Storage
 from tests.procs import KvsProcess, ProcessGroup, procs_fixture  # noqa: F401  (the `procs` fixture)
 
 pytestmark = pytest.mark.slow

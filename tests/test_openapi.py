@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 import requests
 
-from kvs import api as kv_api
-from kvs import openapi
+from kvs.http import kv as kv_api
+from kvs.http import openapi
+from kvs.http.services import REGISTER_FIELDS
+from kvs.http.txn import TXN_FIELDS
 from kvs.node import Node
-from kvs.services import REGISTER_FIELDS
 from tests.conftest import Api, node_config
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -102,7 +103,7 @@ async def test_served_document_is_the_built_one(api: Api) -> None:
 
 async def test_every_public_route_is_documented_and_vice_versa(node: Node) -> None:
     served = set()
-    for route in node.runner.app.router.routes():  # type: ignore[union-attr]
+    for route in node.app.router.routes():  # type: ignore[union-attr]
         path = route.resource.canonical  # type: ignore[union-attr]
         if route.method in ("HEAD", "*") or path.startswith("/internal/"):
             continue  # "*": the fallback that answers 404/405 for everything else
@@ -118,7 +119,7 @@ def test_documented_parameters_and_fields_are_the_accepted_ones() -> None:
     assert query("/kv/{key}", "get") == kv_api.GET_PARAMS
     assert query("/kv/{key}", "delete") == kv_api.DELETE_PARAMS
     assert set(schemas["PutBody"]["properties"]) == kv_api.PUT_FIELDS
-    assert set(schemas["TxnOp"]["properties"]) == kv_api.TXN_FIELDS
+    assert set(schemas["TxnOp"]["properties"]) == TXN_FIELDS
     assert set(schemas["RegisterBody"]["properties"]) == REGISTER_FIELDS
     assert query("/services/{name}", "delete") == {"cas"}
     assert query("/services/{name}", "get") == {"metadata"}

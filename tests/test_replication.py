@@ -7,6 +7,7 @@ import time
 
 import aiohttp
 
+from kvs.engine import Op
 from kvs.model import wins
 from tests.cluster import FAST, converged, dump, heal, partition, roots, start_cluster
 from tests.conftest import Api, NodeFactory, eventually
@@ -123,7 +124,7 @@ async def test_duplicate_and_reordered_pushes_are_idempotent(make_node: NodeFact
         shuffled = versions * 2
         rnd.shuffle(shuffled)
         for start in range(0, len(shuffled), 9):
-            sink.engine.apply_remote([_copy(v) for v in shuffled[start:start + 9]])
+            await sink.engine.apply_remote([_copy(v) for v in shuffled[start:start + 9]])
     assert dump(sinks[0]) == dump(sinks[1]) == dump(source)
     assert roots([source, *sinks]) == {source.storage.tree.root()}
 
@@ -173,14 +174,14 @@ async def test_anti_entropy_cost_follows_differences_not_keys(make_node: NodeFac
 
     n_keys, n_diff = 100_000, 10
     a = await make_node(sync_interval_ms=3_600_000, eager_push=False)
-    b = await make_node(sync_interval_ms=3_600_000, eager_push=False, seed_nodes=[a.address])
+    b = await make_node(sync_interval_ms=3_600_000, eager_push=False)  # no membership: only this test syncs
     base = [Version(f"user/{i:06d}", {"n": i, "pad": "x" * 40}, new_version_id(), 1_700_000_000_000 + i,
                     0, "seed", 1) for i in range(n_keys)]
     for node in (a, b):
         for start in range(0, n_keys, 5000):
-            node.engine.apply_remote([_copy(v) for v in base[start:start + 5000]])
+            await node.engine.apply_remote([_copy(v) for v in base[start:start + 5000]])
     for i in range(n_diff):
-        a.engine.put(f"user/{i * 997:06d}", "changed")
+        await a.engine.put(Op("set", f"user/{i * 997:06d}", "changed"))
     full_dump = sum(len(v.canonical()) for sets in a.storage.scan_sets("") for v in sets)
     started = time.perf_counter()
     result = await b.replicator.sync_with(a.address)
@@ -195,7 +196,7 @@ async def test_anti_entropy_cost_follows_differences_not_keys(make_node: NodeFac
 
 
 async def test_cluster_secret_authenticates_every_internal_request(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]
-    from kvs import auth
+    from kvs.cluster import auth
     from kvs.model import Version, new_version_id
 
     nodes = await start_cluster(make_node, 2, cluster_secret="s3cret")

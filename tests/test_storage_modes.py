@@ -9,7 +9,7 @@ import pytest
 
 from kvs.errors import StorageFailed
 from kvs.node import Node
-from kvs.storage import Commits
+from kvs.store.commits import Commits
 from tests.conftest import Api, NodeFactory, node_config
 
 
@@ -73,7 +73,7 @@ async def test_compression_is_invisible_to_clients_and_to_the_merkle_hash(
     source = Api(http, plain.url)
     assert (await source.put("x", {"value": value})).status == 200
     versions = plain.storage.read("x")
-    packed.engine.apply_remote(versions)
+    await packed.engine.apply_remote(versions)
     reply = await Api(http, packed.url).get("x")
     assert reply.status == 200 and reply.body["value"] == value
     assert packed.storage.tree.root() == plain.storage.tree.root()

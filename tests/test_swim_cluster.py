@@ -19,10 +19,12 @@ import orjson
 import pytest
 from aiohttp import web
 
-from kvs import auth, config
+from kvs import config
+from kvs.cluster import auth
+from kvs.cluster.swim import ALIVE, DEAD, LEFT, Membership
+from kvs.cluster.transport import HttpTransport, TransportError
 from kvs.config import Config
-from kvs.swim import ALIVE, DEAD, LEFT, Membership
-from kvs.transport import HttpTransport, TransportError
+from kvs.http.server import make_app
 
 FAST = config.load(environ={}, overrides={
     "gossip_interval_ms": 50, "probe_timeout_ms": 100, "suspicion_multiplier": 4,
@@ -65,8 +67,7 @@ class Cluster:
         transport = HttpTransport(self.config.cluster_secret)
         membership = Membership(node_id=node_id, address=address, joined_at=joined_at,
                                 seeds=seeds, config=self.config, transport=transport)
-        app = web.Application(middlewares=[auth.internal_auth_middleware(self.config.cluster_secret)])
-        app.add_routes(membership.routes())
+        app = make_app(membership.routes(), secret=self.config.cluster_secret, client_max_size=1 << 20)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         node = Node(node_id, joined_at, address, runner, transport, membership)
         self.nodes[node_id] = node

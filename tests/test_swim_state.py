@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvs.swim.state import (
+from kvs.cluster.swim.state import (
     ALIVE,
     DEAD,
     LEFT,
@@ -205,7 +205,7 @@ def test_defaults_detect_a_crash_within_ten_seconds_on_five_nodes() -> None:
 def test_broadcast_is_sent_retransmit_limit_times_then_dropped() -> None:
     q = BroadcastQueue(retransmit_mult=4)
     q.push(upd("b", ALIVE, 1))
-    limit = DEFAULTS.retransmit_limit(5)
+    limit = q.retransmit_limit(5)
     assert limit == 4
     sends = [q.take(limit=10, n=5) for _ in range(limit + 2)]
     assert [len(s) for s in sends] == [1, 1, 1, 1, 0, 0]
@@ -325,7 +325,7 @@ def test_we_always_end_alive_and_above_every_accusation(news: list[tuple[str, in
        st.integers(1, 20))
 def test_no_broadcast_is_sent_more_often_than_the_limit(ops: list[str | int], n: int) -> None:
     q = BroadcastQueue(retransmit_mult=4)
-    limit = Timing(0.1, 0.1, 4).retransmit_limit(n)
+    limit = q.retransmit_limit(n)
     sent: dict[tuple[str, int], int] = {}
     for step, op in enumerate(ops):
         if isinstance(op, str):

@@ -30,7 +30,6 @@ from typing import Any
 
 import aiohttp
 
-from kvs import auth
 from kvs.chaos import report
 from kvs.chaos.checkers import run_all
 from kvs.chaos.client import NodeClient, no_resend, sent_trace
@@ -38,6 +37,7 @@ from kvs.chaos.cluster import ClusterError, LocalCluster, get_json, remote_nodes
 from kvs.chaos.faults import FAULT_KINDS, FaultInjector, FaultPlan, Firewall, partitions_available
 from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
 from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
+from kvs.cluster import auth
 
 GID_BASE = 47000
 DUMP_PATH = "/internal/dump"

@@ -12,18 +12,17 @@ a captured request stays usable. Requests inside the window can be replayed:
 every internal endpoint is idempotent (gossip is incarnation-guarded, versions
 are applied by id), so a replay changes nothing that the original did not.
 
-`sign` and `verify` are pure (the caller passes `now_ms`); only `refuse` and the
-middleware at the bottom touch aiohttp.
+`sign` and `verify` are pure (the caller passes `now_ms`); only `refuse` touches
+aiohttp (the route wrapper, kvs/http/server.py, calls it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from kvs.clock import wall_ms
 from kvs.errors import Unauthorized
 
 if TYPE_CHECKING:
@@ -91,34 +90,6 @@ def verify(
             "internal request signature does not match; the sender uses another "
             "cluster_secret or the request was altered"
         )
-
-
-def internal_auth_middleware(
-    secret: str | None,
-    *,
-    window_ms: int = DEFAULT_WINDOW_MS,
-    clock_ms: Callable[[], int] | None = None,
-) -> Callable[..., Awaitable[object]]:
-    """aiohttp middleware: reject unauthenticated `/internal/` requests with 401 before any handler.
-
-    With `secret` None it passes everything through (single-host development).
-    A node does not use it: the wrapper around its routes (kvs/node.py) calls `refuse` itself.
-    """
-    from aiohttp import web  # local import keeps sign/verify usable without aiohttp
-
-    now_ms = clock_ms or wall_ms
-
-    @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if secret is not None and request.path.startswith(INTERNAL_PREFIX):
-            refused = await refuse(secret, request, now_ms(), window_ms)
-            if refused is not None:
-                return refused
-        return await handler(request)
-
-    return middleware
 
 
 async def refuse(secret: str, request: web.Request, now_ms: int,

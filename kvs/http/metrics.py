@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kvs.cluster.replication import Replicator
+from kvs.cluster.swim.membership import Membership
+from kvs.cluster.swim.state import ALIVE, DEAD, LEFT, SUSPECT
 from kvs.engine import Engine
-from kvs.replication import Replicator
-from kvs.swim.node import Membership
-from kvs.swim.state import ALIVE, DEAD, LEFT, SUSPECT
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -62,12 +62,12 @@ class _NodeCollector(Collector):
         for (method, status), count in sorted(self.requests.items()):
             requests.add_metric([method, str(status)], count)
         yield requests
-        storage = self.engine.storage
-        yield GaugeMetricFamily("kvs_keys", "Live keys on this node", value=storage.live_keys)
-        yield GaugeMetricFamily("kvs_index", "This node's index counter", value=storage.index)
+        status = self.engine.status()
+        yield GaugeMetricFamily("kvs_keys", "Live keys on this node", value=status["keys"])
+        yield GaugeMetricFamily("kvs_index", "This node's index counter", value=status["index"])
         tombstones = GaugeMetricFamily("kvs_dead_keys_pending_purge",
                                        "Tombstones: deleted or expired keys kept until purge",
-                                       value=storage.count_pending_purge())
+                                       value=self.engine.dead_pending_purge())
         yield tombstones
         if self.watchers is not None:
             yield GaugeMetricFamily("kvs_blocking_queries", "Blocking queries waiting on this node",

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from kvs.api import json_response
+from kvs.cluster.replication import Replicator
+from kvs.cluster.swim.membership import Membership
 from kvs.engine import Engine
-from kvs.replication import Replicator
-from kvs.swim.node import Membership
+from kvs.http.toolkit import json_response
 
 DUMP_PATH = "/internal/dump"
 
@@ -35,16 +35,7 @@ class ClusterApi:
         return json_response(self.membership.members())
 
     async def status(self, request: web.Request) -> web.Response:
-        storage = self.engine.storage
-        return json_response({
-            "node": self.engine.node_id,
-            "joined_at": storage.joined_at,
-            "keys": storage.live_keys,
-            "index": storage.index,
-            "merkle_root": f"{storage.tree.root():016x}",
-            "hlc": list(self.engine.hlc.last),
-            **self.replicator.status(),
-        })
+        return json_response({**self.engine.status(), **self.replicator.status()})
 
     async def leave(self, request: web.Request) -> web.Response:
         """Leave gracefully: peers learn `left` at once, then the node shuts down."""
@@ -55,5 +46,5 @@ class ClusterApi:
     async def dump(self, request: web.Request) -> web.Response:
         """Every key's revision set on this node: what convergence checks compare."""
         return json_response([
-            [v.to_json() for v in versions] for versions in self.engine.storage.scan_sets("")
+            [v.to_json() for v in versions] for versions in self.engine.sync.dump()
         ])

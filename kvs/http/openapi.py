@@ -17,8 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from kvs import __version__
-from kvs.api import MAX_WAIT_SECONDS, json_response
-from kvs.engine import MAX_TTL_SECONDS
+from kvs.http.toolkit import MAX_TTL_SECONDS, MAX_WAIT_SECONDS, json_response
 
 Schema = dict[str, Any]
 

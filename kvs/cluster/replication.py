@@ -35,15 +35,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kvs.api import json_response
+from kvs.clock import wall_ms
+from kvs.cluster.swim.membership import Membership
+from kvs.cluster.swim.state import Member
+from kvs.cluster.transport import HttpTransport, TransportError
 from kvs.engine import Engine
 from kvs.errors import BadRequest
+from kvs.http.toolkit import json_body, json_response
 from kvs.keys import validate_key
 from kvs.merkle import DEPTH, FANOUT, SEGMENTS, compare_leaves, descend
 from kvs.model import Version, from_wire
-from kvs.swim.node import Membership
-from kvs.swim.state import Member
-from kvs.transport import HttpTransport, TransportError
 
 log = logging.getLogger("kvs.replication")
 
@@ -126,8 +127,6 @@ class Replicator:
         self._senders: dict[str, _PeerSender] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._syncing: set[str] = set()
-        engine.listeners.append(self._on_applied)
-        membership.add_listener(self._on_member)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -154,7 +153,8 @@ class Replicator:
 
     # -- eager push ------------------------------------------------------------------------
 
-    def _on_applied(self, versions: list[Version]) -> None:
+    def on_applied(self, versions: list[Version]) -> None:
+        """Engine listener: queue this node's own new versions for every live peer."""
         if not self.eager_push:
             return
         peers = self.membership.alive_peers()  # none on a single node: no version to look at
@@ -164,10 +164,13 @@ class Replicator:
         for member in peers:
             sender = self._senders.get(member.id)
             if sender is None or sender.address != member.address:
+                if sender is not None:
+                    sender.task.cancel()  # the peer moved: its old queue goes nowhere
                 sender = self._senders[member.id] = _PeerSender(self, member)
             sender.add(local)
 
-    def _on_member(self, member: Member) -> None:
+    def on_member(self, member: Member) -> None:
+        """Membership listener: drop a gone peer's sender; catch up with a returning one."""
         if member.id == self.engine.node_id:
             return
         if member.state != "alive":
@@ -192,8 +195,8 @@ class Replicator:
         self.stats.versions_pushed += len(versions)
 
     async def _handle_push(self, request: web.Request) -> web.Response:
-        versions = _versions(await _body(request, list))
-        applied = self.engine.apply_remote(versions)
+        versions = _versions(await json_body(request, list))
+        applied = await self.engine.apply_remote(versions)
         return json_response({"applied": len(applied)})
 
     # -- anti-entropy ----------------------------------------------------------------------
@@ -206,12 +209,12 @@ class Replicator:
         started = time.perf_counter()
         meter = _Meter(self.transport, address)
         try:
-            repaired = await self._exchange(meter)
+            repaired = await self._reconcile(meter)
             result = Round(address, repaired, meter.bytes, (time.perf_counter() - started) * 1000,
-                           _now_ms())
+                           wall_ms())
         except TransportError as exc:
             result = Round(address, 0, meter.bytes, (time.perf_counter() - started) * 1000,
-                           _now_ms(), error=str(exc))
+                           wall_ms(), error=str(exc))
         finally:
             self._syncing.discard(address)
         self.rounds.appendleft(result)
@@ -223,9 +226,10 @@ class Replicator:
                      result.keys_repaired, result.bytes, result.duration_ms)
         return result
 
-    async def _exchange(self, meter: _Meter) -> int:
-        tree = self.engine.storage.tree
-        walk = descend(tree)
+    async def _reconcile(self, meter: _Meter) -> int:
+        """Find the differing keys by descending both trees, then send and fetch them."""
+        sync = self.engine.sync
+        walk = descend(sync.tree)
         try:
             level, indices = next(walk)
             while True:
@@ -239,42 +243,42 @@ class Replicator:
         need: list[str] = []
         give: list[str] = []
         for segment, theirs in zip(segments, remote_leaves, strict=True):
-            diff = compare_leaves(self.engine.storage.leaves(segment), theirs)
+            diff = compare_leaves(sync.leaves(segment), theirs)
             need += diff.missing + diff.different
             give += diff.remote_missing + diff.different
         need, give = need[:MAX_KEYS_PER_ROUND], give[:MAX_KEYS_PER_ROUND]
         if need:
             fetched = _versions(await meter.call(FETCH_PATH, need))
-            self.engine.apply_remote(fetched)
+            await self.engine.apply_remote(fetched)
         if give:
-            versions = [v for key in give for v in self.engine.storage.read(key)]
+            versions = sync.revisions(give)
             for start in range(0, len(versions), PUSH_BATCH):
                 await meter.call(PUSH_PATH, [v.to_wire() for v in versions[start:start + PUSH_BATCH]])
         return len(set(need) | set(give))
 
     async def _handle_hashes(self, request: web.Request) -> web.Response:
-        body = await _body(request, dict)
+        body = await json_body(request, dict)
         level, indices = body.get("level"), body.get("indices")
         if not (isinstance(level, int) and 0 <= level <= DEPTH and isinstance(indices, list)
                 and len(indices) <= MAX_REQUEST_ITEMS
                 and all(isinstance(i, int) and 0 <= i < FANOUT**level for i in indices)):
             raise BadRequest("expected {level: 0..4, indices: [node numbers of that level]}")
-        return json_response(self.engine.storage.tree.hashes(level, indices))
+        return json_response(self.engine.sync.tree.hashes(level, indices))
 
     async def _handle_leaves(self, request: web.Request) -> web.Response:
-        segments = await _body(request, list)
+        segments = await json_body(request, list)
         if len(segments) > MAX_REQUEST_ITEMS or not all(
                 isinstance(s, int) and 0 <= s < SEGMENTS for s in segments):
             raise BadRequest("expected a list of segment numbers")
-        return json_response([self.engine.storage.leaves(s) for s in segments])
+        return json_response([self.engine.sync.leaves(s) for s in segments])
 
     async def _handle_fetch(self, request: web.Request) -> web.Response:
-        wanted = await _body(request, list)
+        wanted = await json_body(request, list)
         if len(wanted) > MAX_KEYS_PER_ROUND or not all(isinstance(k, str) for k in wanted):
             raise BadRequest("expected a list of at most 4096 keys")
         for key in wanted:
             validate_key(key)
-        return json_response([v.to_wire() for key in wanted for v in self.engine.storage.read(key)])
+        return json_response([v.to_wire() for v in self.engine.sync.revisions(wanted)])
 
     def status(self) -> dict[str, Any]:
         return {"last_rounds": [r.to_json() for r in self.rounds]}
@@ -294,16 +298,6 @@ class _Meter:
         return reply
 
 
-async def _body(request: web.Request, kind: type) -> Any:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise BadRequest("body is not JSON") from None
-    if not isinstance(body, kind):
-        raise BadRequest(f"body must be a JSON {kind.__name__}")
-    return body
-
-
 def _versions(items: list[Any]) -> list[Version]:
     if len(items) > MAX_REQUEST_ITEMS:
         raise BadRequest("too many versions in one request")
@@ -314,8 +308,3 @@ def _versions(items: list[Any]) -> list[Version]:
     for v in versions:
         validate_key(v.key)
     return versions
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-

@@ -29,16 +29,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from kvs.config import Config
-from kvs.errors import BadRequest
-from kvs.swim.state import (
+from kvs.cluster.swim.state import (
     ALIVE,
     DEAD,
     LEFT,
@@ -51,7 +49,10 @@ from kvs.swim.state import (
     check_text,
     initial_incarnation,
 )
-from kvs.transport import HttpTransport, TransportError
+from kvs.cluster.transport import HttpTransport, TransportError
+from kvs.config import Config
+from kvs.errors import BadRequest
+from kvs.http.toolkit import json_body, json_response
 
 log = logging.getLogger("kvs.swim")
 
@@ -290,7 +291,7 @@ class Membership:
         if self._ticks % PUSH_PULL_TICKS == 0:
             peer = self._table.random_peer((ALIVE,))
             if peer is not None:
-                self._spawn(self._exchange(peer.address))
+                self._spawn(self._push_pull(peer.address))
 
     async def _probe(self, target: Member) -> None:
         try:
@@ -347,7 +348,7 @@ class Membership:
             return False
         return ack
 
-    async def _exchange(self, address: str) -> str | None:
+    async def _push_pull(self, address: str) -> str | None:
         """Push-pull: swap full tables with the node at `address`; its id, or None on failure."""
         payload = {"from": self._me(), "members": [u.to_wire() for u in self._table.snapshot()]}
         try:
@@ -356,13 +357,13 @@ class Membership:
             )
             sender, _ = self._absorb(reply, members_key="members")
         except (TransportError, ValueError) as exc:
-            log.debug("event=exchange_failed node=%s address=%s error=%r", self.node_id, address, exc)
+            log.debug("event=push_pull_failed node=%s address=%s error=%r", self.node_id, address, exc)
             return None
         return sender.id
 
     async def _join_once(self) -> bool:
         for seed in self._rng.sample(self._seeds, len(self._seeds)):
-            sender_id = await self._exchange(seed)
+            sender_id = await self._push_pull(seed)
             if sender_id is not None and sender_id != self.node_id:
                 log.info("event=joined node=%s seed=%s via=%s members=%d",
                          self.node_id, seed, sender_id, len(self._table.members))
@@ -378,43 +379,46 @@ class Membership:
     # -- HTTP handlers -------------------------------------------------------------------
 
     async def _handle_ping(self, request: web.Request) -> web.Response:
-        try:
-            message = await _read_json(request)
+        message = await json_body(request, dict)
+        with _refused_as_bad_request():
             target = message.get("target")
             if not isinstance(target, str):
                 raise ValueError("target must be a node id")
             sender, _ = self._absorb(message)
-        except ValueError as exc:
-            return _bad_request(exc)
         # A ping meant for another id reached a node that now owns its address: not an ack.
         ack = target == self.node_id
-        return _json({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id)})
+        return json_response({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id)})
 
     async def _handle_ping_req(self, request: web.Request) -> web.Response:
-        try:
-            message = await _read_json(request)
+        message = await json_body(request, dict)
+        with _refused_as_bad_request():
             target = message.get("target")
             if not isinstance(target, dict):
                 raise ValueError("target must be {id, address}")
             target_id = check_text(target.get("id"), "target id")
             target_address = check_address(target.get("address"))
             sender, _ = self._absorb(message)
-        except ValueError as exc:
-            return _bad_request(exc)
         ack = await self._ping(target_id, target_address)
-        return _json({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id)})
+        return json_response({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id)})
 
     async def _handle_join(self, request: web.Request) -> web.Response:
-        try:
-            message = await _read_json(request)
+        message = await json_body(request, dict)
+        with _refused_as_bad_request():
             sender, _ = self._absorb(message, members_key="members")
-        except ValueError as exc:
-            return _bad_request(exc)
-        return _json({
+        return json_response({
             "from": self._me(),
             "members": [u.to_wire() for u in self._table.snapshot()],
             "updates": self._outgoing(sender.id),
         })
+
+
+@contextmanager
+def _refused_as_bad_request() -> Iterator[None]:
+    """The pure membership code says ValueError; a peer that sent it hears 400."""
+    try:
+        yield
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _parse(
@@ -432,23 +436,3 @@ def _updates(raw: Any, name: str, limit: int) -> list[Update]:
     if not isinstance(raw, list) or len(raw) > limit:
         raise ValueError(f"{name} must be a list of at most {limit} member updates")
     return [Update.from_wire(item) for item in raw]
-
-
-async def _read_json(request: web.Request) -> dict[str, Any]:
-    body = await request.read()
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"body is not JSON: {exc}") from exc
-    if not isinstance(message, dict):
-        raise ValueError("message must be a JSON object")
-    return message
-
-
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
-
-
-def _bad_request(exc: ValueError) -> web.Response:
-    return _json(BadRequest(str(exc)).body(), status=400)
-

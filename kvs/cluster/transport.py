@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from kvs import auth
 from kvs.clock import wall_ms
+from kvs.cluster import auth
 
 # Per peer, a bound on open connections: how many requests one slow peer can hold.
 CONNECTIONS_PER_HOST = 32
@@ -81,7 +81,7 @@ class HttpTransport:
         try:
             request = self._request(address, path, body)
             async with asyncio.timeout(timeout), peer.slots:
-                status, raw = await self._exchange(peer, address, request)
+                status, raw = await self._send_on_pooled(peer, address, request)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             raise TransportError(address, path, f"{type(exc).__name__}: {exc}") from exc
         if not 200 <= status < 300:
@@ -102,7 +102,7 @@ class HttpTransport:
             head += "".join(f"{name}: {value}\r\n" for name, value in signed.items())
         return (head + "\r\n").encode("latin-1") + body
 
-    async def _exchange(self, peer: _Peer, address: str, request: bytes) -> tuple[int, bytes]:
+    async def _send_on_pooled(self, peer: _Peer, address: str, request: bytes) -> tuple[int, bytes]:
         while peer.idle:
             stream = peer.idle.pop()
             try:

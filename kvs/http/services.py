@@ -5,7 +5,7 @@ the engine like any other key, so it replicates, converges, expires and keeps
 history exactly as KV data does:
 
     POST /services {"name": "web", "port": 80, "ttl": 10}
-        -> engine.put("_services/web", {"name": "web", "address": null, "port": 80,
+        -> engine.put(Op("set", "_services/web", {"name": "web", "address": null, "port": 80,
                                         "tags": [], "meta": {}, "ttl": 10}, ttl_ms=10_000)
 
     GET    /services                   live registrations, by name
@@ -28,12 +28,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kvs import conditions
-from kvs.api import RESERVED_PREFIX, check_params, flag, json_body, json_response, parse_ttl
 from kvs.conditions import NONE, Conditions
 from kvs.config import Config
-from kvs.engine import Engine
+from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, NotFound, TooLarge
+from kvs.http.kv import RESERVED_PREFIX
+from kvs.http.toolkit import (
+    check_params,
+    flag,
+    json_body,
+    json_response,
+    parse_ttl,
+    query_conditions,
+    uint,
+)
 from kvs.model import Version
 
 PREFIX = RESERVED_PREFIX
@@ -72,7 +80,7 @@ def parse_registration(body: Any) -> tuple[dict[str, Any], int | None, Condition
         raise BadRequest("meta must be an object of string values")
     ttl = body.get("ttl")
     ttl_ms = parse_ttl(ttl) if ttl is not None else None
-    cond = Conditions(cas=conditions.uint("cas", body["cas"])) if "cas" in body else NONE
+    cond = Conditions(cas=uint("cas", body["cas"])) if "cas" in body else NONE
     value = {"name": name, "address": address, "port": port, "tags": tags, "meta": meta, "ttl": ttl}
     return value, ttl_ms, cond
 
@@ -115,7 +123,7 @@ class ServiceApi:
                            f"{self.config.max_value_bytes}")
         name = value["name"]
         try:
-            version = self.engine.put(PREFIX + name, value, ttl_ms=ttl_ms, cond=cond)
+            version = await self.engine.put(Op("set", PREFIX + name, value, ttl_ms, cond=cond))
         except NotFound:
             raise NotFound(f"service {name!r} is not registered; cas={cond.cas} needs an existing "
                            "registration (cas=0 creates one)") from None
@@ -161,9 +169,9 @@ class ServiceApi:
         ttl_ms = parse_ttl(ttl)
         value = {**current.value, "ttl": ttl}
         try:
-            version = self.engine.put(
-                PREFIX + name, value, ttl_ms=ttl_ms, flags=current.flags,
-                cond=Conditions(if_version=current.version), internal=True)
+            version = await self.engine.put(
+                Op("set", PREFIX + name, value, ttl_ms, current.flags,
+                   Conditions(if_version=current.version)), internal=True)
         except NotFound:
             raise NotFound(f"service {name!r} expired or was deregistered; register it again") from None
         return json_response(_write_result(name, version))
@@ -172,9 +180,9 @@ class ServiceApi:
         query = request.query
         check_params(query, frozenset({"cas"}))
         name = validate_name(request.match_info["name"])
-        cond = conditions.from_query(dict(query))
+        cond = query_conditions(query)
         try:
-            tombstone = self.engine.delete(PREFIX + name, cond)
+            tombstone = await self.engine.delete(PREFIX + name, cond)
         except NotFound:
             raise NotFound(f"service {name!r} is not registered") from None
         return json_response({"name": name, "version": tombstone.version,

@@ -20,12 +20,10 @@ before it started (group commit).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +34,8 @@ from kvs.clock import Stamp, wall_ms
 from kvs.errors import StorageFailed
 from kvs.merkle import MerkleTree, segment_of
 from kvs.model import Version, decode_set, encode_set, set_digest
+from kvs.store.cache import SetCache
+from kvs.store.commits import Commits
 
 log = logging.getLogger("kvs.storage")
 
@@ -192,11 +192,13 @@ class Storage:
 
     # -- the one write path -------------------------------------------------------
 
-    def write(
-        self, changes: list[Change], *, now: int, purged_through: int | None = None,
+    def stage(
+        self, changes: list[Change], *, index: int, hlc: Stamp, now: int,
+        purged_through: int | None = None,
         expired: list[tuple[int, str]] = (),  # type: ignore[assignment]
     ) -> int:
-        """Stage one mutation (changes and sweeper expiries); returns its ticket.
+        """Stage one mutation (changes and sweeper expiries) with the index counter and
+        HLC stamp it reached; returns its ticket (see `settle`).
 
         Staging is all or nothing: the mutation's entries are collected first and only
         then joined to the pending batch, so a batch never holds half a mutation.
@@ -219,13 +221,15 @@ class Storage:
             self.tree.apply(segment, delta)
             self._dirty_segments.add(segment)
         self.live_keys = live
+        self.index = index
+        self.hlc = hlc
         if purged_through is not None:
             self.purged_through = purged_through
         return self.commits.stage()
 
     def flush(self) -> None:
         """Write what is staged now, instead of at the end of the event-loop round."""
-        self.commits.write()
+        self.commits.flush()
 
     def _write_pending(self) -> None:
         """Every staged mutation, with the node's counters, as one batch."""
@@ -293,14 +297,11 @@ class Storage:
             return 1
         return 0 if fresh else int(self.has(K.expiry_key(current.expires_at, current.key)))
 
-    async def settled(self) -> None:
-        """Return once everything staged so far is written, and with sync_writes fsynced.
-
-        Every answer waits for this, reads included: a client may then rely on whatever
-        the answer shows (its own write, a value another write staged, an index), since
-        no crash can take it back. With nothing staged it returns at once.
+    async def settle(self, ticket: int | None = None) -> None:
+        """Return once `ticket` (default: everything staged so far) is written, and with
+        sync_writes fsynced: then no crash can take it back. Returns at once if it is.
         """
-        await self.commits.settle()
+        await self.commits.wait(self.commits.issued if ticket is None else ticket)
 
     def close(self) -> None:
         with contextlib.suppress(StorageFailed):  # what could not be written is lost
@@ -353,166 +354,3 @@ class Storage:
         if live != self.live_keys:
             problems.append(f"live-key count {self.live_keys} but {live} live keys found")
         return problems
-
-
-class Commits:
-    """Tickets of staged mutations, and the two points a writer can wait for.
-
-        staged ──(one db.write per event-loop round)──► written ──(one WAL fsync)──► synced
-
-    Tickets are issued in staging order and a write covers every ticket staged before
-    it. An fsync that starts after ticket t was written makes t durable, so a waiter
-    needs only the first fsync that begins after its write; writers arriving during an
-    fsync share the next one (group commit).
-
-    A failed write or fsync leaves memory ahead of disk: every waiter hears it, and so
-    does every later write, until the node is restarted.
-    """
-
-    def __init__(self, write_staged: Callable[[], None], fsync: Callable[[], None], *,
-                 sync: bool = False) -> None:
-        self._write_staged = write_staged
-        self._fsync = fsync
-        self._sync_acks = sync
-        self.issued = 0
-        self.written = 0
-        self.synced = 0
-        self.writes = 0  # RocksDB writes: far fewer than tickets under concurrency
-        self.syncs = 0  # fsyncs: far fewer than tickets under concurrency
-        self.failure: StorageFailed | None = None
-        self._scheduled = False
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (ticket, until settled)
-        self._sync_task: asyncio.Task[None] | None = None
-
-    @property
-    def settled(self) -> int:
-        """Answers may show everything through this ticket: written, or synced with sync_writes."""
-        return self.synced if self._sync_acks else self.written
-
-    def check(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-    def stage(self) -> int:
-        """A new ticket; its write happens once the current event-loop round is over."""
-        self.issued += 1
-        if not self._scheduled:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no event loop (tools, checks): nothing to coalesce with
-                self.write()
-            else:
-                self._scheduled = True
-                loop.call_soon(self._write_soon)
-        return self.issued
-
-    def _write_soon(self) -> None:
-        self._scheduled = False
-        with contextlib.suppress(StorageFailed):  # logged and handed to every waiter by _fail()
-            self.write()
-
-    def write(self) -> None:
-        """Write every staged ticket now (a scan needs it, or there is no event loop)."""
-        self.check()
-        if self.written == self.issued:
-            return
-        try:
-            self._write_staged()
-        except Exception as exc:
-            raise self._fail("writing a batch to RocksDB", exc) from exc
-        self.writes += 1
-        self.written = self.issued
-        if not self._sync_acks:
-            self._release()
-        elif self._waiters and self._sync_task is None:
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync())
-
-    def _fail(self, what: str, exc: BaseException) -> StorageFailed:
-        self.failure = StorageFailed(
-            f"{what} failed ({exc}); this node's memory is now ahead of its disk, so it "
-            "refuses writes: check the disk and restart the node (unacknowledged writes are lost)")
-        log.error("event=storage_failed what=%r error=%r", what, str(exc))
-        self._release()
-        return self.failure
-
-    async def settle(self) -> None:
-        """Wait until every ticket issued so far may be acknowledged (see `settled`)."""
-        await self.wait(self.issued)
-
-    async def wait(self, ticket: int) -> None:
-        """Wait until `ticket` is settled."""
-        self.check()
-        if ticket <= self.settled:
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((ticket, future))
-        if self._sync_acks and ticket <= self.written and self._sync_task is None:
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync())
-        await future
-
-    async def _sync(self) -> None:
-        try:
-            while self.failure is None and any(ticket <= self.written for ticket, _ in self._waiters):
-                target = self.written
-                try:
-                    await asyncio.to_thread(self._fsync)
-                except Exception as exc:
-                    self._fail("fsync of the write-ahead log", exc)
-                    return
-                self.syncs += 1
-                self.synced = target
-                self._release()
-        finally:
-            self._sync_task = None
-
-    def _release(self) -> None:
-        """Wake the waiters whose tickets are settled; after a failure, all of them."""
-        still = []
-        for ticket, future in self._waiters:
-            if ticket > self.settled and self.failure is None:
-                still.append((ticket, future))
-            elif not future.done():
-                if self.failure is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(self.failure)
-        self._waiters = still
-
-
-class SetCache:
-    """LRU of decoded revision sets (and their Merkle leaf digests once known), bounded
-    by their encoded size.
-
-    Never stale: `Storage.write` is the only writer of revision sets and puts every
-    set it stages here.
-    """
-
-    def __init__(self, max_bytes: int, max_entry_bytes: int) -> None:
-        self._entries: OrderedDict[str, tuple[list[Version], int, int | None]] = OrderedDict()
-        self._bytes = 0
-        self._max_bytes = max_bytes
-        self._max_entry_bytes = max_entry_bytes
-
-    def get(self, key: str) -> list[Version] | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    def digest(self, key: str, versions: list[Version]) -> int | None:
-        """The set digest of `versions` if they are the cached set and it is known."""
-        entry = self._entries.get(key)
-        return entry[2] if entry is not None and entry[0] is versions else None
-
-    def put(self, key: str, versions: list[Version], size: int, digest: int | None) -> None:
-        """Cache the key's set; an empty or oversized one only drops the old entry."""
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old[1]
-        if not versions or size > self._max_entry_bytes:
-            return
-        self._entries[key] = (versions, size, digest)
-        self._bytes += size
-        while self._bytes > self._max_bytes:
-            self._bytes -= self._entries.popitem(last=False)[1][1]

@@ -90,9 +90,6 @@ class Timing:
         k = self.suspicion_multiplier - 2
         return 0 if n - 2 < k else max(k, 0)
 
-    def retransmit_limit(self, n: int) -> int:
-        return self.retransmit_mult * math.ceil(math.log10(max(n, 1) + 1))
-
     def detection_bound(self, n: int) -> float:
         """Worst case from a crash to the first node declaring it dead, in a cluster of n.
 
@@ -240,8 +237,12 @@ class BroadcastQueue:
         self._seq += 1
         self._items[update.id] = _Pending(update, 0, self._seq)
 
+    def retransmit_limit(self, n: int) -> int:
+        """How many messages carry one update in a cluster of n."""
+        return self._mult * math.ceil(math.log10(max(n, 1) + 1))
+
     def take(self, limit: int, n: int) -> list[Update]:
-        cap = self._mult * math.ceil(math.log10(max(n, 1) + 1))
+        cap = self.retransmit_limit(n)
         chosen = sorted(self._items.values(), key=lambda p: (p.transmits, -p.seq))[:limit]
         for pending in chosen:
             pending.transmits += 1

@@ -1,0 +1,219 @@
+"""Client KV routes: GET/PUT/DELETE /kv/{key}, and /health.
+
+Handlers validate input into engine calls and engine results into JSON (see
+kvs/http/toolkit.py for the shared rules). A write returns once the engine says
+it is settled; the route wrapper (kvs/http/server.py) then adds X-KVS-Index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from kvs.conditions import Conditions
+from kvs.config import Config
+from kvs.engine import Engine, Op
+from kvs.errors import BadRequest, TooLarge
+from kvs.http.toolkit import (
+    body_conditions,
+    check_params,
+    encoded_size,
+    flag,
+    json_body,
+    json_response,
+    parse_ttl,
+    path_key,
+    query_conditions,
+    query_duration,
+    query_uint,
+    uint,
+)
+from kvs.model import Version
+from kvs.watch import Watchers
+
+# Keys the server writes itself (the service registry): readable through /kv, and
+# watchable with blocking queries, but written only through /services.
+RESERVED_PREFIX = "_services/"
+DEFAULT_WAIT_SECONDS = 300
+PUT_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})
+GET_PARAMS = frozenset({"raw", "version", "history", "recurse", "keys", "separator", "limit",
+                        "after", "index", "wait"})
+DELETE_PARAMS = frozenset({"recurse", *Conditions.FIELDS})
+
+
+class KVApi:
+    def __init__(self, config: Config, engine: Engine, watchers: Watchers) -> None:
+        self.config = config
+        self.engine = engine
+        self.watchers = watchers
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/health", self.health),
+            # [\s\S]: `.` would not match a decoded %0A, and the key would 404 instead of 400.
+            web.get(r"/kv/{key:[\s\S]*}", self.get),
+            web.put(r"/kv/{key:[\s\S]*}", self.put),
+            web.delete(r"/kv/{key:[\s\S]*}", self.delete),
+        ]
+
+    async def health(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok", "node": self.engine.node_id})
+
+    # -- GET -----------------------------------------------------------------------------
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        if not request.query_string:  # the common read: the current version, no options
+            body = self.engine.get(path_key(request)).json_bytes()
+            return web.Response(body=body, content_type="application/json")
+        query = request.query
+        check_params(query, GET_PARAMS)
+        # Every flag is parsed, also those this mode ignores: a malformed one is a 400.
+        flags = {name: flag(query, name) for name in ("raw", "history", "recurse", "keys")}
+        listing = flags["recurse"] or flags["keys"]
+        if not listing:
+            misplaced = sorted({"separator", "limit", "after"} & set(query))
+            if misplaced:
+                goes_with = "keys=true" if misplaced[0] == "separator" else "recurse=true or keys=true"
+                raise BadRequest(f"{misplaced[0]} goes with {goes_with}")
+        key = path_key(request, prefix=listing)
+        wait = query_duration(query, "wait", DEFAULT_WAIT_SECONDS)
+        if "index" in query:
+            await self._block(key, listing, query_uint(query, "index"), wait)
+        if listing:
+            return json_response(self._list(key, query))
+        if flags["history"]:
+            revisions = [v.to_json() for v in self.engine.history(key)]
+            return json_response({"key": key, "revisions": revisions})
+        if "version" in query:
+            found = self.engine.get_version(key, query["version"])
+            return json_response(found.to_json())
+        current = self.engine.get(key)
+        if flags["raw"]:
+            return self._raw(current)
+        return json_response(current.to_json())
+
+    def _raw(self, current: Version) -> web.Response:
+        if isinstance(current.value, str):
+            return web.Response(text=current.value)
+        return json_response(current.value)
+
+    def _list(self, prefix: str, query: Any) -> dict[str, Any]:
+        # Any limit is fine (a huge one lists everything), as long as it is a number.
+        limit = query_uint(query, "limit", maximum=10**20) if "limit" in query else None
+        if limit is not None and limit <= 0:
+            raise BadRequest("limit must be > 0")
+        after = query.get("after")
+        separator = query.get("separator")
+        if separator is not None and (not separator or not flag(query, "keys")):
+            raise BadRequest("separator must be non-empty and goes with keys=true")
+        names_only = flag(query, "keys")
+        items: list[Any] = []
+        last_group: str | None = None
+        more = False
+        for version in self.engine.live(prefix, after):
+            name = version.key
+            if separator:
+                cut = name.find(separator, len(prefix))
+                name = name[: cut + len(separator)] if cut >= 0 else name
+                if name == last_group or (after is not None and name <= after):
+                    continue
+                last_group = name
+            if limit is not None and len(items) == limit:
+                more = True
+                break
+            items.append(name if names_only else version.to_json())
+        next_after = None
+        if more and items:
+            next_after = items[-1] if names_only else items[-1]["key"]
+        field = "keys" if names_only else "items"
+        return {"prefix": prefix, field: items, "next": next_after}
+
+    async def _block(self, key: str, prefix: bool, index: int, wait: float) -> None:
+        """Hold the request until the key's (or prefix's) modify index exceeds `index`.
+
+        One watch stays registered for the whole wait (see kvs/watch.py); a wake-up
+        reads only the keys that changed. The prefix scan runs at most once, and not at
+        all when `index` is this node's own counter (the usual X-KVS-Index round trip).
+        A TTL expiry of a watched key also ends the wait: what a read returns changed.
+        """
+        with self.watchers.watch(key, prefix=prefix) as watch:
+            if index < self.engine.index and self.engine.modify_index(key, prefix=prefix) > index:
+                return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while (remaining := deadline - loop.time()) > 0:
+                news = await watch.next(remaining)
+                if news is None:
+                    return
+                changed, expired = news
+                if expired or any(self.engine.modify_index(k) > index for k in changed):
+                    return
+
+    # -- PUT / DELETE --------------------------------------------------------------------
+
+    async def put(self, request: web.Request) -> web.Response:
+        if request.query_string:  # request.query is parsed on first use: only when there is one
+            check_params(request.query, frozenset())
+        key = path_key(request)
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object like {\"value\": ...}")
+        writable(key)
+        version = await self.engine.put(parse_op(body, "set", key, PUT_FIELDS, self.config))
+        return json_response(write_result(version))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        query = request.query
+        check_params(query, DELETE_PARAMS)
+        if flag(query, "recurse"):
+            prefix = path_key(request, prefix=True)
+            if set(query) - {"recurse"}:
+                raise BadRequest("conditions do not combine with recurse=true")
+            writable(prefix)  # a prefix covering the reserved one skips it instead
+            tombstones = await self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
+            return json_response({"prefix": prefix, "deleted": [t.key for t in tombstones],
+                                  "modify_index": self.engine.index})
+        key = path_key(request)
+        writable(key)
+        tombstone = await self.engine.delete(key, query_conditions(query))
+        return json_response({"key": key, "version": tombstone.version,
+                              "modify_index": tombstone.modify_index})
+
+
+def parse_op(body: dict[str, Any], kind: str, key: str, allowed: frozenset[str],
+             config: Config) -> Op:
+    """A PUT body or a txn op (already a dict) -> a validated Op."""
+    if not allowed.issuperset(body):
+        unknown = sorted(set(body) - allowed)
+        raise BadRequest(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    if kind == "set" and "value" not in body:
+        raise BadRequest("missing field 'value'")
+    flags = uint("flags", body["flags"]) if "flags" in body else 0
+    ttl_ms = parse_ttl(body["ttl"]) if "ttl" in body else None
+    return Op(kind, key, checked_value(body.get("value"), config), ttl_ms, flags,
+              body_conditions(body))
+
+
+def checked_value(value: Any, config: Config) -> Any:
+    size = encoded_size("value", value)
+    if size > config.max_value_bytes:
+        raise TooLarge(f"value is {size} bytes encoded; max_value_bytes is {config.max_value_bytes}")
+    return value
+
+
+def writable(key: str) -> None:
+    if key.startswith(RESERVED_PREFIX):
+        raise BadRequest(f"keys under {RESERVED_PREFIX!r} are the service registry's; "
+                         "write them through /services")
+
+
+def write_result(v: Version) -> dict[str, Any]:
+    return {"key": v.key, "version": v.version, "timestamp": v.timestamp,
+            "modify_index": v.modify_index, "create_index": v.create_index,
+            "expires_at": v.expires_at}
+
+
+def delete_result(v: Version) -> dict[str, Any]:
+    return {"key": v.key, "version": v.version, "modify_index": v.modify_index}

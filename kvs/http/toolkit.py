@@ -1,0 +1,239 @@
+"""What every route shares: reading bodies, parsing parameters, JSON answers, errors.
+
+Handlers only translate: they turn a request into typed values (raising BadRequest,
+400, for anything malformed) and an engine result into JSON. Every expected failure
+is a KVSError that `render_error` turns into {"error", "message"} with its status;
+anything else is a bug, logged with its traceback and answered as a JSON 500 (tests
+assert none). The same rules hold for client routes and for the /internal/ routes
+peers call: a peer's bad input is a 400, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import orjson
+from aiohttp import web
+
+from kvs.conditions import MISSING, NONE, Conditions
+from kvs.errors import BadRequest, KVSError
+from kvs.keys import validate_key
+
+log = logging.getLogger("kvs.http")
+
+MAX_U64 = 2**64 - 1
+MAX_TTL_SECONDS = 10 * 365 * 86_400
+MAX_WAIT_SECONDS = 600
+# orjson encodes at most 254 levels of arrays/objects, and kvs wraps a value a few levels
+# deeper (stored revision set, history, listing, txn results, replication batches).
+MAX_VALUE_DEPTH = 128
+_HEADROOM = 254 - MAX_VALUE_DEPTH
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
+_LONG_DIGITS = re.compile(rb"\d{20}")
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+               405: "method_not_allowed", 413: "too_large"}
+
+
+# -- answers -------------------------------------------------------------------------------
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": code, "message": message, **extra}, status)
+
+
+def render_error(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer for an exception out of a handler: {"error", "message"} and its status.
+
+    A KVSError is expected; an HTTPException (404, 405, 413 from aiohttp) keeps its status;
+    anything else is a bug, logged with its traceback. A non-error HTTPException (a
+    redirect) is re-raised for aiohttp to send.
+    """
+    if isinstance(exc, KVSError):
+        return json_response(exc.body(), exc.status)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        if exc.status == 413:
+            return error_response(413, code, "request body is larger than this node accepts "
+                                  "(max_value_bytes plus envelope)")
+        response = error_response(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:  # RFC 9110: a 405 lists the methods the resource has
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    log.error("event=internal_error method=%s path=%s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal", "internal error; see the node's log")
+
+
+# -- bodies --------------------------------------------------------------------------------
+
+async def json_body(request: web.Request, kind: type = object) -> Any:
+    """The request body as JSON of the given kind (dict, list; object: any JSON value)."""
+    raw = await request.read()
+    if not raw:
+        raise BadRequest("request body is empty; expected JSON")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON (UTF-8): {exc}") from None
+    if _LONG_DIGITS.search(raw):
+        # orjson turns integers beyond 64 bits into floats, silently dropping digits.
+        # Only bodies with a 20+ digit run pay for the stdlib parse that can tell.
+        json.loads(raw, parse_int=_int64)
+    if not isinstance(body, kind):
+        raise BadRequest(f"body must be a JSON {_KIND_NAMES.get(kind, kind.__name__)}")
+    return body
+
+
+_KIND_NAMES: dict[type, str] = {dict: "object", list: "array"}
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value <= MAX_U64:
+        raise BadRequest(f"integer {text[:30]}... does not fit in 64 bits; send it as a string "
+                         "to keep every digit")
+    return value
+
+
+def uint(name: str, raw: Any, maximum: int = MAX_U64) -> int:
+    """A JSON integer from 0 to `maximum` (booleans are not integers here)."""
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= maximum:
+        raise BadRequest(f"{name} must be an integer from 0 to {maximum}, got {raw!r}")
+    return raw
+
+
+def check_depth(name: str, value: Any) -> Any:
+    """Reject JSON nesting more than MAX_VALUE_DEPTH arrays/objects deep ([] is 1 level).
+
+    The test is the property kvs needs: the value must still encode when wrapped
+    _HEADROOM levels deeper. orjson does the walk (in C; a Python walk of a 1 MiB
+    value costs ~100 ms of event loop).
+    """
+    encoded_size(name, value)
+    return value
+
+
+def encoded_size(name: str, value: Any) -> int:
+    """Bytes of the value's JSON encoding, after check_depth's test: one orjson pass for both."""
+    if not isinstance(value, dict | list):
+        return len(orjson.dumps(value))
+    wrapped = value
+    for _ in range(_HEADROOM):
+        wrapped = [wrapped]
+    try:
+        return len(orjson.dumps(wrapped)) - 2 * _HEADROOM  # each wrapper adds "[" and "]"
+    except orjson.JSONEncodeError:
+        raise BadRequest(f"{name} nests deeper than {MAX_VALUE_DEPTH} levels of arrays/objects") from None
+
+
+def parse_ttl(raw: Any) -> int:
+    """TTL in seconds (number > 0, at most ten years) -> milliseconds. null is a wrong type."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise BadRequest(f"ttl must be a number of seconds, got {raw!r}")
+    if not 0 < raw <= MAX_TTL_SECONDS:
+        raise BadRequest(f"ttl must be > 0 and at most {MAX_TTL_SECONDS} seconds, got {raw!r}")
+    return max(1, round(raw * 1000))
+
+
+def body_conditions(body: dict[str, Any]) -> Conditions:
+    """Conditions from a JSON body (PUT, txn op); absent fields impose nothing."""
+    if Conditions.FIELDS.isdisjoint(body):
+        return NONE
+    return Conditions(
+        cas=uint("cas", body["cas"]) if "cas" in body else None,
+        if_version=_uuid(body["if_version"]) if "if_version" in body else None,
+        if_timestamp=uint("if_timestamp", body["if_timestamp"]) if "if_timestamp" in body else None,
+        if_value=check_depth("if_value", body["if_value"]) if "if_value" in body else MISSING,
+    )
+
+
+def _uuid(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise BadRequest(f"if_version must be a UUID string, got {raw!r}")
+    try:
+        uuid.UUID(raw)
+    except ValueError:
+        raise BadRequest(f"if_version {raw!r} is not a UUID") from None
+    return raw
+
+
+# -- query parameters ----------------------------------------------------------------------
+
+def check_params(query: Any, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def flag(query: Any, name: str) -> bool:
+    raw = query.get(name)
+    if raw is None:
+        return False
+    if raw in ("", "true", "1"):
+        return True
+    if raw in ("false", "0"):
+        return False
+    raise BadRequest(f"{name} must be true or false, got {raw!r}")
+
+
+def query_uint(query: Any, name: str, maximum: int = MAX_U64) -> int:
+    """A non-negative integer parameter (at most `maximum`), in plain decimal digits."""
+    raw = query[name]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 20:
+        raise BadRequest(f"{name} must be a non-negative integer, got {raw!r}")
+    return uint(name, int(raw), maximum)
+
+
+def query_duration(query: Any, name: str, default_seconds: float) -> float:
+    """A duration like 30s, 500ms or 5m (at most MAX_WAIT_SECONDS) -> seconds."""
+    raw = query.get(name)
+    if raw is None:
+        return default_seconds
+    match = _DURATION.match(raw)
+    if not match:
+        raise BadRequest(f"{name} must look like 30s, 500ms or 5m, got {raw!r}")
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    seconds = number * {"ms": 0.001, "s": 1, "m": 60}[unit]
+    if seconds > MAX_WAIT_SECONDS:
+        raise BadRequest(f"{name} is at most {MAX_WAIT_SECONDS // 60}m")
+    return seconds
+
+
+def query_conditions(query: Any) -> Conditions:
+    """Conditions from query parameters (DELETE); if_value is JSON text."""
+    if_value: Any = MISSING
+    if "if_value" in query:
+        try:
+            if_value = orjson.loads(query["if_value"])
+        except orjson.JSONDecodeError:
+            raise BadRequest("if_value must be JSON (quote strings: if_value=\"text\")") from None
+        check_depth("if_value", if_value)
+    return Conditions(
+        cas=query_uint(query, "cas") if "cas" in query else None,
+        if_version=_uuid(query["if_version"]) if "if_version" in query else None,
+        if_timestamp=query_uint(query, "if_timestamp") if "if_timestamp" in query else None,
+        if_value=if_value,
+    )
+
+
+def path_key(request: web.Request, *, prefix: bool = False) -> str:
+    """The key from the raw path after its first segment (/kv/<key>), percent-decoded
+    strictly: %FF is not a key, it is an error."""
+    key = request.rel_url.raw_path.split("/", 2)[2]
+    if "%" in key:  # without a percent sign, decoding would change nothing
+        try:
+            key = unquote_to_bytes(key).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("key is not valid UTF-8 once percent-decoded") from None
+    return validate_key(key, prefix=prefix)
