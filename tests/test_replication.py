@@ -240,3 +240,18 @@ async def test_graceful_leave_through_the_api(make_node: NodeFactory, http) -> N
                          what="peers to see the node as left")
     members = (await Api(http, nodes[0].url).request("GET", "/cluster/members")).body
     assert {m["id"]: m["state"] for m in members}[leaver_id] == "left"
+
+
+async def test_a_refused_transaction_replicates_nothing(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]
+    """Its first op was applied to the transaction's overlay before the second failed: that
+    version was never stored, so no peer may receive it (it once was pushed anyway)."""
+    nodes = await start_cluster(make_node, 2, cas_enabled=True)
+    a, b = (Api(http, n.url) for n in nodes)
+    refused = await a.txn([{"op": "set", "key": "phantom", "value": 1},
+                           {"op": "check", "key": "absent", "if_value": 1}])
+    assert refused.status == 409
+    after = await a.put("after", {"value": 2})  # pushed behind anything queued before it
+    await _visible_everywhere(http, nodes, "after", lambda r: r.status == 200
+                              and r.body["version"] == after.body["version"])
+    for api in (a, b):
+        assert (await api.get("phantom", history="true")).status == 404
