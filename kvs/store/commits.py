@@ -92,10 +92,6 @@ class Commits:
         self._release()
         return self.failure
 
-    async def settle(self) -> None:
-        """Wait until every ticket issued so far may be acknowledged (see `settled_through`)."""
-        await self.wait(self.issued)
-
     async def wait(self, ticket: int) -> None:
         """Wait until `ticket` is settled."""
         self.check()
