@@ -164,15 +164,21 @@ def test_unreachable_node_exits_6(cas_node: KvsProcess) -> None:
 
 BAD_CONFIGS = [
     pytest.param({"yaml": "port: 0\nbogus_key: 1\n"}, "bogus_key", id="unknown-yaml-key"),
-    pytest.param({"yaml": "port: 0\ncas_enabled: maybe\n"}, "cas_enabled", id="bad-yaml-value"),
+    pytest.param({"yaml": "port: 0\ncas_enabled: maybe\n"},
+                 "kvs.yaml, key 'cas_enabled': expected true or false", id="bad-yaml-value"),
     pytest.param({"yaml": "port: 0\nrevision_history_limit: 0\n"}, "revision_history_limit",
                  id="non-positive"),
     pytest.param({"yaml": "port: 0\nseed_nodes: [\n"}, "line 3", id="broken-yaml"),
-    pytest.param({"env": {"KVS_PORT": "abc"}}, "port", id="env-port-abc"),
-    pytest.param({"env": {"KVS_PORT": "0", "KVS_COMPRESSION": "gzip"}}, "compression",
+    pytest.param({"env": {"KVS_PORT": "abc"}}, "environment variable KVS_PORT: expected an integer",
+                 id="env-port-abc"),
+    pytest.param({"env": {"KVS_PORT": "0", "KVS_COMPRESSION": "gzip"}}, "KVS_COMPRESSION",
                  id="env-compression"),
-    pytest.param({"env": {"KVS_PORT": "0", "KVS_NO_SUCH_SETTING": "1"}}, "no_such_setting",
+    pytest.param({"env": {"KVS_PORT": "0", "KVS_NO_SUCH_SETTING": "1"}}, "KVS_NO_SUCH_SETTING",
                  id="unknown-env-key"),
+    pytest.param({"env": {"KVS_PORT": "0", "KVS_CAS_ENABLE": "true"}}, "did you mean KVS_CAS_ENABLED?",
+                 id="misspelt-env-key"),
+    pytest.param({"yaml": "port: 0\ncas_enable: true\n"}, "key 'cas_enable': unknown setting (did you "
+                 "mean 'cas_enabled'?)", id="misspelt-yaml-key"),
 ]
 
 
