@@ -1,8 +1,16 @@
 """The `kvs` command: run a node, run a local cluster, or talk to a node over HTTP.
 
-Exit codes (for scripts): 0 ok, 1 error, 2 usage, 3 not found, 4 CAS conflict (`kvs lock`:
-the lock stayed taken until --timeout), 5 CAS disabled on the node, 6 no node reachable,
-7 `kvs lock`: the lock was lost while the command ran (the command was stopped).
+Exit codes (for scripts):
+  0  ok
+  1  error: the node refused the request (e.g. 400, 413), or a local I/O error
+  2  usage: bad arguments, an invalid KEY or VALUE, a bad configuration
+  3  not found
+  4  CAS conflict: a condition did not hold (`kvs lock`: the lock stayed taken
+     until --timeout)
+  5  CAS disabled on the node (cas_enabled: false); nothing was written
+  6  no node reachable
+  7  `kvs lock`: the lock was lost while the command ran (the command was stopped);
+     otherwise `kvs lock` exits with the command's own status
 """
 
 from __future__ import annotations
@@ -10,18 +18,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import importlib.metadata
 import json
 import logging
+import math
 import os
+import re
 import signal
 import sys
+import textwrap
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from kvs import config as configuration
 from kvs.client import DEFAULT_NODE, Client, Unavailable, Version, WatchEvent, as_json
-from kvs.errors import CASConflict, CASDisabled, ConfigError, KVSError, NotFound
+from kvs.conditions import MAX_U64
+from kvs.errors import BadRequest, CASConflict, CASDisabled, ConfigError, KVSError, NotFound
+from kvs.keys import validate_key
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DISABLED, EXIT_UNAVAILABLE = 1, 2, 3, 4, 5, 6
 EXIT_LOCK_LOST = 7
@@ -29,6 +45,11 @@ _EXIT_FOR: list[tuple[type[KVSError], int]] = [
     (NotFound, EXIT_NOT_FOUND), (CASConflict, EXIT_CONFLICT), (CASDisabled, EXIT_DISABLED),
     (Unavailable, EXIT_UNAVAILABLE),
 ]
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be right: exit 2, nothing sent."""
 
 
 def setup_logging(level: str) -> None:
@@ -41,11 +62,22 @@ def setup_logging(level: str) -> None:
 
 # -- serve ----------------------------------------------------------------------------------
 
+# setting -> (flag, what it sets, the built-in default in words where the value says little)
+SERVE_FLAGS: dict[str, tuple[str, str, str | None]] = {
+    "port": ("--port", "port to listen on; 0 picks a free one", None),
+    "bind_address": ("--bind", "address to listen on", None),
+    "data_dir": ("--data-dir", "directory for the RocksDB files and the node id", None),
+    "node_id": ("--node-id", "the node's id; must match the id stored in the data dir",
+                "generated on first start and kept in the data dir"),
+    "seed_nodes": ("--seed", "HOST:PORT of a node to join through (repeat the flag for several)",
+                   "none: start a new cluster"),
+}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    overrides = {"port": args.port, "data_dir": args.data_dir, "bind_address": args.bind,
-                 "node_id": args.node_id, "seed_nodes": args.seed or None}
-    config = configuration.load(args.config, overrides={k: v for k, v in overrides.items()
-                                                        if v is not None})
+    overrides = {key: getattr(args, key) for key in SERVE_FLAGS if getattr(args, key) is not None}
+    config = configuration.load(args.config, overrides=overrides,
+                                flag_names={key: flag for key, (flag, _, _) in SERVE_FLAGS.items()})
     setup_logging(config.log_level)
     try:
         import uvloop
@@ -85,13 +117,40 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 
 # -- client commands ------------------------------------------------------------------------
 
-def _value(text: str, as_string: bool) -> Any:
-    if as_string:
+VALUE_RULE = """\
+How VALUE is read:
+  A VALUE that looks like JSON is parsed as JSON. It looks like JSON when it
+  starts with {, [ or ", or with a digit (or -, + or . and a digit), or when it
+  is true, false, null, NaN or Infinity in any letter case. It must then be
+  valid JSON (lowercase true/false/null, no NaN or Infinity); if it is not, kvs
+  writes nothing and exits 2 instead of storing the text, and --string stores
+  the text as a string. Any other VALUE (hello, hello world, v1.2, none) is
+  stored as a JSON string.
+
+    42            -> 42              hello             -> "hello"
+    '{"a": [1]}'  -> {"a": [1]}       42 --string       -> "42"
+    '"42"'        -> "42"             '{"a": tru}'       -> refused (exit 2)
+    true          -> true            True, 1.2.3, 10s  -> refused (exit 2)
+"""
+# Anchored at the start; the bare words must be the whole (stripped) VALUE.
+_LOOKS_LIKE_JSON = re.compile(r'''\s*(?:[{\["]|[-+]?\.?\d|(?i:true|false|null|[-+]?(?:nan|infinity))\s*\Z)''')
+
+
+def parse_value(text: str, *, what: str, hint: str) -> Any:
+    """VALUE by VALUE_RULE: a typo in JSON is refused rather than silently stored as text."""
+    if not _LOOKS_LIKE_JSON.match(text):
         return text
     try:
-        return json.loads(text)
-    except ValueError:
-        return text
+        return json.loads(text, parse_constant=_not_json)
+    except ValueError as exc:
+        word = text.strip()
+        reason = f"JSON writes it {word.lower()}" if word.lower() in ("true", "false", "null") else exc
+        raise UsageError(f"{what} {text!r} looks like JSON but is not valid JSON ({reason}); "
+                         f"{hint}") from None
+
+
+def _not_json(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _conditions(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,7 +162,9 @@ def _conditions(args: argparse.Namespace) -> dict[str, Any]:
     if args.if_timestamp is not None:
         out["if_timestamp"] = args.if_timestamp
     if args.if_value is not None:
-        out["if_value"] = _value(args.if_value, False)
+        out["if_value"] = parse_value(args.if_value, what="--if-value",
+                                      hint="""write a string that looks like JSON as a JSON string, """
+                                           """e.g. --if-value '"1.2.3"'""")
     return out
 
 
@@ -125,23 +186,29 @@ def cmd_get(c: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_put(c: Client, args: argparse.Namespace) -> Any:
-    return c.put(args.key, _value(args.value, args.string), **_put_options(args))
+    value = args.value if args.string else parse_value(
+        args.value, what="VALUE", hint="give --string to store it as a string")
+    return c.put(args.key, value, **_put_options(args))
 
 
 def cmd_cas(c: Client, args: argparse.Namespace) -> Any:
     if not _conditions(args):
-        print("kvs cas: give at least one of --cas, --if-version, --if-timestamp, --if-value",
-              file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+        raise UsageError("give at least one of --cas, --if-version, --if-timestamp, --if-value")
     return cmd_put(c, args)
+
+
+def _require_key(key: str, prefix_flag: str) -> None:
+    """KEY may be empty (the whole keyspace) only together with the flag that makes it a prefix."""
+    if not key:
+        raise UsageError(f"KEY must not be empty (an empty prefix with {prefix_flag} means every key)")
 
 
 def cmd_delete(c: Client, args: argparse.Namespace) -> Any:
     if args.recurse:
         if _conditions(args):
-            print("kvs delete: conditions do not combine with --recurse", file=sys.stderr)
-            raise SystemExit(EXIT_USAGE)
+            raise UsageError("conditions do not combine with --recurse")
         return c.delete_prefix(args.key)
+    _require_key(args.key, "--recurse")
     return c.delete(args.key, **_conditions(args))
 
 
@@ -215,6 +282,8 @@ def _describe(version: Version) -> str:
 
 def cmd_watch(c: Client, args: argparse.Namespace) -> Any:
     """Print the current state, then each change, until Ctrl-C (or --count events)."""
+    if not args.prefix:
+        _require_key(args.key, "--prefix")
     previous: dict[str, Version] = {}
     events = c.watch(args.key, prefix=args.prefix, index=args.index, wait=args.wait)
     for seen, event in enumerate(events, 1):
@@ -256,43 +325,46 @@ def _print_change(event: WatchEvent, previous: dict[str, Version], *, first: boo
     sys.stdout.flush()
 
 
-SERVICE_ACTIONS = ("list", "get", "register", "renew", "deregister")
+def cmd_services_list(c: Client, args: argparse.Namespace) -> Any:
+    services = c.list_services()
+    if args.json:
+        return services
+    if not services:
+        print("no services registered")
+        return None
+    _table([("NAME", "ADDRESS", "PORT", "TAGS", "TTL")]
+           + [(s.name, s.address or "-", s.port or "-", ",".join(s.tags) or "-",
+               f"{s.ttl:g}s" if s.ttl else "-") for s in services])
+    return None
 
 
-def cmd_services(c: Client, args: argparse.Namespace) -> Any:
-    if args.action != "list" and not args.name:
-        print(f"kvs services {args.action}: give the service NAME", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-    if args.action == "list":
-        services = c.list_services()
-        if args.json:
-            return services
-        if not services:
-            print("no services registered")
-            return None
-        _table([("NAME", "ADDRESS", "PORT", "TAGS", "TTL")]
-               + [(s.name, s.address or "-", s.port or "-", ",".join(s.tags) or "-",
-                   f"{s.ttl:g}s" if s.ttl else "-") for s in services])
-        return None
-    if args.action == "get":
-        service = c.get_service(args.name, metadata=True)
-        if args.json:
-            return service
-        _table([("name", service.name), ("address", service.address or "-"),
-                ("port", service.port or "-"), ("tags", ",".join(service.tags) or "-"),
-                ("meta", _short_json(service.meta)), ("ttl", f"{service.ttl:g}s" if service.ttl else "-"),
-                ("expires", _when(service.expires_at)), ("modify_index", service.modify_index),
-                ("create_index", service.create_index)])
-        return None
-    if args.action == "register":
-        meta = dict(item.partition("=")[::2] for item in args.meta or [])
-        result: Any = c.register_service(args.name, address=args.address, port=args.port,
-                                         tags=args.tag, meta=meta or None, ttl=args.ttl, cas=args.cas)
-        verb = "registered"
-    elif args.action == "renew":
-        result, verb = c.renew_service(args.name, ttl=args.ttl), "renewed"
-    else:
-        result, verb = c.deregister_service(args.name, cas=args.cas), "deregistered"
+def cmd_services_get(c: Client, args: argparse.Namespace) -> Any:
+    service = c.get_service(args.name, metadata=True)
+    if args.json:
+        return service
+    _table([("name", service.name), ("address", service.address or "-"),
+            ("port", service.port or "-"), ("tags", ",".join(service.tags) or "-"),
+            ("meta", _short_json(service.meta)), ("ttl", f"{service.ttl:g}s" if service.ttl else "-"),
+            ("expires", _when(service.expires_at)), ("modify_index", service.modify_index),
+            ("create_index", service.create_index)])
+    return None
+
+
+def cmd_services_register(c: Client, args: argparse.Namespace) -> Any:
+    result = c.register_service(args.name, address=args.address, port=args.port, tags=args.tag,
+                                meta=dict(args.meta) if args.meta else None, ttl=args.ttl, cas=args.cas)
+    return _changed("registered", args, result)
+
+
+def cmd_services_renew(c: Client, args: argparse.Namespace) -> Any:
+    return _changed("renewed", args, c.renew_service(args.name, ttl=args.ttl))
+
+
+def cmd_services_deregister(c: Client, args: argparse.Namespace) -> Any:
+    return _changed("deregistered", args, c.deregister_service(args.name, cas=args.cas))
+
+
+def _changed(verb: str, args: argparse.Namespace, result: Any) -> Any:
     if args.json:
         return result
     expires = getattr(result, "expires_at", None)
@@ -310,21 +382,20 @@ def cmd_lock(args: argparse.Namespace) -> int:
                       ).parse_args(rest[:cut], namespace=args)
         rest = rest[cut + 1:]
     if not rest or rest[0].startswith("-"):
-        print("kvs lock: give the command to run after --, e.g. kvs lock KEY --ttl 10 -- make deploy",
-              file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("give the command to run after --, e.g. kvs lock KEY --ttl 10 -- make deploy")
     args.node = args.lock_node or [DEFAULT_NODE]
     return asyncio.run(_locked(args, rest))
 
 
 def _lock_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--ttl", type=float,
-                   help="lease seconds: how long others wait if this process dies (default 15)")
-    p.add_argument("--timeout", type=float, help="give up waiting for the lock after S seconds")
-    p.add_argument("--grace", type=float,
-                   help="seconds between SIGTERM and SIGKILL when the lock is lost (default 10)")
+    p.add_argument("--ttl", type=_seconds,
+                   help="lease seconds: how long others wait if this process dies (default: 15)")
+    p.add_argument("--timeout", type=_seconds_or_zero,
+                   help="give up waiting for the lock after S seconds (default: wait for ever)")
+    p.add_argument("--grace", type=_seconds_or_zero,
+                   help="seconds between SIGTERM and SIGKILL when the lock is lost (default: 10)")
     p.add_argument("--node", action="append", dest="lock_node", metavar="URL",
-                   help=f"node URL (repeat for failover); default {DEFAULT_NODE}")
+                   help=f"node URL (repeat for failover) (default: {DEFAULT_NODE})")
     return p
 
 
@@ -398,116 +469,332 @@ def _run_client(handler: Callable[[Client, argparse.Namespace], Any], args: argp
 
 # -- argument parsing -----------------------------------------------------------------------
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions keep their line breaks (tables, examples) and only long lines are wrapped;
+    an option's help ends with "(default: X)", unless it already says its default in words
+    or there is no value to show (None, a flag that is off).
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            textwrap.fill(line, width, initial_indent=indent,
+                          subsequent_indent=indent + " " * (len(line) - len(line.lstrip())))
+            if line.strip() else "" for line in text.splitlines())
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _command(sub: Any, name: str, help_text: str, description: str | None = None,
+             **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=description or help_text[:1].upper() + help_text[1:] + ".",
+        formatter_class=_HelpFormatter, **kwargs)
+    parser.set_defaults(prog=parser.prog)  # for messages: `kvs lock` has its own `command`
+    return parser
+
+
+def _argument(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a check that raises BadRequest: refused locally with exit 2."""
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except BadRequest as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+    return parse
+
+
+_key = _argument(validate_key)
+_key_or_prefix = _argument(functools.partial(validate_key, prefix=True))
+KEY_HELP = "1 to 512 bytes of UTF-8 without control characters"
+
+
+def _add_key(p: argparse.ArgumentParser, prefix_flag: str | None = None) -> None:
+    """KEY as the node would check it; with `prefix_flag` it may be empty (every key)."""
+    if prefix_flag is None:
+        p.add_argument("key", type=_key, metavar="KEY", help=KEY_HELP)
+    else:
+        p.add_argument("key", type=_key_or_prefix, metavar="KEY",
+                       help=f"{KEY_HELP}; empty only with {prefix_flag} (every key)")
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {value}")
+        return value
+    return parse
+
+
+def _duration(*, zero: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"expected seconds {'>=' if zero else '>'} 0, got {text!r}")
+        return value
+    return parse
+
+
+_seconds, _seconds_or_zero = _duration(zero=False), _duration(zero=True)
+
+
+def _uuid(text: str) -> str:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a version UUID, got {text!r}") from None
+    return text
+
+
+def _meta_item(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _add_conditions(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cas", type=int, help="modify_index the key must have (0: must be absent)")
-    p.add_argument("--if-version", help="UUID the current version must have")
-    p.add_argument("--if-timestamp", type=int, help="timestamp the current version must have")
-    p.add_argument("--if-value", help="JSON the current value must equal")
+    p.add_argument("--cas", type=_int_in(0), metavar="N",
+                   help="0: the key must be absent (create only); N: its modify_index must be N")
+    p.add_argument("--if-version", type=_uuid, metavar="UUID", help="its current version must be UUID")
+    p.add_argument("--if-timestamp", type=_int_in(0), metavar="MS",
+                   help="its current version's timestamp (ms since the epoch) must be MS")
+    p.add_argument("--if-value", metavar="JSON",
+                   help="its current value must equal JSON (read like VALUE, without --string)")
+
+
+PUT_DESCRIPTION = f"""\
+Write VALUE to KEY as a new version. The conditions of `kvs cas` are accepted too.
+
+{VALUE_RULE}"""
+
+CAS_DESCRIPTION = f"""\
+Write VALUE to KEY only if every condition given holds; otherwise nothing is written.
+Give at least one condition; each is checked against KEY's current version on the
+node that answers:
+
+  --cas 0             create only: KEY must be absent (never written, deleted or expired)
+  --cas N             KEY's modify_index (printed by put, get, cas) must be N
+  --if-version UUID   KEY's current version id must be UUID
+  --if-timestamp MS   KEY's current version must have timestamp MS
+  --if-value JSON     KEY's current value must equal JSON (read like VALUE)
+
+With several conditions all must hold. The node needs cas_enabled: true.
+
+Exit codes: 0 written; 4 conflict: a condition did not hold (the current version is
+printed on stderr); 3 KEY is absent and a condition other than --cas 0 was given;
+5 CAS is disabled on the node (nothing written); 2 no condition, or bad arguments.
+
+{VALUE_RULE}"""
+
+SERVE_DESCRIPTION = """\
+Run one node until Ctrl-C or SIGTERM (or a graceful leave through the API).
+
+Settings come from built-in defaults < the --config file < KVS_<KEY> environment
+variables (e.g. KVS_PORT=9000) < these flags, so each flag's default is the setting
+from the file or the environment, else the built-in value shown. A bad or unknown
+setting stops the node before it touches its data dir (exit 2)."""
+
+CLUSTER_UP_DESCRIPTION = """\
+Start N nodes on loopback and print their output; Ctrl-C stops them all.
+Node i is named node-i, listens on BASE_PORT + i, keeps its data in DIR/node-i and
+joins through node-0. cas_enabled is on unless KVS_CAS_ENABLED says otherwise."""
+
+SERVICES_DESCRIPTION = """\
+The service registry: each registration is a KV version, so it replicates and expires
+like a key. ACTION defaults to list; `kvs services ACTION --help` describes each one."""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("kvs")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+        from kvs import __version__
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kvs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="kvs", description=__doc__, formatter_class=_HelpFormatter)
+    parser.set_defaults(prog=parser.prog)
+    parser.add_argument("--version", action="version", version=f"kvs {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="run one node")
-    serve.add_argument("--config", help="YAML config file (see config.example.yaml)")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--bind", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--data-dir")
-    serve.add_argument("--node-id")
-    serve.add_argument("--seed", action="append", metavar="HOST:PORT", help="repeatable")
-    serve.set_defaults(run=cmd_serve)
-
-    cluster = sub.add_parser("cluster", help="local multi-node cluster")
-    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
-    up = cluster_sub.add_parser("up", help="start N nodes on loopback; Ctrl-C stops them")
-    up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--base-port", type=int, default=8080)
-    up.add_argument("--dir", default="./kvs-cluster", help="parent of the nodes' data dirs")
-    up.add_argument("--config", help="YAML config shared by all nodes")
-    up.set_defaults(run=cmd_cluster_up)
-
+    _add_serve(sub)
+    _add_cluster(sub)
     from kvs.chaos.cli import add_parser as add_chaos_parser  # `kvs chaos` (docs/chaos.md)
     add_chaos_parser(sub)
+    _add_client_commands(sub)
+    _add_lock(sub)
+    _add_services(sub)
+    return parser
 
-    def client_command(name: str, handler: Callable[[Client, argparse.Namespace], Any],
-                       help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--node", action="append", default=None, metavar="URL",
-                       help="node URL (repeat for failover); default http://127.0.0.1:8080")
-        p.set_defaults(run=lambda args: _run_client(handler, args))
-        return p
 
-    p = client_command("get", cmd_get, "read a key")
-    p.add_argument("key")
+def _add_serve(sub: Any) -> None:
+    serve = _command(sub, "serve", "run one node", SERVE_DESCRIPTION)
+    serve.add_argument("--config", metavar="FILE",
+                       help="YAML config file, see config.example.yaml (default: none; built-in "
+                            "defaults and KVS_* variables only)")
+    built_in = configuration.Config()
+    for key, (flag, text, in_words) in SERVE_FLAGS.items():
+        seeds = key == "seed_nodes"
+        serve.add_argument(
+            flag, dest=key, type=int if key == "port" else str, action="append" if seeds else "store",
+            metavar="HOST:PORT" if seeds else None,
+            help=f"{text} (default: {key} from the config file or {configuration.ENV_PREFIX}"
+                 f"{key.upper()}, else {in_words or getattr(built_in, key)})")
+    serve.set_defaults(run=cmd_serve)
+
+
+def _add_cluster(sub: Any) -> None:
+    cluster = _command(sub, "cluster", "local multi-node cluster")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = _command(cluster_sub, "up", "start N nodes on loopback; Ctrl-C stops them", CLUSTER_UP_DESCRIPTION)
+    up.add_argument("--nodes", type=_int_in(1), default=3, metavar="N", help="how many nodes to start")
+    up.add_argument("--base-port", type=_int_in(1, 65535), default=8080, help="port of node-0")
+    up.add_argument("--dir", default="./kvs-cluster", help="parent directory of the nodes' data dirs")
+    up.add_argument("--config", metavar="FILE",
+                    help="YAML config file for every node; the flags above replace its port, node_id "
+                         "and data_dir (default: none)")
+    up.set_defaults(run=cmd_cluster_up)
+
+
+def _add_node_option(p: argparse.ArgumentParser, **kwargs: Any) -> None:
+    p.add_argument("--node", action="append", metavar="URL", **kwargs,
+                   help=f"node URL (repeat for failover) (default: {DEFAULT_NODE})")
+
+
+def _client_command(sub: Any, name: str, handler: Callable[[Client, argparse.Namespace], Any],
+                    help_text: str, description: str | None = None, *,
+                    nested: bool = False) -> argparse.ArgumentParser:
+    """A command that talks to a node; `nested` for an action under a command that has --node."""
+    p = _command(sub, name, help_text, description)
+    _add_node_option(p, **({"default": argparse.SUPPRESS} if nested else {}))
+    p.set_defaults(run=functools.partial(_run_client, handler))
+    return p
+
+
+def _add_json_option(p: argparse.ArgumentParser, text: str = "print JSON instead of a table",
+                     **kwargs: Any) -> None:
+    p.add_argument("--json", action="store_true", help=text, **kwargs)
+
+
+def _add_client_commands(sub: Any) -> None:
+    p = _client_command(sub, "get", cmd_get, "read a key")
+    _add_key(p)
     p.add_argument("--raw", action="store_true", help="print the bare value")
-    for name, handler, text in (("put", cmd_put, "write a key"),
-                                ("cas", cmd_cas, "conditional write")):
-        p = client_command(name, handler, text)
-        p.add_argument("key")
-        p.add_argument("value", help="JSON, or a plain string")
-        p.add_argument("--string", action="store_true", help="store VALUE as a string even if it is JSON")
-        p.add_argument("--ttl", type=float, help="seconds until the key expires")
-        p.add_argument("--flags", type=int)
+    for name, handler, text, description in (("put", cmd_put, "write a key", PUT_DESCRIPTION),
+                                             ("cas", cmd_cas, "conditional write", CAS_DESCRIPTION)):
+        p = _client_command(sub, name, handler, text, description)
+        _add_key(p)
+        p.add_argument("value", metavar="VALUE", help="JSON or a plain string; see 'How VALUE is read' above")
+        p.add_argument("--string", action="store_true",
+                       help="store VALUE as the string it is, never as JSON")
+        p.add_argument("--ttl", type=_seconds, help="seconds until the key expires (default: never)")
+        p.add_argument("--flags", type=_int_in(0, MAX_U64),
+                       help="an unsigned integer stored with the version, for the caller's use "
+                            "(default: 0)")
         _add_conditions(p)
-    p = client_command("delete", cmd_delete, "delete a key (writes a tombstone)")
-    p.add_argument("key")
+    p = _client_command(sub, "delete", cmd_delete, "delete a key (writes a tombstone)")
+    _add_key(p, "--recurse")
     p.add_argument("--recurse", action="store_true", help="delete every key under KEY as a prefix")
     _add_conditions(p)
-    p = client_command("history", cmd_history, "versions of a key, newest first")
-    p.add_argument("key")
-    p = client_command("ls", cmd_ls, "list keys under a prefix")
-    p.add_argument("prefix", nargs="?", default="")
+    p = _client_command(sub, "history", cmd_history, "versions of a key, newest first")
+    _add_key(p)
+    p = _client_command(sub, "ls", cmd_ls, "list keys under a prefix")
+    p.add_argument("prefix", nargs="?", default="", type=_key_or_prefix, metavar="PREFIX",
+                   help="list keys starting with PREFIX (default: every key)")
     p.add_argument("--separator", help="group keys at this separator, like Consul")
-    p.add_argument("--json", action="store_true")
-    p = client_command("members", cmd_members, "cluster members")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p = client_command("status", cmd_status, "node and anti-entropy status")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_json_option(p, "print one JSON page instead of one key per line")
+    p = _client_command(sub, "members", cmd_members, "cluster members")
+    _add_json_option(p)
+    p = _client_command(sub, "status", cmd_status, "node and anti-entropy status")
+    _add_json_option(p)
 
-    p = client_command("watch", cmd_watch, "print a key (or prefix) and then each change to it")
-    p.add_argument("key")
+    p = _client_command(sub, "watch", cmd_watch, "print a key (or prefix) and then each change to it")
+    _add_key(p, "--prefix")
     p.add_argument("--prefix", action="store_true", help="watch every key under KEY")
-    p.add_argument("--index", type=int, help="only changes after this X-KVS-Index of the node")
-    p.add_argument("--wait", type=float, default=60.0, help="seconds per blocking query (default 60)")
-    p.add_argument("--count", type=int, help="exit after printing this many states")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--index", type=_int_in(0), help="only changes after this X-KVS-Index of the node")
+    p.add_argument("--wait", type=_seconds, default=60.0, help="seconds per blocking query")
+    p.add_argument("--count", type=_int_in(1), help="exit after printing this many states")
+    _add_json_option(p, "one JSON object per line")
 
-    p = sub.add_parser(
-        "lock", help="run a command while holding a lock",
-        description="Acquire the lock KEY (a TTL lease, renewed every TTL/3), run the command, "
-                    "release the lock. The command runs in its own process group (it should "
-                    "not read the terminal); Ctrl-C, SIGTERM and SIGHUP are passed on to it. "
-                    "If the lock is lost meanwhile the whole group gets SIGTERM (SIGKILL after "
-                    "--grace) and kvs exits 7; otherwise it exits with the command's status. "
-                    "Exit 4: --timeout passed while someone else held the lock.",
+
+def _add_lock(sub: Any) -> None:
+    p = _command(
+        sub, "lock", "run a command while holding a lock",
+        "Acquire the lock KEY (a TTL lease, renewed every TTL/3), run the command, "
+        "release the lock. The command runs in its own process group (it should "
+        "not read the terminal); Ctrl-C, SIGTERM and SIGHUP are passed on to it. "
+        "If the lock is lost meanwhile the whole group gets SIGTERM (SIGKILL after "
+        "--grace) and kvs exits 7; otherwise it exits with the command's status. "
+        "Exit 4: --timeout passed while someone else held the lock.",
         usage="kvs lock KEY [--ttl T] [--timeout S] [--grace S] [--node URL] -- command [args...]")
-    p.add_argument("key")
+    _add_key(p)
     _lock_options(p).set_defaults(ttl=15.0, grace=10.0, timeout=None, lock_node=None)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
     p.set_defaults(run=cmd_lock)
 
-    p = client_command("services", cmd_services, "service registry: list, get, register, renew, "
-                                                 "deregister")
-    p.add_argument("action", nargs="?", default="list", choices=SERVICE_ACTIONS)
-    p.add_argument("name", nargs="?")
-    p.add_argument("--address")
-    p.add_argument("--port", type=int)
-    p.add_argument("--ttl", type=float, help="register/renew: seconds until it expires unless renewed")
-    p.add_argument("--tag", action="append", help="register: a tag (repeatable)")
-    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="register: metadata (repeatable)")
-    p.add_argument("--cas", type=int, help="register/deregister: modify_index it must have (0: create-only)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    return parser
+
+def _add_services(sub: Any) -> None:
+    services = _client_command(sub, "services", cmd_services_list,
+                               "service registry: list, get, register, renew, deregister",
+                               SERVICES_DESCRIPTION)
+    _add_json_option(services, "print JSON")
+    actions = services.add_subparsers(dest="action", metavar="ACTION")
+    # Options repeated on an action must not reset what was given before the action
+    # (`kvs services --node URL register ...`), hence default=SUPPRESS there.
+
+    def action(name: str, handler: Callable[[Client, argparse.Namespace], Any], text: str,
+               description: str | None = None) -> argparse.ArgumentParser:
+        p = _client_command(actions, name, handler, text, description, nested=True)
+        _add_json_option(p, "print JSON", default=argparse.SUPPRESS)
+        if name != "list":
+            p.add_argument("name", metavar="NAME", help="the service name")
+        return p
+
+    action("list", cmd_services_list, "list the registered services (the default ACTION)")
+    action("get", cmd_services_get, "show one service with its modify_index and expiry")
+    p = action("register", cmd_services_register, "register a service, or replace its registration",
+               "Register NAME, or replace its registration. With --ttl it expires unless renewed "
+               "(kvs services renew). With --cas 0 it is only created, exit 4 if NAME is "
+               "registered; --cas N replaces it only if its modify_index is N (needs "
+               "cas_enabled: true on the node).")
+    p.add_argument("--address", help="host or IP clients should connect to (default: none)")
+    p.add_argument("--port", type=_int_in(1, 65535), help="port clients should connect to (default: none)")
+    p.add_argument("--tag", action="append", help="a tag (repeat for several)")
+    p.add_argument("--meta", action="append", type=_meta_item, metavar="KEY=VALUE",
+                   help="a metadata entry, value stored as a string (repeat for several)")
+    p.add_argument("--ttl", type=_seconds, help="seconds until it expires unless renewed (default: never)")
+    p.add_argument("--cas", type=_int_in(0), metavar="N",
+                   help="0: create only; N: replace only if its modify_index is N")
+    p = action("renew", cmd_services_renew, "extend the lease of a service registered with a TTL",
+               "Extend NAME's lease by its TTL (or by --ttl, which also becomes its new TTL). "
+               "Exit 3 once it has expired or was deregistered: register it again.")
+    p.add_argument("--ttl", type=_seconds, help="new TTL in seconds (default: the registered TTL)")
+    p = action("deregister", cmd_services_deregister, "remove a service")
+    p.add_argument("--cas", type=_int_in(0), metavar="N", help="only if its modify_index is N")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "node", "unset") is None:
-        args.node = ["http://127.0.0.1:8080"]
+        args.node = [DEFAULT_NODE]
     try:
         return int(args.run(args))
+    except UsageError as exc:
+        print(f"{args.prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"kvs: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

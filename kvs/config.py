@@ -9,8 +9,9 @@ surfacing as odd behaviour hours later.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from kvs.errors import ConfigError
 
 COMPRESSIONS = ("none", "zstd", "lz4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_PREFIX = "KVS_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,27 +88,27 @@ _POSITIVE = {
 }
 
 
-def _bool(key: str, raw: Any) -> bool:
+def _bool(raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
     if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on"):
         return True
     if isinstance(raw, str) and raw.lower() in ("false", "0", "no", "off"):
         return False
-    raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    raise ConfigError(f"expected true or false, got {raw!r}")
 
 
 def _int(key: str, raw: Any) -> int:
     if isinstance(raw, bool):
-        raise ConfigError(f"{key}: expected an integer, got {raw!r}")
+        raise ConfigError(f"expected an integer, got {raw!r}")
     if isinstance(raw, int):
         value = raw
     elif isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
         value = int(raw)
     else:
-        raise ConfigError(f"{key}: expected an integer, got {raw!r}")
+        raise ConfigError(f"expected an integer, got {raw!r}")
     if key in _POSITIVE and value <= 0:
-        raise ConfigError(f"{key}: must be > 0, got {value}")
+        raise ConfigError(f"must be > 0, got {value}")
     return value
 
 
@@ -115,47 +117,77 @@ def _seeds(raw: Any) -> tuple[str, ...]:
         return ()
     items = [s.strip() for s in raw.split(",") if s.strip()] if isinstance(raw, str) else raw
     if not isinstance(items, list | tuple):
-        raise ConfigError(f"seed_nodes: expected a list of host:port, got {raw!r}")
+        raise ConfigError(f"expected a list of host:port, got {raw!r}")
     for item in items:
         host, sep, port = str(item).rpartition(":")
         if not (isinstance(item, str) and sep and host and port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(f"seed_nodes: {item!r} is not host:port")
+            raise ConfigError(f"{item!r} is not host:port")
     return tuple(items)
 
 
 def _validate(key: str, raw: Any) -> Any:
+    """The typed value of one setting; a ConfigError says what is wrong, the caller says where."""
     if key in ("node_id", "cluster_secret"):
         if raw is None:
             return None
         if not isinstance(raw, str) or not raw or any(c.isspace() or ord(c) < 32 for c in raw):
-            raise ConfigError(f"{key}: expected a non-empty string without spaces, got {raw!r}")
+            raise ConfigError(f"expected a non-empty string without spaces, got {raw!r}")
         return raw
     if key == "seed_nodes":
         return _seeds(raw)
     if key in ("bind_address", "data_dir"):
         if not isinstance(raw, str) or not raw:
-            raise ConfigError(f"{key}: expected a non-empty string, got {raw!r}")
+            raise ConfigError(f"expected a non-empty string, got {raw!r}")
         return raw
     if key == "compression":
         if raw not in COMPRESSIONS:
-            raise ConfigError(f"compression: expected one of {', '.join(COMPRESSIONS)}, got {raw!r}")
+            raise ConfigError(f"expected one of {', '.join(COMPRESSIONS)}, got {raw!r}")
         return raw
     if key == "log_level":
         if not isinstance(raw, str) or raw.lower() not in LOG_LEVELS:
-            raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+            raise ConfigError(f"expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
         return raw.lower()
     if _FIELDS[key].type == "bool":
-        return _bool(key, raw)
+        return _bool(raw)
     value = _int(key, raw)
     if key == "port" and not 0 <= value < 65536:
-        raise ConfigError(f"port: expected 0..65535, got {value}")
+        raise ConfigError(f"expected 0..65535, got {value}")
     return value
 
 
-def _check_keys(source: str, mapping: Mapping[str, Any]) -> None:
-    unknown = sorted(set(mapping) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known keys: see config.example.yaml)")
+def _check_key(key: Any, where: str, spell: Callable[[str], str] = repr) -> None:
+    """Stop at a setting kvs does not know, naming the closest one: a typo must not pass silently."""
+    if key in _FIELDS:
+        return
+    close = difflib.get_close_matches(str(key), _FIELDS, n=1)
+    hint = f"did you mean {spell(close[0])}?" if close else "known keys: see config.example.yaml"
+    raise ConfigError(f"{where}: unknown setting ({hint})")
+
+
+def _yaml_error(path: str | os.PathLike[str], exc: yaml.YAMLError) -> ConfigError:
+    """One line: where the mistake is, and what the parser expected.
+
+    The scanner notices a broken token only where it gives up: a key missing its ':' on
+    line 30 is reported at the next key, after any blank or comment lines. Its context
+    mark is where that token began, which is where the typo is. The parser's problem mark
+    is the unexpected token itself (a wrongly indented line, a stray ':'); its context
+    mark only says which structure was open, so it is added as a hint.
+    """
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    mark: Any = getattr(exc, "problem_mark", None)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    note = ""
+    if context and context_mark is not None:
+        if isinstance(exc, yaml.scanner.ScannerError):
+            mark, note = context_mark, f" ({context})"
+        elif mark is None or context_mark.line != mark.line:
+            note = f" ({context} that began at {_where(context_mark)})"
+    where = f" at {_where(mark)}" if mark is not None else ""
+    return ConfigError(f"config file {path}: not valid YAML{where}: {problem}{note}")
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"  # marks count from 0
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -165,22 +197,23 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {exc.strerror}") from exc
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:  # one line: where, and what the parser expected
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise ConfigError(f"config file {path}: not valid YAML{where}: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of key: value")
-    _check_keys(f"config file {path}", data)
+    for key in data:
+        _check_key(key, f"config file {path}, key {key!r}")
     return data
 
 
-def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    found = {k[4:].lower(): v for k, v in environ.items() if k.startswith("KVS_")}
-    _check_keys("environment", {k: v for k, v in found.items()})
+def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """`KVS_*` variables as {key: (value, variable name)}; errors name the variable as set."""
+    found = {name[len(ENV_PREFIX):].lower(): (value, name)
+             for name, value in environ.items() if name.startswith(ENV_PREFIX)}
+    for key, (_, name) in found.items():
+        _check_key(key, f"environment variable {name}", lambda k: ENV_PREFIX + k.upper())
     return found
 
 
@@ -189,14 +222,30 @@ def load(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Config:
-    """Merge defaults, file, environment and flags, validating every value once."""
-    merged: dict[str, Any] = {}
+    """Merge defaults, file, environment and flags, validating every value once.
+
+    Only the value that wins is validated, and its error names where it was set: the
+    file and key, the environment variable, or the flag (`flag_names` maps a setting to
+    the command-line flag that set it, e.g. port -> --port).
+    """
+    merged: dict[str, tuple[Any, str]] = {}  # key -> (raw value, where it was set)
     if path is not None:
-        merged.update(read_yaml(path))
-    merged.update(read_env(os.environ if environ is None else environ))
-    if overrides:
-        _check_keys("flags", overrides)
-        merged.update({k: v for k, v in overrides.items() if v is not None or k in ("node_id",)})
-    values = {key: _validate(key, raw) for key, raw in merged.items()}
-    return Config(**values)
+        merged.update({key: (raw, f"config file {path}, key {key!r}")
+                       for key, raw in read_yaml(path).items()})
+    env = read_env(os.environ if environ is None else environ)
+    merged.update({key: (raw, f"environment variable {name}") for key, (raw, name) in env.items()})
+    for key, raw in (overrides or {}).items():
+        flag = (flag_names or {}).get(key)
+        _check_key(key, f"flag {flag}" if flag else f"override {key!r}")
+        if raw is not None or key == "node_id":
+            merged[key] = (raw, f"flag {flag}" if flag else key)
+    return Config(**{key: _checked(key, raw, where) for key, (raw, where) in merged.items()})
+
+
+def _checked(key: str, raw: Any, where: str) -> Any:
+    try:
+        return _validate(key, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None

@@ -6,7 +6,10 @@ Exit codes scripts rely on: 0 ok, 2 usage / configuration, 3 not found, 4 CAS co
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from kvs.cli import EXIT_DISABLED as DISABLED
 from kvs.cli import EXIT_NOT_FOUND as NOT_FOUND
 from kvs.cli import EXIT_UNAVAILABLE as UNAVAILABLE
 from kvs.cli import EXIT_USAGE as USAGE
+from kvs.cli import build_parser, main
 from tests.procs import KvsProcess, ProcessGroup, free_port, process_group, run_cli
 
 OK = 0
@@ -164,15 +168,22 @@ def test_unreachable_node_exits_6(cas_node: KvsProcess) -> None:
 
 BAD_CONFIGS = [
     pytest.param({"yaml": "port: 0\nbogus_key: 1\n"}, "bogus_key", id="unknown-yaml-key"),
-    pytest.param({"yaml": "port: 0\ncas_enabled: maybe\n"}, "cas_enabled", id="bad-yaml-value"),
+    pytest.param({"yaml": "port: 0\ncas_enabled: maybe\n"},
+                 "kvs.yaml, key 'cas_enabled': expected true or false", id="bad-yaml-value"),
     pytest.param({"yaml": "port: 0\nrevision_history_limit: 0\n"}, "revision_history_limit",
                  id="non-positive"),
     pytest.param({"yaml": "port: 0\nseed_nodes: [\n"}, "line 3", id="broken-yaml"),
-    pytest.param({"env": {"KVS_PORT": "abc"}}, "port", id="env-port-abc"),
-    pytest.param({"env": {"KVS_PORT": "0", "KVS_COMPRESSION": "gzip"}}, "compression",
+    pytest.param({"env": {"KVS_PORT": "abc"}}, "environment variable KVS_PORT: expected an integer",
+                 id="env-port-abc"),
+    pytest.param({"env": {"KVS_PORT": "0", "KVS_COMPRESSION": "gzip"}}, "KVS_COMPRESSION",
                  id="env-compression"),
-    pytest.param({"env": {"KVS_PORT": "0", "KVS_NO_SUCH_SETTING": "1"}}, "no_such_setting",
+    pytest.param({"env": {"KVS_PORT": "0", "KVS_NO_SUCH_SETTING": "1"}}, "KVS_NO_SUCH_SETTING",
                  id="unknown-env-key"),
+    pytest.param({"env": {"KVS_PORT": "0", "KVS_CAS_ENABLE": "true"}}, "did you mean KVS_CAS_ENABLED?",
+                 id="misspelt-env-key"),
+    pytest.param({"yaml": "port: 0\ncas_enable: true\n"}, "key 'cas_enable': unknown setting (did you "
+                 "mean 'cas_enabled'?)", id="misspelt-yaml-key"),
+    pytest.param({"args": ["--port", "70000"]}, "flag --port: expected 0..65535", id="flag-port-range"),
 ]
 
 
@@ -180,7 +191,8 @@ BAD_CONFIGS = [
 def test_serve_config_error_is_one_line_naming_the_key(tmp_path: Path, setup: dict[str, Any],
                                                        names: str) -> None:
     data_dir = tmp_path / "data"
-    args = ["serve", "--data-dir", str(data_dir)]  # no --port: a flag would override KVS_PORT
+    # No --port unless the case gives one: the flag would override KVS_PORT.
+    args = ["serve", "--data-dir", str(data_dir), *setup.get("args", [])]
     if "yaml" in setup:
         config = tmp_path / "kvs.yaml"
         config.write_text(setup["yaml"])
@@ -225,3 +237,135 @@ def test_serve_with_config_file(group: ProcessGroup, tmp_path: Path) -> None:
     assert ok_json(kvs(node, "get", "cfg/k"))["value"] == 5
     assert node.terminate() == 0
 
+
+
+# -- VALUE and usage errors ------------------------------------------------------------------
+
+def test_value_that_looks_like_json_must_be_json(cas_node: KvsProcess) -> None:
+    refused = fails(kvs(cas_node, "put", "val/cfg", '{"enabled": tru}'), USAGE)
+    assert "not valid JSON" in refused and "--string" in refused
+    for text in ("True", "NULL", "1.2.3", "10s", "NaN", "[1,", '"open', " {"):
+        fails(kvs(cas_node, "put", "val/cfg", text), USAGE)
+    fails(kvs(cas_node, "get", "val/cfg"), NOT_FOUND)  # nothing was written
+
+    ok_json(kvs(cas_node, "put", "val/cfg", '{"enabled": tru}', "--string"))
+    assert ok_json(kvs(cas_node, "get", "val/cfg"))["value"] == '{"enabled": tru}'
+    for text, stored in (("hello", "hello"), ("v1.2", "v1.2"), ("none", "none"), ("true", True),
+                         ("-1.5", -1.5), ("1.5e3", 1500.0), ('"42"', "42"), (" [1] ", [1])):
+        ok_json(kvs(cas_node, "put", "val/rule", text))
+        assert ok_json(kvs(cas_node, "get", "val/rule"))["value"] == stored, text
+    # --if-value follows the same rule (it has no --string: a string is written as JSON).
+    stderr = fails(kvs(cas_node, "cas", "val/rule", "2", "--if-value", "[1,"), USAGE)
+    assert "--if-value" in stderr
+    ok_json(kvs(cas_node, "cas", "val/rule", '"v1.2.3"', "--if-value", "[1]"))
+    ok_json(kvs(cas_node, "cas", "val/rule", "3", "--if-value", '"v1.2.3"'))
+
+
+USAGE_ERRORS = [
+    pytest.param(("put", "", "1"), id="empty-key"),
+    pytest.param(("put", "use/\x7f", "1"), id="control-char-in-key"),
+    pytest.param(("get", "x" * 513), id="key-too-long"),
+    pytest.param(("delete", ""), id="delete-empty-key"),
+    pytest.param(("watch", "", "--count", "1"), id="watch-empty-key"),
+    pytest.param(("put", "use/k", "1", "--ttl", "0"), id="ttl-zero"),
+    pytest.param(("put", "use/k", "1", "--flags", "-1"), id="negative-flags"),
+    pytest.param(("cas", "use/k", "1", "--cas", "-1"), id="negative-cas"),
+    pytest.param(("cas", "use/k", "1", "--if-version", "not-a-uuid"), id="bad-if-version"),
+    pytest.param(("services", "register", "use-svc", "--meta", "zone"), id="meta-without-equals"),
+    pytest.param(("services", "register", "use-svc", "--port", "0"), id="service-port-zero"),
+]
+
+
+@pytest.mark.parametrize("args", USAGE_ERRORS)
+def test_usage_errors_exit_2_and_write_nothing(cas_node: KvsProcess, args: tuple[str, ...]) -> None:
+    result = kvs(cas_node, *args)
+    assert result.returncode == USAGE, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.startswith(("kvs ", "usage: kvs ")) and "Traceback" not in result.stderr
+    fails(kvs(cas_node, "get", "use/k"), NOT_FOUND)
+    fails(kvs(cas_node, "services", "get", "use-svc"), NOT_FOUND)
+
+
+# -- --version and --help --------------------------------------------------------------------
+
+def help_text(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """`kvs ARGS --help` with lines joined, so that assertions do not depend on wrapping."""
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--help"])
+    assert exited.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout) == (OK, f"kvs {importlib.metadata.version('kvs')}\n")
+
+
+def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for code, meaning in ((0, "ok"), (1, "error"), (2, "usage"), (3, "not found"), (4, "CAS conflict"),
+                          (5, "CAS disabled"), (6, "no node reachable"), (7, "lock was lost")):
+        assert re.search(rf"^  {code}  .*{meaning}", out, re.MULTILINE), (code, out)
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to one parser
+                yield from _parsers(child)
+
+
+def test_every_option_of_every_command_is_described() -> None:
+    parsers = [p for p in _parsers(build_parser()) if not p.prog.startswith("kvs chaos")]  # docs/chaos.md
+    undescribed = [(p.prog, a.dest) for p in parsers for a in p._actions
+                   if not isinstance(a, argparse._SubParsersAction) and not (a.help or "").strip()]
+    assert undescribed == []
+
+
+def test_serve_and_cluster_up_help_show_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    serve = help_text(capsys, "serve")
+    for flag, default in (("--port", "8080"), ("--bind", "127.0.0.1"), ("--data-dir", "./data"),
+                          ("--node-id", "generated on first start"), ("--seed", "none: start a new cluster")):
+        assert re.search(rf"{flag} \S+ .*?\(default: [^)]*else {re.escape(default)}", serve), flag
+    assert "KVS_PORT" in serve and "config file" in serve
+    up = help_text(capsys, "cluster", "up")
+    for text in ("--nodes N how many nodes to start (default: 3)", "(default: 8080)",
+                 "(default: ./kvs-cluster)", "--config FILE YAML config file for every node"):
+        assert text in up, text
+
+
+def test_cas_help_explains_each_condition(capsys: pytest.CaptureFixture[str]) -> None:
+    cas = help_text(capsys, "cas")
+    assert cas != help_text(capsys, "put")
+    for text in ("--cas 0 create only: KEY must be absent", "--cas N KEY's modify_index",
+                 "--if-version UUID KEY's current version id must be UUID",
+                 "--if-timestamp MS KEY's current version must have timestamp MS",
+                 "--if-value JSON KEY's current value must equal JSON", "all must hold",
+                 "4 conflict", "3 KEY is absent", "5 CAS is disabled"):
+        assert text in cas, text
+
+
+def test_put_help_states_how_value_is_read(capsys: pytest.CaptureFixture[str]) -> None:
+    put = help_text(capsys, "put")
+    assert "How VALUE is read" in put and "exits 2" in put and "--string stores the text" in put
+
+
+SERVICE_OPTIONS = {  # besides --node and --json, which every action takes
+    "list": set(),
+    "get": {"NAME"},
+    "register": {"--address", "--port", "--tag", "--meta", "--ttl", "--cas", "NAME"},
+    "renew": {"--ttl", "NAME"},
+    "deregister": {"--cas", "NAME"},
+}
+
+
+@pytest.mark.parametrize("action", SERVICE_OPTIONS)
+def test_each_services_action_has_its_own_help(capsys: pytest.CaptureFixture[str], action: str) -> None:
+    text = help_text(capsys, "services", action)
+    assert text.startswith(f"usage: kvs services {action} ")
+    for option in SERVICE_OPTIONS[action] | {"--node URL node URL", "--json print JSON"}:
+        assert option in text, option
+    for option in set().union(*SERVICE_OPTIONS.values()) - SERVICE_OPTIONS[action] - {"NAME"}:
+        assert option not in text, option  # only what this action takes
