@@ -8,6 +8,9 @@ histories (hypothesis).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -57,7 +60,7 @@ class Builder:
             "options": {"history_limit": 1000, "converge_timeout": 30, **options}}]
         self.next = 0
 
-    def op(self, node: str, f: str, inv: float, comp: float | None, outcome: str = "ok", *,
+    def call(self, node: str, f: str, inv: float, comp: float | None, outcome: str = "ok", *,
            key: str = KEY, client: str = "c1", workload: str = "register", value: Any = None,
            cond: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
            error: str | None = None, current: dict[str, Any] | None = None, tag: str | None = None,
@@ -82,22 +85,23 @@ class Builder:
     # Shorthands: a read that saw version dict v (or 404), and a write that created v.
     def read(self, node: str, inv: float, comp: float, v: dict[str, Any] | None, **kw: Any) -> int:
         if v is None:
-            return self.op(node, "read", inv, comp, "fail", error="not_found", **kw)
-        return self.op(node, "read", inv, comp, result=v, **kw)
+            return self.call(node, "read", inv, comp, "fail", error="not_found", **kw)
+        return self.call(node, "read", inv, comp, result=v, **kw)
 
     def write(self, node: str, inv: float, comp: float | None, v: dict[str, Any], *,
               cond: dict[str, Any] | None = None, outcome: str = "ok", **kw: Any) -> int:
         result = {"key": v["key"], "version": v["version"], "timestamp": v["timestamp"],
                   "modify_index": v["modify_index"], "create_index": 1, "expires_at": v["expires_at"]}
         f = "delete" if v["deleted"] else "write"
-        return self.op(node, f, inv, comp, outcome, key=v["key"], value=None if v["deleted"] else v["value"],
-                       cond=cond, result=result if outcome == "ok" else None, **kw)
+        value = None if v["deleted"] else v["value"]
+        return self.call(node, f, inv, comp, outcome, key=v["key"], value=value,
+                         cond=cond, result=result if outcome == "ok" else None, **kw)
 
     def conflict(self, node: str, inv: float, comp: float, value: Any, cond: dict[str, Any],
                  current: dict[str, Any] | None, **kw: Any) -> int:
         meta = {k: v for k, v in current.items() if k != "value"} if current else None
         error = "cas_conflict" if current else "not_found"
-        return self.op(node, "write", inv, comp, "fail", value=value, cond=cond, error=error, current=meta,
+        return self.call(node, "write", inv, comp, "fail", value=value, cond=cond, error=error, current=meta,
                        **kw)
 
     def fault(self, kind: str, nodes: list[str], begin: float, end: float, **detail: Any) -> None:
@@ -439,7 +443,7 @@ def test_lease_taken_after_expiry_or_release_passes(tmp_path: Path) -> None:
     lease_write(b, "n1", "c1", 1, 0.0, "acquire", "c1:1")
     lease_write(b, "n1", "c1", 2, 1.0, "renew", "c1:1")  # holds until 4.0
     lease_write(b, "n1", "c2", 3, 4.1, "acquire", "c2:3")
-    b.op("n1", "delete", 5.0, 5.01, key=LKEY, cond={"if_value": "c2:3"}, tag="release", workload="lease",
+    b.call("n1", "delete", 5.0, 5.01, key=LKEY, cond={"if_value": "c2:3"}, tag="release", workload="lease",
          client="c2", result={"version": vid(4), "modify_index": 4})
     lease_write(b, "n1", "c1", 5, 5.2, "acquire", "c1:5")
     assert leases.run(b.load(tmp_path)).status == "pass"
@@ -604,7 +608,7 @@ def small_histories(draw: st.DrawFn) -> Builder:
 def test_history_checker_agrees_with_brute_force(tmp_path: Path, b: Builder) -> None:
     history = b.load(tmp_path)
     table = build_table(history)
-    ops = [op for op in history.ops]
+    ops = [op for op in history.calls]
     problem = build_problem("n1", KEY, ops, table, None)
     model = RegisterModel("n1", table)
     expected = brute_force(problem.steps, model)
@@ -634,3 +638,60 @@ def test_search_handles_hundreds_of_ops_with_a_dump(tmp_path: Path) -> None:
     result = lin(b.load(tmp_path))
     assert result.status == "pass"
     assert result.stats["steps"] > 500
+
+
+# Records exactly as 4de8df8 wrote them (a 1-node register run, trimmed to four calls): the
+# history format predates the rename of the history's record class to Call and must still load.
+OLD_KEY = "chaos-853f605e/register/0@0"
+OLD_V1 = {"key": OLD_KEY, "value": "c1:2", "version": "9de736c3-2adc-46aa-a5cd-56d45cb34a36",
+          "timestamp": 1796372506357, "logical": 0, "origin": "n1", "origin_joined_at": 1796372506307,
+          "flags": 0, "expires_at": None, "deleted": False, "parent": None, "superseded": False,
+          "modify_index": 1, "create_index": 1}
+OLD_V2 = {**OLD_V1, "value": "c1:3", "version": "7d75764e-182d-49c1-b032-ee68fc46949b",
+          "timestamp": 1796372506360, "parent": OLD_V1["version"], "modify_index": 2}
+OLD_HISTORY = [
+    {"type": "meta", "run_id": "853f605e", "seed": 7, "t0": 1796372506.0393724,
+     "nodes": {"n1": {"url": "http://127.0.0.1:40387", "skew_ms": 0, "gid": None}}, "faults": [],
+     "options": {"nodes": 1, "clients": 1, "workloads": ["register"], "history_limit": 1000},
+     "prefix": "chaos-853f605e"},
+    {"type": "phase", "t": 1796372506.351333, "phase": "workload"},
+    {"type": "invoke", "id": 1, "t": 1796372506.3514264, "client": "c1", "node": "n1",
+     "workload": "register", "f": "read", "key": OLD_KEY},
+    {"type": "fail", "id": 1, "t": 1796372506.3520346, "status": 404, "error": "not_found"},
+    {"type": "invoke", "id": 2, "t": 1796372506.3572755, "client": "c1", "node": "n1",
+     "workload": "register", "f": "write", "key": OLD_KEY, "value": "c1:2", "cond": {"cas": 0}},
+    {"type": "ok", "id": 2, "t": 1796372506.358408, "status": 200,
+     "result": {k: OLD_V1[k] for k in ("key", "version", "timestamp", "modify_index", "create_index",
+                                       "expires_at")}},
+    {"type": "invoke", "id": 3, "t": 1796372506.3596575, "client": "c1", "node": "n1",
+     "workload": "register", "f": "write", "key": OLD_KEY, "value": "c1:3",
+     "cond": {"if_version": OLD_V1["version"]}},
+    {"type": "ok", "id": 3, "t": 1796372506.360952, "status": 200,
+     "result": {k: OLD_V2[k] for k in ("key", "version", "timestamp", "modify_index", "create_index",
+                                       "expires_at")}},
+    {"type": "phase", "t": 1796372506.4019468, "phase": "stopping"},
+    {"type": "phase", "t": 1796372506.4021118, "phase": "workload_end"},
+    {"type": "phase", "t": 1796372506.4021704, "phase": "healed"},
+    {"type": "converge", "t": 1796372506.402789, "roots": {"n1": "847bed5ced8c9f27"}, "equal": True},
+    {"type": "phase", "t": 1796372506.9044836, "phase": "converged"},
+    {"type": "invoke", "id": 13, "t": 1796372506.9045835, "client": "final", "node": "n1",
+     "workload": "register", "f": "read", "key": OLD_KEY, "tag": "final"},
+    {"type": "ok", "id": 13, "t": 1796372506.9050436, "status": 200, "result": OLD_V2},
+    {"type": "dump", "node": "n1", "key": OLD_KEY, "versions": [OLD_V2, OLD_V1]},
+    {"type": "dump_done", "t": 1796372506.905991, "node": "n1", "keys": 1, "merkle_root": "847bed5ced8c9f27"},
+]
+
+
+def test_a_history_saved_before_the_call_rename_still_loads_and_checks(tmp_path: Path) -> None:
+    from kvs.chaos.history import Call
+
+    (tmp_path / "history.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in OLD_HISTORY))
+    history = load_history(tmp_path)
+    assert [(c.id, c.f, c.outcome) for c in history.calls] == [
+        (1, "read", "fail"), (2, "write", "ok"), (3, "write", "ok"), (13, "read", "ok")]
+    assert all(isinstance(c, Call) for c in history.calls)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    checked = subprocess.run([sys.executable, "-m", "kvs", "chaos", "check", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "operations: 3 (ok 2, fail 1, unknown 0)" in checked.stdout

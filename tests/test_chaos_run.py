@@ -81,9 +81,9 @@ def test_short_chaos_run_passes_every_checker_and_cleans_up(tmp_path: Path) -> N
         assert "partition" in kinds
     else:
         assert "partition" not in kinds and f"note: {WHY_NOT}" in report, report
-    assert sum(1 for op in history.ops if op.ok) > 1000
-    assert any(op.tag == "incr" and op.ok for op in history.ops)
-    assert any(op.tag == "acquire" and op.ok for op in history.ops)
+    assert sum(1 for op in history.calls if op.ok) > 1000
+    assert any(op.tag == "incr" and op.ok for op in history.calls)
+    assert any(op.tag == "acquire" and op.ok for op in history.calls)
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     # Nothing left behind: no node process, no iptables rule of this run.
     assert processes_mentioning(str(out / "nodes")) == []

@@ -25,7 +25,7 @@ import orjson
 
 from kvs.chaos.checkers import CheckResult
 from kvs.chaos.checkers.leases import holds
-from kvs.chaos.history import History, Op
+from kvs.chaos.history import Call, History
 
 HTML_FILE = "report.html"
 CHECKS_FILE = "checks.json"
@@ -39,7 +39,7 @@ SIDE_COLORS = ("#1f77b4", "#ff7f0e")
 
 def op_counts(history: History) -> dict[str, int]:
     out = {"ok": 0, "fail": 0, "unknown": 0}
-    for op in history.ops:
+    for op in history.calls:
         if op.tag != "final":
             out[op.outcome] += 1
     return out
@@ -75,10 +75,10 @@ def summary_table(history: History, results: list[CheckResult]) -> str:
 def _span(history: History) -> float:
     start = history.phases.get("workload")
     end = history.phases.get("workload_end")
-    if start is None and history.ops:
-        start = history.ops[0].inv
-    if end is None and history.ops:
-        end = max((op.end or op.inv) for op in history.ops)
+    if start is None and history.calls:
+        start = history.calls[0].inv
+    if end is None and history.calls:
+        end = max((op.end or op.inv) for op in history.calls)
     return (end - start) if start is not None and end is not None else 0.0
 
 
@@ -109,7 +109,7 @@ class _Scale:
 
 
 def render_html(history: History, results: list[CheckResult]) -> str:
-    ops = [op for op in history.ops if op.tag != "final"]
+    ops = [op for op in history.calls if op.tag != "final"]
     t0 = history.phases.get("workload", ops[0].inv if ops else history.meta.get("t0", 0.0))
     t1 = max([history.phases.get("workload_end", t0)] + [op.end or op.inv for op in ops[-200:]] + [t0 + 1])
     span = t1 - t0
@@ -160,7 +160,7 @@ pre {{ background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: 12px; }}
     violations = [v for r in results for v in r.violations]
     if violations:
         parts.append(f"<h2>Violations ({len(violations)})</h2>")
-        by_id = {op.id: op for op in history.ops}
+        by_id = {op.id: op for op in history.calls}
         for n, v in enumerate(violations[:60], 1):
             where = (f" — node {_e(v.node)}" if v.node else "") + (f" — key {_e(v.key)}" if v.key else "")
             parts.append(f"<h3 id='v{n}'>{n}. [{_e(v.checker)}] {_e(v.message)}{where}</h3>")
@@ -182,7 +182,7 @@ def _legend() -> str:
         f"<span><i class='sw' style='background:{c}'></i>{_e(t)}</span>" for t, c in items) + "</p>"
 
 
-def _timeline(history: History, ops: list[Op], results: list[CheckResult], scale: _Scale) -> str:
+def _timeline(history: History, ops: list[Call], results: list[CheckResult], scale: _Scale) -> str:
     nodes = history.nodes
     show_ops = len(ops) <= MAX_OP_BARS
     clients_by_node: dict[str, list[str]] = {n: [] for n in nodes}
@@ -299,7 +299,7 @@ def _tick(span: float) -> float:
     return 10 * magnitude
 
 
-def _zoom(ops: list[Op]) -> str:
+def _zoom(ops: list[Call]) -> str:
     """A small timeline of the ops in a violation: one row each, label at the right."""
     start = min(op.inv for op in ops)
     end = max((op.end or op.inv) for op in ops)
