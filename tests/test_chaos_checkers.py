@@ -8,10 +8,12 @@ histories (hypothesis).
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 import uuid
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvs.chaos import report
 from kvs.chaos.checkers import convergence, counters, leases, linearizability, loss, run_all
 from kvs.chaos.checkers.linearizability import (
     INF,
@@ -33,6 +36,7 @@ from kvs.chaos.checkers.versions import VersionTable, build_table
 from kvs.chaos.history import History, load_history
 
 KEY = "chaos-t/register/0@0"
+HTTP_STATUS = {"cas_conflict": 409, "not_found": 404}  # the answers a failed call carries
 
 
 def vid(n: int) -> str:
@@ -74,7 +78,9 @@ class Builder:
         self.records.append(invoke)
         done: dict[str, Any] = {"type": outcome, "id": self.next, "t": comp if comp is not None else inv + 9}
         if outcome == "ok":
-            done["result"] = result
+            done["status"], done["result"] = 200, result
+        elif error in HTTP_STATUS:
+            done["status"] = HTTP_STATUS[error]
         if error is not None:
             done["error"] = error
         if current is not None:
@@ -638,6 +644,115 @@ def test_search_handles_hundreds_of_ops_with_a_dump(tmp_path: Path) -> None:
     result = lin(b.load(tmp_path))
     assert result.status == "pass"
     assert result.stats["steps"] > 500
+
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def test_summary_and_report_explain_allowed_losses_and_failed_calls(tmp_path: Path) -> None:
+    """'N lost to cross-node conflicts' must come with why that is allowed and where it went,
+    and 'fail N' with what a failed call is, in the printed summary and in report.html."""
+    a, b_ = cver(1, 1, 1, parent=None), cver(2, 2, 2, parent=1, origin="n1", ts=1100)
+    c, d = cver(3, 2, 3, parent=1, origin="n2", ts=1200), cver(4, 3, 4, parent=3, origin="n2", ts=1300)
+    builder = counter_history([a, b_, c, d], [a, b_, c, d])
+    builder.conflict("n1", 5, 5.1, {"n": 2, "w": 5}, {"if_version": a["version"]}, b_,
+                     key=CKEY, workload="counter", tag="incr")
+    history = builder.load(tmp_path)
+    results = run_all(history, shrink_seconds=1)
+    summary, page = report.summary_table(history, results), report.render_html(history, results)
+    for text in (" ".join(summary.split()), page):
+        assert "1 lost to cross-node conflicts (allowed: still in history, superseded)" in text
+        assert "CAS is atomic per node" in text and "two nodes can both accept" in text.lower()
+        assert "conflict order" in text and "nothing is silently lost" in text
+        assert "fail 1 (409 cas_conflict 1)" in text and "answered without changing anything" in text
+        assert "docs/chaos.md" in text
+
+
+class _Svg(HTMLParser):
+    """Every SVG element of a page with its attributes, which <svg class> it is in, and
+    whether it is inside a <title> (a tooltip, which nobody sees without hovering)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.svgs: list[dict[str, str]] = []
+        self.elements: list[tuple[str, str, dict[str, str]]] = []  # (svg class, tag, attrs)
+        self.visible_text: dict[str, list[str]] = {}  # svg class -> texts outside <title>
+        self.inside: list[str] = []  # classes of the open <svg> elements
+        self.in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "svg":
+            self.svgs.append(values)
+            self.inside.append(values.get("class", ""))
+        elif self.inside:
+            self.elements.append((self.inside[-1], tag, values))
+        self.in_title = self.in_title or tag == "title"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "svg":
+            self.inside.pop()
+        self.in_title = self.in_title and tag != "title"
+
+    def handle_data(self, data: str) -> None:
+        if self.inside and not self.in_title:
+            self.visible_text.setdefault(self.inside[-1], []).append(data)
+
+
+def _rgb(colour: str) -> tuple[int, ...]:
+    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_report_fits_1280_px_and_its_legend_paints_what_the_timeline_paints(tmp_path: Path) -> None:
+    b = Builder()
+    b.records[0]["nodes"]["n2"]["skew_ms"] = 2500
+    b.records.append({"type": "phase", "phase": "workload", "t": 0.0})
+    b.fault("skew", ["n2"], 0.0, 60.0, offset_ms=2500)
+    b.fault("kill", ["n1"], 1.5, 4.0)
+    b.fault("pause", ["n2"], 20.0, 23.5)
+    b.fault("partition", ["n1", "n2"], 30.0, 36.0, sides=[["n1"], ["n2"]])
+    v1, v2 = version(1), version(2)
+    b.write("n1", 0, 1, v1)
+    b.write("n1", 2, 3, v2)
+    b.read("n1", 40, 41, v1)  # stale: a linearizability violation
+    b.conflict("n2", 45, 46, "c1:9", {"if_version": v1["version"]}, v2)
+    b.write("n2", 50, None, version(3, origin="n2"), outcome="unknown")
+    b.records.append({"type": "phase", "phase": "workload_end", "t": 60.0})
+    history = b.load(tmp_path)
+    results = run_all(history, shrink_seconds=1)
+    page = report.render_html(history, results)
+    parsed = _Svg()
+    parsed.feed(page)
+
+    # Nothing wider than a 1280 px window minus the page margins and a scrollbar.
+    assert parsed.svgs and all(float(svg["width"]) <= 1200 for svg in parsed.svgs), parsed.svgs
+    # The legend swatch of each mark is painted exactly like every timeline element of that mark.
+    paint = ("fill", "fill-opacity", "stroke", "stroke-width", "opacity")
+
+    def marks(where: str) -> dict[str, set[tuple[str, ...]]]:
+        out: dict[str, set[tuple[str, ...]]] = {}
+        for svg_class, _, attrs in parsed.elements:
+            if svg_class == where and attrs.get("class", "").startswith("mark-"):
+                out.setdefault(attrs["class"], set()).add(tuple(attrs.get(k, "") for k in paint))
+        return out
+
+    legend, timeline = marks("legend"), marks("timeline")
+    assert set(legend) == set(timeline) >= {f"mark-{m}" for m in (
+        "ok", "fail", "unknown", "kill", "pause", "side-a", "side-b", "skew", "violation")}
+    for name, swatch in legend.items():
+        assert len(swatch) == 1 and timeline[name] == swatch, (name, swatch, timeline[name])
+    # unknown and violation: clearly different colours, and a different shape as well.
+    fill = {name: next(iter(s))[0] for name, s in legend.items()}
+    assert math.dist(_rgb(fill["mark-unknown"]), _rgb(fill["mark-violation"])) > 150
+    shapes = {(cls, tag) for where, tag, a in parsed.elements if where == "timeline"
+              for cls in [a.get("class")] if cls in ("mark-unknown", "mark-violation")}
+    assert shapes == {("mark-unknown", "rect"), ("mark-violation", "path")}
+    # An axis title, and fault times readable without hovering: on the bands and in the table.
+    text = " ".join(parsed.visible_text["timeline"])
+    assert "time since the workload started (s)" in text
+    for label in ("#2 kill(n1) 1.5-4.0 s", "#3 pause(n2) 20.0-23.5 s", "#4 partition(n1 | n2) 30.0-36.0 s"):
+        assert label in text, text
+    assert "<td>kill(n1)</td><td>1.5</td><td>4.0</td>" in page
 
 
 # Records exactly as 4de8df8 wrote them (a 1-node register run, trimmed to four calls): the

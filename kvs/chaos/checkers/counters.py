@@ -37,6 +37,7 @@ from kvs.chaos.checkers.versions import order_key
 from kvs.chaos.history import Call, History
 
 NAME = "counters"
+KEPT = "still in history, superseded"  # why such a loss is not silent
 
 
 def run(history: History) -> CheckResult:
@@ -61,11 +62,11 @@ def run(history: History) -> CheckResult:
         totals["lost"] += lost
         totals["final_sum"] += final
         if lost:
-            notes.append(f"{key}: {lost} of {len(acked)} acknowledged increments lost to cross-node "
-                         f"conflicts (allowed); final value {final}")
+            notes.append(f"{key}: {lost} of {len(acked)} acknowledged increments lost from the value "
+                         f"to cross-node conflicts (allowed: {KEPT}); final value {final}")
     summary = (f"{totals['keys']} counters, {totals['acknowledged']} acknowledged increments, "
-               f"{totals['unknown']} unknown; {totals['lost']} lost to cross-node conflicts (allowed); "
-               f"{len(violations)} violations")
+               f"{totals['unknown']} unknown; {totals['lost']} lost to cross-node conflicts "
+               f"(allowed: {KEPT}); {len(violations)} violations")
     return CheckResult(NAME, verdict(violations), summary, violations, notes, stats=totals)
 
 
