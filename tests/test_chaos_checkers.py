@@ -8,7 +8,12 @@ histories (hypothesis).
 
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import sys
 import uuid
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvs.chaos import report
 from kvs.chaos.checkers import convergence, counters, leases, linearizability, loss, run_all
 from kvs.chaos.checkers.linearizability import (
     INF,
@@ -30,6 +36,7 @@ from kvs.chaos.checkers.versions import VersionTable, build_table
 from kvs.chaos.history import History, load_history
 
 KEY = "chaos-t/register/0@0"
+HTTP_STATUS = {"cas_conflict": 409, "not_found": 404}  # the answers a failed call carries
 
 
 def vid(n: int) -> str:
@@ -57,7 +64,7 @@ class Builder:
             "options": {"history_limit": 1000, "converge_timeout": 30, **options}}]
         self.next = 0
 
-    def op(self, node: str, f: str, inv: float, comp: float | None, outcome: str = "ok", *,
+    def call(self, node: str, f: str, inv: float, comp: float | None, outcome: str = "ok", *,
            key: str = KEY, client: str = "c1", workload: str = "register", value: Any = None,
            cond: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
            error: str | None = None, current: dict[str, Any] | None = None, tag: str | None = None,
@@ -71,7 +78,9 @@ class Builder:
         self.records.append(invoke)
         done: dict[str, Any] = {"type": outcome, "id": self.next, "t": comp if comp is not None else inv + 9}
         if outcome == "ok":
-            done["result"] = result
+            done["status"], done["result"] = 200, result
+        elif error in HTTP_STATUS:
+            done["status"] = HTTP_STATUS[error]
         if error is not None:
             done["error"] = error
         if current is not None:
@@ -82,22 +91,23 @@ class Builder:
     # Shorthands: a read that saw version dict v (or 404), and a write that created v.
     def read(self, node: str, inv: float, comp: float, v: dict[str, Any] | None, **kw: Any) -> int:
         if v is None:
-            return self.op(node, "read", inv, comp, "fail", error="not_found", **kw)
-        return self.op(node, "read", inv, comp, result=v, **kw)
+            return self.call(node, "read", inv, comp, "fail", error="not_found", **kw)
+        return self.call(node, "read", inv, comp, result=v, **kw)
 
     def write(self, node: str, inv: float, comp: float | None, v: dict[str, Any], *,
               cond: dict[str, Any] | None = None, outcome: str = "ok", **kw: Any) -> int:
         result = {"key": v["key"], "version": v["version"], "timestamp": v["timestamp"],
                   "modify_index": v["modify_index"], "create_index": 1, "expires_at": v["expires_at"]}
         f = "delete" if v["deleted"] else "write"
-        return self.op(node, f, inv, comp, outcome, key=v["key"], value=None if v["deleted"] else v["value"],
-                       cond=cond, result=result if outcome == "ok" else None, **kw)
+        value = None if v["deleted"] else v["value"]
+        return self.call(node, f, inv, comp, outcome, key=v["key"], value=value,
+                         cond=cond, result=result if outcome == "ok" else None, **kw)
 
     def conflict(self, node: str, inv: float, comp: float, value: Any, cond: dict[str, Any],
                  current: dict[str, Any] | None, **kw: Any) -> int:
         meta = {k: v for k, v in current.items() if k != "value"} if current else None
         error = "cas_conflict" if current else "not_found"
-        return self.op(node, "write", inv, comp, "fail", value=value, cond=cond, error=error, current=meta,
+        return self.call(node, "write", inv, comp, "fail", value=value, cond=cond, error=error, current=meta,
                        **kw)
 
     def fault(self, kind: str, nodes: list[str], begin: float, end: float, **detail: Any) -> None:
@@ -439,7 +449,7 @@ def test_lease_taken_after_expiry_or_release_passes(tmp_path: Path) -> None:
     lease_write(b, "n1", "c1", 1, 0.0, "acquire", "c1:1")
     lease_write(b, "n1", "c1", 2, 1.0, "renew", "c1:1")  # holds until 4.0
     lease_write(b, "n1", "c2", 3, 4.1, "acquire", "c2:3")
-    b.op("n1", "delete", 5.0, 5.01, key=LKEY, cond={"if_value": "c2:3"}, tag="release", workload="lease",
+    b.call("n1", "delete", 5.0, 5.01, key=LKEY, cond={"if_value": "c2:3"}, tag="release", workload="lease",
          client="c2", result={"version": vid(4), "modify_index": 4})
     lease_write(b, "n1", "c1", 5, 5.2, "acquire", "c1:5")
     assert leases.run(b.load(tmp_path)).status == "pass"
@@ -604,7 +614,7 @@ def small_histories(draw: st.DrawFn) -> Builder:
 def test_history_checker_agrees_with_brute_force(tmp_path: Path, b: Builder) -> None:
     history = b.load(tmp_path)
     table = build_table(history)
-    ops = [op for op in history.ops]
+    ops = [op for op in history.calls]
     problem = build_problem("n1", KEY, ops, table, None)
     model = RegisterModel("n1", table)
     expected = brute_force(problem.steps, model)
@@ -634,3 +644,169 @@ def test_search_handles_hundreds_of_ops_with_a_dump(tmp_path: Path) -> None:
     result = lin(b.load(tmp_path))
     assert result.status == "pass"
     assert result.stats["steps"] > 500
+
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def test_summary_and_report_explain_allowed_losses_and_failed_calls(tmp_path: Path) -> None:
+    """'N lost to cross-node conflicts' must come with why that is allowed and where it went,
+    and 'fail N' with what a failed call is, in the printed summary and in report.html."""
+    a, b_ = cver(1, 1, 1, parent=None), cver(2, 2, 2, parent=1, origin="n1", ts=1100)
+    c, d = cver(3, 2, 3, parent=1, origin="n2", ts=1200), cver(4, 3, 4, parent=3, origin="n2", ts=1300)
+    builder = counter_history([a, b_, c, d], [a, b_, c, d])
+    builder.conflict("n1", 5, 5.1, {"n": 2, "w": 5}, {"if_version": a["version"]}, b_,
+                     key=CKEY, workload="counter", tag="incr")
+    history = builder.load(tmp_path)
+    results = run_all(history, shrink_seconds=1)
+    summary, page = report.summary_table(history, results), report.render_html(history, results)
+    for text in (" ".join(summary.split()), page):
+        assert "1 lost to cross-node conflicts (allowed: still in history, superseded)" in text
+        assert "CAS is atomic per node" in text and "two nodes can both accept" in text.lower()
+        assert "conflict order" in text and "nothing is silently lost" in text
+        assert "fail 1 (409 cas_conflict 1)" in text and "answered without changing anything" in text
+        assert "docs/chaos.md" in text
+
+
+class _Svg(HTMLParser):
+    """Every SVG element of a page with its attributes, which <svg class> it is in, and
+    whether it is inside a <title> (a tooltip, which nobody sees without hovering)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.svgs: list[dict[str, str]] = []
+        self.elements: list[tuple[str, str, dict[str, str]]] = []  # (svg class, tag, attrs)
+        self.visible_text: dict[str, list[str]] = {}  # svg class -> texts outside <title>
+        self.inside: list[str] = []  # classes of the open <svg> elements
+        self.in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "svg":
+            self.svgs.append(values)
+            self.inside.append(values.get("class", ""))
+        elif self.inside:
+            self.elements.append((self.inside[-1], tag, values))
+        self.in_title = self.in_title or tag == "title"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "svg":
+            self.inside.pop()
+        self.in_title = self.in_title and tag != "title"
+
+    def handle_data(self, data: str) -> None:
+        if self.inside and not self.in_title:
+            self.visible_text.setdefault(self.inside[-1], []).append(data)
+
+
+def _rgb(colour: str) -> tuple[int, ...]:
+    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_report_fits_1280_px_and_its_legend_paints_what_the_timeline_paints(tmp_path: Path) -> None:
+    b = Builder()
+    b.records[0]["nodes"]["n2"]["skew_ms"] = 2500
+    b.records.append({"type": "phase", "phase": "workload", "t": 0.0})
+    b.fault("skew", ["n2"], 0.0, 60.0, offset_ms=2500)
+    b.fault("kill", ["n1"], 1.5, 4.0)
+    b.fault("pause", ["n2"], 20.0, 23.5)
+    b.fault("partition", ["n1", "n2"], 30.0, 36.0, sides=[["n1"], ["n2"]])
+    v1, v2 = version(1), version(2)
+    b.write("n1", 0, 1, v1)
+    b.write("n1", 2, 3, v2)
+    b.read("n1", 40, 41, v1)  # stale: a linearizability violation
+    b.conflict("n2", 45, 46, "c1:9", {"if_version": v1["version"]}, v2)
+    b.write("n2", 50, None, version(3, origin="n2"), outcome="unknown")
+    b.records.append({"type": "phase", "phase": "workload_end", "t": 60.0})
+    history = b.load(tmp_path)
+    results = run_all(history, shrink_seconds=1)
+    page = report.render_html(history, results)
+    parsed = _Svg()
+    parsed.feed(page)
+
+    # Nothing wider than a 1280 px window minus the page margins and a scrollbar.
+    assert parsed.svgs and all(float(svg["width"]) <= 1200 for svg in parsed.svgs), parsed.svgs
+    # The legend swatch of each mark is painted exactly like every timeline element of that mark.
+    paint = ("fill", "fill-opacity", "stroke", "stroke-width", "opacity")
+
+    def marks(where: str) -> dict[str, set[tuple[str, ...]]]:
+        out: dict[str, set[tuple[str, ...]]] = {}
+        for svg_class, _, attrs in parsed.elements:
+            if svg_class == where and attrs.get("class", "").startswith("mark-"):
+                out.setdefault(attrs["class"], set()).add(tuple(attrs.get(k, "") for k in paint))
+        return out
+
+    legend, timeline = marks("legend"), marks("timeline")
+    assert set(legend) == set(timeline) >= {f"mark-{m}" for m in (
+        "ok", "fail", "unknown", "kill", "pause", "side-a", "side-b", "skew", "violation")}
+    for name, swatch in legend.items():
+        assert len(swatch) == 1 and timeline[name] == swatch, (name, swatch, timeline[name])
+    # unknown and violation: clearly different colours, and a different shape as well.
+    fill = {name: next(iter(s))[0] for name, s in legend.items()}
+    assert math.dist(_rgb(fill["mark-unknown"]), _rgb(fill["mark-violation"])) > 150
+    shapes = {(cls, tag) for where, tag, a in parsed.elements if where == "timeline"
+              for cls in [a.get("class")] if cls in ("mark-unknown", "mark-violation")}
+    assert shapes == {("mark-unknown", "rect"), ("mark-violation", "path")}
+    # An axis title, and fault times readable without hovering: on the bands and in the table.
+    text = " ".join(parsed.visible_text["timeline"])
+    assert "time since the workload started (s)" in text
+    for label in ("#2 kill(n1) 1.5-4.0 s", "#3 pause(n2) 20.0-23.5 s", "#4 partition(n1 | n2) 30.0-36.0 s"):
+        assert label in text, text
+    assert "<td>kill(n1)</td><td>1.5</td><td>4.0</td>" in page
+
+
+# Records exactly as 4de8df8 wrote them (a 1-node register run, trimmed to four calls): the
+# history format predates the rename of the history's record class to Call and must still load.
+OLD_KEY = "chaos-853f605e/register/0@0"
+OLD_V1 = {"key": OLD_KEY, "value": "c1:2", "version": "9de736c3-2adc-46aa-a5cd-56d45cb34a36",
+          "timestamp": 1796372506357, "logical": 0, "origin": "n1", "origin_joined_at": 1796372506307,
+          "flags": 0, "expires_at": None, "deleted": False, "parent": None, "superseded": False,
+          "modify_index": 1, "create_index": 1}
+OLD_V2 = {**OLD_V1, "value": "c1:3", "version": "7d75764e-182d-49c1-b032-ee68fc46949b",
+          "timestamp": 1796372506360, "parent": OLD_V1["version"], "modify_index": 2}
+OLD_HISTORY = [
+    {"type": "meta", "run_id": "853f605e", "seed": 7, "t0": 1796372506.0393724,
+     "nodes": {"n1": {"url": "http://127.0.0.1:40387", "skew_ms": 0, "gid": None}}, "faults": [],
+     "options": {"nodes": 1, "clients": 1, "workloads": ["register"], "history_limit": 1000},
+     "prefix": "chaos-853f605e"},
+    {"type": "phase", "t": 1796372506.351333, "phase": "workload"},
+    {"type": "invoke", "id": 1, "t": 1796372506.3514264, "client": "c1", "node": "n1",
+     "workload": "register", "f": "read", "key": OLD_KEY},
+    {"type": "fail", "id": 1, "t": 1796372506.3520346, "status": 404, "error": "not_found"},
+    {"type": "invoke", "id": 2, "t": 1796372506.3572755, "client": "c1", "node": "n1",
+     "workload": "register", "f": "write", "key": OLD_KEY, "value": "c1:2", "cond": {"cas": 0}},
+    {"type": "ok", "id": 2, "t": 1796372506.358408, "status": 200,
+     "result": {k: OLD_V1[k] for k in ("key", "version", "timestamp", "modify_index", "create_index",
+                                       "expires_at")}},
+    {"type": "invoke", "id": 3, "t": 1796372506.3596575, "client": "c1", "node": "n1",
+     "workload": "register", "f": "write", "key": OLD_KEY, "value": "c1:3",
+     "cond": {"if_version": OLD_V1["version"]}},
+    {"type": "ok", "id": 3, "t": 1796372506.360952, "status": 200,
+     "result": {k: OLD_V2[k] for k in ("key", "version", "timestamp", "modify_index", "create_index",
+                                       "expires_at")}},
+    {"type": "phase", "t": 1796372506.4019468, "phase": "stopping"},
+    {"type": "phase", "t": 1796372506.4021118, "phase": "workload_end"},
+    {"type": "phase", "t": 1796372506.4021704, "phase": "healed"},
+    {"type": "converge", "t": 1796372506.402789, "roots": {"n1": "847bed5ced8c9f27"}, "equal": True},
+    {"type": "phase", "t": 1796372506.9044836, "phase": "converged"},
+    {"type": "invoke", "id": 13, "t": 1796372506.9045835, "client": "final", "node": "n1",
+     "workload": "register", "f": "read", "key": OLD_KEY, "tag": "final"},
+    {"type": "ok", "id": 13, "t": 1796372506.9050436, "status": 200, "result": OLD_V2},
+    {"type": "dump", "node": "n1", "key": OLD_KEY, "versions": [OLD_V2, OLD_V1]},
+    {"type": "dump_done", "t": 1796372506.905991, "node": "n1", "keys": 1, "merkle_root": "847bed5ced8c9f27"},
+]
+
+
+def test_a_history_saved_before_the_call_rename_still_loads_and_checks(tmp_path: Path) -> None:
+    from kvs.chaos.history import Call
+
+    (tmp_path / "history.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in OLD_HISTORY))
+    history = load_history(tmp_path)
+    assert [(c.id, c.f, c.outcome) for c in history.calls] == [
+        (1, "read", "fail"), (2, "write", "ok"), (3, "write", "ok"), (13, "read", "ok")]
+    assert all(isinstance(c, Call) for c in history.calls)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    checked = subprocess.run([sys.executable, "-m", "kvs", "chaos", "check", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "operations: 3 (ok 2, fail 1, unknown 0)" in checked.stdout

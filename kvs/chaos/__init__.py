@@ -7,7 +7,7 @@ and clock skew, a recorded history, and independent checkers that read only that
     skewed_node.py `python -m kvs.chaos.skewed_node --offset-ms N -- serve ...`
     client.py      one HTTP operation = one invoke + one completion in the history
     workloads.py   register, counter, lease and put/delete clients
-    history.py     the JSON-lines history: writer, reader, the Op record
+    history.py     the JSON-lines history: writer, reader, the Call record
     checkers/      linearizability per (node, key), convergence, no silent loss,
                    counters, leases; each reads a saved history file
     report.py      summary table and a self-contained HTML timeline

@@ -19,6 +19,10 @@ Outcomes: `ok` (2xx), `fail` (the node answered and changed nothing: 4xx, or the
 connection was refused, so the request never reached it) and `unknown` (timeout,
 dropped connection, 5xx: it may or may not have taken effect, now or later). An
 invoke without a completion (the runner died) loads as unknown.
+
+Each invoke and its completion load as one `Call` (a client call; the engine's write
+operation is `kvs.engine.Op`, a different thing). The record format above does not
+depend on that name, so histories saved by any earlier version keep loading.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ OUTCOMES = ("ok", "fail", "unknown")
 
 
 @dataclass
-class Op:
-    """One client operation: its invoke and its completion (comp is None when unknown)."""
+class Call:
+    """One client call recorded in the history: its invoke and its completion (comp is None
+    when unknown). Not the engine's write operation (kvs's own `Op`)."""
 
     id: int
     client: str
@@ -74,7 +79,7 @@ class Op:
 
     @property
     def version(self) -> str | None:
-        """Version id this op wrote (ok writes) or read (ok reads)."""
+        """Version id this call wrote (ok writes) or read (ok reads)."""
         if self.outcome != "ok" or not self.result:
             return None
         return self.result.get("version")
@@ -131,7 +136,7 @@ class Fault:
 @dataclass
 class History:
     meta: dict[str, Any]
-    ops: list[Op]
+    calls: list[Call]
     faults: list[Fault]
     phases: dict[str, float]
     converge: list[dict[str, Any]]
@@ -140,12 +145,12 @@ class History:
 
     @property
     def nodes(self) -> list[str]:
-        return list(self.meta.get("nodes", {})) or sorted({op.node for op in self.ops})
+        return list(self.meta.get("nodes", {})) or sorted({call.node for call in self.calls})
 
-    def ops_by_key(self) -> dict[str, list[Op]]:
-        out: dict[str, list[Op]] = {}
-        for op in self.ops:
-            out.setdefault(op.key, []).append(op)
+    def calls_by_key(self) -> dict[str, list[Call]]:
+        out: dict[str, list[Call]] = {}
+        for call in self.calls:
+            out.setdefault(call.key, []).append(call)
         return out
 
     def has_dump(self, node: str) -> bool:
@@ -226,7 +231,7 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
 def load_history(path: Path | str) -> History:
     path = history_path(path)
     meta: dict[str, Any] = {}
-    ops: dict[int, Op] = {}
+    calls: dict[int, Call] = {}
     faults: dict[int, Fault] = {}
     phases: dict[str, float] = {}
     converge: list[dict[str, Any]] = []
@@ -235,21 +240,21 @@ def load_history(path: Path | str) -> History:
     for rec in _records(path):
         kind = rec.get("type")
         if kind == "invoke":
-            ops[rec["id"]] = Op(
+            calls[rec["id"]] = Call(
                 id=rec["id"], client=rec["client"], node=rec["node"], workload=rec["workload"],
                 f=rec["f"], key=rec["key"], inv=rec["t"], value=rec.get("value"),
                 cond=rec.get("cond"), ttl=rec.get("ttl"), tag=rec.get("tag"))
         elif kind in OUTCOMES:
-            op = ops.get(rec["id"])
-            if op is None:
-                raise ValueError(f"{path}: completion of op {rec['id']} that was never invoked")
-            op.outcome = kind
-            op.comp = rec["t"] if kind != "unknown" else None
-            op.end = rec["t"]
-            op.status = rec.get("status")
-            op.result = rec.get("result")
-            op.error = rec.get("error")
-            op.current = rec.get("current")
+            call = calls.get(rec["id"])
+            if call is None:
+                raise ValueError(f"{path}: completion of call {rec['id']} that was never invoked")
+            call.outcome = kind
+            call.comp = rec["t"] if kind != "unknown" else None
+            call.end = rec["t"]
+            call.status = rec.get("status")
+            call.result = rec.get("result")
+            call.error = rec.get("error")
+            call.current = rec.get("current")
         elif kind == "fault":
             if rec["phase"] == "begin":
                 faults[rec["fault"]] = Fault(rec["fault"], rec["kind"], list(rec.get("nodes", [])),
@@ -267,5 +272,5 @@ def load_history(path: Path | str) -> History:
             dumps.setdefault(rec["node"], {})
         elif kind == "meta":
             meta = rec
-    return History(meta, sorted(ops.values(), key=lambda o: o.id), sorted(faults.values(),
+    return History(meta, sorted(calls.values(), key=lambda c: c.id), sorted(faults.values(),
                    key=lambda f: f.id), phases, converge, dumps, dump_info)

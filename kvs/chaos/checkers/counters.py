@@ -34,13 +34,14 @@ from typing import Any
 
 from kvs.chaos.checkers.base import CheckResult, Violation, verdict
 from kvs.chaos.checkers.versions import order_key
-from kvs.chaos.history import History, Op
+from kvs.chaos.history import Call, History
 
 NAME = "counters"
+KEPT = "still in history, superseded"  # why such a loss is not silent
 
 
 def run(history: History) -> CheckResult:
-    by_key = history.ops_by_key()
+    by_key = history.calls_by_key()
     keys = sorted(k for k, ops in by_key.items() if any(op.workload == "counter" for op in ops))
     violations: list[Violation] = []
     totals = {"keys": len(keys), "acknowledged": 0, "unknown": 0, "lost": 0, "final_sum": 0}
@@ -61,11 +62,11 @@ def run(history: History) -> CheckResult:
         totals["lost"] += lost
         totals["final_sum"] += final
         if lost:
-            notes.append(f"{key}: {lost} of {len(acked)} acknowledged increments lost to cross-node "
-                         f"conflicts (allowed); final value {final}")
+            notes.append(f"{key}: {lost} of {len(acked)} acknowledged increments lost from the value "
+                         f"to cross-node conflicts (allowed: {KEPT}); final value {final}")
     summary = (f"{totals['keys']} counters, {totals['acknowledged']} acknowledged increments, "
-               f"{totals['unknown']} unknown; {totals['lost']} lost to cross-node conflicts (allowed); "
-               f"{len(violations)} violations")
+               f"{totals['unknown']} unknown; {totals['lost']} lost to cross-node conflicts "
+               f"(allowed: {KEPT}); {len(violations)} violations")
     return CheckResult(NAME, verdict(violations), summary, violations, notes, stats=totals)
 
 
@@ -87,8 +88,8 @@ def _n(v: dict[str, Any]) -> int | None:
     return None
 
 
-def _check_tree(key: str, versions: dict[str, dict[str, Any]], history: History, acked: list[Op],
-                unknown: list[Op]) -> tuple[list[Violation], int, int]:
+def _check_tree(key: str, versions: dict[str, dict[str, Any]], history: History, acked: list[Call],
+                unknown: list[Call]) -> tuple[list[Violation], int, int]:
     out: list[Violation] = []
     if not versions:
         if acked:
@@ -177,7 +178,7 @@ def _fork_has_two_origins(v: dict[str, Any], versions: dict[str, dict[str, Any]]
     return all(k["origin"] != branch_child["origin"] for k in chain_children)
 
 
-def _history_only(key: str, ops: list[Op], acked: list[Op], unknown: list[Op],
+def _history_only(key: str, ops: list[Call], acked: list[Call], unknown: list[Call],
                   totals: dict[str, int]) -> list[Violation]:
     finals = [op for op in ops if op.tag == "final" and op.ok]
     out = []

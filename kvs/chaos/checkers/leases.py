@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvs.chaos.checkers.base import CheckResult, Violation, verdict
-from kvs.chaos.history import Fault, History, Op
+from kvs.chaos.history import Call, Fault, History
 
 NAME = "leases"
 TOLERANCE = 0.01  # seconds: ms rounding of stamps
@@ -41,16 +41,16 @@ class Hold:
     key: str
     start: float  # acquire acknowledged
     end: float
-    ops: list[Op] = field(default_factory=list)  # acknowledged acquire/renew ops
+    calls: list[Call] = field(default_factory=list)  # acknowledged acquire/renew calls
 
     def versions(self) -> list[str]:
-        return [op.version for op in self.ops if op.version]
+        return [op.version for op in self.calls if op.version]
 
 
 def holds(history: History) -> list[Hold]:
     out = []
-    per_client: dict[tuple[str, str], list[Op]] = {}
-    for op in history.ops:
+    per_client: dict[tuple[str, str], list[Call]] = {}
+    for op in history.calls:
         if op.workload == "lease" and op.tag in ("acquire", "renew", "release"):
             per_client.setdefault((op.client, op.key), []).append(op)
     for (client, key), ops in per_client.items():
@@ -67,7 +67,7 @@ def holds(history: History) -> list[Hold]:
             elif current is None:
                 continue
             elif op.tag == "renew" and op.ok:
-                current.ops.append(op)
+                current.calls.append(op)
                 current.end = max(current.end, op.inv + (op.ttl or 0))
             elif op.tag == "renew":
                 current.end = min(current.end, op.end if op.end is not None else current.end)
@@ -87,8 +87,8 @@ def run(history: History) -> CheckResult:
     by_key: dict[str, list[Hold]] = {}
     for h in all_holds:
         by_key.setdefault(h.key, []).append(h)
-    writes_by_key: dict[str, list[Op]] = {}
-    for op in history.ops:
+    writes_by_key: dict[str, list[Call]] = {}
+    for op in history.calls:
         if op.workload == "lease" and op.is_write and op.outcome != "fail":
             writes_by_key.setdefault(op.key, []).append(op)
     violations: list[Violation] = []
@@ -111,11 +111,11 @@ def run(history: History) -> CheckResult:
                         violations.append(Violation(
                             NAME, f"two clients held the lease through {p.node} at once "
                             f"for {overlap[1] - overlap[0]:.3f}s", node=p.node, key=key,
-                            ops=[op.id for op in (*p.ops, *q.ops)],
+                            ops=[op.id for op in (*p.calls, *q.calls)],
                             lines=[f"{p.client}: held [{p.start:.3f}, {p.end:.3f}]",
-                                   *("  " + op.describe() for op in p.ops),
+                                   *("  " + op.describe() for op in p.calls),
                                    f"{q.client}: held [{q.start:.3f}, {q.end:.3f}]",
-                                   *("  " + op.describe() for op in q.ops)],
+                                   *("  " + op.describe() for op in q.calls)],
                             t=overlap[0]))
                     else:
                         same_node_explained += 1
@@ -136,10 +136,10 @@ def run(history: History) -> CheckResult:
                               "same_node_explained": same_node_explained, "causes": causes})
 
 
-def _explain_same_node(history: History, p: Hold, q: Hold, writes: list[Op]) -> str | None:
+def _explain_same_node(history: History, p: Hold, q: Hold, writes: list[Call]) -> str | None:
     """Why P and Q could both hold through one node, or None if nothing explains it."""
     node = p.node
-    acquire = q.ops[0]
+    acquire = q.calls[0]
     if history.has_dump(node):
         applied = sorted(history.dumps[node].get(p.key, []), key=lambda v: v["modify_index"])
         position = {v["version"]: i for i, v in enumerate(applied)}

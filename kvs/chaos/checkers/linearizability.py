@@ -59,7 +59,7 @@ from typing import Any
 
 from kvs.chaos.checkers.base import CheckResult, Violation, verdict
 from kvs.chaos.checkers.versions import MISSING, VersionTable, synthetic_id
-from kvs.chaos.history import History, Op
+from kvs.chaos.history import Call, History
 from kvs.conditions import json_equal
 
 NAME = "linearizability"
@@ -79,7 +79,7 @@ class Step:
     call: float
     ret: float  # INF: no deadline
     required: bool
-    op: Op | None = None
+    op: Call | None = None
     version: str | None = None  # write / apply: the version it installs
     observed: str | None = None  # read / fail: the current version the node reported (None: absent)
     error: str | None = None  # fail: cas_conflict | not_found
@@ -328,7 +328,7 @@ class Problem:
     with_dump: bool
 
 
-def _needs(op: Op, observed: str | None, table: VersionTable, node: str) -> frozenset[str]:
+def _needs(op: Call, observed: str | None, table: VersionTable, node: str) -> frozenset[str]:
     out = set()
     if observed:
         out.add(observed)
@@ -343,7 +343,7 @@ def _needs(op: Op, observed: str | None, table: VersionTable, node: str) -> froz
     return frozenset(out)
 
 
-def _client_steps(ops: Iterable[Op], node: str, table: VersionTable) -> list[Step]:
+def _client_steps(ops: Iterable[Call], node: str, table: VersionTable) -> list[Step]:
     """Reads and failed writes on `node`: they observe the register, they change nothing."""
     steps = []
     for op in ops:
@@ -362,7 +362,7 @@ def _client_steps(ops: Iterable[Op], node: str, table: VersionTable) -> list[Ste
     return steps
 
 
-def build_problem(node: str, key: str, ops: Sequence[Op], table: VersionTable,
+def build_problem(node: str, key: str, ops: Sequence[Call], table: VersionTable,
                   dump: list[dict[str, Any]] | None) -> Problem:
     """`ops`: every op on `key` through any node; `dump`: node's final revision set of key, if any."""
     local = [op for op in ops if op.node == node]
@@ -384,7 +384,7 @@ def build_problem(node: str, key: str, ops: Sequence[Op], table: VersionTable,
 
     applied = sorted(dump, key=lambda v: v["modify_index"])
     in_dump = {v["version"]: v for v in applied}
-    linked: dict[str, Op] = {}
+    linked: dict[str, Call] = {}
     for op in local:
         if op.is_write and op.ok and op.version:
             if op.version not in in_dump:
@@ -443,7 +443,7 @@ def _brief(v: dict[str, Any]) -> str:
             f"modify_index={v.get('modify_index')}")
 
 
-def _find_unknown(op: Op, table: VersionTable) -> str | None:
+def _find_unknown(op: Call, table: VersionTable) -> str | None:
     """The real id of an unknown put, if some read or dump saw its (unique) value."""
     if op.f != "write":
         return None
@@ -455,7 +455,7 @@ def _find_unknown(op: Op, table: VersionTable) -> str | None:
     return None
 
 
-def _link_unknown(v: dict[str, Any], unknown: list[Op], linked: dict[str, Op]) -> Op | None:
+def _link_unknown(v: dict[str, Any], unknown: list[Call], linked: dict[str, Call]) -> Call | None:
     """Which unknown-outcome op of this node wrote v? By value for puts; for a tombstone the
     earliest compatible unknown delete (the weakest real-time constraint, so never a false alarm)."""
     taken = {op.id for op in linked.values()}
@@ -551,7 +551,7 @@ def run(history: History, table: VersionTable, *, shrink_seconds: float = SHRINK
         max_reported: int = 20) -> CheckResult:
     violations: list[Violation] = []
     checked = steps_total = inconclusive = with_dump = shrunk = 0
-    by_key = history.ops_by_key()
+    by_key = history.calls_by_key()
     for key in sorted(by_key):
         ops = by_key[key]
         workloads = {op.workload for op in ops}

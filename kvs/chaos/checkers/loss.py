@@ -31,7 +31,7 @@ def run(history: History) -> CheckResult:
     violations: list[Violation] = []
     full: set[str] = set()
     acknowledged = missing = 0
-    for op in history.ops:
+    for op in history.calls:
         if not (op.is_write and op.ok and op.version):
             continue
         acknowledged += 1
@@ -66,10 +66,10 @@ def run(history: History) -> CheckResult:
 
 
 def _unexplained(history: History, nodes: list[str]) -> list[Violation]:
-    acked = {op.version for op in history.ops if op.is_write and op.ok and op.version}
+    acked = {op.version for op in history.calls if op.is_write and op.ok and op.version}
     unknown_values: set[tuple[str, str, str]] = set()
     unknown_kinds: set[tuple[str, str, str]] = set()
-    for op in history.ops:
+    for op in history.calls:
         if op.is_write and op.unknown:
             unknown_kinds.add((op.key, op.node, op.f))
             if op.f == "write":

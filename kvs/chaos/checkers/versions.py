@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs.chaos.history import History, Op
+from kvs.chaos.history import Call, History
 
 
 class _Missing:
@@ -28,7 +28,7 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
-def synthetic_id(op: Op) -> str:
+def synthetic_id(op: Call) -> str:
     return f"?{op.id}"
 
 
@@ -95,7 +95,7 @@ class VersionTable:
         elif old != index:
             self.conflicts.append(f"version {info.id}: modify_index on {node} seen as {old} and {index}")
 
-    def learn_op(self, op: Op) -> None:
+    def learn_call(self, op: Call) -> None:
         if op.f == "read":
             if op.ok and op.result:
                 self.learn_version(op.result, op.node)
@@ -156,8 +156,8 @@ class VersionTable:
 
 def build_table(history: History) -> VersionTable:
     table = VersionTable()
-    for op in history.ops:
-        table.learn_op(op)
+    for op in history.calls:
+        table.learn_call(op)
     for node, keys in history.dumps.items():
         for versions in keys.values():
             for v in versions:
