@@ -35,9 +35,9 @@ from typing import Any, NoReturn, TypeVar
 
 from kvs import config as configuration
 from kvs.client import DEFAULT_NODE, Client, Unavailable, Version, WatchEvent, as_json
-from kvs.conditions import MAX_U64
 from kvs.errors import BadRequest, CASConflict, CASDisabled, ConfigError, KVSError, NotFound
 from kvs.keys import validate_key
+from kvs.model import MAX_U64
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DISABLED, EXIT_UNAVAILABLE = 1, 2, 3, 4, 5, 6
 EXIT_LOCK_LOST = 7

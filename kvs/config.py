@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,6 @@ class Config:
     # Internal switch used by tests and benchmarks: turn eager push off to exercise
     # anti-entropy alone. Not part of the public contract.
     eager_push: bool = True
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def data_path(self) -> Path:
@@ -77,10 +76,10 @@ class Config:
         return load(overrides={**self.as_dict(), **changes})
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "extra"}
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _POSITIVE = {
     "revision_history_limit", "max_value_bytes", "max_txn_ops", "gossip_interval_ms",
     "probe_timeout_ms", "suspicion_multiplier", "sync_interval_ms", "tombstone_gc_seconds",

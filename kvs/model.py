@@ -32,6 +32,8 @@ import xxhash
 Wire = list[Any]
 
 
+MAX_U64 = 2**64 - 1  # flags, indexes and timestamps are unsigned 64-bit on the wire
+
 @dataclass(slots=True)
 class Version:
     key: str
