@@ -29,6 +29,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kvs.clock import HLC, wall_ms
@@ -37,6 +38,7 @@ from kvs.config import Config
 from kvs.errors import CASConflict, CASDisabled, NotFound
 from kvs.merkle import MerkleTree
 from kvs.model import Version, add_newest, new_version_id, resolve, wins
+from kvs.store import snapshot
 from kvs.store.storage import Change, Storage
 
 log = logging.getLogger("kvs.engine")
@@ -267,6 +269,20 @@ class Engine:
             "merkle_root": f"{storage.tree.root():016x}",
             "hlc": list(self.hlc.last),
         }
+
+    def snapshot(self, work: Path) -> Iterator[bytes]:
+        """A snapshot of the store as of now, as file chunks (kvs/store/snapshot.py).
+
+        The copy is a checkpoint in `work`, taken under the lock (so between two
+        mutations); the chunks stream from it while the node goes on. The caller removes
+        `work` when done.
+        """
+        with self._lock:
+            self.storage.checkpoint(work)
+            status = self.status()
+        header = {"node": status["node"], "created_at": self.now_ms(), "index": status["index"],
+                  "merkle_root": status["merkle_root"], "keys": status["keys"]}
+        return snapshot.encode(header, snapshot.checkpoint_records(work))
 
     def dead_pending_purge(self) -> int:
         """Tombstones and expired versions still stored (a scan: for metrics, not hot paths)."""

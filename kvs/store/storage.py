@@ -303,6 +303,12 @@ class Storage:
         """
         await self.commits.wait(self.commits.issued if ticket is None else ticket)
 
+    def checkpoint(self, path: Path) -> None:
+        """A consistent copy of everything written so far in `path` (hard links where it
+        can): RocksDB's checkpoint. Staged records are written first."""
+        self.flush()
+        rocksdict.Checkpoint(self.db).create_checkpoint(str(path))
+
     def close(self) -> None:
         with contextlib.suppress(StorageFailed):  # what could not be written is lost
             self.flush()
