@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvs import config as configuration
-from kvs.client import DEFAULT_NODE, Client, Unavailable, Version, WatchEvent, as_json
+from kvs.client import DEFAULT_NODE, Client, Unavailable, WatchEvent, as_json
+from kvs.client import VersionRecord as Version
 from kvs.errors import CASConflict, CASDisabled, ConfigError, KVSError, NotFound
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DISABLED, EXIT_UNAVAILABLE = 1, 2, 3, 4, 5, 6
