@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from kvs import config as configuration
-from kvs.client import DEFAULT_NODE, Client, Unavailable, Version, WatchEvent, as_json
+from kvs.client import DEFAULT_NODE, Client, Unavailable, VersionRecord, WatchEvent, as_json
 from kvs.errors import BadRequest, CASConflict, CASDisabled, ConfigError, KVSError, NotFound
 from kvs.keys import validate_key
 from kvs.model import MAX_U64
@@ -275,7 +275,7 @@ def cmd_status(c: Client, args: argparse.Namespace) -> Any:
     return None
 
 
-def _describe(version: Version) -> str:
+def _describe(version: VersionRecord) -> str:
     ttl = f", expires {_when(version.expires_at)}" if version.expires_at else ""
     return f"{_short_json(version.value)}  (modify_index {version.modify_index}{ttl})"
 
@@ -284,7 +284,7 @@ def cmd_watch(c: Client, args: argparse.Namespace) -> Any:
     """Print the current state, then each change, until Ctrl-C (or --count events)."""
     if not args.prefix:
         _require_key(args.key, "--prefix")
-    previous: dict[str, Version] = {}
+    previous: dict[str, VersionRecord] = {}
     events = c.watch(args.key, prefix=args.prefix, index=args.index, wait=args.wait)
     for seen, event in enumerate(events, 1):
         if args.json:
@@ -304,7 +304,7 @@ def _watch_json(event: WatchEvent) -> dict[str, Any]:
     return {**out, "key": event.key, "version": as_json(event.version)}
 
 
-def _print_change(event: WatchEvent, previous: dict[str, Version], *, first: bool) -> None:
+def _print_change(event: WatchEvent, previous: dict[str, VersionRecord], *, first: bool) -> None:
     if not event.prefix:
         version = event.version
         state = f"= {_describe(version)}" if version else "absent"

@@ -2,7 +2,7 @@
 
     async with AsyncClient(["http://127.0.0.1:8080", "http://127.0.0.1:8081"]) as kv:
         w = await kv.put("config/db", {"pool": 10}, cas=0)       # create-only
-        v = await kv.get("config/db")                            # Version(value={"pool": 10}, ...)
+        v = await kv.get("config/db")                            # VersionRecord(value={"pool": 10}, ...)
         await kv.put("config/db", {"pool": 20}, if_version=v.version)
         await kv.update("stats/hits", lambda n: (n or 0) + 1)    # read-modify-write, retried
         async for event in kv.watch("config/", prefix=True):     # blocking queries
@@ -55,6 +55,7 @@ a watch that fails over restarts its blocking query from the new node's index.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import inspect
 import json
@@ -74,9 +75,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncClient", "BadRequest", "CASConflict", "CASDisabled", "CheckResult", "Client",
-    "DeleteResult", "Health", "KVSError", "Member", "NotFound", "Page", "PrefixDeleteResult",
+    "DeleteResult", "Health", "KVSError", "MemberRecord", "NotFound", "Page", "PrefixDeleteResult",
     "ServerError", "Service", "ServiceDeleteResult", "ServiceWriteResult", "Status", "TooLarge",
-    "TxnFailure", "TxnOp", "Unavailable", "Updated", "Version", "VersionMeta", "WatchEvent",
+    "TxnFailure", "TxnOp", "Unavailable", "Updated", "VersionMeta", "VersionRecord", "WatchEvent",
     "WriteResult", "as_json",
 ]
 
@@ -167,7 +168,7 @@ def _unavailable(failures: Sequence[str]) -> Unavailable:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class VersionMeta:
-    """A version's identity and metadata (SPEC section 2), without its value."""
+    """A version's identity and metadata, without its value (what a conflict reports)."""
 
     key: str
     version: str
@@ -185,7 +186,13 @@ class VersionMeta:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Version(VersionMeta):
+class VersionRecord(VersionMeta):
+    """A version of a key as a node reported it: a read-only record, value included.
+
+    Not the node's own `kvs.model.Version` (the stored, replicated object with its digest
+    and encoding caches): this is what a read answers, frozen, and it needs nothing beyond
+    the standard library."""
+
     value: Any
 
 
@@ -248,10 +255,10 @@ class WatchEvent:
     prefix: bool
     index: int                # the node's X-KVS-Index: pass it as `index` to wait for the next change
     node: str                 # the node that answered (indexes are node-local)
-    items: list[Version]      # key: [current version] or [] if absent; prefix: live versions
+    items: list[VersionRecord]  # key: [current version] or [] if absent; prefix: live versions
 
     @property
-    def version(self) -> Version | None:
+    def version(self) -> VersionRecord | None:
         return self.items[0] if self.items and not self.prefix else None
 
     @property
@@ -273,7 +280,9 @@ class Updated:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Member:
+class MemberRecord:
+    """A cluster member as a node's /cluster/members reported it: a read-only record."""
+
     id: str
     address: str
     joined_at: int
@@ -374,8 +383,25 @@ class TxnOp:
     def to_json(self) -> dict[str, Any]:
         return {"op": self.op, "key": self.key, **self.body}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TxnOp:
+        """An op written as the HTTP API's JSON, e.g. {"op": "set", "key": "a", "value": 1}.
 
-TxnResult: TypeAlias = WriteResult | DeleteResult | CheckResult | Version | None
+        Only the shape is checked here (an object with a known "op" and a string "key"), so
+        a mistake fails before anything is sent; the node checks the other fields."""
+        if not isinstance(data, Mapping):
+            raise BadRequest(f"a txn op is a TxnOp or a JSON object, not {type(data).__name__}")
+        op, key = data.get("op"), data.get("key")
+        if op not in _TXN_OPS or not isinstance(key, str):
+            raise BadRequest(f"a txn op needs \"op\" (one of {', '.join(_TXN_OPS)}) and a string "
+                             f"\"key\": {dict(data)!r}")
+        return cls(op=op, key=key, body={k: v for k, v in data.items() if k not in ("op", "key")})
+
+
+_TXN_OPS = ("set", "delete", "check", "get")
+
+
+TxnResult: TypeAlias = WriteResult | DeleteResult | CheckResult | VersionRecord | None
 
 _FIELDS: dict[type, frozenset[str]] = {}
 
@@ -423,11 +449,27 @@ class Call(Generic[T]):
     wait: float = 0.0                        # the node may hold it this long (blocking query)
     pinned: str | None = None                # the node whose index `target` carries...
     elsewhere: Call[T] | None = None         # ...and what to send to any other node instead
+    deadline: float | None = None            # time.monotonic() after which no answer is awaited
 
     def for_node(self, node: str) -> Call[T]:
         if self.pinned is None or self.pinned == node or self.elsewhere is None:
             return self
         return self.elsewhere
+
+    def until(self, deadline: float) -> Call[T]:
+        """This call, given up (Unavailable) at `deadline`: a lease renewal that arrives after
+        the lease ran out is worth nothing, so its holder must not wait longer for it."""
+        elsewhere = None if self.elsewhere is None else self.elsewhere.until(deadline)
+        return dataclasses.replace(self, deadline=deadline, elsewhere=elsewhere)
+
+    def limits(self, timeout: float, connect_timeout: float) -> tuple[float, float] | None:
+        """(total, connect) seconds for one attempt now; None once the deadline has passed."""
+        total = timeout + self.wait
+        if self.deadline is not None:
+            total = min(total, self.deadline - time.monotonic())
+            if total <= 0:
+                return None
+        return total, min(connect_timeout, total)
 
     def read(self, answer: Answer) -> T:
         """The typed result; or the typed exception, naming the node that answered (`.node`)."""
@@ -564,7 +606,7 @@ def _txn_decoder(ops: Sequence[TxnOp]) -> Callable[[Answer], list[TxnResult]]:
         if data is None:
             return None
         return _build({"set": WriteResult, "delete": DeleteResult, "check": CheckResult,
-                       "get": Version}[op.op], data)
+                       "get": VersionRecord}[op.op], data)
 
     return _reader(lambda data, _: [result(op, r)
                                     for op, r in zip(ops, data["results"], strict=True)])
@@ -580,13 +622,14 @@ def _watch_decoder(key: str, prefix: bool) -> Callable[[Answer], WatchEvent]:
             raise error
         return _reader(lambda data, _: WatchEvent(
             key=key, prefix=prefix, index=answer.index or 0, node=answer.node,
-            items=[_build(Version, d) for d in data["items"]] if prefix else [_build(Version, data)],
+            items=([_build(VersionRecord, d) for d in data["items"]] if prefix
+                   else [_build(VersionRecord, data)]),
         ))(answer)
 
     return decode
 
 
-def _wake_cap(wait: float, items: Sequence[Version], now: float) -> float:
+def _wake_cap(wait: float, items: Sequence[VersionRecord], now: float) -> float:
     """How long to block: at most `wait`, and not past the first lease under watch to expire.
 
     An expiry does not bump the modify index, so no write wakes a blocking query when a
@@ -616,9 +659,9 @@ class _Commands:
     def health(self) -> Out[Health]:
         return self._execute(Call("GET", "/health", None, _of(Health)))
 
-    def get(self, key: str, *, version: str | None = None) -> Out[Version]:
+    def get(self, key: str, *, version: str | None = None) -> Out[VersionRecord]:
         """The current version of `key` (or the given version UUID, also from history)."""
-        return self._execute(Call("GET", _kv(key, {"version": version}), None, _of(Version)))
+        return self._execute(Call("GET", _kv(key, {"version": version}), None, _of(VersionRecord)))
 
     def get_value(self, key: str, default: Any = UNSET) -> Out[Any]:
         """Just the value (`?raw=true`); `default` instead of NotFound if given."""
@@ -628,17 +671,17 @@ class _Commands:
                 return default if answer.status == 404 else _raw_value(answer)
         return self._execute(Call("GET", _kv(key, {"raw": True}), None, decode))
 
-    def history(self, key: str) -> Out[list[Version]]:
+    def history(self, key: str) -> Out[list[VersionRecord]]:
         """Current and past versions, newest first, tombstones and superseded ones included."""
         return self._execute(Call("GET", _kv(key, {"history": True}), None, _reader(
-            lambda data, _: [_build(Version, r) for r in data["revisions"]])))
+            lambda data, _: [_build(VersionRecord, r) for r in data["revisions"]])))
 
     def list(self, prefix: str = "", *, limit: int | None = None,
-             after: str | None = None) -> Out[Page[Version]]:
+             after: str | None = None) -> Out[Page[VersionRecord]]:
         """Live versions under `prefix`, in key order; one page of at most `limit`."""
         query = {"recurse": True, "limit": limit, "after": after}
         return self._execute(Call("GET", _kv(prefix, query), None,
-                                  _page("items", lambda d: _build(Version, d))))
+                                  _page("items", lambda d: _build(VersionRecord, d))))
 
     def list_keys(self, prefix: str = "", *, separator: str | None = None, limit: int | None = None,
                   after: str | None = None) -> Out[Page[str]]:
@@ -646,7 +689,7 @@ class _Commands:
         query = {"keys": True, "separator": separator, "limit": limit, "after": after}
         return self._execute(Call("GET", _kv(prefix, query), None, _page("keys", str)))
 
-    def scan(self, prefix: str = "", *, page_size: int = 100) -> Stream[Version]:
+    def scan(self, prefix: str = "", *, page_size: int = 100) -> Stream[VersionRecord]:
         """Every live version under `prefix`, fetching pages of `page_size` as it goes."""
         return self._iterate(self._pages(lambda after: _PLAN.list(prefix, limit=page_size, after=after)))
 
@@ -691,12 +734,15 @@ class _Commands:
         return self._execute(Call("DELETE", _kv(prefix, {"recurse": True}), None,
                                   _of(PrefixDeleteResult)))
 
-    def txn(self, ops: Sequence[TxnOp]) -> Out[list[TxnResult]]:
+    def txn(self, ops: Sequence[TxnOp | Mapping[str, Any]]) -> Out[list[TxnResult]]:
         """All-or-nothing on the node: one result per op (set: WriteResult, delete:
-        DeleteResult, check: CheckResult, get: Version or None). A failed condition raises
-        CASConflict with `.failed` and writes nothing."""
-        body = {"ops": [op.to_json() for op in ops]}
-        return self._execute(Call("POST", "/txn", _encode(body), _txn_decoder(list(ops))))
+        DeleteResult, check: CheckResult, get: VersionRecord or None). A failed condition raises
+        CASConflict with `.failed` and writes nothing. An op is a TxnOp or the HTTP API's JSON
+        form ({"op": "set", "key": "a", "value": 1}); a malformed one raises BadRequest before
+        anything is sent."""
+        typed = [op if isinstance(op, TxnOp) else TxnOp.from_json(op) for op in ops]
+        body = {"ops": [op.to_json() for op in typed]}
+        return self._execute(Call("POST", "/txn", _encode(body), _txn_decoder(typed)))
 
     def update(self, key: str, fn: Callable[[Any], Any], *, retries: int = 16, backoff: float = 0.01,
                max_backoff: float = 1.0, ttl: float | None = None) -> Out[Updated]:
@@ -720,7 +766,7 @@ class _Commands:
         while True:
             attempt += 1
             try:
-                current: Version | None = yield _PLAN.get(key)
+                current: VersionRecord | None = yield _PLAN.get(key)
             except NotFound:
                 current = None
             value = fn(None if current is None else current.value)
@@ -762,13 +808,20 @@ class _Commands:
         return self._iterate(self._watch_plan(key, prefix, index, wait))
 
     @staticmethod
-    def _watch_plan(key: str, prefix: bool, index: int | None, wait: float) -> Plan[None]:
+    def _watch_plan(key: str, prefix: bool, index: int | None, wait: float,
+                    until: float | None = None) -> Plan[None]:
+        """The watch loop; with `until` (time.monotonic()) no query waits past it, and the
+        plan ends there (a lock waiting with a timeout watches this way)."""
         last: tuple[tuple[str, str], ...] | None = None
         node: str | None = None
-        items: list[Version] = []
+        items: list[VersionRecord] = []
         while True:
-            call = _watch_call(key, prefix, index, _wake_cap(wait, items, time.time()), pinned=node)
-            event: WatchEvent = yield call
+            cap = _wake_cap(wait, items, time.time())
+            if until is not None:
+                cap = min(cap, until - time.monotonic())
+                if cap <= 0:
+                    return
+            event: WatchEvent = yield _watch_call(key, prefix, index, cap, pinned=node)
             if event.signature() != last:
                 last = event.signature()
                 yield Emit(event)
@@ -776,8 +829,8 @@ class _Commands:
 
     # -- cluster ---------------------------------------------------------------------------
 
-    def members(self) -> Out[list[Member]]:
-        return self._execute(Call("GET", "/cluster/members", None, _list_of(Member)))
+    def members(self) -> Out[list[MemberRecord]]:
+        return self._execute(Call("GET", "/cluster/members", None, _list_of(MemberRecord)))
 
     def status(self) -> Out[Status]:
         return self._execute(Call("GET", "/cluster/status", None, _reader(_status)))
@@ -920,32 +973,41 @@ class Client(_Commands):
             for conn, _ in conns:
                 conn.close()
 
-    def _execute(self, plan: Call[T] | Plan[T]) -> Any:
+    def _execute(self, plan: Call[T] | Plan[T], stop: threading.Event | None = None) -> Any:
+        """Carry a plan out in this thread. Setting `stop` (from another thread) ends it before
+        its next step, and at once during a Sleep; it then returns None. (An AsyncClient's
+        plans are stopped by cancelling the task instead.)"""
         if isinstance(plan, Call):
             return self._send(plan)
-        items = self._drive(plan)
+        items = self._drive(plan, stop)
         try:
             next(items)
-        except StopIteration as stop:
-            return stop.value
+        except StopIteration as stopped:
+            return stopped.value
         raise RuntimeError("a plan run by _execute emitted an item")
 
     def _iterate(self, plan: Plan[None]) -> Iterator[Any]:
         return self._drive(plan)
 
-    def _drive(self, plan: Plan[T]) -> Generator[Any, None, T]:
+    def _drive(self, plan: Plan[T], stop: threading.Event | None = None) -> Generator[Any, None, T | None]:
         reply: Any = None
         error: BaseException | None = None
         try:
             while True:
+                # A reply is always delivered: a write that was applied must reach the plan.
                 step = _advance(plan, reply, error)
                 reply, error = None, None
                 if isinstance(step, _Done):
                     return step.value  # type: ignore[no-any-return]
+                if stop is not None and stop.is_set():
+                    return None
                 if isinstance(step, Emit):
                     yield step.item
                 elif isinstance(step, Sleep):
-                    time.sleep(step.seconds)
+                    if stop is None:
+                        time.sleep(step.seconds)
+                    else:
+                        stop.wait(step.seconds)
                 elif isinstance(step, _Await):
                     error = TypeError("update() fn returned an awaitable; use AsyncClient for async fns")
                     if inspect.iscoroutine(step.awaitable):
@@ -963,7 +1025,7 @@ class Client(_Commands):
         for node in self._nodes.order():
             sent = call.for_node(node)
             try:
-                answer = self._exchange(node, sent)
+                answer = self._round_trip(node, sent)
             except _NoAnswer as exc:
                 failures.append(f"{node}: {exc}")
                 continue
@@ -971,15 +1033,18 @@ class Client(_Commands):
             return sent.read(answer)
         raise _unavailable(failures)
 
-    def _exchange(self, node: str, call: Call[Any]) -> Answer:
-        read_timeout = self.timeout + call.wait
+    def _round_trip(self, node: str, call: Call[Any]) -> Answer:
         base = urllib.parse.urlsplit(node).path
         for attempt in (1, 2):
+            limits = call.limits(self.timeout, self.connect_timeout)
+            if limits is None:
+                raise _NoAnswer(_PAST_DEADLINE)
+            read_timeout, connect_timeout = limits
             conn, reused = self._take(node)
-            limit = self.connect_timeout
+            limit = connect_timeout
             try:
                 if conn.sock is None:
-                    conn.timeout = self.connect_timeout
+                    conn.timeout = connect_timeout
                     conn.connect()
                 limit = read_timeout
                 conn.sock.settimeout(read_timeout)
@@ -1029,6 +1094,9 @@ class Client(_Commands):
 
 class _NoAnswer(Exception):
     """The node could not be reached: the request may be tried on the next node."""
+
+
+_PAST_DEADLINE = "not sent: the caller's deadline had passed"
 
 
 # -- the asyncio client ----------------------------------------------------------------------
@@ -1117,8 +1185,11 @@ class AsyncClient(_Commands):
         failures = []
         for node in self._nodes.order():
             sent = call.for_node(node)
-            timeout = aiohttp.ClientTimeout(total=self.timeout + sent.wait,
-                                            sock_connect=self.connect_timeout)
+            limits = sent.limits(self.timeout, self.connect_timeout)
+            if limits is None:
+                failures.append(f"{node}: {_PAST_DEADLINE}")
+                continue
+            timeout = aiohttp.ClientTimeout(total=limits[0], sock_connect=limits[1])
             answered = False
             try:
                 async with session.request(

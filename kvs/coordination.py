@@ -1,4 +1,4 @@
-"""Locks and leader election on TTL leases, built on compare-and-swap (asyncio).
+"""Locks and leader election on TTL leases, built on compare-and-swap.
 
 A lease is a key written with a ttl whose value is unique to its holder
 (`{"holder": ..., "token": <random>}`). Three conditional writes do all the work:
@@ -13,24 +13,45 @@ A lease is a key written with a ttl whose value is unique to its holder
 
 How a holder learns at once that it lost the lease
 ---------------------------------------------------
-Between two renewals (every T/3) the renewal task does not sleep: it holds a blocking query
-on K from the index of its own last write. Any write to K by anyone else (a delete, an
-overwrite, an expiry's successor) wakes it within a round trip; if K no longer holds V the
-lock is lost. A renewal answered 409 or 404 is lost at once too. A renewal that reaches no
-node is retried every T/10; the holder gives the lease up when it can no longer be sure of
-it: at `sent + T`, where `sent` is when it *sent* its last successful acquire or renewal (the
-node counts T from when it *received* it, so the holder's view always ends first).
+Between two renewals (every T/3) the renewal does not sleep: it holds a blocking query on K
+from the index of its own last write. Any write to K by anyone else (a delete, an overwrite,
+an expiry's successor) wakes it within a round trip; if K no longer holds V the lock is lost.
+A renewal answered 409 or 404 is lost at once too. A renewal that reaches no node is retried
+every T/10; the holder gives the lease up when it can no longer be sure of it: at `sent + T`,
+where `sent` is when it *sent* its last successful acquire or renewal (the node counts T from
+when it *received* it, so the holder's view always ends first).
 
-Loss is surfaced three ways, all at the same moment: `lock.lost` (an asyncio.Event) is set,
+Loss is surfaced at the same moment in every way the caller can be told: `lock.lost` is set,
 the `on_lost(lock, reason)` callback runs, and, inside `async with lock:`, the task running
-the body is cancelled (see `Lock.__aexit__`).
+the body is cancelled (see `_AsyncLock.__aexit__`).
+
+Both clients, one lease
+-----------------------
+`Lock(client, ...)` and `LeaderElection(client, ...)` take either client, like the client
+methods themselves: given an `AsyncClient` their methods are coroutines (`async with lock:`),
+given a blocking `Client` they block (`with lock:`) and the renewal runs in a daemon thread.
+What a lease does is written once, as plans in the sense of kvs.client (generators that
+yield `Call`s and `Sleep`s and are sent the answers): `_acquire_plan`, `_keep_plan` and
+`_delete_plan`, and the campaign of an election as `_campaign`. Each client carries the
+plans out as it carries out its own methods. Only what cannot be shared differs by kind:
+
+                        AsyncClient                     blocking Client
+    renewal runs in     an asyncio task                 a daemon thread
+    stopped by          cancelling it                   a threading.Event (Client._execute)
+    `lost`, `elected`   asyncio.Event                   threading.Event
+    a loss during       cancels the task running        cannot interrupt a thread: the body
+      the body          the body; LockLost at exit      checks `lock.held`; LockLost at exit
+
+A wrong pairing raises TypeError before anything is written: `async with` a Lock given a
+blocking Client, `with` one given an AsyncClient, and any blocking Lock or election called
+from a running event loop (it would block the loop: that is `await lock.acquire()` too).
 
 What this does not protect against
 ----------------------------------
 * CAS is atomic per node. Give every contender the same node (or the same node list, so
   they all use its first reachable node). If contenders write to different nodes during a
   partition, both can acquire; the cluster then converges to one value and the other
-  holder's next renewal fails its if_value, so it learns within T/3 (see SPEC section 4).
+  holder's next renewal fails its if_value, so it learns within T/3.
 * A holder that stops running (GC pause, SIGSTOP, a blocked event loop) for longer than its
   remaining lease may act after losing it, as with any lease. Pass `lock.fencing_token`
   (the lease's create_index, larger for every acquisition on that node) to the resource you
@@ -47,17 +68,26 @@ import inspect
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, NamedTuple
 
 from kvs.client import (
+    _PLAN,
+    DEFAULT_WAIT,
     AsyncClient,
     CASConflict,
+    Client,
+    Emit,
     NotFound,
+    Plan,
     ServerError,
+    Sleep,
     Unavailable,
-    Version,
+    VersionRecord,
+    WatchEvent,
     WriteResult,
 )
 from kvs.errors import KVSError
@@ -65,6 +95,12 @@ from kvs.errors import KVSError
 log = logging.getLogger("kvs.coordination")
 
 SERVER_WAIT_MARGIN = 0.05  # ask the node to answer a blocking query this long before we need it
+
+_NEEDS_AWAIT = ("this {what} was given an AsyncClient: use `async with` and `await` (or give it a "
+                "blocking kvs.client.Client for `with` and plain calls)")
+_NEEDS_THREAD = ("this {what} was given a blocking kvs.client.Client: use `with` and plain calls, "
+                 "from a thread rather than a coroutine, where it would block the event loop (or "
+                 "give it a kvs.client.AsyncClient for `async with` and `await`)")
 
 
 class LockLost(KVSError):
@@ -82,18 +118,114 @@ def default_holder() -> str:
 
 
 LostCallback = Callable[["Lock", LockLost], Any]
+Callback = Callable[..., Any]
 
 
-class Lock:
+# -- what differs by the kind of client ------------------------------------------------------
+
+def _is_blocking(client: object, what: str) -> bool:
+    if isinstance(client, Client):
+        return True
+    if isinstance(client, AsyncClient):
+        return False
+    raise TypeError(f"{what} needs a kvs.client.Client or AsyncClient, not {type(client).__name__}")
+
+
+def _require_event_loop(what: str) -> None:
+    """An async method called outside a coroutine: its result would be a coroutine object,
+    which is truthy (`if lock.acquire(timeout=0):` would pass without the lock)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise TypeError(_NEEDS_AWAIT.format(what=what)) from None
+
+
+def _refuse_event_loop(what: str) -> None:
+    """A blocking call made from a coroutine: the caller meant the async API (`await`)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise TypeError(_NEEDS_THREAD.format(what=what))
+
+
+_background: set[asyncio.Future[Any]] = set()  # asyncio keeps only weak references to tasks
+
+
+class _AsyncKind:
+    """Events and callbacks for the asyncio kind: a callback's coroutine runs as a task."""
+
+    _Event: Callable[[], Any] = asyncio.Event
+
+    @staticmethod
+    def _spawn(awaitable: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(awaitable)
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+class _BlockingKind:
+    """Events and callbacks for the blocking kind: there is no event loop to run a coroutine."""
+
+    _Event: Callable[[], Any] = threading.Event
+
+    @staticmethod
+    def _spawn(awaitable: Awaitable[Any]) -> None:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        log.error("event=callback_returned_awaitable: with a blocking Client, callbacks are plain "
+                  "functions (nothing awaited it)")
+
+
+def _call_back(callback: Callback | None, args: tuple[Any, ...], spawn: Callable[[Awaitable[Any]], None],
+               key: str) -> None:
+    """Run a user callback: its failure is logged, never raised into the lease's machinery."""
+    if callback is None:
+        return
+    try:
+        outcome = callback(*args)
+    except Exception:
+        log.exception("event=callback_failed key=%s", key)
+        return
+    if inspect.isawaitable(outcome):
+        spawn(outcome)
+
+
+class _EitherClient:
+    """A public class whose instances take their kind from the client they are given, as
+    the client's methods do: `Lock(client)` is an `_AsyncLock` or a `_BlockingLock`."""
+
+    _kinds: tuple[type, type]  # (given an AsyncClient, given a blocking Client); public class only
+    _Event: Callable[[], Any]
+    _spawn: Callable[[Awaitable[Any]], None]
+
+    def __new__(cls, client: AsyncClient | Client, *args: Any, **kwargs: Any) -> Any:
+        if "_kinds" in cls.__dict__:
+            cls = cls._kinds[_is_blocking(client, cls.__name__)]
+        return super().__new__(cls)
+
+
+# -- Lock --------------------------------------------------------------------------------------
+
+class _Loss(NamedTuple):
+    reason: LockLost
+    release: bool  # delete the key if it still holds our token: a renewal may have landed after all
+
+
+class Lock(_EitherClient):
     """A mutual-exclusion lease on `key`, renewed in the background while held.
 
-        lock = Lock(client, "locks/report", ttl=10)
+        lock = Lock(client, "locks/report", ttl=10)     # client: AsyncClient
         async with lock:                # waits for the lock; raises LockLost if it is lost
             await make_report()
 
-        if await lock.acquire(timeout=0):   # or by hand: one attempt, no waiting
+        lock = Lock(client, "locks/report", ttl=10)     # client: blocking Client
+        with lock:                      # the same, blocking; the renewal runs in a thread
+            make_report()               # not interrupted by a loss: check lock.held
+
+        if lock.acquire(timeout=0):     # or by hand (await it with an AsyncClient)
             try: ...
-            finally: await lock.release()
+            finally: lock.release()
 
     `ttl` is the lease in seconds: how long others wait after the holder dies. The lease is
     renewed every `renew_interval` (default ttl/3). `holder` is any JSON value stored beside
@@ -102,9 +234,9 @@ class Lock:
     fewer) and learns of a loss at the next renewal, within `renew_interval`.
     """
 
-    def __init__(self, client: AsyncClient, key: str, *, ttl: float = 15.0, holder: Any = None,
-                 on_lost: LostCallback | None = None, renew_interval: float | None = None,
-                 watch: bool = True) -> None:
+    def __init__(self, client: AsyncClient | Client, key: str, *, ttl: float = 15.0,
+                 holder: Any = None, on_lost: LostCallback | None = None,
+                 renew_interval: float | None = None, watch: bool = True) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be > 0")
         self.client = client
@@ -117,17 +249,14 @@ class Lock:
         self.on_lost = on_lost
         self.watch = watch
         self.value: dict[str, Any] = {}
-        self.lost = asyncio.Event()
+        self.lost = self._Event()
         self.reason: LockLost | None = None
         self.result: WriteResult | None = None    # the last successful acquire or renewal
         self.fencing_token: int | None = None     # create_index of this acquisition
         self._held = False
-        self._deadline = 0.0                       # loop.time() until which the lease is sure
-        self._renewer: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
-        self._body: asyncio.Task[Any] | None = None
-        self._cancelled_body = False
-        self._observer: Callable[[Version | None], None] | None = None
+        self._mutex = threading.Lock()             # a loss and a release race from two threads
+        self._deadline = 0.0                       # time.monotonic() until which the lease is sure
+        self._observer: Callable[[VersionRecord | None], None] | None = None
 
     def __repr__(self) -> str:
         state = "held" if self.held else "lost" if self.lost.is_set() else "free"
@@ -136,54 +265,60 @@ class Lock:
     @property
     def held(self) -> bool:
         """True while the lease is certainly ours (acquired, not lost, not released, in time)."""
-        return self._held and asyncio.get_running_loop().time() < self._deadline
+        return self._held and time.monotonic() < self._deadline
 
     @property
     def expires_in(self) -> float:
         """Seconds the lease is certain for, by our clock (0 when not held)."""
         if not self._held:
             return 0.0
-        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+        return max(0.0, self._deadline - time.monotonic())
 
-    # -- acquire -------------------------------------------------------------------------------
+    # -- acquire (plans: no I/O here) ----------------------------------------------------------
 
-    async def acquire(self, *, timeout: float | None = None) -> bool:
-        """Wait until the lock is ours (True) or `timeout` seconds have passed (False).
+    def _acquire_plan(self, timeout: float | None, poll: float = DEFAULT_WAIT) -> Plan[bool]:
+        """True once the lock is ours, False after `timeout` seconds (0: one attempt).
 
-        timeout=0 makes one attempt. While another holder has it, a blocking query on the
-        key wakes this at once when the holder releases it, and at its `expires_at` when the
-        holder died. Raises Unavailable if no node can be reached, and CASDisabled,
-        BadRequest... as the client does.
+        While another holder has it, a blocking query on the key (each at most `poll`
+        seconds) wakes this at once when the holder releases it, and at its `expires_at`
+        when the holder died.
         """
         if self._held:
             raise RuntimeError(f"lock {self.key!r} is already held by this Lock")
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.value = {"holder": self.holder, "token": uuid.uuid4().hex}
         self.lost.clear()
         self.reason = None
         while True:
-            sent = loop.time()
+            sent = time.monotonic()
             try:
-                result = await self.client.put(self.key, self.value, cas=0, ttl=self.ttl)
+                result = yield _PLAN.put(self.key, self.value, cas=0, ttl=self.ttl)
             except CASConflict:
                 pass
             else:
                 self._won(result, sent)
                 return True
-            if deadline is not None and loop.time() >= deadline:
-                return False
-            try:
-                async with asyncio.timeout_at(deadline):
-                    if await self._wait_until_free():
-                        return True
-            except TimeoutError:
+            if (yield from self._wait_until_free(deadline, poll)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
                 return False
 
-    async def _wait_until_free(self) -> bool:
-        """Watch the key until it is absent (False: go and try) or turns out to be ours (True)."""
-        async with contextlib.aclosing(self.client.watch(self.key)) as states:
-            async for event in states:
+    def _wait_until_free(self, deadline: float | None, poll: float) -> Plan[bool]:
+        """Watch the key until it is absent (False: go and try), turns out to be ours (True),
+        or `deadline` passes (False). The watch is the client's own watch plan."""
+        states = _PLAN._watch_plan(self.key, False, None, poll, until=deadline)
+        reply: Any = None
+        try:
+            while True:
+                try:
+                    step = states.send(reply)
+                except StopIteration:
+                    return False
+                if not isinstance(step, Emit):
+                    reply = yield step
+                    continue
+                reply = None
+                event: WatchEvent = step.item
                 if self._observer is not None:
                     self._observer(event.version)
                 if event.version is None:
@@ -191,152 +326,187 @@ class Lock:
                 if event.value == self.value:
                     # Our own earlier attempt was applied though its answer got lost
                     # (a timeout, then failover). Renew it to learn how long it is ours.
-                    sent = asyncio.get_running_loop().time()
+                    sent = time.monotonic()
                     try:
-                        result = await self.client.put(self.key, self.value, if_value=self.value,
-                                                       ttl=self.ttl)
+                        result = yield _PLAN.put(self.key, self.value, if_value=self.value, ttl=self.ttl)
                     except (CASConflict, NotFound):
                         continue
                     self._won(result, sent)
                     return True
-        return False
+        finally:
+            states.close()
 
     def _won(self, result: WriteResult, sent: float) -> None:
         self._held = True
         self.result = result
         self.fencing_token = result.create_index
         self._deadline = sent + self.ttl
-        self._renewer = asyncio.create_task(self._keep_safely(sent), name=f"lock-renewal:{self.key}")
         log.debug("event=lock_acquired key=%s token=%s fencing=%s", self.key, self.value["token"],
                   self.fencing_token)
 
     # -- keep ----------------------------------------------------------------------------------
 
-    async def _keep_safely(self, sent: float) -> None:
-        try:
-            await self._keep(sent)
-        except Exception as exc:  # a bug must not leave a holder that believes it holds
-            log.exception("event=lock_renewal_crashed key=%s", self.key)
-            self._lose(f"the renewal task failed: {exc!r}", exc, release=True)
-
-    async def _keep(self, sent: float) -> None:
-        loop = asyncio.get_running_loop()
-        next_renewal = sent + self.renew_interval
+    def _keep_plan(self) -> Plan[_Loss | None]:
+        """Renew and watch until the lease is lost (the loss) or released (None)."""
         assert self.result is not None
+        next_renewal = self._deadline - self.ttl + self.renew_interval
         index = self.result.modify_index
         failure: BaseException | None = None
         while True:
-            now = loop.time()
+            now = time.monotonic()
             if now >= self._deadline:
-                self._lose(f"the lease ran out: no renewal reached a node within ttl={self.ttl:g}s"
-                           f" ({failure})", failure, release=True)
-                return
+                return self._lose(f"the lease ran out: no renewal reached a node within ttl={self.ttl:g}s"
+                                  f" ({failure})", failure, release=True)
             if now < next_renewal:
-                index = await self._watch_between_renewals(index, next_renewal)
-                if index is None:
-                    return
+                watched = yield from self._watch_between_renewals(index, next_renewal)
+                if not isinstance(watched, int):
+                    return watched
+                index = watched
                 continue
-            sent = loop.time()
+            sent = time.monotonic()
             try:
-                async with asyncio.timeout_at(self._deadline):
-                    result = await self.client.put(self.key, self.value, if_value=self.value,
-                                                   ttl=self.ttl)
+                result = yield _PLAN.put(self.key, self.value, if_value=self.value,
+                                         ttl=self.ttl).until(self._deadline)
             except (CASConflict, NotFound) as exc:
-                self._lose("renewal failed: the lock key no longer holds our token", exc)
-                return
-            except (Unavailable, ServerError, TimeoutError) as exc:
+                return self._lose("renewal failed: the lock key no longer holds our token", exc)
+            except (Unavailable, ServerError) as exc:
                 failure = exc
                 log.warning("event=lock_renewal_failed key=%s error=%r", self.key, exc)
-                next_renewal = min(loop.time() + self.ttl / 10, self._deadline)
+                next_renewal = min(time.monotonic() + self.ttl / 10, self._deadline)
                 continue
             except KVSError as exc:
-                self._lose(f"renewal refused: {exc.message}", exc)
-                return
+                return self._lose(f"renewal refused: {exc.message}", exc)
             failure = None
             self.result = result
             self._deadline = sent + self.ttl
             index = result.modify_index
             next_renewal = sent + self.renew_interval
 
-    async def _watch_between_renewals(self, index: int, until: float) -> int | None:
-        """Hold a blocking query on the key until `until`; the next index, or None if lost."""
-        loop = asyncio.get_running_loop()
-        left = until - loop.time()
+    def _watch_between_renewals(self, index: int, until: float) -> Plan[int | _Loss | None]:
+        """Hold a blocking query on the key until `until`: the next index, or the loss."""
+        left = until - time.monotonic()
         if not self.watch or left <= 2 * SERVER_WAIT_MARGIN:
-            await asyncio.sleep(max(0.0, left))
+            yield Sleep(max(0.0, left))
             return index
         try:
-            async with asyncio.timeout_at(until):
-                event = await self.client.watch_once(self.key, index=index,
-                                                     wait=left - SERVER_WAIT_MARGIN)
-        except TimeoutError:
-            return index
+            event = yield _PLAN.watch_once(self.key, index=index,
+                                           wait=left - SERVER_WAIT_MARGIN).until(until)
         except (Unavailable, ServerError):
-            await asyncio.sleep(max(0.0, until - loop.time()))  # the renewal will tell
+            yield Sleep(max(0.0, until - time.monotonic()))  # the renewal will tell
             return index
         if event.value != self.value:
             how = "deleted or expired" if event.version is None else "overwritten by another writer"
-            self._lose(f"the lock key was {how}", None)
-            return None
+            return self._lose(f"the lock key was {how}", None)
         return event.index
 
-    def _lose(self, why: str, cause: BaseException | None, *, release: bool = False) -> None:
-        if not self._held:
-            return
-        self._held = False
+    def _crashed(self, exc: Exception) -> _Loss | None:
+        """A bug in the renewal must not leave a holder that believes it holds."""
+        log.exception("event=lock_renewal_crashed key=%s", self.key)
+        return self._lose(f"the renewal failed: {exc!r}", exc, release=True)
+
+    def _drop(self) -> bool:
+        """Mark the lease not held; True for the one caller (loss or release) that did it."""
+        with self._mutex:
+            held, self._held = self._held, False
+        return held
+
+    def _lose(self, why: str, cause: BaseException | None, *, release: bool = False) -> _Loss | None:
+        if not self._drop():
+            return None  # released meanwhile: nothing to report
         reason = LockLost(f"lock {self.key!r} lost: {why}", self.key)
         reason.__cause__ = cause
         self.reason = reason
-        self.lost.set()
-        log.warning("event=lock_lost key=%s reason=%r", self.key, why)
-        if self._body is not None and not self._body.done():
-            self._cancelled_body = True
-            self._body.cancel(msg=reason.message)
-        if self.on_lost is not None:
-            try:
-                outcome = self.on_lost(self, reason)
-                if inspect.isawaitable(outcome):
-                    self._spawn(outcome)
-            except Exception:
-                log.exception("event=lock_on_lost_failed key=%s", self.key)
-        if release:  # a renewal may have landed after all: don't make others wait for it
-            self._spawn(self._delete_if_ours())
+        return _Loss(reason, release)
 
-    def _spawn(self, awaitable: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(awaitable)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _announce(self, loss: _Loss) -> None:
+        """Tell everyone at the same moment, then free the key if it may still be ours."""
+        self.lost.set()
+        log.warning("event=lock_lost key=%s reason=%r", self.key, loss.reason.message)
+        self._interrupt_body(loss.reason)
+        _call_back(self.on_lost, (self, loss.reason), self._spawn, self.key)
+        if loss.release:
+            self._delete_in_background()
+
+    def _interrupt_body(self, reason: LockLost) -> None:
+        """Stop the code running under `with lock:` (only a task can be stopped)."""
+
+    def _delete_in_background(self) -> None:
+        raise NotImplementedError
 
     # -- release -------------------------------------------------------------------------------
 
-    async def release(self) -> bool:
-        """Stop renewing and delete the key if it still holds our token. True if it did.
-
-        A node that cannot be reached is logged, not raised: the lease then ends by itself
-        within ttl.
-        """
-        renewer, self._renewer = self._renewer, None
-        if renewer is not None and renewer is not asyncio.current_task():
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-        if not self._held:
-            return False
-        self._held = False
-        return await self._delete_if_ours()
-
-    async def _delete_if_ours(self) -> bool:
+    def _delete_plan(self) -> Plan[bool]:
+        """Delete the key if it still holds our token. A node that cannot be reached is
+        logged, not raised: the lease then ends by itself within ttl."""
         try:
-            await self.client.delete(self.key, if_value=self.value)
-            return True
+            yield _PLAN.delete(self.key, if_value=self.value)
         except (CASConflict, NotFound):
             return False
         except (Unavailable, ServerError) as exc:
             log.warning("event=lock_release_failed key=%s error=%r (the lease expires by itself)",
                         self.key, exc)
             return False
+        return True
 
-    # -- context manager -----------------------------------------------------------------------
+    def _lost_in_body(self) -> bool:
+        return self.reason is not None and self.lost.is_set()
+
+
+class _AsyncLock(_AsyncKind, Lock):
+    """A Lock given an AsyncClient: methods are coroutines, the renewal is a task."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client: AsyncClient
+        self._renewer: asyncio.Task[None] | None = None
+        self._body: asyncio.Task[Any] | None = None
+        self._cancelled_body = False
+
+    def acquire(self, *, timeout: float | None = None) -> Awaitable[bool]:
+        """Wait until the lock is ours (True) or `timeout` seconds have passed (False).
+
+        timeout=0 makes one attempt. Raises Unavailable if no node can be reached, and
+        CASDisabled, BadRequest... as the client does.
+        """
+        _require_event_loop("Lock")
+        return self._acquire(timeout)
+
+    async def _acquire(self, timeout: float | None) -> bool:
+        if not await self.client._execute(self._acquire_plan(timeout)):
+            return False
+        self._renewer = asyncio.create_task(self._keep(), name=f"lock-renewal:{self.key}")
+        return True
+
+    async def _keep(self) -> None:
+        try:
+            loss = await self.client._execute(self._keep_plan())
+        except Exception as exc:
+            loss = self._crashed(exc)
+        if loss is not None:
+            self._announce(loss)
+
+    def _interrupt_body(self, reason: LockLost) -> None:
+        if self._body is not None and not self._body.done():
+            self._cancelled_body = True
+            self._body.cancel(msg=reason.message)
+
+    def _delete_in_background(self) -> None:
+        self._spawn(self.client._execute(self._delete_plan()))
+
+    def release(self) -> Awaitable[bool]:
+        """Stop renewing and delete the key if it still holds our token. True if it did."""
+        _require_event_loop("Lock")
+        return self._release()
+
+    async def _release(self) -> bool:
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None and renewer is not asyncio.current_task():
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        if not self._drop():
+            return False
+        return bool(await self.client._execute(self._delete_plan()))
 
     async def __aenter__(self) -> Lock:
         await self.acquire()
@@ -355,7 +525,7 @@ class Lock:
         context). If the task was also cancelled from elsewhere, CancelledError wins.
         """
         body, self._body = self._body, None
-        lost_during_body = self.reason is not None and self.lost.is_set()
+        lost_during_body = self._lost_in_body()
         cancelled_from_outside = False
         if self._cancelled_body and body is not None:
             self._cancelled_body = False
@@ -366,31 +536,134 @@ class Lock:
         assert self.reason is not None
         raise self.reason
 
+    def __enter__(self) -> Lock:
+        raise TypeError(_NEEDS_AWAIT.format(what="Lock"))
 
-Callback = Callable[..., Any]
+    def __exit__(self, *exc: object) -> None:
+        """Never reached (__enter__ refuses); `with` needs it to get that far."""
 
 
-class LeaderElection:
+class _BlockingLock(_BlockingKind, Lock):
+    """A Lock given a blocking Client: methods block, the renewal is a daemon thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client: Client
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def acquire(self, *, timeout: float | None = None) -> bool:
+        """Wait until the lock is ours (True) or `timeout` seconds have passed (False).
+
+        timeout=0 makes one attempt. Raises Unavailable if no node can be reached, and
+        CASDisabled, BadRequest... as the client does.
+        """
+        return self._acquire(timeout, None, DEFAULT_WAIT)
+
+    def _acquire(self, timeout: float | None, stop: threading.Event | None, poll: float) -> bool:
+        """acquire(), given up when `stop` is set (within `poll` seconds): for elections."""
+        _refuse_event_loop("Lock")
+        if not self.client._execute(self._acquire_plan(timeout, poll), stop):
+            return False
+        self._stop = threading.Event()
+        self._renewer = threading.Thread(target=self._keep, args=(self._stop,),
+                                         name=f"lock-renewal:{self.key}", daemon=True)
+        self._renewer.start()
+        return True
+
+    def _keep(self, stop: threading.Event) -> None:
+        try:
+            loss = self.client._execute(self._keep_plan(), stop)
+        except Exception as exc:
+            loss = self._crashed(exc)
+        if loss is not None:
+            self._announce(loss)
+
+    def _delete_in_background(self) -> None:
+        self.client._execute(self._delete_plan())  # already in the renewal thread
+
+    def release(self) -> bool:
+        """Stop renewing and delete the key if it still holds our token. True if it did."""
+        renewer, self._renewer = self._renewer, None
+        self._stop.set()
+        released = self._drop() and bool(self.client._execute(self._delete_plan()))
+        if renewer is not None and renewer is not threading.current_thread():
+            renewer.join()  # our delete ends its blocking query; every step it takes is bounded
+        return released
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        """Release the lock; raise LockLost if it was lost while the body ran.
+
+        A thread cannot be interrupted safely, so the body runs to its end: check
+        `lock.held` (or `lock.lost`) between steps, or act in `on_lost`.
+        """
+        lost_during_body = self._lost_in_body()
+        self.release()
+        if not lost_during_body:
+            return False
+        assert self.reason is not None
+        raise self.reason
+
+    async def __aenter__(self) -> Lock:
+        raise TypeError(_NEEDS_THREAD.format(what="Lock"))
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Never reached (__aenter__ refuses); `async with` needs it to get that far."""
+
+
+# -- LeaderElection ----------------------------------------------------------------------------
+
+class _Acquire(NamedTuple):
+    lock: Lock
+
+
+class _Hold(NamedTuple):
+    lock: Lock
+
+
+CampaignStep = _Acquire | _Hold | Sleep
+Campaign = Generator[CampaignStep, None, None]
+
+
+def _resume(campaign: Campaign, error: BaseException | None) -> CampaignStep | None:
+    try:
+        return campaign.throw(error) if error is not None else next(campaign)
+    except StopIteration:
+        return None
+
+
+class LeaderElection(_EitherClient):
     """Campaign to be the one leader for `key`, with the lease mechanics of `Lock`.
 
         election = LeaderElection(client, "leaders/scheduler", ttl=10, identity="10.0.0.5:9000",
                                   on_elected=start_work, on_lost=stop_work)
-        task = asyncio.create_task(election.run())     # campaigns until resign() or cancel
+        task = asyncio.create_task(election.run())     # AsyncClient: campaigns until resign()
         ...
         await election.resign()
+
+        election = LeaderElection(client, ...)         # blocking Client: run() blocks, so
+        threading.Thread(target=election.run).start()  # give it a thread
+        ...
+        election.resign()
 
     A follower holds a blocking query on the key, so it takes over as soon as the leader
     resigns, and just after `expires_at` when the leader died (an expiry bumps no index, so
     the follower's query is timed to end then). The leader learns that it lost the lease at
     once (see the module docstring): `is_leader` turns False, `elected` is cleared and
     `on_lost(election, reason)` runs before anything else happens; it then campaigns again.
-    Callbacks may be plain functions or coroutine functions (then run as tasks).
-    `leader` is the identity of the current leader as last seen (None: vacant or unknown).
+    With an AsyncClient, callbacks may be coroutine functions (then run as tasks); with a
+    blocking Client they run in the campaign's or the renewal's thread. `leader` is the
+    identity of the current leader as last seen (None: vacant or unknown).
     """
 
-    def __init__(self, client: AsyncClient, key: str, *, ttl: float = 15.0, identity: Any = None,
-                 on_elected: Callback | None = None, on_lost: Callback | None = None,
-                 retry_interval: float = 1.0) -> None:
+    def __init__(self, client: AsyncClient | Client, key: str, *, ttl: float = 15.0,
+                 identity: Any = None, on_elected: Callback | None = None,
+                 on_lost: Callback | None = None, retry_interval: float = 1.0) -> None:
         self.client = client
         self.key = key
         self.ttl = ttl
@@ -398,12 +671,11 @@ class LeaderElection:
         self.on_elected = on_elected
         self.on_lost = on_lost
         self.retry_interval = retry_interval
-        self.elected = asyncio.Event()
+        self.elected = self._Event()
         self.leader: Any = None
         self.terms = 0                 # how many times this candidate was elected
         self._lock: Lock | None = None
-        self._resigned = asyncio.Event()
-        self._background: set[asyncio.Task[Any]] = set()
+        self._resigned = self._Event()
 
     @property
     def is_leader(self) -> bool:
@@ -419,36 +691,72 @@ class LeaderElection:
         """The current term's fencing token (see Lock.fencing_token); None when not leader."""
         return self._lock.fencing_token if self.is_leader and self._lock else None
 
-    async def run(self) -> None:
-        """Campaign until resign() (or until cancelled, which also resigns).
+    def _campaign(self) -> Campaign:
+        """The campaign, without I/O: it yields what to wait for, and run() waits for it
+        unless resign() comes first. An unreachable node does not end it (it retries every
+        retry_interval); errors that retrying cannot fix (CASDisabled, BadRequest) do."""
+        while True:
+            lock = Lock(self.client, self.key, ttl=self.ttl, holder=self.identity, on_lost=self._lost)
+            lock._observer = self._observe
+            self._lock = lock
+            try:
+                yield _Acquire(lock)
+            except (Unavailable, ServerError) as exc:
+                log.warning("event=campaign_failed key=%s error=%r", self.key, exc)
+                yield Sleep(self.retry_interval)
+                continue
+            self.leader = self.identity
+            self.terms += 1
+            self.elected.set()
+            _call_back(self.on_elected, (self,), self._spawn, self.key)
+            yield _Hold(lock)
 
-        An unreachable node does not end the campaign (it retries every retry_interval);
-        errors that retrying cannot fix (CASDisabled, BadRequest) are raised.
-        """
+    def _end(self, campaign: Campaign) -> Lock | None:
+        """run() on its way out: no further step, no term; returns the lock to release."""
+        campaign.close()
+        self.elected.clear()
+        lock, self._lock = self._lock, None
+        return lock
+
+    def _lost(self, lock: Lock, reason: LockLost) -> None:
+        self.elected.clear()
+        if self.leader == self.identity:
+            self.leader = None
+        _call_back(self.on_lost, (self, reason), self._spawn, self.key)
+
+    def _observe(self, version: VersionRecord | None) -> None:
+        value = version.value if version is not None else None
+        self.leader = value.get("holder") if isinstance(value, dict) else None
+
+
+class _AsyncElection(_AsyncKind, LeaderElection):
+    """A LeaderElection given an AsyncClient: run(), resign() and the waits are coroutines."""
+
+    async def run(self) -> None:
+        """Campaign until resign() (or until cancelled, which also resigns)."""
         self._resigned.clear()
+        campaign = self._campaign()
+        error: BaseException | None = None
         try:
-            while not self._resigned.is_set():
-                lock = Lock(self.client, self.key, ttl=self.ttl, holder=self.identity,
-                            on_lost=self._lost)
-                lock._observer = self._observe
-                self._lock = lock
+            while (step := _resume(campaign, error)) is not None:
+                error = None
                 try:
-                    if not await self._until_resigned(lock.acquire()):
+                    if not await self._until_resigned(self._wait_for(step)):
                         return
                 except (Unavailable, ServerError) as exc:
-                    log.warning("event=campaign_failed key=%s error=%r", self.key, exc)
-                    await self._until_resigned(asyncio.sleep(self.retry_interval))
-                    continue
-                self.leader = self.identity
-                self.terms += 1
-                self.elected.set()
-                self._call(self.on_elected, self)
-                await self._until_resigned(lock.lost.wait())
+                    error = exc
         finally:
-            self.elected.clear()
-            if self._lock is not None:
-                lock, self._lock = self._lock, None
-                await lock.release()
+            lock = self._end(campaign)
+            if lock is not None:
+                await lock.release()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _wait_for(step: CampaignStep) -> Awaitable[Any]:
+        if isinstance(step, _Acquire):
+            return step.lock.acquire()  # type: ignore[attr-defined,no-any-return]
+        if isinstance(step, _Hold):
+            return step.lock.lost.wait()  # type: ignore[no-any-return]
+        return asyncio.sleep(step.seconds)
 
     async def _until_resigned(self, awaitable: Awaitable[Any]) -> bool:
         """Await `awaitable` unless resign() comes first (then cancel it and return False)."""
@@ -473,9 +781,13 @@ class LeaderElection:
         lock = self._lock
         if lock is not None:
             self.elected.clear()
-            await lock.release()
+            await lock.release()  # type: ignore[attr-defined]
 
-    async def wait_until_elected(self, timeout: float | None = None) -> bool:
+    def wait_until_elected(self, timeout: float | None = None) -> Awaitable[bool]:
+        _require_event_loop("LeaderElection")
+        return self._wait_until_elected(timeout)
+
+    async def _wait_until_elected(self, timeout: float | None) -> bool:
         try:
             async with asyncio.timeout(timeout):
                 await self.elected.wait()
@@ -483,30 +795,62 @@ class LeaderElection:
         except TimeoutError:
             return False
 
-    def _lost(self, lock: Lock, reason: LockLost) -> None:
-        self.elected.clear()
-        if self.leader == self.identity:
-            self.leader = None
-        self._call(self.on_lost, self, reason)
 
-    def _observe(self, version: Version | None) -> None:
-        value = version.value if version is not None else None
-        self.leader = value.get("holder") if isinstance(value, dict) else None
+class _BlockingElection(_BlockingKind, LeaderElection):
+    """A LeaderElection given a blocking Client: run() blocks (give it a thread), and so do
+    resign() and wait_until_elected(); resign() may come from any thread.
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._resigned.wait()
+    A follower's blocking query lasts at most `retry_interval`, so that run() notices a
+    resign() from another thread within that (a thread cannot be interrupted mid-request).
+    """
 
-    def _call(self, callback: Callback | None, *args: Any) -> None:
-        if callback is None:
-            return
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wake = threading.Event()  # set by a loss or resign(): ends a term's wait
+
+    def run(self) -> None:
+        """Campaign until resign()."""
+        _refuse_event_loop("LeaderElection")
+        self._resigned.clear()
+        campaign = self._campaign()
+        error: BaseException | None = None
         try:
-            outcome = callback(*args)
-        except Exception:
-            log.exception("event=election_callback_failed key=%s", self.key)
-            return
-        if inspect.isawaitable(outcome):
-            task = asyncio.ensure_future(outcome)
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            while not self._resigned.is_set() and (step := _resume(campaign, error)) is not None:
+                error = None
+                try:
+                    self._wait_for(step)
+                except (Unavailable, ServerError) as exc:
+                    error = exc
+        finally:
+            lock = self._end(campaign)
+            if lock is not None:
+                lock.release()  # type: ignore[attr-defined]
+
+    def _wait_for(self, step: CampaignStep) -> None:
+        if isinstance(step, _Acquire):
+            self._wake.clear()
+            step.lock._acquire(None, self._resigned, self.retry_interval)  # type: ignore[attr-defined]
+        elif isinstance(step, _Hold):
+            self._wake.wait()
+        else:
+            self._resigned.wait(step.seconds)
+
+    def _lost(self, lock: Lock, reason: LockLost) -> None:
+        super()._lost(lock, reason)
+        self._wake.set()
+
+    def resign(self) -> None:
+        """Step down (releasing the key, so a follower takes over at once) and stop campaigning."""
+        self._resigned.set()
+        self._wake.set()
+        lock = self._lock
+        if lock is not None:
+            self.elected.clear()
+            lock.release()  # type: ignore[attr-defined]
+
+    def wait_until_elected(self, timeout: float | None = None) -> bool:
+        return bool(self.elected.wait(timeout))
+
+
+Lock._kinds = (_AsyncLock, _BlockingLock)
+LeaderElection._kinds = (_AsyncElection, _BlockingElection)

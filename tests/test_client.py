@@ -11,9 +11,11 @@ import contextlib
 import itertools
 import math
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +31,7 @@ from kvs.client import (
     Client,
     DeleteResult,
     KVSError,
-    Member,
+    MemberRecord,
     NotFound,
     Page,
     ServerError,
@@ -38,14 +40,14 @@ from kvs.client import (
     TooLarge,
     TxnOp,
     Unavailable,
-    Version,
     VersionMeta,
+    VersionRecord,
     WatchEvent,
     WriteResult,
 )
 from kvs.node import Node
 from tests.conftest import NodeFactory
-from tests.procs import free_port
+from tests.procs import free_port, kvs_env
 
 
 class Kv:
@@ -113,7 +115,7 @@ async def test_put_get_history_delete(kv: Kv) -> None:
     written = await kv.put("docs/a", {"n": [1, 2]}, flags=7)
     assert isinstance(written, WriteResult) and written.key == "docs/a" and written.expires_at is None
     got = await kv.get("docs/a")
-    assert isinstance(got, Version) and got.value == {"n": [1, 2]} and got.flags == 7
+    assert isinstance(got, VersionRecord) and got.value == {"n": [1, 2]} and got.flags == 7
     assert (got.version, got.modify_index, got.create_index) == (
         written.version, written.modify_index, written.create_index)
     assert await kv.get_value("docs/a") == {"n": [1, 2]}
@@ -141,7 +143,7 @@ async def test_every_condition_on_put_and_delete(kv: Kv) -> None:
     with pytest.raises(CASConflict) as conflict:
         await kv.put("cond/k", 2, cas=0)
     current = conflict.value.current
-    assert isinstance(current, VersionMeta) and not isinstance(current, Version)
+    assert isinstance(current, VersionMeta) and not isinstance(current, VersionRecord)
     assert (current.version, current.modify_index) == (created.version, created.modify_index)
     assert isinstance(conflict.value, errors.CASConflict) and conflict.value.node == kv.client.nodes[0]
 
@@ -152,12 +154,15 @@ async def test_every_condition_on_put_and_delete(kv: Kv) -> None:
     with pytest.raises(CASConflict):
         await kv.put("cond/k", 4, if_version=by_index.version)
     by_timestamp = await kv.put("cond/k", 4, if_timestamp=by_version.timestamp)
+    # Two writes in one millisecond share a timestamp, so a mismatch is built from the
+    # current one rather than taken from an older version.
     with pytest.raises(CASConflict):
-        await kv.put("cond/k", 5, if_timestamp=by_version.timestamp)
+        await kv.put("cond/k", 5, if_timestamp=by_timestamp.timestamp - 1)
     await kv.put("cond/k", None, if_value=4)
-    await kv.put("cond/k", 6, if_value=None, if_version=(await kv.get("cond/k")).version)  # if_value null
+    current = await kv.get("cond/k")
+    six = await kv.put("cond/k", 6, if_value=None, if_version=current.version)  # if_value null
     with pytest.raises(CASConflict) as both:
-        await kv.put("cond/k", 7, if_value=6, if_timestamp=by_timestamp.timestamp)  # one of two fails
+        await kv.put("cond/k", 7, if_value=6, if_timestamp=six.timestamp - 1)  # one of two fails
     assert "if_timestamp" in both.value.message
 
     # Conditional deletes, with the same conditions.
@@ -198,7 +203,7 @@ async def test_txn_results_and_conflict(kv: Kv) -> None:
                             TxnOp.delete("txn/none"), TxnOp.delete("txn/b", if_value="b")])
     written, got, missing, check, noop, deleted = results
     assert isinstance(written, WriteResult) and written.expires_at is not None
-    assert isinstance(got, Version) and got.value == "b" and missing is None
+    assert isinstance(got, VersionRecord) and got.value == "b" and missing is None
     assert isinstance(check, CheckResult) and check.ok
     assert isinstance(noop, DeleteResult) and noop.version is None
     assert isinstance(deleted, DeleteResult) and deleted.version is not None
@@ -210,6 +215,40 @@ async def test_txn_results_and_conflict(kv: Kv) -> None:
     assert failure.current is not None and failure.current.version == written.version
     with pytest.raises(NotFound):
         await kv.get("txn/c")  # all or nothing
+
+
+async def test_txn_takes_the_http_apis_json_ops_as_well_as_txn_ops(kv: Kv) -> None:
+    await kv.put("jtxn/b", "b")
+    results = await kv.txn([{"op": "set", "key": "jtxn/a", "value": 1, "cas": 0},
+                            {"op": "get", "key": "jtxn/b"},
+                            {"op": "check", "key": "jtxn/b", "if_value": "b"},
+                            TxnOp.delete("jtxn/b")])
+    written, got, check, deleted = results
+    assert isinstance(written, WriteResult) and written.key == "jtxn/a"
+    assert isinstance(got, VersionRecord) and got.value == "b"
+    assert isinstance(check, CheckResult) and check.ok
+    assert isinstance(deleted, DeleteResult) and deleted.version is not None
+    with pytest.raises(CASConflict) as conflict:
+        await kv.txn([{"op": "check", "key": "jtxn/a", "cas": 0}])
+    assert conflict.value.failed[0].key == "jtxn/a"
+
+    # A malformed op is refused before anything is sent: the other ops are not applied.
+    for bad in ({"key": "jtxn/x", "value": 1}, {"op": "set", "value": 1}, {"op": "put", "key": "jtxn/x"},
+                {"op": "set", "key": 7}, ["set", "jtxn/x", 1]):
+        with pytest.raises(BadRequest, match="txn op") as refused:
+            await kv.txn([{"op": "set", "key": "jtxn/c", "value": 1}, bad])
+        assert refused.value.extra == {}  # no node answered: the client refused it
+    assert await kv.get_value("jtxn/c", None) is None
+
+
+def test_the_client_has_one_name_per_concept() -> None:
+    """What a node reports is a record, named so: `Version` is the node's (kvs.model), and the
+    client neither redefines nor re-exports it (nor the membership table's row)."""
+    import kvs.client
+
+    assert not hasattr(kvs.client, "Version") and not hasattr(kvs.client, "Member")
+    assert {"VersionRecord", "MemberRecord", "VersionMeta"} <= set(kvs.client.__all__)
+    assert all(hasattr(kvs.client, name) for name in kvs.client.__all__)
 
 
 async def test_list_pages_and_scans(kv: Kv) -> None:
@@ -236,7 +275,7 @@ async def test_list_pages_and_scans(kv: Kv) -> None:
 
 async def test_cluster_endpoints(kv: Kv, node: Node) -> None:
     [member] = await kv.members()
-    assert isinstance(member, Member) and member.address == node.address and member.state == "alive"
+    assert isinstance(member, MemberRecord) and member.address == node.address and member.state == "alive"
     await kv.put("status/k", 1)
     status = await kv.status()
     assert isinstance(status, Status) and status.node == member.id and status.keys >= 1
@@ -610,3 +649,32 @@ async def test_service_registry(kv: Kv) -> None:
     assert await kv.list_services() == []
     with pytest.raises(BadRequest):
         await kv.register_service("bad name!")
+
+
+# -- the quickstart ------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CLIENT_DOC = Path(__file__).resolve().parent.parent / "docs" / "client.md"
+
+
+def quickstart_code() -> str:
+    """examples/quickstart.py without its docstring: the snippet the docs show."""
+    source = (EXAMPLES / "quickstart.py").read_text()
+    return source[source.index("import asyncio"):]
+
+
+async def test_quickstart_runs_as_written_and_is_the_docs_snippet(node: Node) -> None:
+    assert f"```python\n{quickstart_code()}```" in CLIENT_DOC.read_text()
+    for run in (1, 2):  # a second run works too: nothing in it is create-only
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLES / "quickstart.py"), node.url, env=kvs_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        try:
+            output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0, output
+        assert f"hits: {run}" in output and "holding locks/deploy, fencing token" in output
+        assert "{'config/feature': {'enabled': False}}" in output  # one watch event, then it ends

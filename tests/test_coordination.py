@@ -1,8 +1,13 @@
-"""Lock and LeaderElection against one real node.
+"""Lock and LeaderElection against one real node, with either client.
 
 In-process: exclusion, renewal, release, blocking acquire woken by a release and by an
 expiry, loss detected at once (blocking query) or within one renewal interval (renewals
 only), the context manager cancelling its body, an unreachable node, CAS disabled.
+
+The blocking kind (given a blocking Client), against a `kvs serve` subprocess: the same
+lease behaviour from plain threads, `with lock:`, a node that hangs (SIGSTOP) mid-lease,
+an election of three threads; and every wrong pairing of API and client refused with a
+TypeError before anything is written.
 
 Crash rounds: holder processes (tests/coordination_holder.py) contend for one key and log
 every moment they believe they hold it; the test SIGKILLs the holder again and again and then
@@ -18,18 +23,26 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from kvs.client import AsyncClient, CASDisabled
+from kvs.client import AsyncClient, CASDisabled, Client
 from kvs.coordination import LeaderElection, Lock, LockLost
 from kvs.node import Node
 from tests.conftest import NodeFactory, eventually
-from tests.procs import kvs_env
+from tests.procs import (
+    KvsProcess,
+    ProcessGroup,
+    kvs_env,
+    process_group,
+    procs_fixture,  # noqa: F401  (the `procs` fixture)
+)
 
 HOLDER = Path(__file__).with_name("coordination_holder.py")
 SLACK = 0.3  # scheduling and round trips, on a loaded 2-core test machine
@@ -270,6 +283,218 @@ async def test_election_resign_handover_crash_takeover_and_step_down(node: Node)
             await client.close()
 
 
+# -- the blocking kind: a Lock or LeaderElection given a blocking Client -----------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KvsProcess]:
+    with process_group(tmp_path_factory.mktemp("coordination")) as group:
+        yield group.start("n1", env={"KVS_CAS_ENABLED": "true"})
+
+
+@pytest.fixture
+def blocking(server: KvsProcess) -> Iterator[tuple[Client, Client]]:
+    """Two blocking clients (two contenders, as far as the node can tell)."""
+    with Client(server.url or "", timeout=2.0) as kv, Client(server.url or "", timeout=2.0) as other:
+        yield kv, other
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """`eventually` for plain threads: a condition with a deadline, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def renewal_threads(key: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"lock-renewal:{key}"]
+
+
+def test_blocking_lock_excludes_renews_releases_and_fences(blocking: tuple[Client, Client]) -> None:
+    kv, other = blocking
+    lock = Lock(kv, "blocking/a", ttl=0.6)
+    assert lock.acquire(timeout=0)
+    assert lock.held and lock.fencing_token is not None and isinstance(lock.lost, threading.Event)
+    first = kv.get("blocking/a")
+    assert first.value == lock.value and first.expires_at is not None
+
+    rival = Lock(other, "blocking/a", ttl=0.6)
+    assert not rival.acquire(timeout=0)
+    started = time.monotonic()
+    assert not rival.acquire(timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 0.3 + SLACK
+
+    time.sleep(1.5)  # 2.5 ttl: alive only because the renewal thread renewed it (every ttl/3)
+    assert lock.held and not lock.lost.is_set()
+    renewed = kv.get("blocking/a")
+    assert renewed.value == lock.value and renewed.expires_at > first.expires_at  # type: ignore[operator]
+    assert renewed.create_index == first.create_index
+
+    assert lock.release()
+    assert not lock.held and not lock.lost.is_set() and not renewal_threads("blocking/a")
+    assert kv.get_value("blocking/a", None) is None
+    assert not lock.release()
+
+    assert rival.acquire(timeout=0)
+    assert rival.fencing_token > lock.fencing_token  # type: ignore[operator]
+    assert rival.release()
+
+
+def test_blocking_acquire_wakes_on_release_and_a_loss_is_seen_at_once(
+        blocking: tuple[Client, Client]) -> None:
+    kv, other = blocking
+    holder = Lock(kv, "blocking/b", ttl=3.0)
+    assert holder.acquire()
+    reasons: list[LockLost] = []
+    waiter = Lock(other, "blocking/b", ttl=3.0, on_lost=lambda lock, reason: reasons.append(reason))
+    with ThreadPoolExecutor(1) as pool:
+        acquiring = pool.submit(waiter.acquire)
+        time.sleep(0.3)
+        assert not acquiring.done()
+        released_at = time.monotonic()
+        holder.release()
+        assert acquiring.result(timeout=SLACK)
+    assert time.monotonic() - released_at < SLACK  # woken by the blocking query, not by polling
+
+    started = time.monotonic()
+    kv.put("blocking/b", "someone else")
+    assert waiter.lost.wait(SLACK)  # far sooner than the renewal (1 s): the watch saw it
+    assert time.monotonic() - started < SLACK
+    assert not waiter.held and reasons == [waiter.reason]
+    assert "overwritten by another writer" in reasons[0].message
+    assert not waiter.release()
+    assert kv.get_value("blocking/b") == "someone else"  # theirs is left alone
+
+
+def test_blocking_with_lock_releases_and_raises_lock_lost_after_the_body(
+        blocking: tuple[Client, Client]) -> None:
+    kv, other = blocking
+    with Lock(kv, "blocking/c", ttl=2.0) as lock:
+        assert lock.held and kv.get("blocking/c").value == lock.value
+    assert kv.get_value("blocking/c", None) is None and not renewal_threads("blocking/c")
+
+    progress: list[str] = []
+    with pytest.raises(LockLost) as caught, Lock(kv, "blocking/c", ttl=2.0) as lock:
+        progress.append("entered")
+        other.delete("blocking/c")  # the lock is taken away while we work
+        assert lock.lost.wait(SLACK) and not lock.held
+        progress.append("finished")  # a thread is not interrupted: it looks at lock.held
+    assert progress == ["entered", "finished"] and "deleted or expired" in caught.value.message
+
+
+def test_blocking_holder_gives_up_before_the_lease_ends_when_the_node_hangs(procs: ProcessGroup) -> None:
+    node = procs.start(env={"KVS_CAS_ENABLED": "true"})
+    assert node.pid is not None
+    with Client(node.url or "", timeout=10.0) as kv:  # far longer than the lease
+        lock = Lock(kv, "blocking/hang", ttl=1.0)
+        assert lock.acquire()
+        os.kill(node.pid, signal.SIGSTOP)  # requests now get no answer at all
+        try:
+            assert lock.lost.wait(1.0 + SLACK)
+            lost_at = time.time()
+            assert lock.result is not None and lock.result.expires_at is not None
+            assert lost_at <= lock.result.expires_at / 1000 + 0.05  # before the node let go
+            assert "ran out" in lock.reason.message  # type: ignore[union-attr]
+        finally:
+            os.kill(node.pid, signal.SIGCONT)
+        assert not lock.release()
+
+
+async def test_wrong_pairings_raise_type_error_before_anything_is_written(server: KvsProcess) -> None:
+    url = server.url or ""
+    async with AsyncClient(url) as kv:
+        index = (await kv.status()).index
+        with Client(url, timeout=2.0) as blocking_kv:
+            with pytest.raises(TypeError, match=r"given a blocking kvs\.client\.Client"):
+                async with Lock(blocking_kv, "pair/a", ttl=5):
+                    pass
+            with pytest.raises(TypeError, match="would block the event loop"):
+                await Lock(blocking_kv, "pair/a", ttl=5).acquire()  # type: ignore[misc]
+            with pytest.raises(TypeError, match=r"given a blocking kvs\.client\.Client"):
+                await LeaderElection(blocking_kv, "pair/a", ttl=5).run()  # type: ignore[misc]
+        with pytest.raises(TypeError, match="given an AsyncClient"), Lock(kv, "pair/a", ttl=5):
+            pass
+
+        def outside_a_coroutine() -> None:
+            with pytest.raises(TypeError, match="given an AsyncClient"):
+                Lock(kv, "pair/a", ttl=5).acquire(timeout=0)  # a coroutine would be truthy
+            with pytest.raises(TypeError, match="given an AsyncClient"):
+                LeaderElection(kv, "pair/a", ttl=5).wait_until_elected(0)
+
+        await asyncio.to_thread(outside_a_coroutine)
+        with pytest.raises(TypeError, match=r"needs a kvs\.client\.Client or AsyncClient, not str"):
+            Lock(url, "pair/a")  # type: ignore[arg-type]
+        assert await kv.get_value("pair/a", None) is None
+        assert (await kv.status()).index == index  # nothing at all was written
+
+
+@dataclass
+class Campaigner:
+    election: LeaderElection
+    thread: threading.Thread
+    events: list[str] = field(default_factory=list)
+
+
+def test_blocking_election_resign_handover_crash_takeover_and_step_down(server: KvsProcess) -> None:
+    ttl = 1.0
+    clients = [Client(server.url or "", timeout=2.0) for _ in range(3)]
+    candidates: list[Campaigner] = []
+    for name, client in zip("abc", clients, strict=True):
+        events: list[str] = []
+        election = LeaderElection(client, "blocking/leader", ttl=ttl, identity=name, retry_interval=0.5,
+                                  on_elected=lambda e, ev=events: ev.append("elected"),
+                                  on_lost=lambda e, r, ev=events: ev.append("lost"))
+        thread = threading.Thread(target=election.run, name=f"campaign-{name}")
+        candidates.append(Campaigner(election, thread, events))
+        thread.start()
+
+    def leaders() -> list[Campaigner]:
+        return [c for c in candidates if c.election.is_leader]
+
+    try:
+        wait_until(lambda: len(leaders()) == 1, 3, "a leader")
+        first = leaders()[0]
+        assert isinstance(first.election.elected, threading.Event) and first.election.wait_until_elected(0)
+        wait_until(lambda: all(c.election.leader == first.election.identity for c in candidates), 3,
+                   "followers to know the leader")
+
+        # Resign: a follower takes over at once (the release wakes its blocking query).
+        started = time.monotonic()
+        first.election.resign()
+        first.thread.join(SLACK)
+        assert not first.thread.is_alive() and first.events == ["elected"]
+        wait_until(lambda: len(leaders()) == 1, 1, "a new leader")
+        assert time.monotonic() - started < SLACK
+        second = leaders()[0]
+
+        # Crash: the leader's renewal thread stops, nothing is released; the other follower
+        # takes over right after the lease expired on the node.
+        lease = second.election.lock
+        assert lease is not None
+        lease._stop.set()  # type: ignore[attr-defined]
+        expires_at = clients[0].get("blocking/leader").expires_at
+        assert expires_at is not None
+        third = next(c for c in candidates if c not in (first, second))
+        wait_until(lambda: third.election.is_leader, ttl + 2, "takeover")
+        assert expires_at / 1000 <= time.time() < expires_at / 1000 + SLACK
+        assert third.election.lock.result.timestamp >= expires_at  # type: ignore[union-attr]
+
+        # The leader learns at once that its lease is gone and steps down.
+        started = time.monotonic()
+        clients[0].put("blocking/leader", {"holder": "intruder", "token": "x"}, ttl=0.5)
+        wait_until(lambda: third.events[-1:] == ["lost"], SLACK, "step-down")
+        assert time.monotonic() - started < SLACK and not third.election.is_leader
+    finally:
+        for c in candidates:
+            c.election.resign()
+        for c in candidates:
+            c.thread.join(5)
+        for client in clients:
+            client.close()
+    assert not any(c.thread.is_alive() for c in candidates)  # resign() ends run() in every thread
+
+
 # -- crash rounds with real holder processes -------------------------------------------------------
 
 CRASH_TTL = 1.0
@@ -390,10 +615,12 @@ async def crash_rounds(tmp_path: Path, node: Node, mode: str, rounds: int, *, ha
 
 
 @pytest.mark.slow
-async def test_lock_holders_killed_in_turn_never_overlap(tmp_path: Path, node: Node) -> None:
-    await crash_rounds(tmp_path, node, "lock", rounds=7, handovers=2)
+@pytest.mark.parametrize("kind", ["async", "blocking"])
+async def test_lock_holders_killed_in_turn_never_overlap(tmp_path: Path, node: Node, kind: str) -> None:
+    await crash_rounds(tmp_path, node, f"{kind}-lock", rounds=7, handovers=2)
 
 
 @pytest.mark.slow
-async def test_leaders_killed_in_turn_never_overlap(tmp_path: Path, node: Node) -> None:
-    await crash_rounds(tmp_path, node, "election", rounds=7)
+@pytest.mark.parametrize("kind", ["async", "blocking"])
+async def test_leaders_killed_in_turn_never_overlap(tmp_path: Path, node: Node, kind: str) -> None:
+    await crash_rounds(tmp_path, node, f"{kind}-election", rounds=7)
