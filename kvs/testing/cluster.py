@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import kvs
-from kvs.testing.processes import STOP_GRACE, LineSink, ManagedProcess, pid_alive
+from kvs.testing.processes import STOP_GRACE, LineSink, ManagedProcess
 
 REPO_ROOT = Path(kvs.__file__).resolve().parent.parent
 BANNER = re.compile(r"kvs node (\S+) listening on (http://\S+)")
@@ -373,7 +373,7 @@ class NodeGroup:
 
     def leftover_pids(self) -> list[int]:
         """Pids of this group's nodes that still exist (zombies excluded): [] after stop()."""
-        return [pid for node in self.nodes for pid in node.pids if pid_alive(pid)]
+        return [pid for node in self.nodes for pid in node.leftovers()]
 
     def __enter__(self) -> NodeGroup:
         return self
