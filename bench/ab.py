@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.run import BARE, OPS, Cell, paired_ratio, prepare, run_wrk
-from bench.targets import REPO_ROOT, BareTarget, KvsTarget, Target, have_taskset, stop_all
+from bench.targets import BareTarget, KvsTarget, Target, have_taskset
+from kvs.testing import REPO_ROOT, stop_all
 
 
 def _export(rev: str, into: Path) -> Path:

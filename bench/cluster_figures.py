@@ -19,25 +19,15 @@ import http.client
 import logging
 import math
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import median
 from typing import Any
 
-from bench.targets import (
-    KVS_BANNER,
-    START_TIMEOUT,
-    Http,
-    KvsTarget,
-    Proc,
-    Target,
-    pinned,
-    wait_until,
-)
-from kvs.chaos.cluster import node_env
+from bench.targets import START_TIMEOUT, Http, KvsTarget, Target, pinned, rss_bytes
 from kvs.engine import Op
+from kvs.testing import KvsNode
 
 Progress = Callable[[str], None]
 VISIBLE_TIMEOUT = 5.0
@@ -133,28 +123,23 @@ def failure_detection(target: KvsTarget, progress: Progress, timeout: float = 60
 def startup_rss(data_dir: Path, keys: int, log_dir: Path, cpus: str | None, progress: Progress,
                 probe_key: str | None = None) -> dict[str, Any]:
     """Start `kvs serve` on an existing data dir; time to /health 200 and resident memory."""
-    command = [sys.executable, "-m", "kvs", "serve", "--port", "0", "--data-dir", str(data_dir)]
-    proc = Proc("startup", pinned(command, cpus), log_dir / "startup.log",
-                env=node_env({"KVS_CAS_ENABLED": "true"}))
+    node = KvsNode("startup", log=log_dir / "startup.log", data_dir=data_dir, launcher=pinned([], cpus),
+                   env={"KVS_CAS_ENABLED": "true"}, cwd=log_dir)
     try:
-        proc.start()
-        match = wait_until(lambda: KVS_BANNER.search(proc.log_text()), START_TIMEOUT * 5,
-                           "startup banner", [proc], interval=0.005)
-        client = Http(match.group(2))
-        wait_until(lambda: client.request("GET", "/health")[0] == 200, START_TIMEOUT,
-                   "startup /health", [proc], interval=0.005)
-        startup_s = time.perf_counter() - proc.started_at
-        rss_start = proc.rss_bytes()
+        node.start(START_TIMEOUT * 5, interval=0.005)
+        startup_s = time.perf_counter() - node.started_at
+        rss_start = rss_bytes(node)
+        client = Http(str(node.url))
         found = None
         if probe_key is not None:
             found = client.request("GET", f"/kv/{probe_key}")[0] == 200
         status, body = client.request("GET", "/cluster/status")
         key_count = body.get("keys") if status == 200 and isinstance(body, dict) else None
         time.sleep(1.0)
-        rss_idle = proc.rss_bytes()
+        rss_idle = rss_bytes(node)
         client.close()
     finally:
-        proc.stop()
+        node.terminate()
     result = {"keys": keys, "startup_s": startup_s, "rss_mb": (rss_start or 0) / 2**20,
               "rss_idle_mb": (rss_idle or 0) / 2**20, "reported_keys": key_count, "probe_found": found}
     progress(f"start-up with {keys:,} keys: {startup_s:.2f} s to /health 200, RSS {result['rss_mb']:.0f} MB "

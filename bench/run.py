@@ -49,8 +49,8 @@ from bench.targets import (
     Target,
     have_taskset,
     pinned,
-    stop_all,
 )
+from kvs.testing import stop_all
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 VALUE_BYTES = 64

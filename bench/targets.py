@@ -5,26 +5,21 @@
     kvs                KvsTarget(nodes=1|3, sync_writes=False|True)
     etcd               EtcdTarget(nodes=1|3, no_fsync=False|True)   Debian's etcd-server
 
-Every process is started in its own session (so a Ctrl-C in the terminal reaches only
-the harness) and registered in `_LIVE`; `stop()` signals its whole process group
-(SIGTERM, then SIGKILL after a grace period), and `stop_all()` -- called by the runner
-in a `finally`, and by `atexit` as a last resort -- stops whatever is still running.
+Every process is one of kvs.testing's managed processes: started in its own session (so
+a Ctrl-C in the terminal reaches only the harness), stopped as a whole process group
+(SIGTERM, then SIGKILL after a grace period), and stopped by `kvs.testing.stop_all()` --
+called by the runner in a `finally`, and by `atexit` as a last resort -- if still running.
 Logs go to one file per process under the target's directory.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
-import contextlib
 import http.client
 import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -32,21 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from kvs.chaos.cluster import node_env, stop_group
+from kvs.testing import REPO_ROOT, Cluster, ManagedProcess, free_port, node_env
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-KVS_BANNER = re.compile(r"kvs node (\S+) listening on (http://\S+)")
 BARE_BANNER = re.compile(r"bare app listening on (http://\S+)")
 START_TIMEOUT = 60.0
-STOP_GRACE = 5.0
-
-_LIVE: set[Proc] = set()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def have_taskset() -> bool:
@@ -105,86 +89,21 @@ def b64(text: str) -> str:
 
 # -- processes ------------------------------------------------------------------------------
 
-class Proc:
-    """One server process: command, log file, process group."""
-
-    def __init__(self, name: str, command: Sequence[str], log_path: Path,
-                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
-        self.name = name
-        self.command = list(command)
-        self.log_path = log_path
-        self.env = dict(env) if env is not None else None
-        self.cwd = cwd
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-
-    def start(self) -> Proc:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"===== {' '.join(self.command)}\n".encode())
-            log.flush()
-            self.started_at = time.perf_counter()
-            self.popen = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, env=self.env,
-                                          cwd=str(self.cwd) if self.cwd else None,
-                                          start_new_session=True)
-        _LIVE.add(self)
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def rss_bytes(self) -> int | None:
-        """Resident set size of the process (VmRSS), None if it is gone."""
-        if self.pid is None:
-            return None
-        try:
-            with open(f"/proc/{self.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
+def rss_bytes(proc: ManagedProcess) -> int | None:
+    """Resident set size of the process (VmRSS), None if it is gone."""
+    if proc.pid is None:
         return None
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group at once (a crash)."""
-        self._signal(signal.SIGKILL, STOP_GRACE)
-
-    def stop(self, grace: float = STOP_GRACE) -> None:
-        self._signal(signal.SIGTERM, grace)
-
-    def _signal(self, sig: signal.Signals, grace: float) -> None:
-        if self.popen is not None:
-            stop_group(self.popen, sig, grace)
-        _LIVE.discard(self)
+    try:
+        with open(f"/proc/{proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
-def stop_all() -> None:
-    """Stop every process still running (the runner's `finally`, and atexit)."""
-    for proc in list(_LIVE):
-        with contextlib.suppress(Exception):
-            proc.stop(grace=2.0)
-
-
-atexit.register(stop_all)
-
-
-def wait_until(check: Any, timeout: float, what: str, procs: Sequence[Proc] = (),
+def wait_until(check: Any, timeout: float, what: str, procs: Sequence[ManagedProcess] = (),
                interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -214,7 +133,7 @@ class Target:
         self.name = name
         self.dir = base_dir / re.sub(r"[^\w.-]+", "_", name)
         self.cpus = cpus
-        self.procs: list[Proc] = []
+        self.procs: list[ManagedProcess] = []
         self.urls: list[str] = []
         self.load_index = 0  # which node wrk drives
 
@@ -227,7 +146,7 @@ class Target:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            proc.stop()
+            proc.terminate()
 
     def __enter__(self) -> Target:
         try:
@@ -262,10 +181,10 @@ class BareTarget(Target):
         command = [sys.executable, "-m", "bench.bare_app", "--port", "0"]
         if self.fsync:
             command += ["--fsync-dir", str(self.dir / "rocksdb")]
-        proc = Proc(self.name, pinned(command, self.cpus), self.dir / "server.log",
-                    env=node_env({}), cwd=REPO_ROOT).start()
-        self.procs.append(proc)
-        match = wait_until(lambda: BARE_BANNER.search(proc.log_text()), START_TIMEOUT,
+        proc = ManagedProcess(self.name, pinned(command, self.cpus), log=self.dir / "server.log",
+                              env=node_env(), cwd=REPO_ROOT).spawn()
+        self.procs = [proc]
+        match = wait_until(lambda: BARE_BANNER.search(proc.output()), START_TIMEOUT,
                            f"{self.name} banner", [proc])
         self.urls = [match.group(1)]
 
@@ -284,34 +203,14 @@ class KvsTarget(Target):
                     **(env or {})}
         self.node_ids: list[str] = []
 
-    def start_node(self, index: int, seed: str | None = None, data_dir: Path | None = None) -> Proc:
-        data = data_dir or self.dir / f"node{index}"
-        command = [sys.executable, "-m", "kvs", "serve", "--port", "0", "--data-dir", str(data)]
-        if seed:
-            command += ["--seed", seed]
-        proc = Proc(f"{self.name}/node{index}", pinned(command, self.cpus),
-                    self.dir / f"node{index}.log", env=node_env({"PYTHONPATH": str(self.root), **self.env}),
-                    cwd=self.root).start()
-        self.procs.append(proc)
-        match = wait_until(lambda: KVS_BANNER.search(proc.log_text()), START_TIMEOUT,
-                           f"{proc.name} banner", [proc])
-        node_id, url = match.group(1), match.group(2)
-        client = Http(url)
-        wait_until(lambda: client.request("GET", "/health")[0] == 200, START_TIMEOUT,
-                   f"{proc.name} /health", [proc])
-        client.close()
-        self.node_ids.append(node_id)
-        self.urls.append(url)
-        return proc
-
     def start(self) -> None:
-        self.start_node(1)
-        seed = urlsplit(self.urls[0]).netloc
-        for index in range(2, self.nodes + 1):
-            self.start_node(index, seed=seed)
-        if self.nodes > 1:
-            wait_until(self._all_alive, START_TIMEOUT, f"{self.name}: every node sees the others alive",
-                       self.procs)
+        """Node 1 first, the others seeded with it; until every node sees all of them alive."""
+        cluster = Cluster(self.dir, [f"node{i}" for i in range(1, self.nodes + 1)], env=self.env,
+                          launcher=pinned([], self.cpus), root=self.root)
+        self.procs = [*cluster.nodes]
+        cluster.start_all(START_TIMEOUT)
+        self.node_ids = [str(node.node_id) for node in cluster.nodes]
+        self.urls = [str(node.url) for node in cluster.nodes]
 
     def members(self, url: str) -> list[dict[str, Any]]:
         client = Http(url, timeout=2.0)
@@ -320,13 +219,6 @@ class KvsTarget(Target):
         finally:
             client.close()
         return body if status == 200 and isinstance(body, list) else []
-
-    def _all_alive(self) -> bool:
-        for url in self.urls:
-            alive = [m for m in self.members(url) if m.get("state") == "alive"]
-            if len(alive) < self.nodes:
-                return False
-        return True
 
     def merkle_roots(self) -> set[str]:
         roots = set()
@@ -373,8 +265,8 @@ class EtcdTarget(Target):
             ]
             if self.no_fsync:
                 command.append("--unsafe-no-fsync")
-            self.procs.append(Proc(f"{self.name}/{name}", pinned(command, self.cpus),
-                                   self.dir / f"{name}.log").start())
+            self.procs.append(ManagedProcess(f"{self.name}/{name}", pinned(command, self.cpus),
+                                             log=self.dir / f"{name}.log").spawn())
             self.urls.append(f"http://127.0.0.1:{cport}")
         for url in self.urls:
             client = Http(url, timeout=2.0)

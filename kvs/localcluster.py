@@ -1,115 +1,153 @@
 """`kvs cluster up`: N real `kvs serve` processes on loopback that join each other.
 
 Node i listens on base_port + i, keeps its data in DIR/node-i (so a second `up`
-restarts the same cluster with its data), and joins through node 0. Output of
-every node is prefixed with its name. Ctrl-C (or SIGTERM) stops them all:
-SIGTERM first, SIGKILL for any node still running after a grace period.
+restarts the same cluster with its data), and joins through node 0. Output of every
+node is prefixed with its name. The nodes are kvs.testing's managed processes: each in
+its own session, so a Ctrl-C in the terminal reaches this command only, which then
+stops them all: SIGTERM first, SIGKILL for any node still running after a grace period.
+
+No node outlives this command:
+  * SIGINT, SIGTERM and SIGHUP (the terminal closed) are handled from before the first
+    node is spawned; a signal during start-up stops the nodes started so far and exits
+    128 + the signal number (130, 143, 129), without claiming the cluster is up. After
+    "is up", the same signals are the normal way to stop it: exit 0. A SIGHUP that is
+    ignored when we start (`nohup kvs cluster up &`) stays ignored.
+  * Killed with SIGKILL, it cannot stop anything itself: the nodes are started with a
+    parent-death signal (Linux), so the kernel SIGKILLs them when this process dies.
+
+Start-up checks the ports first (a port already taken fails at once, naming
+--base-port), and counts a node as up only when its own output has its banner and
+GET /health answers with the id it was given: another cluster on the same ports cannot
+answer for it. "Up" also means every node lists all of them alive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from kvs.testing import Cluster, KvsNode, StartError, port_in_use
 
 GRACE_SECONDS = 10.0
 STARTUP_SECONDS = 30.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
-def _pump(name: str, stream, lock: threading.Lock) -> None:  # type: ignore[no-untyped-def]
-    for line in iter(stream.readline, b""):
-        with lock:
-            sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
-            sys.stdout.flush()
+class _StopRequest:
+    """Set by the first stop signal; installed before any node exists."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        for sig in STOP_SIGNALS:
+            # A shell starts background jobs with SIGINT ignored: take it anyway, so that
+            # `kill -INT` stops us. An ignored SIGHUP, though, is a request (nohup).
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.event.set()
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+class _Terminal:
+    """Whole lines, one writer at a time, and never an exception: after a hang-up the
+    terminal refuses writes, and the nodes must be stopped all the same."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def say(self, text: str, stream: TextIO | None = None) -> None:
+        out = stream or sys.stdout
+        with self.lock, contextlib.suppress(OSError, ValueError):
+            out.write(text + "\n")
+            out.flush()
+
+    def error(self, text: str) -> None:
+        self.say(f"kvs cluster up: {text}", sys.stderr)
+
+    def prefixed(self, name: str) -> Callable[[str], None]:
+        return lambda line: self.say(f"[{name}] {line}")
 
 
-def start_nodes(nodes: int, base_port: int, directory: str, config_file: str | None,
-                lock: threading.Lock) -> list[tuple[str, str, subprocess.Popen[bytes]]]:
-    env = {**os.environ}
-    env.setdefault("KVS_CAS_ENABLED", "true")
-    started = []
-    for i in range(nodes):
-        name, port = f"node-{i}", base_port + i
-        cmd = [sys.executable, "-m", "kvs", "serve", "--port", str(port), "--node-id", name,
-               "--data-dir", str(Path(directory) / name)]
-        if config_file:
-            cmd += ["--config", config_file]
-        if i:
-            cmd += ["--seed", f"127.0.0.1:{base_port}"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        threading.Thread(target=_pump, args=(name, proc.stdout, lock), daemon=True).start()
-        started.append((name, f"http://127.0.0.1:{port}", proc))
-    return started
-
-
-def stop_nodes(started: list[tuple[str, str, subprocess.Popen[bytes]]]) -> None:
-    for _, _, proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_SECONDS
-    for _, _, proc in started:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _ports_problem(base_port: int, nodes: int) -> str | None:
+    last = base_port + nodes - 1
+    if base_port < 1 or last > 65535:
+        return f"ports {base_port}..{last} are not all valid (1..65535); choose another --base-port"
+    taken = [p for p in range(base_port, last + 1) if port_in_use(p)]
+    if not taken:
+        return None
+    which = f"port {taken[0]} is" if len(taken) == 1 else f"ports {', '.join(map(str, taken))} are"
+    return (f"{which} already in use (another kvs cluster?); this cluster needs ports "
+            f"{base_port}..{last}: choose a free range with --base-port")
 
 
 def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: str | None) -> int:
+    stop = _StopRequest()  # first: from here on a signal stops whatever has been started
+    term = _Terminal()
     if nodes < 1:
-        print("kvs cluster up: --nodes must be at least 1", file=sys.stderr)
-        return 2
-    lock = threading.Lock()
-    started = start_nodes(nodes, base_port, directory, config_file, lock)
-    stop = threading.Event()
-    # Explicit handlers: a shell starts background jobs with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        term.error("--nodes must be at least 1")
+        return EXIT_USAGE
+    problem = _ports_problem(base_port, nodes)
+    if problem:
+        term.error(problem)
+        return EXIT_FAILED
+    args = ["--config", str(Path(config_file).absolute())] if config_file else []
+    cas = os.environ.get("KVS_CAS_ENABLED", "true")  # on, unless the user's environment says otherwise
+    cluster = Cluster(Path(directory), [f"node-{i}" for i in range(nodes)],
+                      ports=range(base_port, base_port + nodes), output=term.prefixed,
+                      env={"KVS_CAS_ENABLED": cas}, keep_kvs_env=True, args=args, die_with_parent=True)
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        pending = {url for _, url, _ in started}
-        while pending and not stop.is_set():
-            dead = [name for name, _, proc in started if proc.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                why = f"{', '.join(dead)} exited" if dead else "timed out waiting for /health"
-                print(f"kvs cluster up: start-up failed ({why}); see the log lines above",
-                      file=sys.stderr)
-                return 1
-            pending = {url for url in pending if not _healthy(url)}
-            with lock:
-                print(f"starting: {nodes - len(pending)}/{nodes} nodes healthy", flush=True)
-            if pending:
-                time.sleep(0.3)
-        with lock:
-            print(f"kvs cluster of {nodes} nodes is up (Ctrl-C stops it):")
-            for name, url, _ in started:
-                print(f"  {name}  {url}")
-            sys.stdout.flush()
-        while not stop.is_set():
-            if any(proc.poll() is not None for _, _, proc in started):
-                gone = [n for n, _, p in started if p.poll() is not None]
-                with lock:
-                    print(f"warning: {', '.join(gone)} stopped", flush=True)
-                for name in gone:
-                    started = [s for s in started if s[0] != name]
-                if not started:
-                    return 1
-            stop.wait(0.5)
-        return 0
+        if not _start(cluster, stop, term):
+            return 128 + stop.signum if stop.signum is not None else EXIT_FAILED
+        term.say(f"kvs cluster of {nodes} nodes is up (Ctrl-C stops it):")
+        for node in cluster.nodes:
+            term.say(f"  {node.name}  {node.url}")
+        return _watch(cluster, stop.event, term)
     finally:
-        print("stopping the cluster...", flush=True)
-        stop_nodes(started)
+        term.say("stopping the cluster...")
+        cluster.stop(GRACE_SECONDS)
+
+
+def _start(cluster: Cluster, stop: _StopRequest, term: _Terminal) -> bool:
+    """True once every node is up, unless a stop signal came first (then it says so)."""
+    ready: list[KvsNode] = []
+
+    def progress(node: KvsNode) -> None:
+        ready.append(node)
+        term.say(f"starting: {len(ready)}/{len(cluster.nodes)} nodes healthy")
+
+    term.say(f"starting: 0/{len(cluster.nodes)} nodes healthy")
+    try:
+        cluster.start_all(STARTUP_SECONDS, stop=stop.event, on_ready=progress)
+    except StartError as exc:
+        if stop.signum is None:
+            term.error(f"start-up failed: {exc}")
+            return False
+    if stop.signum is not None:
+        term.error(f"start-up interrupted by {signal.Signals(stop.signum).name}")
+        return False
+    return True
+
+
+def _watch(cluster: Cluster, stop: threading.Event, term: _Terminal) -> int:
+    """Until a stop signal (exit 0), or until every node has stopped by itself (exit 1)."""
+    gone: set[str] = set()
+    while not stop.wait(0.5):
+        for node in cluster.nodes:
+            if node.name not in gone and not node.running:
+                gone.add(node.name)
+                term.say(f"warning: {node.name} stopped")
+        if len(gone) == len(cluster.nodes):
+            return EXIT_FAILED
+    return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import aiohttp
 
+from kvs.testing import NodeGroup
 from tests.conftest import Api, eventually
-from tests.procs import ProcessGroup, procs_fixture  # noqa: F401
+from tests.procs import procs_fixture  # noqa: F401
 
 FAST = {"KVS_CAS_ENABLED": "true", "KVS_GOSSIP_INTERVAL_MS": "100", "KVS_PROBE_TIMEOUT_MS": "200",
         "KVS_SYNC_INTERVAL_MS": "300", "KVS_TTL_SWEEP_INTERVAL_MS": "100"}
@@ -20,11 +21,11 @@ async def _dump(http: aiohttp.ClientSession, url: str) -> list:  # type: ignore[
 
 
 async def test_killed_node_catches_up_and_deletes_and_expiries_stay_gone(
-    procs: ProcessGroup, http: aiohttp.ClientSession
+    procs: NodeGroup, http: aiohttp.ClientSession
 ) -> None:
     a = await procs.node("a", env=FAST).astart()
-    b = await procs.node("b", env=FAST, args=["--seed", a.url.removeprefix("http://")]).astart()
-    c = await procs.node("c", env=FAST, args=["--seed", a.url.removeprefix("http://")]).astart()
+    b = await procs.node("b", env=FAST, seeds=[a]).astart()
+    c = await procs.node("c", env=FAST, seeds=[a]).astart()
     api_a, api_c = Api(http, a.url), Api(http, c.url)
     for i in range(50):
         assert (await api_a.put(f"k{i}", {"value": i})).status == 200

@@ -39,10 +39,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
-from kvs.chaos.cluster import LocalCluster, NodeProcess
 from kvs.chaos.history import HistoryWriter
+from kvs.testing import Cluster, KvsNode
 
 FAULT_KINDS = ("kill", "pause", "partition", "skew")
 CHAIN_PREFIX = "KVSCHAOS-"
@@ -153,14 +151,12 @@ class FaultPlan:
 class FaultInjector:
     """Runs one fault at a time until told to stop; `heal_all()` ends whatever is active."""
 
-    def __init__(self, cluster: LocalCluster, history: HistoryWriter, plan: FaultPlan,
-                 rng: random.Random, session: aiohttp.ClientSession, *, firewall: Firewall | None,
-                 say: Callable[[str], None]) -> None:
+    def __init__(self, cluster: Cluster, history: HistoryWriter, plan: FaultPlan,
+                 rng: random.Random, *, firewall: Firewall | None, say: Callable[[str], None]) -> None:
         self.cluster = cluster
         self.history = history
         self.plan = plan
         self.rng = rng
-        self.session = session
         self.firewall = firewall
         self.say = say
         self.active: dict[int, tuple[str, list[str], dict[str, Any]]] = {}
@@ -188,7 +184,7 @@ class FaultInjector:
         kind, nodes, _ = self.active.pop(fault)
         self.history.event("fault", fault=fault, kind=kind, phase="end", nodes=nodes)
 
-    def mark_skew(self, node: NodeProcess) -> int:
+    def mark_skew(self, node: KvsNode) -> int:
         """The skewed node is skewed for the whole run: one fault spanning it, for the timeline."""
         return self._begin("skew", [node.name], offset_ms=node.skew_ms)
 
@@ -219,7 +215,7 @@ class FaultInjector:
         node = self.rng.choice(self.cluster.nodes)
         fault = self._begin(kind, [node.name])
         if kind == "kill":
-            await node.kill()
+            await asyncio.to_thread(node.kill)
         else:
             node.pause()
 
@@ -231,9 +227,9 @@ class FaultInjector:
             self._end(fault)
         return heal
 
-    async def _restart(self, node: NodeProcess) -> None:
+    async def _restart(self, node: KvsNode) -> None:
         if not node.running:
-            await node.start(self.session)
+            await node.astart()
 
     async def _partition(self) -> Callable[[], Awaitable[None]]:
         assert self.firewall is not None

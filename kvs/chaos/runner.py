@@ -33,11 +33,12 @@ import aiohttp
 from kvs.chaos import report
 from kvs.chaos.checkers import run_all
 from kvs.chaos.client import NodeClient, no_resend, sent_trace
-from kvs.chaos.cluster import ClusterError, LocalCluster, get_json, remote_nodes
+from kvs.chaos.cluster import ClusterError, get_json, remote_nodes
 from kvs.chaos.faults import FAULT_KINDS, FaultInjector, FaultPlan, Firewall, partitions_available
 from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
 from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
 from kvs.cluster import auth
+from kvs.testing import Cluster, free_ports
 
 GID_BASE = 47000
 DUMP_PATH = "/internal/dump"
@@ -86,7 +87,7 @@ class Run:
         self.rng = random.Random(self.seed)
         self.out = Path(options.out)
         self.history: HistoryWriter | None = None
-        self.cluster: LocalCluster | None = None
+        self.cluster: Cluster | None = None
         self.nodes: list[Any] = []
         self.firewall: Firewall | None = None
         self.injector: FaultInjector | None = None
@@ -144,8 +145,10 @@ class Run:
             skews = {}
             if "skew" in self.faults:
                 skews[f"n{self.o.nodes}"] = self.o.skew_ms * self.rng.choice((1, -1))
-            self.cluster = LocalCluster(self.out / "nodes", self.o.nodes, env=env,
-                                        base_port=self.o.base_port, gids=gids, skews=skews)
+            base = self.o.base_port
+            ports = range(base, base + self.o.nodes) if base else free_ports(self.o.nodes)
+            self.cluster = Cluster(self.out / "nodes", [f"n{i + 1}" for i in range(self.o.nodes)],
+                                   ports=ports, env=env, gids=gids, skews=skews)
             self.nodes = self.cluster.nodes
         self.history = HistoryWriter(self.out / HISTORY_FILE)
         self.history.write({
@@ -157,7 +160,7 @@ class Run:
         if self.cluster is not None:
             self.say(f"starting {self.o.nodes} nodes under {self.out / 'nodes'} "
                      f"(cas_enabled, revision_history_limit={self.o.history_limit})")
-            await self.cluster.start(session)
+            await self.cluster.astart_all()
         if "partition" in self.faults:
             self.firewall = Firewall(self.run_id)
             await asyncio.to_thread(self.firewall.setup)
@@ -186,7 +189,7 @@ class Run:
         if self.cluster is not None:
             self.injector = FaultInjector(
                 self.cluster, history, FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration),
-                random.Random(f"{self.seed}:faults"), session, firewall=self.firewall, say=self.say)
+                random.Random(f"{self.seed}:faults"), firewall=self.firewall, say=self.say)
             for node in self.cluster.nodes:
                 if node.skew_ms:
                     self.injector.mark_skew(node)

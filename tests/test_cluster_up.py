@@ -1,0 +1,200 @@
+"""`kvs cluster up` as a user runs it: a real command, real nodes, real signals.
+
+No node outlives the command, whatever stops it and whenever: SIGINT (Ctrl-C), SIGTERM
+and SIGHUP (the terminal closed) at random moments over start-up and running, and
+SIGKILL. Start-up interrupted by a signal exits 128 + signal and never says "is up".
+A second cluster on ports that are taken fails at once instead of counting the other
+cluster's nodes as its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import select
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kvs.testing import REPO_ROOT, free_port, kvs_command, node_env, port_in_use, processes_mentioning
+
+pytestmark = pytest.mark.slow
+
+NODES = 2
+TRIES = 20
+UP_LINE = b"nodes is up"
+
+
+def free_port_block(count: int) -> int:
+    """A port P such that P..P+count-1 are all free on loopback right now."""
+    while True:
+        base = free_port()
+        if base + count <= 65536 and not any(port_in_use(base + i) for i in range(1, count)):
+            return base
+
+
+class ClusterUp:
+    """One `kvs cluster up` in its own process group, its output read without blocking."""
+
+    def __init__(self, directory: Path, nodes: int = NODES, base_port: int | None = None) -> None:
+        self.directory = directory
+        self.base_port = base_port or free_port_block(nodes)
+        self.proc = subprocess.Popen(
+            kvs_command("cluster", "up", "--nodes", str(nodes), "--base-port", str(self.base_port),
+                        "--dir", str(directory)),
+            env=node_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        assert self.proc.stdout is not None
+        self.fd = self.proc.stdout.fileno()
+        self.output = b""
+        self.started = time.monotonic()
+
+    def read(self, until: float, stop_at: bytes | None = None) -> bool:
+        """Collect output until monotonic time `until`, end of output, or `stop_at` seen;
+        False at end of output."""
+        while (left := until - time.monotonic()) > 0 and not (stop_at and stop_at in self.output):
+            if select.select([self.fd], [], [], left)[0]:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    return False
+                self.output += chunk
+        return True
+
+    def drain(self) -> None:
+        """Everything written so far (it is in the pipe once the writer's write returned)."""
+        while select.select([self.fd], [], [], 0)[0]:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return
+            self.output += chunk
+
+    def signal(self, sig: signal.Signals) -> None:
+        os.killpg(self.proc.pid, sig)  # what a terminal does: the whole foreground group
+
+    def finish(self, timeout: float) -> int | None:
+        """Exit code once it has exited within `timeout` (its output read to the end), else None."""
+        deadline = time.monotonic() + timeout
+        self.read(deadline)
+        try:
+            return self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return None
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def node_pids(self) -> list[int]:
+        return processes_mentioning(str(self.directory / "node-"))
+
+    def nodes_gone(self, timeout: float) -> list[int]:
+        """Poll (bounded) until no node of this cluster runs; the pids still there after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while (left := self.node_pids()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return left
+
+    def cleanup(self) -> None:
+        """Kill the command and every node it left behind (the old code leaves them)."""
+        for pid in [self.proc.pid, *self.node_pids()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc.stdout.close()  # type: ignore[union-attr]
+
+
+StartClusterUp = Callable[..., ClusterUp]
+
+
+@pytest.fixture
+def cluster_up(tmp_path: Path) -> Iterator[StartClusterUp]:
+    """ClusterUp, with every command it ran and its nodes killed at teardown, pass or fail."""
+    started: list[ClusterUp] = []
+
+    def start(directory: Path, nodes: int = NODES, base_port: int | None = None) -> ClusterUp:
+        started.append(ClusterUp(directory, nodes, base_port))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for up in started:
+            up.cleanup()
+
+
+def time_to_up(cluster_up: StartClusterUp, directory: Path) -> float:
+    """Seconds from exec to "is up" on this machine now, to spread signal moments over."""
+    up = cluster_up(directory)
+    up.read(time.monotonic() + 30, stop_at=UP_LINE)
+    assert UP_LINE in up.output, up.text
+    took = time.monotonic() - up.started
+    up.signal(signal.SIGTERM)
+    assert up.finish(20) == 0, up.text
+    return took
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_no_node_outlives_cluster_up_whenever_the_signal_comes(
+        cluster_up: StartClusterUp, tmp_path: Path, sig: signal.Signals) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    spread = 1.5 * time_to_up(cluster_up, tmp_path / "calibrate")
+    phases: Counter[str] = Counter()
+    for attempt in range(TRIES):
+        up = cluster_up(tmp_path / f"try{attempt}")
+        up.read(up.started + rng.uniform(0, spread))
+        up.drain()
+        was_up = UP_LINE in up.output
+        up.signal(sig)
+        code = up.finish(20)
+        where = f"seed {seed}, try {attempt}, {'running' if was_up else 'start-up'}:\n{up.text}"
+        assert up.nodes_gone(5.0) == [], f"nodes outlived cluster up ({where})"
+        if was_up:
+            assert code == 0, where
+        else:
+            assert code in (128 + sig, -sig), where  # -sig: before its handlers (no node yet)
+            assert UP_LINE not in up.output, where
+        if code != -signal.SIGINT:  # Python's own Ctrl-C traceback, before kvs runs at all
+            assert "Traceback" not in up.text, where
+        phases["running" if was_up else "start-up"] += 1
+        shutil.rmtree(up.directory, ignore_errors=True)
+    assert phases["running"] >= 2 and phases["start-up"] >= 2, (seed, phases)
+
+
+def test_nodes_die_with_cluster_up_on_sigkill(cluster_up: StartClusterUp, tmp_path: Path) -> None:
+    up = cluster_up(tmp_path / "cluster")
+    up.read(time.monotonic() + 30, stop_at=UP_LINE)
+    assert UP_LINE in up.output, up.text
+    assert len(up.node_pids()) == NODES
+    up.signal(signal.SIGKILL)
+    assert up.nodes_gone(5.0) == []
+
+
+def test_taken_ports_fail_fast_and_name_base_port(cluster_up: StartClusterUp, tmp_path: Path) -> None:
+    first = cluster_up(tmp_path / "first", nodes=3)
+    first.read(time.monotonic() + 30, stop_at=UP_LINE)
+    assert UP_LINE in first.output, first.text
+    second = cluster_up(tmp_path / "other", nodes=3, base_port=first.base_port)
+    code = second.finish(10)
+    assert code == 1, second.text
+    assert "healthy" not in second.text and UP_LINE not in second.output, second.text
+    assert "already in use" in second.text and "--base-port" in second.text, second.text
+    assert "--port " not in second.text, second.text
+    assert second.node_pids() == []
+    first.signal(signal.SIGINT)  # the first cluster was not disturbed
+    assert first.finish(20) == 0, first.text
+    assert UP_LINE in first.output
+
+
+def test_default_cluster_dir_is_ignored_by_git() -> None:
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    check = subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "-q", "kvs-cluster/node-0/x"])
+    assert check.returncode == 0, "./kvs-cluster/ (the default --dir of `kvs cluster up`) is not ignored"
