@@ -6,8 +6,7 @@
 
 Import `procs_fixture` into a test module (`from tests.procs import procs_fixture  #
 noqa: F401`) or into the root conftest, then ask for `procs`. Everything else lives in
-kvs.testing; the other names here are what test modules imported from this module before
-it moved there (new code imports kvs.testing).
+kvs.testing.
 """
 
 from __future__ import annotations
@@ -17,19 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from kvs.testing import KvsNode as KvsProcess
-from kvs.testing import NodeGroup as ProcessGroup
-from kvs.testing import NodeGroup as process_group
-from kvs.testing import free_port, kvs_command
-from kvs.testing import node_env as kvs_env
-from kvs.testing import run_kvs as run_cli
-
-__all__ = ["KvsProcess", "ProcessGroup", "free_port", "kvs_command", "kvs_env", "process_group",
-           "procs_fixture", "run_cli"]
+from kvs.testing import NodeGroup
 
 
 @pytest.fixture(name="procs")
-def procs_fixture(tmp_path: Path) -> Iterator[ProcessGroup]:
+def procs_fixture(tmp_path: Path) -> Iterator[NodeGroup]:
     """A NodeGroup under tmp_path/procs; every node is killed at teardown, pass or fail."""
-    with ProcessGroup(tmp_path / "procs") as group:
+    with NodeGroup(tmp_path / "procs") as group:
         yield group

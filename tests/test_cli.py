@@ -24,31 +24,31 @@ from kvs.cli import EXIT_NOT_FOUND as NOT_FOUND
 from kvs.cli import EXIT_UNAVAILABLE as UNAVAILABLE
 from kvs.cli import EXIT_USAGE as USAGE
 from kvs.cli import build_parser, main
-from tests.procs import KvsProcess, ProcessGroup, free_port, process_group, run_cli
+from kvs.testing import KvsNode, NodeGroup, free_port, run_kvs
 
 OK = 0
 
 
 @pytest.fixture(scope="module")
-def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessGroup]:
-    with process_group(tmp_path_factory.mktemp("cli")) as procs:
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeGroup]:
+    with NodeGroup(tmp_path_factory.mktemp("cli")) as procs:
         yield procs
 
 
 @pytest.fixture(scope="module")
-def cas_node(group: ProcessGroup) -> KvsProcess:
+def cas_node(group: NodeGroup) -> KvsNode:
     return group.start("cas", env={"KVS_CAS_ENABLED": "true"})
 
 
 @pytest.fixture(scope="module")
-def plain_node(group: ProcessGroup) -> KvsProcess:
+def plain_node(group: NodeGroup) -> KvsNode:
     return group.start("plain")  # cas_enabled is false unless configured
 
 
-def kvs(node: KvsProcess | str, *args: str) -> subprocess.CompletedProcess[str]:
+def kvs(node: KvsNode | str, *args: str) -> subprocess.CompletedProcess[str]:
     url = node if isinstance(node, str) else node.url
     assert url is not None
-    return run_cli(*args, "--node", url)
+    return run_kvs(*args, "--node", url)
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -62,7 +62,7 @@ def fails(result: subprocess.CompletedProcess[str], code: int) -> str:
     return result.stderr
 
 
-def test_put_get_raw_history_delete(cas_node: KvsProcess) -> None:
+def test_put_get_raw_history_delete(cas_node: KvsNode) -> None:
     put = ok_json(kvs(cas_node, "put", "cli/doc", '{"a": [1, 2]}', "--flags", "7"))
     assert put["key"] == "cli/doc" and put["modify_index"] > 0 and put["expires_at"] is None
     got = ok_json(kvs(cas_node, "get", "cli/doc"))
@@ -94,7 +94,7 @@ def test_put_get_raw_history_delete(cas_node: KvsProcess) -> None:
     fails(kvs(cas_node, "history", "cli/never-written"), NOT_FOUND)
 
 
-def test_cas_conditions_and_exit_codes(cas_node: KvsProcess) -> None:
+def test_cas_conditions_and_exit_codes(cas_node: KvsNode) -> None:
     created = ok_json(kvs(cas_node, "cas", "cli/cas", "1", "--cas", "0"))
     stderr = fails(kvs(cas_node, "cas", "cli/cas", "1", "--cas", "0"), CONFLICT)
     current = json.loads(stderr[stderr.index("{"):])["current"]  # the 409 shows what is there
@@ -126,12 +126,12 @@ def test_cas_conditions_and_exit_codes(cas_node: KvsProcess) -> None:
     fails(kvs(cas_node, "delete", "cli/cas", "--if-value", "5"), NOT_FOUND)
 
     # `cas` without any condition is a usage error, and nothing is written.
-    usage = run_cli("cas", "cli/cas", "9", "--node", cas_node.url or "")
+    usage = run_kvs("cas", "cli/cas", "9", "--node", cas_node.url or "")
     assert usage.returncode == USAGE and "--cas" in usage.stderr
     fails(kvs(cas_node, "get", "cli/cas"), NOT_FOUND)
 
 
-def test_ls(cas_node: KvsProcess) -> None:
+def test_ls(cas_node: KvsNode) -> None:
     for key in ("ls/a/1", "ls/a/2", "ls/b", "ls/c/x/y"):
         ok_json(kvs(cas_node, "put", key, "1"))
     listing = kvs(cas_node, "ls", "ls/")
@@ -146,7 +146,7 @@ def test_ls(cas_node: KvsProcess) -> None:
     assert "ls/b" in kvs(cas_node, "ls").stdout.split()  # no prefix: everything
 
 
-def test_cas_disabled_exits_5_and_writes_nothing(plain_node: KvsProcess) -> None:
+def test_cas_disabled_exits_5_and_writes_nothing(plain_node: KvsNode) -> None:
     message = fails(kvs(plain_node, "cas", "off/k", "1", "--cas", "0"), DISABLED)
     assert "cas_enabled" in message
     fails(kvs(plain_node, "get", "off/k"), NOT_FOUND)  # not silently downgraded to a plain put
@@ -156,13 +156,13 @@ def test_cas_disabled_exits_5_and_writes_nothing(plain_node: KvsProcess) -> None
     assert ok_json(kvs(plain_node, "get", "off/k"))["version"] == put["version"]
 
 
-def test_unreachable_node_exits_6(cas_node: KvsProcess) -> None:
+def test_unreachable_node_exits_6(cas_node: KvsNode) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     for args in (("get", "k"), ("put", "k", "1"), ("ls",), ("history", "k"), ("delete", "k")):
         message = fails(kvs(closed, *args), UNAVAILABLE)
         assert closed in message and "kvs serve" in message
     # With several --node URLs the client fails over past the dead one.
-    failover = run_cli("put", "cli/failover", "1", "--node", closed, "--node", cas_node.url or "")
+    failover = run_kvs("put", "cli/failover", "1", "--node", closed, "--node", cas_node.url or "")
     assert failover.returncode == OK, failover.stderr
 
 
@@ -198,7 +198,7 @@ def test_serve_config_error_is_one_line_naming_the_key(tmp_path: Path, setup: di
         config.write_text(setup["yaml"])
         args += ["--config", str(config)]
     started = time.monotonic()
-    result = run_cli(*args, env=setup.get("env"), timeout=20)  # a hang fails via TimeoutExpired
+    result = run_kvs(*args, env=setup.get("env"), timeout=20)  # a hang fails via TimeoutExpired
     assert time.monotonic() - started < 10
     assert result.returncode == USAGE, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -208,7 +208,7 @@ def test_serve_config_error_is_one_line_naming_the_key(tmp_path: Path, setup: di
     assert not data_dir.exists(), "a node with a bad config must not touch its data dir"
 
 
-def test_serve_with_config_file(group: ProcessGroup, tmp_path: Path) -> None:
+def test_serve_with_config_file(group: NodeGroup, tmp_path: Path) -> None:
     data_dir = tmp_path / "from-config"
     config = tmp_path / "node.yaml"
     config.write_text(
@@ -241,7 +241,7 @@ def test_serve_with_config_file(group: ProcessGroup, tmp_path: Path) -> None:
 
 # -- VALUE and usage errors ------------------------------------------------------------------
 
-def test_value_that_looks_like_json_must_be_json(cas_node: KvsProcess) -> None:
+def test_value_that_looks_like_json_must_be_json(cas_node: KvsNode) -> None:
     refused = fails(kvs(cas_node, "put", "val/cfg", '{"enabled": tru}'), USAGE)
     assert "not valid JSON" in refused and "--string" in refused
     for text in ("True", "NULL", "1.2.3", "10s", "NaN", "[1,", '"open', " {"):
@@ -277,7 +277,7 @@ USAGE_ERRORS = [
 
 
 @pytest.mark.parametrize("args", USAGE_ERRORS)
-def test_usage_errors_exit_2_and_write_nothing(cas_node: KvsProcess, args: tuple[str, ...]) -> None:
+def test_usage_errors_exit_2_and_write_nothing(cas_node: KvsNode, args: tuple[str, ...]) -> None:
     result = kvs(cas_node, *args)
     assert result.returncode == USAGE, (result.returncode, result.stdout, result.stderr)
     assert result.stderr.startswith(("kvs ", "usage: kvs ")) and "Traceback" not in result.stderr
@@ -296,7 +296,7 @@ def help_text(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 
 def test_version() -> None:
-    result = run_cli("--version")
+    result = run_kvs("--version")
     assert (result.returncode, result.stdout) == (OK, f"kvs {importlib.metadata.version('kvs')}\n")
 
 

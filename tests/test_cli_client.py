@@ -21,32 +21,32 @@ from kvs.cli import EXIT_NOT_FOUND as NOT_FOUND
 from kvs.cli import EXIT_UNAVAILABLE as UNAVAILABLE
 from kvs.cli import EXIT_USAGE as USAGE
 from kvs.client import Client, NotFound
-from tests.procs import KvsProcess, ProcessGroup, free_port, kvs_command, kvs_env, process_group, run_cli
+from kvs.testing import KvsNode, NodeGroup, free_port, kvs_command, node_env, run_kvs
 
 OK = 0
 
 
 @pytest.fixture(scope="module")
-def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessGroup]:
-    with process_group(tmp_path_factory.mktemp("cli-client")) as procs:
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeGroup]:
+    with NodeGroup(tmp_path_factory.mktemp("cli-client")) as procs:
         yield procs
 
 
 @pytest.fixture(scope="module")
-def node(group: ProcessGroup) -> KvsProcess:
+def node(group: NodeGroup) -> KvsNode:
     return group.start("n1", env={"KVS_CAS_ENABLED": "true"})
 
 
 @pytest.fixture
-def client(node: KvsProcess) -> Iterator[Client]:
+def client(node: KvsNode) -> Iterator[Client]:
     with Client(node.url or "") as c:
         yield c
 
 
-def kvs(node: KvsProcess | str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def kvs(node: KvsNode | str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     url = node if isinstance(node, str) else node.url
     assert url is not None
-    return run_cli(args[0], "--node", url, *args[1:], timeout=timeout)  # before any `--`
+    return run_kvs(args[0], "--node", url, *args[1:], timeout=timeout)  # before any `--`
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -54,13 +54,13 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def spawn(node: KvsProcess, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(kvs_command(args[0], "--node", node.url or "", *args[1:]), env=kvs_env(),
+def spawn(node: KvsNode, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(kvs_command(args[0], "--node", node.url or "", *args[1:]), env=node_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
-def test_members_and_status(node: KvsProcess) -> None:
+def test_members_and_status(node: KvsNode) -> None:
     table = ok(kvs(node, "members")).splitlines()
     assert table[0].split() == ["ID", "ADDRESS", "STATE", "INCARNATION", "LAST", "SEEN"]
     assert node.node_id in table[1] and "alive" in table[1]
@@ -73,7 +73,7 @@ def test_members_and_status(node: KvsProcess) -> None:
     assert status["node"] == node.node_id and len(status["merkle_root"]) == 16
 
 
-def test_services(node: KvsProcess, client: Client) -> None:
+def test_services(node: KvsNode, client: Client) -> None:
     out = ok(kvs(node, "services", "register", "api", "--address", "10.0.0.7", "--port", "9000",
                  "--ttl", "30", "--tag", "v2", "--tag", "blue", "--meta", "zone=z1", "--cas", "0"))
     assert out.startswith("registered api (modify_index ")
@@ -96,7 +96,7 @@ def test_services(node: KvsProcess, client: Client) -> None:
     assert client.list_services() == []
 
 
-def test_watch_prints_each_change(node: KvsProcess, client: Client) -> None:
+def test_watch_prints_each_change(node: KvsNode, client: Client) -> None:
     client.put("cli-watch/k", {"v": 0})
     human = spawn(node, "watch", "cli-watch/k", "--count", "3")
     machine = spawn(node, "watch", "cli-watch/", "--prefix", "--json", "--count", "3")
@@ -121,7 +121,7 @@ def test_watch_prints_each_change(node: KvsProcess, client: Client) -> None:
     assert all(e["prefix"] == "cli-watch/" for e in events)
 
 
-def test_lock_runs_the_command_and_passes_its_exit_status(node: KvsProcess, client: Client,
+def test_lock_runs_the_command_and_passes_its_exit_status(node: KvsNode, client: Client,
                                                           tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     result = kvs(node, "lock", "cli-lock/a", "--ttl", "5", "--", "sh", "-c", f"touch {marker}; exit 3")
@@ -131,7 +131,7 @@ def test_lock_runs_the_command_and_passes_its_exit_status(node: KvsProcess, clie
     assert kvs(node, "lock", "cli-lock/a").returncode == USAGE  # no command
 
 
-def test_lock_busy_until_timeout_exits_4(node: KvsProcess, client: Client) -> None:
+def test_lock_busy_until_timeout_exits_4(node: KvsNode, client: Client) -> None:
     client.put("cli-lock/b", "held elsewhere", cas=0, ttl=30)
     started = time.monotonic()
     result = kvs(node, "lock", "cli-lock/b", "--timeout", "0.5", "--", "true")
@@ -139,7 +139,7 @@ def test_lock_busy_until_timeout_exits_4(node: KvsProcess, client: Client) -> No
     assert time.monotonic() - started < 5
 
 
-def test_lock_lost_stops_the_command_and_exits_7(node: KvsProcess, client: Client, tmp_path: Path) -> None:
+def test_lock_lost_stops_the_command_and_exits_7(node: KvsNode, client: Client, tmp_path: Path) -> None:
     marker = tmp_path / "finished"
     proc = spawn(node, "lock", "cli-lock/c", "--ttl", "2", "--grace", "1", "--",
                  "sh", "-c", f"sleep 20; touch {marker}")
@@ -171,7 +171,7 @@ def test_new_commands_report_an_unreachable_node(tmp_path: Path) -> None:
         assert closed in result.stderr and "kvs serve" in result.stderr
 
 
-def test_examples_run_against_a_node(node: KvsProcess, tmp_path: Path) -> None:
+def test_examples_run_against_a_node(node: KvsNode, tmp_path: Path) -> None:
     """Each example in examples/ runs to completion (they default to `kvs cluster up`'s ports)."""
     examples = Path(__file__).resolve().parent.parent / "examples"
     runs = {
@@ -181,7 +181,7 @@ def test_examples_run_against_a_node(node: KvsProcess, tmp_path: Path) -> None:
         "service_registration": ["--ttl", "1", "--duration", "1", "--name", "example-web"],
     }
     procs = {name: subprocess.Popen([sys.executable, str(examples / f"{name}.py"), "--node", node.url or "",
-                                     *args], env=kvs_env(), stdout=subprocess.PIPE,
+                                     *args], env=node_env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
              for name, args in runs.items()}
     outputs = {}

@@ -46,8 +46,8 @@ from kvs.client import (
     WriteResult,
 )
 from kvs.node import Node
+from kvs.testing import free_port, node_env
 from tests.conftest import NodeFactory
-from tests.procs import free_port, kvs_env
 
 
 class Kv:
@@ -667,7 +667,7 @@ async def test_quickstart_runs_as_written_and_is_the_docs_snippet(node: Node) ->
     assert f"```python\n{quickstart_code()}```" in CLIENT_DOC.read_text()
     for run in (1, 2):  # a second run works too: nothing in it is create-only
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(EXAMPLES / "quickstart.py"), node.url, env=kvs_env(),
+            sys.executable, str(EXAMPLES / "quickstart.py"), node.url, env=node_env(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         try:
             output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()

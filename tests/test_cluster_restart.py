@@ -6,7 +6,7 @@ import aiohttp
 
 from kvs.testing import NodeGroup
 from tests.conftest import Api, eventually
-from tests.procs import procs_fixture  # noqa: F401
+from tests.procs import procs_fixture  # noqa: F401  (the `procs` fixture)
 
 FAST = {"KVS_CAS_ENABLED": "true", "KVS_GOSSIP_INTERVAL_MS": "100", "KVS_PROBE_TIMEOUT_MS": "200",
         "KVS_SYNC_INTERVAL_MS": "300", "KVS_TTL_SWEEP_INTERVAL_MS": "100"}

@@ -35,14 +35,9 @@ import pytest
 from kvs.client import AsyncClient, CASDisabled, Client
 from kvs.coordination import LeaderElection, Lock, LockLost
 from kvs.node import Node
+from kvs.testing import KvsNode, NodeGroup, node_env
 from tests.conftest import NodeFactory, eventually
-from tests.procs import (
-    KvsProcess,
-    ProcessGroup,
-    kvs_env,
-    process_group,
-    procs_fixture,  # noqa: F401  (the `procs` fixture)
-)
+from tests.procs import procs_fixture  # noqa: F401  (the `procs` fixture)
 
 HOLDER = Path(__file__).with_name("coordination_holder.py")
 SLACK = 0.3  # scheduling and round trips, on a loaded 2-core test machine
@@ -286,13 +281,13 @@ async def test_election_resign_handover_crash_takeover_and_step_down(node: Node)
 # -- the blocking kind: a Lock or LeaderElection given a blocking Client -----------------------------
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KvsProcess]:
-    with process_group(tmp_path_factory.mktemp("coordination")) as group:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KvsNode]:
+    with NodeGroup(tmp_path_factory.mktemp("coordination")) as group:
         yield group.start("n1", env={"KVS_CAS_ENABLED": "true"})
 
 
 @pytest.fixture
-def blocking(server: KvsProcess) -> Iterator[tuple[Client, Client]]:
+def blocking(server: KvsNode) -> Iterator[tuple[Client, Client]]:
     """Two blocking clients (two contenders, as far as the node can tell)."""
     with Client(server.url or "", timeout=2.0) as kv, Client(server.url or "", timeout=2.0) as other:
         yield kv, other
@@ -383,7 +378,7 @@ def test_blocking_with_lock_releases_and_raises_lock_lost_after_the_body(
     assert progress == ["entered", "finished"] and "deleted or expired" in caught.value.message
 
 
-def test_blocking_holder_gives_up_before_the_lease_ends_when_the_node_hangs(procs: ProcessGroup) -> None:
+def test_blocking_holder_gives_up_before_the_lease_ends_when_the_node_hangs(procs: NodeGroup) -> None:
     node = procs.start(env={"KVS_CAS_ENABLED": "true"})
     assert node.pid is not None
     with Client(node.url or "", timeout=10.0) as kv:  # far longer than the lease
@@ -401,7 +396,7 @@ def test_blocking_holder_gives_up_before_the_lease_ends_when_the_node_hangs(proc
         assert not lock.release()
 
 
-async def test_wrong_pairings_raise_type_error_before_anything_is_written(server: KvsProcess) -> None:
+async def test_wrong_pairings_raise_type_error_before_anything_is_written(server: KvsNode) -> None:
     url = server.url or ""
     async with AsyncClient(url) as kv:
         index = (await kv.status()).index
@@ -436,7 +431,7 @@ class Campaigner:
     events: list[str] = field(default_factory=list)
 
 
-def test_blocking_election_resign_handover_crash_takeover_and_step_down(server: KvsProcess) -> None:
+def test_blocking_election_resign_handover_crash_takeover_and_step_down(server: KvsNode) -> None:
     ttl = 1.0
     clients = [Client(server.url or "", timeout=2.0) for _ in range(3)]
     candidates: list[Campaigner] = []
@@ -544,7 +539,7 @@ class Holders:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, str(HOLDER), self.mode, self.url, self.key, str(CRASH_TTL),
                  str(self.log_dir / f"{name}.log"), "0.1", "0.3"],
-                env=kvs_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                env=node_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, name: str) -> float:
         proc = self.procs[name]

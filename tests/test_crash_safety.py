@@ -43,7 +43,8 @@ import orjson
 import pytest
 
 from kvs.store.storage import Storage
-from tests.procs import KvsProcess, ProcessGroup, procs_fixture  # noqa: F401  (the `procs` fixture)
+from kvs.testing import KvsNode, NodeGroup
+from tests.procs import procs_fixture  # noqa: F401  (the `procs` fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -285,7 +286,7 @@ async def current_index(session: aiohttp.ClientSession, url: str) -> int:
         return int(resp.headers["X-KVS-Index"])
 
 
-async def run_crash_rounds(node: KvsProcess, mode: str, seed: int, gc_ms: int) -> None:
+async def run_crash_rounds(node: KvsNode, mode: str, seed: int, gc_ms: int) -> None:
     assert node.data_dir is not None
     rng = random.Random(seed)
     ledger = Ledger()
@@ -338,7 +339,7 @@ async def run_crash_rounds(node: KvsProcess, mode: str, seed: int, gc_ms: int) -
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-async def test_kill_9_under_load_loses_nothing(procs: ProcessGroup, mode: str) -> None:
+async def test_kill_9_under_load_loses_nothing(procs: NodeGroup, mode: str) -> None:
     seed = int(os.environ.get("KVS_CRASH_SEED") or random.randrange(1 << 30))
     node = procs.start(mode, env={
         "KVS_CAS_ENABLED": "true",
