@@ -637,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_commands(sub)
     _add_lock(sub)
     _add_services(sub)
+    from kvs.snapshot_cli import add_parser as add_snapshot_parser  # `kvs snapshot save|restore`
+    add_snapshot_parser(sub)
     return parser
 
 

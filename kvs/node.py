@@ -33,6 +33,7 @@ from kvs.http.kv import KVApi
 from kvs.http.metrics import Metrics
 from kvs.http.server import make_app
 from kvs.http.services import ServiceApi
+from kvs.http.snapshot import SnapshotApi
 from kvs.http.txn import TxnApi
 from kvs.store.storage import Storage
 from kvs.watch import Watchers
@@ -131,6 +132,7 @@ class Node:
             *self.replicator.routes(),
             web.get("/metrics", metrics.handle),
             *ServiceApi(config, engine).routes(),
+            *SnapshotApi(config, engine).routes(),
             web.get("/openapi.json", openapi.handle),
         ]
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
