@@ -15,6 +15,11 @@ No node outlives this command:
   * Killed with SIGKILL, it cannot stop anything itself: the nodes are started with a
     parent-death signal (Linux), so the kernel SIGKILLs them when this process dies.
 
+Secure by default: the nodes share a random cluster secret, generated once and kept in
+DIR/cluster_secret (mode 0600, reused when the same cluster starts again), so nothing
+but a holder of that file can call their /internal/ endpoints. KVS_CLUSTER_SECRET in
+the environment takes its place.
+
 Start-up checks the ports first (a port already taken fails at once, naming
 --base-port), and counts a node as up only when its own output has its banner and
 GET /health answers with the id it was given: another cluster on the same ports cannot
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -39,6 +45,7 @@ GRACE_SECONDS = 10.0
 STARTUP_SECONDS = 30.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_FAILED, EXIT_USAGE = 1, 2
+SECRET_FILE = "cluster_secret"
 
 
 class _StopRequest:
@@ -80,6 +87,18 @@ class _Terminal:
         return lambda line: self.say(f"[{name}] {line}")
 
 
+def _secret(path: Path) -> str:
+    """The cluster's secret: read from `path`, or made and written there (owner-only)."""
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret
+
+
 def _ports_problem(base_port: int, nodes: int) -> str | None:
     last = base_port + nodes - 1
     if base_port < 1 or last > 65535:
@@ -104,15 +123,21 @@ def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: s
         return EXIT_FAILED
     args = ["--config", str(Path(config_file).absolute())] if config_file else []
     cas = os.environ.get("KVS_CAS_ENABLED", "true")  # on, unless the user's environment says otherwise
+    secret_file = Path(directory) / SECRET_FILE
+    secret = os.environ.get("KVS_CLUSTER_SECRET") or _secret(secret_file)
     cluster = Cluster(Path(directory), [f"node-{i}" for i in range(nodes)],
                       ports=range(base_port, base_port + nodes), output=term.prefixed,
-                      env={"KVS_CAS_ENABLED": cas}, keep_kvs_env=True, args=args, die_with_parent=True)
+                      env={"KVS_CAS_ENABLED": cas, "KVS_CLUSTER_SECRET": secret}, keep_kvs_env=True,
+                      args=args, die_with_parent=True)
     try:
         if not _start(cluster, stop, term):
             return 128 + stop.signum if stop.signum is not None else EXIT_FAILED
         term.say(f"kvs cluster of {nodes} nodes is up (Ctrl-C stops it):")
         for node in cluster.nodes:
             term.say(f"  {node.name}  {node.url}")
+        if "KVS_CLUSTER_SECRET" not in os.environ:
+            term.say(f"cluster secret in {secret_file} (for operations such as `kvs snapshot save`: "
+                     f"export KVS_CLUSTER_SECRET=$(cat {secret_file}))")
         return _watch(cluster, stop.event, term)
     finally:
         term.say("stopping the cluster...")

@@ -17,6 +17,8 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -191,6 +193,29 @@ def test_taken_ports_fail_fast_and_name_base_port(cluster_up: StartClusterUp, tm
     first.signal(signal.SIGINT)  # the first cluster was not disturbed
     assert first.finish(20) == 0, first.text
     assert UP_LINE in first.output
+
+
+def test_nodes_share_a_generated_secret_kept_in_the_cluster_dir(
+        cluster_up: StartClusterUp, tmp_path: Path) -> None:
+    """Secure by default: an unsigned /internal/ request is refused; a restart of the same
+    cluster reuses the secret its nodes were started with."""
+    directory = tmp_path / "cluster"
+    for attempt in range(2):
+        up = cluster_up(directory)
+        up.read(time.monotonic() + 30, stop_at=UP_LINE)
+        assert UP_LINE in up.output, up.text
+        secret_file = directory / "cluster_secret"
+        if attempt == 0:
+            first_secret = secret_file.read_text()
+            assert len(first_secret.strip()) >= 32 and secret_file.stat().st_mode & 0o077 == 0
+        assert secret_file.read_text() == first_secret
+        request = urllib.request.Request(f"http://127.0.0.1:{up.base_port}/internal/push",
+                                         data=b"[]", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 401
+        up.signal(signal.SIGINT)
+        assert up.finish(20) == 0, up.text
 
 
 def test_default_cluster_dir_is_ignored_by_git() -> None:
