@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -255,3 +256,21 @@ async def test_a_refused_transaction_replicates_nothing(make_node: NodeFactory, 
                               and r.body["version"] == after.body["version"])
     for api in (a, b):
         assert (await api.get("phantom", history="true")).status == 404
+
+
+async def test_a_peer_that_moves_leaves_no_push_sender_behind(node, http) -> None:  # type: ignore[no-untyped-def]
+    """A peer's new address gets a new push sender; the old one's task is cancelled (it used to
+    stay behind, one task per move, waiting forever)."""
+    api = Api(http, node.url)
+    for incarnation, port in enumerate((1, 2), start=1):  # nothing listens there: pushes fail
+        member = {"id": "mover", "address": f"127.0.0.1:{port}", "joined_at": 1,
+                  "state": "alive", "incarnation": incarnation, "from": "mover"}
+        reply = await api.request("POST", "/internal/swim/join", json={"from": member, "members": []})
+        assert reply.status == 200
+        assert (await api.put(f"k{incarnation}", {"value": incarnation})).status == 200
+
+    # Right after the write that met the new address (before failure detection can drop the
+    # peer and its current sender): exactly one sender is left that nobody has cancelled.
+    senders = [t for t in asyncio.all_tasks()
+               if t.get_name() == "push-mover" and not t.done() and not t.cancelling()]
+    assert len(senders) == 1
