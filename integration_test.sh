@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end check of a real local kvs cluster (SPEC section 7).
+# End-to-end check of a real local kvs cluster (docs/api.md#command-line).
 #
 # Starts 3 `kvs serve` processes on free loopback ports and checks, over HTTP
 # and through the `kvs` CLI: single-node CRUD, every CAS condition, concurrent

@@ -83,7 +83,7 @@ __all__ = [
 
 DEFAULT_NODE = "http://127.0.0.1:8080"
 DEFAULT_WAIT = 60.0       # seconds a blocking query may be held by the node
-MAX_WAIT = 600.0          # the node's limit (SPEC: 10 min)
+MAX_WAIT = 600.0          # the node's limit (docs/api.md#blocking-queries: 10 min)
 EXPIRY_MARGIN = 0.02      # wake this long after a lease's expires_at (clock granularity)
 MIN_EXPIRY_WAIT = 0.05    # ...but never poll faster than this when clocks disagree
 

@@ -1,7 +1,7 @@
 """Node settings: one frozen, validated object built from YAML, `KVS_*` env and CLI flags.
 
 Precedence (later wins): built-in defaults < YAML file < environment < CLI flags.
-Every key of SPEC section 6 is parsed and validated here, so a typo or a bad
+Every key of docs/api.md#configuration is parsed and validated here, so a typo or a bad
 value stops the node at start-up with one line naming the key, instead of
 surfacing as odd behaviour hours later.
 """

@@ -8,7 +8,7 @@ function of the versions a node has received, whatever order they arrived in:
     received: vB, v1, vA, vB (duplicate)       conflict order: vB > vA > v1
     set:      [vB, vA(superseded), v1]
 
-Conflict order (SPEC section 4), greatest wins:
+Conflict order (docs/api.md#conflict-order), greatest wins:
   1. (timestamp, logical)      - HLC, so causally later writes win
   2. smaller origin_joined_at  - the oldest node wins a tie
   3. greater version UUID       - final tie-breaker; UUIDs are unique

@@ -1,4 +1,4 @@
-"""Hostile and malformed input (SPEC section 3): a 4xx with {"error", "message"}, never a 500,
+"""Hostile and malformed input (docs/api.md#errors): a 4xx with {"error", "message"}, never a 500,
 and nothing changes — the node's index (X-KVS-Index) and a probe key stay exactly as they were.
 
 Paths go out byte-exact (yarl `encoded=True`), so the server sees %00, %FF, %C3%28 as sent.

@@ -1,4 +1,4 @@
-"""The SPEC condition table (section 3, Writes and Transactions), row by row.
+"""The condition table (docs/api.md#conditions and #transactions), row by row.
 
 Every condition (`cas: 0`, `cas: N`, `if_version`, `if_timestamp`, `if_value`) alone
 and combined, through PUT (JSON body), DELETE (query parameters, `if_value` as JSON

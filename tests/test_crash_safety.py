@@ -1,4 +1,4 @@
-"""Crash safety (SPEC section 5): kill -9 a node under concurrent write load, again and again.
+"""Crash safety (docs/api.md#durability): kill -9 a node under concurrent write load, again and again.
 
 Each round: a `kvs serve` subprocess takes puts (some with a TTL), deletes, CAS and
 if_version increments of a few counters, and transactions (check + set) from several

@@ -1,4 +1,4 @@
-"""GET /metrics: Prometheus text with the families SPEC section 3 lists, moving with the work."""
+"""GET /metrics: Prometheus text with the families docs/api.md lists, moving with the work."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TTL, leases, purge, history and listing/blocking reads (SPEC sections 2, 3 and 5).
+"""TTL, leases, purge, history and listing/blocking reads (docs/api.md#versions, #reads and #durability).
 
 TTLs are a few hundred milliseconds; where a test must let one pass it sleeps until
 the server's own `expires_at` (same process, same wall clock) plus a small margin.

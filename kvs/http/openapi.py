@@ -75,7 +75,7 @@ SCHEMAS: dict[str, Schema] = {
         closed=False, description="Every error: a code and a human message. A 409 from a "
         "single write carries `current`, from a transaction `failed`."),
     "Version": _obj({**VERSION_META_FIELDS, "value": ANY},
-                    description="One version of a key (SPEC section 2)."),
+                    description="One version of a key (docs/api.md#versions)."),
     "VersionMeta": _obj(VERSION_META_FIELDS, description="A version without its value."),
     "History": _obj({"key": STR, "revisions": {"type": "array", "items": _ref("Version")}},
                     description="history=true: current and past versions, newest first."),

@@ -6,7 +6,7 @@ a dump gives everything, with each node's own modify index. The table merges all
 An operation whose outcome is unknown gets a stand-in id `?<op id>` so the checkers can
 reason about "the version this op would have written" before (or without) finding it.
 
-The conflict order is re-implemented here from SPEC section 4, independently of
+The conflict order is re-implemented here from docs/api.md#conflict-order, independently of
 kvs.model: greater (timestamp, logical) wins, then the smaller origin_joined_at, then
 the greater version UUID. With partial knowledge `compare` answers 0 ("cannot tell"),
 and the checkers then allow both outcomes.
@@ -166,7 +166,7 @@ def build_table(history: History) -> VersionTable:
 
 
 def order_key(v: dict[str, Any]) -> tuple[int, int, int, str]:
-    """Conflict order of a full version object (SPEC section 4): greater wins."""
+    """Conflict order of a full version object (docs/api.md#conflict-order): greater wins."""
     return (v["timestamp"], v["logical"], -v["origin_joined_at"], v["version"])
 
 
