@@ -127,16 +127,19 @@ SCHEMAS: dict[str, Schema] = {
         "ttl": _null(TTL), "cas": CONDITION_FIELDS["cas"],
     }),
     "RenewBody": _obj({}, {"ttl": _null(TTL)}),
-    "ServiceWriteResult": _obj({"name": SERVICE_NAME, "version": UUID, "modify_index": INT,
-                                "create_index": INT, "expires_at": _null(INT)}),
-    "ServiceDeleteResult": _obj({"name": SERVICE_NAME, "version": UUID, "modify_index": INT}),
+    "ServiceDeleteResult": _obj({"message": {"const": "service deregistered"}, "name": SERVICE_NAME,
+                                 "version": UUID, "modify_index": INT}),
     "ServiceList": _obj({"services": {"type": "array", "items": _ref("Registration")}}),
 }
-# The registration plus its version: the same fields, and four more.
-SCHEMAS["RegistrationWithMetadata"] = _obj({
-    **SCHEMAS["Registration"]["properties"],
-    "version": UUID, "modify_index": INT, "create_index": INT, "expires_at": _null(INT),
-}, description="metadata=true: the registration and its version's identity.")
+# Konsul's entry: the registration under "service", beside its version's identity.
+ENTRY_FIELDS: dict[str, Schema] = {"service": _ref("Registration"), "version": UUID,
+                                   "modify_index": INT, "create_index": INT,
+                                   "expires_at": _null(INT)}
+SCHEMAS["ServiceEntry"] = _obj(ENTRY_FIELDS, description="metadata=true: the registration and "
+                               "its version's identity.")
+SCHEMAS["ServiceWriteResult"] = _obj(
+    {"message": {"type": "string", "enum": ["service registered", "service renewed"]},
+     **ENTRY_FIELDS}, description="The registration as written and its new version's identity.")
 
 ERROR_TEXT = {
     400: "bad_request: malformed body or query, unknown field or parameter, wrong type, bad key",
@@ -269,12 +272,12 @@ def build() -> dict[str, Any]:
                             tag="services", body=_ref("RegisterBody")),
             },
             "/services/{name}": {
-                "get": _op("One registration; metadata=true adds its version and indexes",
-                           _responses({"anyOf": [_ref("Registration"), _ref("RegistrationWithMetadata")]},
-                                      "the registration", (400, 404)),
+                "get": _op("One registration; metadata=true wraps it with its version and indexes",
+                           _responses({"anyOf": [_ref("Registration"), _ref("ServiceEntry")]},
+                                      "the registration (metadata=true: its entry)", (400, 404)),
                            tag="services", params=[
-                               NAME_PARAM, _query("metadata", FLAG, "add version, modify_index, "
-                                                  "create_index and expires_at")]),
+                               NAME_PARAM, _query("metadata", FLAG, "answer {service, version, "
+                                                  "modify_index, create_index, expires_at}")]),
                 "delete": _op("Deregister (tombstone); cas=N only if modify_index is N",
                               _responses(_ref("ServiceDeleteResult"), "the tombstone",
                                          (400, 404, 409, 501, 503)),
