@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from kvs import __version__
+from kvs.http.index import LINKS
 from kvs.http.toolkit import MAX_TTL_SECONDS, MAX_WAIT_SECONDS, json_response
 
 Schema = dict[str, Any]
@@ -102,6 +103,10 @@ SCHEMAS: dict[str, Schema] = {
     ]}}}, description="One result per op, in order."),
     "TxnFailure": _obj({"index": INT, "key": STR, "message": STR, "current": _null(_ref("VersionMeta"))}),
     "Health": _obj({"status": {"const": "ok"}, "node": STR}),
+    "Index": _obj({"name": {"const": "kvs"}, "version": STR, "node": STR,
+                   "links": _obj({name: {"const": path} for name, path in LINKS.items()})},
+                  description="GET /: this node and where its API lives. `kv` is the root of "
+                  "the key space (`/kv/?keys=true` lists every key)."),
     "Member": _obj({"id": STR, "address": STR, "joined_at": INT,
                     "state": {"type": "string", "enum": ["alive", "suspect", "dead", "left"]},
                     "incarnation": INT, "last_seen": _null(INT)}),
@@ -291,6 +296,11 @@ def build() -> dict[str, Any]:
                 _responses(_ref("ServiceWriteResult"), "the renewed registration's version",
                            (400, 404, 409, 413)),
                 tag="services", params=[NAME_PARAM], body=_ref("RenewBody"), body_required=False)},
+            "/": {"get": _op(
+                "Index: name, version, node id and links to the API (an HTML page when Accept "
+                "ranks text/html above JSON, as a browser does)",
+                _responses(_ref("Index"), "the index", (),
+                           extra_ok={"text/html": {"schema": STR}}), tag="operations")},
             "/health": {"get": _op("Liveness", _responses(_ref("Health"), "the node is up", ()),
                                    tag="operations")},
             "/cluster/members": {"get": _op(
