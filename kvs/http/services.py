@@ -13,13 +13,15 @@ history exactly as KV data does:
     PUT    /services/{name}/renew      fresh TTL, conditioned on the current version
     DELETE /services/{name}?cas=N      tombstone
 
-Answers take Konsul's shape, so its users' code reads them unchanged: an entry is
+Writes and metadata reads answer in Konsul's shape, so its users' code reads them
+unchanged (the list keeps kvs's {"services": [...]}): an entry is
 the registration under "service" beside its version's identity, and a write adds a
 human "message":
 
     GET  /services/web?metadata=true -> {"service": {"name": "web", ...}, "version",
                                          "modify_index", "create_index", "expires_at"}
-    POST /services, PUT .../renew    -> {"message": "service registered", ...the entry}
+    POST /services                   -> {"message": "service registered", ...the entry}
+    PUT  /services/web/renew         -> {"message": "service renewed", ...the entry}
     DELETE /services/web             -> {"message": "service deregistered", "name": "web",
                                          "version", "modify_index"}
 
@@ -27,7 +29,7 @@ human "message":
 and needs `cas_enabled`. A renewal is different: its `if_version` condition is
 the server's own guard against resurrecting a registration that expired or was
 deregistered meanwhile, not a client CAS, so it works with `cas_enabled: false`.
-The `/kv` API treats the `_services/` prefix as read-only (see api.RESERVED_PREFIX).
+The `/kv` API treats the `_services/` prefix as read-only (see kvs.http.kv.RESERVED_PREFIX).
 """
 
 from __future__ import annotations
