@@ -336,11 +336,17 @@ class Service:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ServiceWriteResult:
-    name: str
+    """What a registration or renewal wrote: the registration as stored, and its version."""
+
+    service: Service
     version: str
     modify_index: int
     create_index: int
     expires_at: int | None
+
+    @property
+    def name(self) -> str:
+        return self.service.name
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -348,6 +354,15 @@ class ServiceDeleteResult:
     name: str
     version: str
     modify_index: int
+
+
+def _service_entry(data: Any, _: Answer) -> Service:
+    """A metadata=true answer, {"service": {...}, "version", ...}, as one flat Service."""
+    return _build(Service, {**data, **data["service"]})
+
+
+def _service_written(data: Any, _: Answer) -> ServiceWriteResult:
+    return _build(ServiceWriteResult, {**data, "service": _build(Service, data["service"])})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -844,20 +859,22 @@ class _Commands:
         body = _options(name=name, address=address, port=port,
                         tags=None if tags is None else list(tags),
                         meta=None if meta is None else dict(meta), ttl=ttl, cas=cas)
-        return self._execute(Call("POST", "/services", _encode(body), _of(ServiceWriteResult)))
+        return self._execute(Call("POST", "/services", _encode(body), _reader(_service_written)))
 
     def list_services(self) -> Out[list[Service]]:
         return self._execute(Call("GET", "/services", None, _reader(
             lambda data, _: [_build(Service, s) for s in data["services"]])))
 
     def get_service(self, name: str, *, metadata: bool = False) -> Out[Service]:
-        query = {"metadata": True} if metadata else None
-        return self._execute(Call("GET", _service(name, query=query), None, _of(Service)))
+        if metadata:
+            return self._execute(Call("GET", _service(name, query={"metadata": True}), None,
+                                      _reader(_service_entry)))
+        return self._execute(Call("GET", _service(name), None, _of(Service)))
 
     def renew_service(self, name: str, *, ttl: float | None = None) -> Out[ServiceWriteResult]:
         """Extend a registration's lease (NotFound once it has expired: register again)."""
         body = None if ttl is None else _encode({"ttl": ttl})
-        return self._execute(Call("PUT", _service(name, "/renew"), body, _of(ServiceWriteResult)))
+        return self._execute(Call("PUT", _service(name, "/renew"), body, _reader(_service_written)))
 
     def deregister_service(self, name: str, *, cas: int | None = None) -> Out[ServiceDeleteResult]:
         return self._execute(Call("DELETE", _service(name, query={"cas": cas}), None,

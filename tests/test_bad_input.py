@@ -466,7 +466,7 @@ WRONG_ROUTES = [
     ("PUT", "/txn", 405),
     ("DELETE", "/txn", 405),
     ("PUT", "/health", 405),
-    ("GET", "/", 404),
+    ("POST", "/", 405),  # GET / is the index
     ("GET", "/kv", 404),
     ("PUT", "/kv", 404),
     ("GET", "/nope", 404),

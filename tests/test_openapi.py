@@ -227,13 +227,14 @@ def test_real_responses_conform(live_url: str) -> None:
     call(one, "DELETE", "/services/plain")
     call(one, "DELETE", "/services/plain")
 
-    for path in ["/health", "/cluster/members", "/cluster/status", "/metrics", "/openapi.json"]:
+    for path in ["/", "/health", "/cluster/members", "/cluster/status", "/metrics", "/openapi.json"]:
         call(path, "GET", path)
+    call("/", "GET", "/", headers={"Accept": "text/html"})
 
 
 # -- schemathesis ------------------------------------------------------------------------------
 
-# 9 operations take input (up to 20 requests each), 5 take none (1 each): at most 185.
+# 9 operations take input (up to 20 requests each), 6 take none (1 each): at most 186.
 # Deterministic, so a failure reproduces. To dig deeper locally, raise it and enable the
 # coverage phase (boundary values, undeclared methods): 300 per operation plus coverage
 # ran clean after the two fixes listed in the module docstring.

@@ -44,17 +44,12 @@ async def deregister(api: Api, name: str, **params: str) -> Any:
 async def test_register_read_and_list(api: Api) -> None:
     created = await register(api, {**WEB, "cas": 0})
     assert created.status == 200, created.body
-    assert set(created.body) == {"name", "version", "modify_index", "create_index", "expires_at"}
-    assert created.body["name"] == "web" and created.body["expires_at"] is None
+    assert created.body["expires_at"] is None
     assert created.body["create_index"] == created.body["modify_index"]
 
     got = await service(api, "web")
     assert got.status == 200
     assert got.body == {**WEB, "ttl": None}
-    meta = await service(api, "web", metadata="true")
-    assert meta.body == {**WEB, "ttl": None, "version": created.body["version"],
-                         "modify_index": created.body["modify_index"],
-                         "create_index": created.body["create_index"], "expires_at": None}
 
     # absent optional fields are stored as null / [] / {}
     assert (await register(api, {"name": "a.min_1-x"})).status == 200
@@ -73,6 +68,30 @@ async def test_register_read_and_list(api: Api) -> None:
     kv = await api.get("_services/web")
     assert kv.status == 200 and kv.body["value"] == {**WEB, "ttl": None}
     assert kv.body["version"] == back.body["version"]
+
+
+async def test_answers_take_konsuls_shape(api: Api) -> None:
+    """Konsul's users read the registration under "service", beside its indexes."""
+    created = await register(api, {**WEB, "ttl": 30})
+    registration = {**WEB, "ttl": 30}
+    identity = {k: created.body[k] for k in ("version", "modify_index", "create_index", "expires_at")}
+    assert created.body == {"message": "service registered", "service": registration, **identity}
+    assert created.body["expires_at"] is not None
+
+    entry = await service(api, "web", metadata="true")
+    assert entry.body == {"service": registration, **identity}
+    assert (await service(api, "web", metadata="false")).body == registration  # the plain form
+
+    renewed = await renew(api, "web")
+    assert renewed.body["message"] == "service renewed"
+    assert renewed.body["service"] == registration
+    assert renewed.body["modify_index"] > created.body["modify_index"]
+    assert set(renewed.body) == set(created.body)
+
+    gone = await deregister(api, "web")
+    assert gone.body == {"message": "service deregistered", "name": "web",
+                         "version": gone.body["version"], "modify_index": gone.body["modify_index"]}
+    assert gone.body["modify_index"] > renewed.body["modify_index"]
 
 
 async def test_create_only(api: Api) -> None:
@@ -120,7 +139,7 @@ async def test_conditional_deregister(api: Api) -> None:
     current = (await service(api, "web", metadata="true")).body["modify_index"]
     gone = await deregister(api, "web", cas=str(current))
     assert gone.status == 200
-    assert set(gone.body) == {"name", "version", "modify_index"} and gone.body["name"] == "web"
+    assert gone.body["name"] == "web" and gone.body["message"] == "service deregistered"
     assert (await service(api, "web")).status == 404
     assert await names(api) == []
     assert (await deregister(api, "web")).status == 404
@@ -203,7 +222,7 @@ async def test_renew_before_expiry_keeps_it(clocked: tuple[Node, Api, Clock]) ->
         assert renewed.body["modify_index"] > last["modify_index"]
         last = renewed.body
     got = await service(api, "web", metadata="true")
-    assert got.status == 200 and got.body["ttl"] == 10
+    assert got.status == 200 and got.body["service"]["ttl"] == 10
     assert got.body["version"] == last["version"] and got.body["expires_at"] == last["expires_at"]
     # a body ttl renews for that long and becomes the registration's ttl
     longer = await renew(api, "web", {"ttl": 30})

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from kvs import __version__
+from kvs.http.index import LINKS
 from kvs.http.toolkit import MAX_TTL_SECONDS, MAX_WAIT_SECONDS, json_response
 
 Schema = dict[str, Any]
@@ -102,6 +103,10 @@ SCHEMAS: dict[str, Schema] = {
     ]}}}, description="One result per op, in order."),
     "TxnFailure": _obj({"index": INT, "key": STR, "message": STR, "current": _null(_ref("VersionMeta"))}),
     "Health": _obj({"status": {"const": "ok"}, "node": STR}),
+    "Index": _obj({"name": {"const": "kvs"}, "version": STR, "node": STR,
+                   "links": _obj({name: {"const": path} for name, path in LINKS.items()})},
+                  description="GET /: this node and where its API lives. `kv` is the root of "
+                  "the key space (`/kv/?keys=true` lists every key)."),
     "Member": _obj({"id": STR, "address": STR, "joined_at": INT,
                     "state": {"type": "string", "enum": ["alive", "suspect", "dead", "left"]},
                     "incarnation": INT, "last_seen": _null(INT)}),
@@ -127,16 +132,19 @@ SCHEMAS: dict[str, Schema] = {
         "ttl": _null(TTL), "cas": CONDITION_FIELDS["cas"],
     }),
     "RenewBody": _obj({}, {"ttl": _null(TTL)}),
-    "ServiceWriteResult": _obj({"name": SERVICE_NAME, "version": UUID, "modify_index": INT,
-                                "create_index": INT, "expires_at": _null(INT)}),
-    "ServiceDeleteResult": _obj({"name": SERVICE_NAME, "version": UUID, "modify_index": INT}),
+    "ServiceDeleteResult": _obj({"message": {"const": "service deregistered"}, "name": SERVICE_NAME,
+                                 "version": UUID, "modify_index": INT}),
     "ServiceList": _obj({"services": {"type": "array", "items": _ref("Registration")}}),
 }
-# The registration plus its version: the same fields, and four more.
-SCHEMAS["RegistrationWithMetadata"] = _obj({
-    **SCHEMAS["Registration"]["properties"],
-    "version": UUID, "modify_index": INT, "create_index": INT, "expires_at": _null(INT),
-}, description="metadata=true: the registration and its version's identity.")
+# Konsul's entry: the registration under "service", beside its version's identity.
+ENTRY_FIELDS: dict[str, Schema] = {"service": _ref("Registration"), "version": UUID,
+                                   "modify_index": INT, "create_index": INT,
+                                   "expires_at": _null(INT)}
+SCHEMAS["ServiceEntry"] = _obj(ENTRY_FIELDS, description="metadata=true: the registration and "
+                               "its version's identity.")
+SCHEMAS["ServiceWriteResult"] = _obj(
+    {"message": {"type": "string", "enum": ["service registered", "service renewed"]},
+     **ENTRY_FIELDS}, description="The registration as written and its new version's identity.")
 
 ERROR_TEXT = {
     400: "bad_request: malformed body or query, unknown field or parameter, wrong type, bad key",
@@ -269,12 +277,12 @@ def build() -> dict[str, Any]:
                             tag="services", body=_ref("RegisterBody")),
             },
             "/services/{name}": {
-                "get": _op("One registration; metadata=true adds its version and indexes",
-                           _responses({"anyOf": [_ref("Registration"), _ref("RegistrationWithMetadata")]},
-                                      "the registration", (400, 404)),
+                "get": _op("One registration; metadata=true wraps it with its version and indexes",
+                           _responses({"anyOf": [_ref("Registration"), _ref("ServiceEntry")]},
+                                      "the registration (metadata=true: its entry)", (400, 404)),
                            tag="services", params=[
-                               NAME_PARAM, _query("metadata", FLAG, "add version, modify_index, "
-                                                  "create_index and expires_at")]),
+                               NAME_PARAM, _query("metadata", FLAG, "answer {service, version, "
+                                                  "modify_index, create_index, expires_at}")]),
                 "delete": _op("Deregister (tombstone); cas=N only if modify_index is N",
                               _responses(_ref("ServiceDeleteResult"), "the tombstone",
                                          (400, 404, 409, 501, 503)),
@@ -288,6 +296,11 @@ def build() -> dict[str, Any]:
                 _responses(_ref("ServiceWriteResult"), "the renewed registration's version",
                            (400, 404, 409, 413)),
                 tag="services", params=[NAME_PARAM], body=_ref("RenewBody"), body_required=False)},
+            "/": {"get": _op(
+                "Index: name, version, node id and links to the API (an HTML page when Accept "
+                "ranks text/html above JSON, as a browser does)",
+                _responses(_ref("Index"), "the index", (),
+                           extra_ok={"text/html": {"schema": STR}}), tag="operations")},
             "/health": {"get": _op("Liveness", _responses(_ref("Health"), "the node is up", ()),
                                    tag="operations")},
             "/cluster/members": {"get": _op(

@@ -9,15 +9,27 @@ history exactly as KV data does:
                                         "tags": [], "meta": {}, "ttl": 10}, ttl_ms=10_000)
 
     GET    /services                   live registrations, by name
-    GET    /services/{name}            one registration (?metadata=true adds its version)
+    GET    /services/{name}            one registration (?metadata=true: its entry, below)
     PUT    /services/{name}/renew      fresh TTL, conditioned on the current version
     DELETE /services/{name}?cas=N      tombstone
+
+Writes and metadata reads answer in Konsul's shape, so its users' code reads them
+unchanged (the list keeps kvs's {"services": [...]}): an entry is
+the registration under "service" beside its version's identity, and a write adds a
+human "message":
+
+    GET  /services/web?metadata=true -> {"service": {"name": "web", ...}, "version",
+                                         "modify_index", "create_index", "expires_at"}
+    POST /services                   -> {"message": "service registered", ...the entry}
+    PUT  /services/web/renew         -> {"message": "service renewed", ...the entry}
+    DELETE /services/web             -> {"message": "service deregistered", "name": "web",
+                                         "version", "modify_index"}
 
 `cas` means what it means for `/kv` (create-only with 0, modify_index otherwise)
 and needs `cas_enabled`. A renewal is different: its `if_version` condition is
 the server's own guard against resurrecting a registration that expired or was
 deregistered meanwhile, not a client CAS, so it works with `cas_enabled: false`.
-The `/kv` API treats the `_services/` prefix as read-only (see api.RESERVED_PREFIX).
+The `/kv` API treats the `_services/` prefix as read-only (see kvs.http.kv.RESERVED_PREFIX).
 """
 
 from __future__ import annotations
@@ -127,7 +139,7 @@ class ServiceApi:
         except NotFound:
             raise NotFound(f"service {name!r} is not registered; cas={cond.cas} needs an existing "
                            "registration (cas=0 creates one)") from None
-        return json_response(_write_result(name, version))
+        return json_response({"message": "service registered", **_entry(version)})
 
     async def list_services(self, request: web.Request) -> web.Response:
         check_params(request.query, frozenset())
@@ -138,12 +150,7 @@ class ServiceApi:
         check_params(request.query, frozenset({"metadata"}))
         metadata = flag(request.query, "metadata")
         current = self._current(validate_name(request.match_info["name"]))
-        if not metadata:
-            return json_response(current.value)
-        return json_response({**current.value, "version": current.version,
-                              "modify_index": current.modify_index,
-                              "create_index": current.create_index,
-                              "expires_at": current.expires_at})
+        return json_response(_entry(current) if metadata else current.value)
 
     async def renew(self, request: web.Request) -> web.Response:
         """Rewrite the registration with a fresh TTL, only if it is still the same version.
@@ -174,7 +181,7 @@ class ServiceApi:
                    Conditions(if_version=current.version)), internal=True)
         except NotFound:
             raise NotFound(f"service {name!r} expired or was deregistered; register it again") from None
-        return json_response(_write_result(name, version))
+        return json_response({"message": "service renewed", **_entry(version)})
 
     async def deregister(self, request: web.Request) -> web.Response:
         query = request.query
@@ -185,10 +192,11 @@ class ServiceApi:
             tombstone = await self.engine.delete(PREFIX + name, cond)
         except NotFound:
             raise NotFound(f"service {name!r} is not registered") from None
-        return json_response({"name": name, "version": tombstone.version,
-                              "modify_index": tombstone.modify_index})
+        return json_response({"message": "service deregistered", "name": name,
+                              "version": tombstone.version, "modify_index": tombstone.modify_index})
 
 
-def _write_result(name: str, v: Version) -> dict[str, Any]:
-    return {"name": name, "version": v.version, "modify_index": v.modify_index,
+def _entry(v: Version) -> dict[str, Any]:
+    """A registration's version as Konsul's entry: the registration under "service"."""
+    return {"service": v.value, "version": v.version, "modify_index": v.modify_index,
             "create_index": v.create_index, "expires_at": v.expires_at}
