@@ -35,9 +35,8 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # A venv with pip in it, from scratch. Debian ships venv's pip bootstrap (ensurepip)
-# in the separate python3-venv package: as root it is installed with apt; without
-# root, the venv is made without pip and pip is bootstrapped with get-pip.py.
-GET_PIP := https://bootstrap.pypa.io/get-pip.py
+# in the separate python3-venv package: as root it is installed with apt; without root
+# the message says what to install.
 define new_venv
 rm -rf $(VENV); \
 if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -46,15 +45,8 @@ if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null && [ "$$(id -u)" = 0 ] && comma
     || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq python3-venv >/dev/null 2>&1; } \
     || echo "   apt could not install python3-venv"; \
 fi; \
-if $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
-  echo "== creating $(VENV)"; $(PYTHON) -m venv $(VENV); \
-else \
-  echo "== creating $(VENV) without ensurepip; pip from $(GET_PIP)"; \
-  $(PYTHON) -m venv --without-pip $(VENV) \
-  && $(PYTHON) -c 'import sys, urllib.request as u; sys.stdout.buffer.write(u.urlopen(sys.argv[1]).read())' \
-       $(GET_PIP) >$(VENV)/get-pip.py \
-  && $(VENV)/bin/python $(VENV)/get-pip.py --quiet \
-  || { echo "no pip for $(VENV): install python3-venv (apt-get install python3-venv) and retry" >&2; \
+$(PYTHON) -c 'import ensurepip' 2>/dev/null \
+  || { echo "$(PYTHON) cannot make a venv with pip: install python3-venv (apt-get install python3-venv) and retry" >&2; \
        exit 1; }; \
-fi
+echo "== creating $(VENV)"; $(PYTHON) -m venv $(VENV)
 endef
