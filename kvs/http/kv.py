@@ -23,6 +23,7 @@ from kvs.http.toolkit import (
     flag,
     json_body,
     json_response,
+    own_write,
     parse_ttl,
     path_key,
     query_conditions,
@@ -162,7 +163,7 @@ class KVApi:
             raise BadRequest("body must be a JSON object like {\"value\": ...}")
         writable(key)
         version = await self.engine.put(parse_op(body, "set", key, PUT_FIELDS, self.config))
-        return json_response(write_result(version))
+        return own_write(write_result(version), [version])
 
     async def delete(self, request: web.Request) -> web.Response:
         query = request.query
@@ -173,13 +174,13 @@ class KVApi:
                 raise BadRequest("conditions do not combine with recurse=true")
             writable(prefix)  # a prefix covering the reserved one skips it instead
             tombstones = await self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
-            return json_response({"prefix": prefix, "deleted": [t.key for t in tombstones],
-                                  "modify_index": self.engine.index})
+            body = {"prefix": prefix, "deleted": [t.key for t in tombstones],
+                    "modify_index": self.engine.index}
+            return own_write(body, tombstones) if tombstones else json_response(body)
         key = path_key(request)
         writable(key)
         tombstone = await self.engine.delete(key, query_conditions(query))
-        return json_response({"key": key, "version": tombstone.version,
-                              "modify_index": tombstone.modify_index})
+        return own_write(delete_result(tombstone), [tombstone])
 
 
 def parse_op(body: dict[str, Any], kind: str, key: str, allowed: frozenset[str],

@@ -8,8 +8,10 @@ current-app bookkeeping, which a GET noticeably pays for. In order it:
 2. runs the handler and turns any failure into a JSON error (toolkit.render_error);
 3. waits until whatever the answer may show is settled (Engine.settle): writes are
    settled by the engine before their handler answers, but a read, a 409's
-   `current` or a blocking-query wake-up may show another mutation's staged write;
-4. adds X-KVS-Index to KV answers and counts the answer for /metrics.
+   `current` or a blocking-query wake-up may show another mutation's staged write.
+   An answer that shows only its own write (toolkit.own_write) needs no such wait;
+4. adds X-KVS-Index to KV answers (for a write: the counter as of that write) and
+   counts the answer for /metrics.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from kvs.clock import wall_ms
 from kvs.cluster import auth
 from kvs.engine import Engine
 from kvs.errors import StorageFailed
-from kvs.http.toolkit import render_error
+from kvs.http.toolkit import OWN_WRITE, render_error
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _INDEXED = ("/kv/", "/txn")  # responses that carry X-KVS-Index, errors included
@@ -60,15 +62,19 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], secret: s
                     response = await handler(request)
             except Exception as exc:
                 response = render_error(request, exc)
-            if engine is not None:
+            own_write_index = response.get(OWN_WRITE)
+            if own_write_index is not None:
+                index = own_write_index
+            elif engine is not None:
                 index = engine.index  # staged now, so written (and synced) once settled
                 if engine.unsettled:
                     try:
                         await engine.settle()
                     except StorageFailed as exc:
                         response = render_error(request, exc)
-                if indexed or (indexed is None and request.path.startswith(_INDEXED)):
-                    response.headers["X-KVS-Index"] = str(index)
+            if engine is not None and (
+                    indexed or (indexed is None and request.path.startswith(_INDEXED))):
+                response.headers["X-KVS-Index"] = str(index)
             count(request.method, response.status)
             return response
 

@@ -50,6 +50,7 @@ from kvs.http.toolkit import (
     flag,
     json_body,
     json_response,
+    own_write,
     parse_ttl,
     query_conditions,
     uint,
@@ -139,7 +140,7 @@ class ServiceApi:
         except NotFound:
             raise NotFound(f"service {name!r} is not registered; cas={cond.cas} needs an existing "
                            "registration (cas=0 creates one)") from None
-        return json_response({"message": "service registered", **_entry(version)})
+        return own_write({"message": "service registered", **_entry(version)}, [version])
 
     async def list_services(self, request: web.Request) -> web.Response:
         check_params(request.query, frozenset())
@@ -181,7 +182,7 @@ class ServiceApi:
                    Conditions(if_version=current.version)), internal=True)
         except NotFound:
             raise NotFound(f"service {name!r} expired or was deregistered; register it again") from None
-        return json_response({"message": "service renewed", **_entry(version)})
+        return own_write({"message": "service renewed", **_entry(version)}, [version])
 
     async def deregister(self, request: web.Request) -> web.Response:
         query = request.query
@@ -192,8 +193,9 @@ class ServiceApi:
             tombstone = await self.engine.delete(PREFIX + name, cond)
         except NotFound:
             raise NotFound(f"service {name!r} is not registered") from None
-        return json_response({"message": "service deregistered", "name": name,
-                              "version": tombstone.version, "modify_index": tombstone.modify_index})
+        return own_write({"message": "service deregistered", "name": name,
+                          "version": tombstone.version, "modify_index": tombstone.modify_index},
+                         [tombstone])
 
 
 def _entry(v: Version) -> dict[str, Any]:

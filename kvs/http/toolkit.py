@@ -23,7 +23,7 @@ from aiohttp import web
 from kvs.conditions import MISSING, NONE, Conditions
 from kvs.errors import BadRequest, KVSError
 from kvs.keys import validate_key
-from kvs.model import MAX_U64
+from kvs.model import MAX_U64, Version
 
 log = logging.getLogger("kvs.http")
 
@@ -45,6 +45,23 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                   ) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, headers=headers,
                         content_type="application/json")
+
+
+# Set on an answer that shows nothing but the versions its own write created: the value
+# is the index counter as of that write (see own_write).
+OWN_WRITE = web.ResponseKey("kvs.own_write_index", int)
+
+
+def own_write(body: Any, versions: list[Version]) -> web.Response:
+    """The answer to a write that shows only the versions it created.
+
+    Those were settled when the engine's write call returned, so the route wrapper need
+    not wait for other requests' writes staged meanwhile (under load it would wait one
+    more event-loop round for nothing), and X-KVS-Index is the counter as of this write.
+    """
+    response = json_response(body)
+    response[OWN_WRITE] = max(v.modify_index for v in versions)
+    return response
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:

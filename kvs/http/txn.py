@@ -14,7 +14,7 @@ from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest
 from kvs.http.kv import PUT_FIELDS, delete_result, parse_op, writable, write_result
-from kvs.http.toolkit import check_params, json_body, json_response
+from kvs.http.toolkit import check_params, json_body, json_response, own_write
 from kvs.keys import validate_key
 from kvs.model import Version
 
@@ -41,11 +41,15 @@ class TxnApi:
             raise BadRequest(f"{len(raw_ops)} ops; max_txn_ops is {self.config.max_txn_ops}")
         ops = [self._txn_op(i, raw) for i, raw in enumerate(raw_ops)]
         results = await self.engine.txn(ops)
-        return json_response({"results": [
+        body = {"results": [
             write_result(r) if isinstance(r, Version) and not r.deleted
             else delete_result(r) if isinstance(r, Version) else r
             for r in results
-        ]})
+        ]}
+        written = [r for r in results if isinstance(r, Version)]
+        if written and len(written) == len(results):  # no get or check: nothing else shown
+            return own_write(body, written)
+        return json_response(body)
 
     def _txn_op(self, index: int, raw: Any) -> Op:
         if not isinstance(raw, dict):
