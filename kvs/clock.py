@@ -104,8 +104,9 @@ class ClockMonitor:
         self._verdict: tuple[bool, float] = (False, 0.0)  # (skewed, valid until)
 
     def round_trip(self, peer: str, sent_ms: int, remote_ms: int, received_ms: int) -> None:
-        half = max(0, received_ms - sent_ms) // 2 + 1  # +1: the clocks tick in whole ms
-        self._record(peer, Offset(sent_ms + half - remote_ms, half, self._monotonic()))
+        half = max(0, received_ms - sent_ms) // 2
+        # Uncertainty + 1: the clocks are read in whole milliseconds.
+        self._record(peer, Offset(sent_ms + half - remote_ms, half + 1, self._monotonic()))
 
     def refused(self, peer: str) -> None:
         """The peer refused our signed timestamp as outside its window."""

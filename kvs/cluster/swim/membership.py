@@ -434,9 +434,7 @@ class Membership:
                 raise ValueError("target must be a node id")
             sender, _ = self._absorb(message)
         # A ping meant for another id reached a node that now owns its address: not an ack.
-        ack = target == self.node_id
-        return json_response({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id),
-                              "now_ms": self._wall()})
+        return self._ack(target == self.node_id, sender.id)
 
     async def _handle_ping_req(self, request: web.Request) -> web.Response:
         message = await json_body(request, dict)
@@ -447,8 +445,11 @@ class Membership:
             target_id = check_text(target.get("id"), "target id")
             target_address = check_address(target.get("address"))
             sender, _ = self._absorb(message)
-        ack = await self._ping(target_id, target_address)
-        return json_response({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id),
+        return self._ack(await self._ping(target_id, target_address), sender.id)
+
+    def _ack(self, ack: bool, sender_id: str) -> web.Response:
+        """A ping or ping-req reply; `now_ms` lets the caller measure our clock's offset."""
+        return json_response({"ack": ack, "from": self._me(), "updates": self._outgoing(sender_id),
                               "now_ms": self._wall()})
 
     async def _handle_join(self, request: web.Request) -> web.Response:
