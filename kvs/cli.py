@@ -446,6 +446,46 @@ async def _locked(args: argparse.Namespace, command: list[str]) -> int:
         return 128 - code if code < 0 else code
 
 
+LEAVE_PATH = "/cluster/leave"
+LEAVE_DESCRIPTION = """\
+Ask one node to leave the cluster gracefully: it tells its peers it is
+leaving (they mark it `left`), then shuts down. Its data stays in its data dir.
+
+A node with a cluster_secret accepts the request only if it is signed with
+that secret (HMAC, as nodes sign their requests to each other): give it with
+--secret or KVS_CLUSTER_SECRET. A node without one accepts it unsigned; such
+a node listens on loopback only, unless it was started with insecure: true."""
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from kvs.cluster import auth
+
+    if len(args.node) != 1:
+        raise UsageError("leave asks one node: give --node once")
+    secret = args.secret or os.environ.get(configuration.ENV_PREFIX + "CLUSTER_SECRET") or None
+    headers = auth.sign(secret, "POST", LEAVE_PATH, b"", time.time_ns() // 1_000_000) if secret else {}
+    request = urllib.request.Request(args.node[0].rstrip("/") + LEAVE_PATH, data=b"",
+                                     method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return _report(_error_answer(exc.code, exc.read()))
+    print(f"node {body.get('node')} left the cluster and is shutting down")
+    return 0
+
+
+def _error_answer(status: int, raw: bytes) -> KVSError:
+    try:
+        message = json.loads(raw)["message"]
+    except (ValueError, KeyError, TypeError):
+        message = raw.decode(errors="replace")[:200] or f"HTTP {status}"
+    return KVSError(f"HTTP {status}: {message}")
+
+
 def _report(exc: KVSError) -> int:
     print(f"kvs: {exc.message}", file=sys.stderr)
     current = exc.extra.get("current")
@@ -722,6 +762,12 @@ def _add_client_commands(sub: Any) -> None:
     _add_json_option(p)
     p = _client_command(sub, "status", cmd_status, "node and anti-entropy status")
     _add_json_option(p)
+    p = _command(sub, "leave", "make a node leave the cluster and shut down", LEAVE_DESCRIPTION)
+    p.add_argument("--node", action="append", metavar="URL",
+                   help=f"the node that leaves (default: {DEFAULT_NODE})")
+    p.add_argument("--secret", help="the nodes' cluster_secret, to sign the request (default: "
+                                    f"{configuration.ENV_PREFIX}CLUSTER_SECRET; none: unsigned)")
+    p.set_defaults(run=cmd_leave)
 
     p = _client_command(sub, "watch", cmd_watch, "print a key (or prefix) and then each change to it")
     _add_key(p, "--prefix")

@@ -63,6 +63,19 @@ class Config:
     # Internal switch used by tests and benchmarks: turn eager push off to exercise
     # anti-entropy alone. Not part of the public contract.
     eager_push: bool = True
+    # -- peers and clocks (docs/design.md#security, #clocks) --------------------------------
+    # Listening on a non-loopback address without cluster_secret lets anyone who reaches
+    # the port write any version and evict any member. A node refuses to start that way
+    # unless this is true (it then logs a warning at start-up).
+    insecure: bool = False
+    # ms. A peer's timestamp further ahead of this node's wall clock is refused (never
+    # observed by the HLC); a node off from most of its peers by more is "clock_skew".
+    # Larger tolerates worse clocks, but lets a fast clock push versions (and the HLC)
+    # that far into the future. 500 as CockroachDB; must exceed the network round trip.
+    max_clock_offset_ms: int = 500
+    # Refuse client writes (503 clock_skew) while this node is clock_skew, so no version
+    # or TTL gets a wrong time. false: accept them (they replicate once in range).
+    refuse_writes_on_clock_skew: bool = True
 
     @property
     def data_path(self) -> Path:
@@ -83,7 +96,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _POSITIVE = {
     "revision_history_limit", "max_value_bytes", "max_txn_ops", "gossip_interval_ms",
     "probe_timeout_ms", "suspicion_multiplier", "sync_interval_ms", "tombstone_gc_seconds",
-    "ttl_sweep_interval_ms",
+    "ttl_sweep_interval_ms", "max_clock_offset_ms",
 }
 
 

@@ -27,21 +27,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvs.clock import HLC, wall_ms
+from kvs.clock import HLC, ClockMonitor, wall_ms
 from kvs.conditions import NONE, Conditions, check, failures
 from kvs.config import Config
-from kvs.errors import CASConflict, CASDisabled, NotFound
+from kvs.errors import CASConflict, CASDisabled, ClockSkew, NotFound
 from kvs.merkle import MerkleTree
 from kvs.model import Version, add_newest, new_version_id, resolve, wins
 from kvs.store import snapshot
 from kvs.store.storage import Change, Storage
 
 log = logging.getLogger("kvs.engine")
+
+REFUSALS_LOGGED = 10_000  # conflicting ids and future origins remembered, to log each once
 
 
 @dataclass
@@ -54,7 +57,9 @@ class Stats:
     expired: int = 0
     purged: int = 0
     remote_applied: int = 0
-    remote_refused: int = 0
+    remote_refused: int = 0  # every refusal; the two below are also counted here
+    remote_future: int = 0  # timestamp beyond this node's wall clock + max_clock_offset_ms
+    remote_conflicting: int = 0  # a version id this node holds, with different content
     listener_errors: int = 0
 
 
@@ -159,6 +164,23 @@ class _Mutation:
         ]
 
 
+class _Seen:
+    """The last `size` items added: "log once per version id" in bounded memory."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, item: str) -> bool:
+        """True if `item` is new (and now remembered)."""
+        if item in self._items:
+            return False
+        self._items[item] = None
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return True
+
+
 def _newly_superseded(before: list[Version], after: list[Version]) -> int:
     was = {v.version for v in before if v.superseded}
     return sum(1 for v in after if v.superseded and v.version not in was)
@@ -189,6 +211,10 @@ class Engine:
         self.gc_ms = config.tombstone_gc_seconds * 1000
         self.stats = Stats()
         self.sync = SyncView(storage)
+        self.max_offset_ms = config.max_clock_offset_ms
+        # Fed by membership (round trips to peers); read by the write guard and /health.
+        self.clocks = ClockMonitor(config.max_clock_offset_ms)
+        self._refusals_logged = _Seen(REFUSALS_LOGGED)
         self._lock = threading.Lock()
         # Called with the versions of each committed mutation (replication, watchers), and
         # with the keys whose TTL the sweeper found run out (blocking queries). Wired by
@@ -268,6 +294,7 @@ class Engine:
             "index": storage.index,
             "merkle_root": f"{storage.tree.root():016x}",
             "hlc": list(self.hlc.last),
+            "clock": self.clocks.report(),
         }
 
     def snapshot(self, work: Path) -> Iterator[bytes]:
@@ -298,6 +325,7 @@ class Engine:
         """
         if not internal:
             self._require_cas(op.cond)
+        self._require_clock()
         with self._mutation() as m:
             version = self._set(m, op)
         await self._settled(m)
@@ -305,6 +333,7 @@ class Engine:
 
     async def delete(self, key: str, cond: Conditions = NONE) -> Version:
         self._require_cas(cond)
+        self._require_clock()
         with self._mutation() as m:
             tombstone = self._delete(m, key, cond)
             if tombstone is None:
@@ -314,6 +343,7 @@ class Engine:
 
     async def delete_prefix(self, prefix: str, *, skip: str | None = None) -> list[Version]:
         """Tombstone every live key under `prefix`, except those under `skip`."""
+        self._require_clock()
         with self._mutation() as m:
             keys = [v.key for v in self.live(prefix) if skip is None or not v.key.startswith(skip)]
             tombstones = [t for t in (self._delete(m, k, NONE) for k in keys) if t]
@@ -330,6 +360,8 @@ class Engine:
         conditional = any(op.cond for op in ops)
         if conditional:
             self._require_cas(*[op.cond for op in ops])
+        if any(op.op in ("set", "delete") for op in ops):
+            self._require_clock()
         with self._mutation() as m:
             failed = []
             results: list[Any] = []
@@ -370,7 +402,9 @@ class Engine:
         if not checked:
             self._check(op.cond, current)
         ts, logical = self.hlc.tick()
-        expires_at = ts + op.ttl_ms if op.ttl_ms is not None else None
+        # From the wall clock, never the HLC: an HLC that observed a peer's fast clock must
+        # not make a lease outlive its TTL.
+        expires_at = m.now + op.ttl_ms if op.ttl_ms is not None else None
         return self._new_version(m, op.key, op.value, ts, logical, op.flags, expires_at, False)
 
     def _delete(self, m: _Mutation, key: str, cond: Conditions, *,
@@ -410,21 +444,34 @@ class Engine:
         if not self.config.cas_enabled and any(conds):
             raise CASDisabled()
 
+    def _require_clock(self) -> None:
+        if self.config.refuse_writes_on_clock_skew and self.clocks.skewed:
+            raise ClockSkew(self.skew_message())
+
+    def skew_message(self) -> str:
+        """What a refused write and /health say while this node's clock is off."""
+        off = self.clocks.report()["offset_ms"]
+        by = f"by about {off:+d} ms " if off is not None else ""
+        refused = ("so it refuses writes (a version or TTL stamped with a wrong time would be "
+                   "refused by its peers or outlive its TTL): send writes to another node, and "
+                   if self.config.refuse_writes_on_clock_skew else "")
+        return (f"this node's clock is off {by}from most of its peers' (more than "
+                f"max_clock_offset_ms = {self.max_offset_ms} ms), {refused}fix this host's "
+                "clock (NTP); it is back in range once its peers' clocks agree with it again")
+
     # -- remote versions and the sweeper -------------------------------------------------
 
     async def apply_remote(self, versions: list[Version]) -> list[Version]:
         """Fold replicated versions in; idempotent and order-independent. Returns those applied.
 
-        Refused, so purged data cannot come back: a dead version already past its purge
-        time, and a version of a key we do not hold that is no newer than the newest
-        version we have purged.
+        A refused version (see `_refused`) changes nothing, not even the HLC.
         """
         with self._mutation() as m:
             for version in versions:
-                self.hlc.observe((version.timestamp, version.logical))
-                if self._refuse(m, version):
+                if self._refused(m, version):
                     self.stats.remote_refused += 1
                     continue
+                self.hlc.observe((version.timestamp, version.logical))
                 # A copy: apply() sets this node's indexes on it, and an in-process caller
                 # may pass another node's stored (cached, shared) versions.
                 if m.apply(dataclasses.replace(version)):
@@ -432,7 +479,35 @@ class Engine:
         await self._settled(m)
         return m.applied
 
-    def _refuse(self, m: _Mutation, version: Version) -> bool:
+    def _refused(self, m: _Mutation, version: Version) -> bool:
+        """True if a remote version must not be applied, because it is
+
+        * from the future: its timestamp is more than max_clock_offset_ms ahead of our wall
+          clock. Observing it would drag our HLC (persisted) and every later version along;
+          once our clock catches up, anti-entropy offers it again and it is taken;
+        * conflicting: we hold a version with its id and other content. Ids are unique, so
+          one of the two was forged or corrupted; keeping ours is what every node holding
+          it does, instead of two nodes swapping contents forever;
+        * purged: a dead version already past its purge time, or a version of a key we do
+          not hold that is no newer than the newest version we purged (so purged data
+          cannot come back).
+        """
+        if version.timestamp > m.now + self.max_offset_ms:
+            self.stats.remote_future += 1
+            if self._refusals_logged.add(f"future {version.origin}"):
+                log.warning("event=future_version key=%r origin=%s ahead_ms=%d: refused (more than "
+                            "max_clock_offset_ms ahead of this node's clock); is the origin's "
+                            "clock wrong? Logged once per origin", version.key, version.origin,
+                            version.timestamp - m.now)
+            return True
+        held = next((v for v in m.read(version.key) if v.version == version.version), None)
+        if held is not None and held.to_wire() != version.to_wire():
+            self.stats.remote_conflicting += 1
+            if self._refusals_logged.add(version.version):
+                log.warning("event=conflicting_version key=%r version=%s origin=%s: a peer sent "
+                            "other content under a version id this node holds; kept ours",
+                            version.key, version.version, version.origin)
+            return True
         dead_at = version.dead_at()
         if dead_at is not None and dead_at + self.gc_ms <= m.now:
             return True

@@ -8,13 +8,15 @@
     ├── CASConflict         409   a condition did not hold; carries `current` or `failed`
     ├── TooLarge            413   value or body over the limit
     ├── CASDisabled         501   a condition was sent while cas_enabled is false
-    └── StorageFailed       503   a RocksDB write or fsync failed: the node must be restarted
+    ├── StorageFailed       503   a RocksDB write or fsync failed: the node must be restarted
+    └── ClockSkew           503   this node's clock is off from its peers': writes refused
 
 A broken invariant is not a KVSError: it is a bug and fails loudly.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -74,3 +76,16 @@ class CASDisabled(KVSError):
 class StorageFailed(KVSError):
     status = 503
     code = "storage_failed"
+
+
+class ClockSkew(KVSError):
+    status = 503
+    code = "clock_skew"
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s:,;'\"()]+){2,}[\\/]?")
+
+
+def without_paths(text: str) -> str:
+    """`text` with file paths replaced by <path>: an answer must not map the server's disk."""
+    return _PATH.sub("<path>", text)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,16 @@ Wire = list[Any]
 
 
 MAX_U64 = 2**64 - 1  # flags, indexes and timestamps are unsigned 64-bit on the wire
+# Millisecond times on a replicated version (timestamp, expires_at, origin_joined_at):
+# exact in a JSON double, and far below what 64-bit arithmetic on them can overflow
+# (expires_at + tombstone_gc in an index key). Year 287,396: no real clock gets there.
+MAX_TIME_MS = 2**53 - 1
+# The HLC's logical counter; the clock carries into the next millisecond before it
+# (kvs/clock.py), so a version a node makes never exceeds it.
+MAX_LOGICAL = 2**32 - 1
+MAX_TTL_MS = 10 * 365 * 86_400 * 1000  # ten years, the longest TTL a client may ask for
+MAX_ORIGIN_LEN = 256
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 @dataclass(slots=True)
 class Version:
@@ -122,14 +133,39 @@ _WIRE_TYPES = (str, str, int, int, str, int, int, (int, type(None)), bool, (str,
 
 
 def from_wire(item: Any) -> Version:
-    """Decode a replicated version; raise ValueError on anything malformed."""
+    """Decode a replicated version; raise ValueError on anything malformed.
+
+    As strict as a client's write: a peer (or whoever can reach /internal/) must not be
+    able to store what no client write could produce, such as a timestamp that overflows
+    the index keys or a tombstone carrying a value. What depends on this node's settings
+    or clock (key rules, value size, timestamps from the future) is checked by the caller.
+    """
     if not isinstance(item, list) or len(item) != 11:
         raise ValueError("a version is a list of 11 fields")
     for field_value, types in zip(item, _WIRE_TYPES, strict=False):
         if not isinstance(field_value, types) or (types is int and isinstance(field_value, bool)):
-            raise ValueError(f"bad version field {field_value!r}")
+            raise ValueError(f"bad version field {field_value!r}"[:200])
     key, ver, ts, logical, origin, joined, flags, expires_at, deleted, parent, value = item
+    _check_wire(ver, ts, logical, origin, joined, flags, expires_at, deleted, parent, value)
     return Version(key, value, ver, ts, logical, origin, joined, flags, expires_at, deleted, parent)
+
+
+def _check_wire(ver: str, ts: int, logical: int, origin: str, joined: int, flags: int,
+                expires_at: int | None, deleted: bool, parent: str | None, value: Any) -> None:
+    if not _UUID.fullmatch(ver) or (parent is not None and not _UUID.fullmatch(parent)):
+        raise ValueError("version and parent ids must be lowercase UUIDs")
+    for name, number, top in (("timestamp", ts, MAX_TIME_MS), ("logical", logical, MAX_LOGICAL),
+                              ("origin_joined_at", joined, MAX_TIME_MS), ("flags", flags, MAX_U64)):
+        if not 0 <= number <= top:
+            raise ValueError(f"{name} must be an integer from 0 to {top}")
+    # expires_at comes from the writer's wall clock, its timestamp from its HLC, which may
+    # run up to max_clock_offset_ms ahead: only the upper bound is certain.
+    if expires_at is not None and not 0 <= expires_at <= min(ts + MAX_TTL_MS, MAX_TIME_MS):
+        raise ValueError("expires_at must be at most ten years after the timestamp")
+    if not 0 < len(origin) <= MAX_ORIGIN_LEN or not origin.isprintable():
+        raise ValueError("origin must be a node id")
+    if deleted and (value is not None or expires_at is not None or flags):
+        raise ValueError("a tombstone carries no value, expiry or flags")
 
 
 _V4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (2**128 - 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from kvs.cluster.swim.membership import Membership
 from kvs.cluster.transport import HttpTransport
 from kvs.config import Config
 from kvs.engine import Engine
+from kvs.errors import ConfigError
 from kvs.http import index, openapi
 from kvs.http.cluster import ClusterApi
 from kvs.http.kv import KVApi
@@ -79,6 +81,7 @@ class Node:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         config, now_ms = self.config, self.now_ms
+        _check_exposure(config)
         self.storage = storage = Storage(
             config.data_path, compression=config.compression,
             gc_ms=config.tombstone_gc_seconds * 1000, sync_writes=config.sync_writes)
@@ -93,7 +96,8 @@ class Node:
         stack.push_async_callback(self.transport.close)
         self.membership = Membership(
             node_id=engine.node_id, address=self.address, joined_at=engine.joined_at,
-            seeds=config.seed_nodes, config=config, transport=self.transport)
+            seeds=config.seed_nodes, config=config, transport=self.transport,
+            clocks=engine.clocks, wall=now_ms)
         self.replicator = Replicator(engine, self.transport, self.membership,
                                      sync_interval_ms=config.sync_interval_ms,
                                      eager_push=config.eager_push)
@@ -161,6 +165,34 @@ class Node:
         if self.storage is not None:
             self.storage.close()
             self.storage = None
+
+
+def _check_exposure(config: Config) -> None:
+    """Refuse to listen beyond loopback without a cluster secret, unless told to (insecure).
+
+    Without a secret anyone who reaches the port can push any version and evict any
+    member; on loopback that is only this host's users, beyond it the whole network.
+    """
+    if config.cluster_secret is not None or not _exposed(config.bind_address):
+        return
+    risk = (f"bind_address {config.bind_address} is not a loopback address and no "
+            "cluster_secret is set: anyone who reaches this port can write any data into "
+            "the cluster and evict its members")
+    if not config.insecure:
+        raise ConfigError(f"{risk}. Set cluster_secret (the same on every node, e.g. from "
+                          "`openssl rand -hex 32`), or set insecure: true to run this way anyway")
+    log.warning("event=insecure INSECURE: %s (insecure: true). Set cluster_secret for any "
+                "network you do not fully trust", risk)
+
+
+def _exposed(host: str) -> bool:
+    """False only if every address `host` names is a loopback one."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return True  # cannot tell: treat it as exposed
+    return not infos or any(
+        not ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

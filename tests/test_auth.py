@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from kvs.cluster.auth import (
+    NONCE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     sign,
@@ -25,7 +26,7 @@ BODY = b'{"a":1}'
 
 def test_round_trip() -> None:
     headers = sign(SECRET, "POST", PATH, BODY, NOW)
-    assert set(headers) == {TIMESTAMP_HEADER, SIGNATURE_HEADER}
+    assert set(headers) == {TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER}
     verify(SECRET, "POST", PATH, BODY, headers, NOW + 1_000)
 
 
@@ -65,7 +66,7 @@ def test_moving_the_timestamp_breaks_the_signature() -> None:
         verify(SECRET, "POST", PATH, BODY, headers, NOW)
 
 
-@pytest.mark.parametrize("missing", [TIMESTAMP_HEADER, SIGNATURE_HEADER])
+@pytest.mark.parametrize("missing", [TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER])
 def test_missing_headers_are_rejected(missing: str) -> None:
     headers = sign(SECRET, "POST", PATH, BODY, NOW)
     del headers[missing]

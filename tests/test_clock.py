@@ -38,3 +38,48 @@ def test_every_tick_exceeds_every_earlier_stamp(events: list[tuple[bool, int, in
             stamp = clock.tick()
             assert stamp > highest
             highest = stamp
+
+
+def test_the_logical_counter_carries_into_the_next_millisecond_at_its_bound() -> None:
+    from kvs.model import MAX_LOGICAL
+
+    clock = HLC(lambda: 100, last=(100, MAX_LOGICAL - 1))
+    assert clock.tick() == (100, MAX_LOGICAL)
+    assert clock.tick() == (101, 0)  # never a stamp a peer would refuse
+
+
+class _Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_node_is_skewed_when_most_of_its_measured_peers_are_off() -> None:
+    from kvs.clock import ClockMonitor
+
+    mono = _Monotonic()
+    monitor = ClockMonitor(500, keep_s=60, monotonic=mono)
+    assert not monitor.skewed  # nothing measured: nothing to say
+    monitor.round_trip("a:1", sent_ms=10_000, remote_ms=10_005, received_ms=10_010)
+    monitor.round_trip("b:1", sent_ms=10_000, remote_ms=10_005 - 86_400_000, received_ms=10_010)
+    assert not monitor.skewed  # one of two is off: that peer, not us
+    monitor.refused("c:1")  # outside c's auth window
+    assert monitor.skewed
+    report = monitor.report()
+    assert report["peers"]["b:1"]["offset_ms"] == 86_400_000
+    assert report["peers"]["c:1"]["offset_ms"] is None
+    mono.now += 61  # every measurement aged out
+    assert not monitor.skewed and monitor.report()["peers"] == {}
+
+
+def test_an_offset_within_the_round_trips_uncertainty_is_not_held_against_a_node() -> None:
+    from kvs.clock import ClockMonitor
+
+    monitor = ClockMonitor(500, monotonic=_Monotonic())
+    # 600 ms apart as measured, but the round trip took 400 ms: it could be 399.
+    monitor.round_trip("a:1", sent_ms=10_000, remote_ms=9_600, received_ms=10_400)
+    assert not monitor.skewed
+    monitor.round_trip("a:1", sent_ms=20_000, remote_ms=19_000, received_ms=20_010)
+    assert monitor.skewed

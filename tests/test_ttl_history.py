@@ -31,18 +31,28 @@ async def sleep_past(expires_at_ms: int, margin_ms: int = 30) -> None:
 
 # -- TTL -----------------------------------------------------------------------------------
 
-async def test_expires_at_is_timestamp_plus_ttl(api: Api) -> None:
+async def test_expires_at_is_the_wall_clock_plus_ttl(api: Api) -> None:
+    """The accepting node's wall clock when it took the write + ttl; the HLC stamp is at
+    least that wall time (it may run ahead after observing a peer's clock)."""
+    async def written_at(call: Any) -> tuple[int, Any, int]:
+        before = wall_ms()
+        reply = await call
+        return before, reply, wall_ms()
+
     for ttl, expected_ms in [(0.3, 300), (2.5, 2500), (60, 60_000), (1, 1000), (1.2345, 1234)]:
-        put = await api.put("ttl", {"value": ttl, "ttl": ttl})
+        before, put, after = await written_at(api.put("ttl", {"value": ttl, "ttl": ttl}))
         assert put.status == 200
-        assert put.body["expires_at"] == put.body["timestamp"] + expected_ms
+        accepted_at = put.body["expires_at"] - expected_ms
+        assert before <= accepted_at <= min(after, put.body["timestamp"])
         got = await api.get("ttl")
         assert got.body["expires_at"] == put.body["expires_at"]
-    tiny = await api.put("ttl/tiny", {"value": 0, "ttl": 0.0004})  # rounds up to 1 ms, never 0
-    assert tiny.body["expires_at"] == tiny.body["timestamp"] + 1
-    txn = await api.txn([{"op": "set", "key": "ttl/txn", "value": 1, "ttl": 7}])
+    # rounds up to 1 ms, never 0
+    before, tiny, after = await written_at(api.put("ttl/tiny", {"value": 0, "ttl": 0.0004}))
+    assert before + 1 <= tiny.body["expires_at"] <= after + 1
+    before, txn, after = await written_at(
+        api.txn([{"op": "set", "key": "ttl/txn", "value": 1, "ttl": 7}]))
     result = txn.body["results"][0]
-    assert result["expires_at"] == result["timestamp"] + 7000
+    assert before + 7000 <= result["expires_at"] <= min(after, result["timestamp"]) + 7000
     # a write without ttl clears it
     plain = await api.put("ttl/txn", {"value": 2})
     assert plain.body["expires_at"] is None

@@ -40,8 +40,8 @@ from kvs.cluster.swim.membership import Membership
 from kvs.cluster.swim.state import Member
 from kvs.cluster.transport import HttpTransport, TransportError
 from kvs.engine import Engine
-from kvs.errors import BadRequest
-from kvs.http.toolkit import json_body, json_response
+from kvs.errors import BadRequest, KVSError, TooLarge
+from kvs.http.toolkit import encoded_size, json_body, json_response
 from kvs.keys import validate_key
 from kvs.merkle import DEPTH, FANOUT, SEGMENTS, compare_leaves, descend
 from kvs.model import Version, from_wire
@@ -195,7 +195,7 @@ class Replicator:
         self.stats.versions_pushed += len(versions)
 
     async def _handle_push(self, request: web.Request) -> web.Response:
-        versions = _versions(await json_body(request, list))
+        versions = _versions(await json_body(request, list), self.engine.config.max_value_bytes)
         applied = await self.engine.apply_remote(versions)
         return json_response({"applied": len(applied)})
 
@@ -212,7 +212,9 @@ class Replicator:
             repaired = await self._reconcile(meter)
             result = Round(address, repaired, meter.bytes, (time.perf_counter() - started) * 1000,
                            wall_ms())
-        except TransportError as exc:
+        # A peer that did not answer, or answered what no kvs node sends (a malformed or
+        # oversized version, hashes of the wrong shape): this round fails, the loop goes on.
+        except (TransportError, KVSError, ValueError, TypeError, AttributeError) as exc:
             result = Round(address, 0, meter.bytes, (time.perf_counter() - started) * 1000,
                            wall_ms(), error=str(exc))
         finally:
@@ -248,7 +250,8 @@ class Replicator:
             give += diff.remote_missing + diff.different
         need, give = need[:MAX_KEYS_PER_ROUND], give[:MAX_KEYS_PER_ROUND]
         if need:
-            fetched = _versions(await meter.call(FETCH_PATH, need))
+            fetched = _versions(await meter.call(FETCH_PATH, need),
+                                self.engine.config.max_value_bytes)
             await self.engine.apply_remote(fetched)
         if give:
             versions = sync.revisions(give)
@@ -298,13 +301,21 @@ class _Meter:
         return reply
 
 
-def _versions(items: list[Any]) -> list[Version]:
-    if len(items) > MAX_REQUEST_ITEMS:
-        raise BadRequest("too many versions in one request")
+def _versions(items: Any, max_value_bytes: int) -> list[Version]:
+    """Replicated versions checked as a client's write would be: the whole request is
+    refused (400, 413) if any version is malformed, has a bad key or an oversized value.
+    max_value_bytes must be the same on every node, like the other settings that decide
+    what a node stores."""
+    if not isinstance(items, list) or len(items) > MAX_REQUEST_ITEMS:
+        raise BadRequest(f"expected a list of at most {MAX_REQUEST_ITEMS} versions")
     try:
         versions = [from_wire(item) for item in items]
     except ValueError as exc:
         raise BadRequest(f"malformed version: {exc}") from None
     for v in versions:
         validate_key(v.key)
+        size = encoded_size("value", v.value)
+        if size > max_value_bytes:
+            raise TooLarge(f"version {v.version} of {v.key!r}: value is {size} bytes encoded; "
+                           f"max_value_bytes is {max_value_bytes}")
     return versions

@@ -30,14 +30,17 @@ _Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class TransportError(Exception):
-    """The peer at `address` did not give a usable answer; `status` is set for HTTP errors."""
+    """The peer at `address` did not give a usable answer; `status` is set for HTTP errors,
+    `cause` when the error's JSON body names one (auth.CAUSE_WINDOW: our clocks disagree)."""
 
-    def __init__(self, address: str, path: str, reason: str, status: int | None = None) -> None:
+    def __init__(self, address: str, path: str, reason: str, status: int | None = None,
+                 cause: str | None = None) -> None:
         super().__init__(f"{address}{path}: {reason}")
         self.address = address
         self.path = path
         self.reason = reason
         self.status = status
+        self.cause = cause
 
 
 class _Peer:
@@ -86,7 +89,7 @@ class HttpTransport:
             raise TransportError(address, path, f"{type(exc).__name__}: {exc}") from exc
         if not 200 <= status < 300:
             detail = raw[:200].decode("utf-8", "replace")
-            raise TransportError(address, path, f"HTTP {status}: {detail}", status)
+            raise TransportError(address, path, f"HTTP {status}: {detail}", status, _cause(raw))
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -151,3 +154,12 @@ class HttpTransport:
             for _, writer in peer.idle:
                 writer.close()
             peer.idle.clear()
+
+
+def _cause(raw: bytes) -> str | None:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    cause = body.get("cause") if isinstance(body, dict) else None
+    return cause if isinstance(cause, str) else None

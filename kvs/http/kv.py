@@ -60,7 +60,14 @@ class KVApi:
         ]
 
     async def health(self, request: web.Request) -> web.Response:
-        return json_response({"status": "ok", "node": self.engine.node_id})
+        """200 while the node answers; `status` says whether it is fit (a load balancer
+        should prefer another node while it is not "ok")."""
+        engine = self.engine
+        if engine.clocks.skewed:
+            return json_response({"status": "clock_skew", "node": engine.node_id,
+                                  "message": engine.skew_message(),
+                                  "clock": engine.clocks.report()})
+        return json_response({"status": "ok", "node": engine.node_id})
 
     # -- GET -----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sized
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -46,8 +47,14 @@ class _NodeCollector(Collector):
             ("kvs_purged_keys", "Tombstoned or expired keys purged after tombstone_gc_seconds",
              stats.purged),
             ("kvs_remote_versions_applied", "Replicated versions applied", stats.remote_applied),
-            ("kvs_remote_versions_refused", "Replicated versions refused (past purge horizon)",
-             stats.remote_refused),
+            ("kvs_remote_versions_refused", "Replicated versions refused (past the purge horizon, "
+             "from the future, or conflicting)", stats.remote_refused),
+            ("kvs_remote_versions_from_future", "Replicated versions refused: timestamp beyond "
+             "this node's clock + max_clock_offset_ms", stats.remote_future),
+            ("kvs_remote_versions_conflicting", "Replicated versions refused: an id this node "
+             "holds, with other content", stats.remote_conflicting),
+            ("kvs_swim_updates_refused", "Membership updates dropped: incarnation from the future",
+             self.membership.refused_updates),
             ("kvs_replication_pushes", "Eager push requests that reached a peer", repl.pushes),
             ("kvs_replication_push_failures", "Eager push requests that failed", repl.push_failures),
             ("kvs_replication_versions_pushed", "Versions sent by eager push", repl.versions_pushed),
@@ -72,11 +79,24 @@ class _NodeCollector(Collector):
         if self.watchers is not None:
             yield GaugeMetricFamily("kvs_blocking_queries", "Blocking queries waiting on this node",
                                     value=len(self.watchers))
+        yield from _clock_metrics(status["clock"])
         members = GaugeMetricFamily("kvs_members", "Cluster members by state", labels=["state"])
         rows = self.membership.members()
         for state in (ALIVE, SUSPECT, DEAD, LEFT):
             members.add_metric([state], sum(1 for m in rows if m["state"] == state))
         yield members
+
+
+def _clock_metrics(clock: dict[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily("kvs_clock_skewed", "1 while this node's clock is off from most of "
+                            "its peers' by more than max_clock_offset_ms", value=int(clock["skewed"]))
+    offsets = GaugeMetricFamily("kvs_clock_offset_ms", "This node's clock minus a peer's, last "
+                                "measured (peers that refused our timestamp are left out)",
+                                labels=["peer"])
+    for peer, measured in clock["peers"].items():
+        if measured["offset_ms"] is not None:
+            offsets.add_metric([peer], measured["offset_ms"])
+    yield offsets
 
 
 class Metrics:

@@ -102,7 +102,15 @@ SCHEMAS: dict[str, Schema] = {
         {"type": "null", "description": "get of an absent key"},
     ]}}}, description="One result per op, in order."),
     "TxnFailure": _obj({"index": INT, "key": STR, "message": STR, "current": _null(_ref("VersionMeta"))}),
-    "Health": _obj({"status": {"const": "ok"}, "node": STR}),
+    "ClockReport": _obj({
+        "skewed": {"type": "boolean"}, "max_offset_ms": INT, "offset_ms": _null(INT),
+        "peers": {"type": "object", "additionalProperties": _obj({
+            "offset_ms": _null(INT), "uncertainty_ms": INT, "age_ms": INT,
+            "beyond_max": {"type": "boolean"}})},
+    }, description="This node's clock against its peers' (ms, ours minus theirs; null: the "
+                   "peer refused our signed timestamp outright)."),
+    "Health": _obj({"status": {"type": "string", "enum": ["ok", "clock_skew"]}, "node": STR},
+                   {"message": STR, "clock": _ref("ClockReport")}),
     "Index": _obj({"name": {"const": "kvs"}, "version": STR, "node": STR,
                    "links": _obj({name: {"const": path} for name, path in LINKS.items()})},
                   description="GET /: this node and where its API lives. `kv` is the root of "
@@ -117,6 +125,7 @@ SCHEMAS: dict[str, Schema] = {
         "merkle_root": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
         "hlc": {"type": "array", "items": INT, "minItems": 2, "maxItems": 2},
         "last_rounds": {"type": "array", "items": _ref("AntiEntropyRound")},
+        "clock": _ref("ClockReport"),
     }),
     "Left": _obj({"status": {"const": "left"}, "node": STR}),
     "Registration": _obj({
@@ -148,12 +157,15 @@ SCHEMAS["ServiceWriteResult"] = _obj(
 
 ERROR_TEXT = {
     400: "bad_request: malformed body or query, unknown field or parameter, wrong type, bad key",
+    401: "unauthorized: the node has a cluster_secret and the request was not signed with it, "
+         "or was replayed",
     404: "not_found: absent, deleted or expired (or a condition other than cas=0 on an absent key)",
     409: "cas_conflict: a condition did not hold; nothing was written",
     413: "too_large: value over max_value_bytes, or body over the node's limit",
     501: "cas_disabled: a condition was sent while cas_enabled is false; nothing was written",
     503: "storage_failed: a RocksDB write or fsync failed; the node refuses writes until it is "
-         "restarted (the write may be lost)",
+         "restarted (the write may be lost). clock_skew: this node's clock is off from its "
+         "peers' by more than max_clock_offset_ms; nothing was written, use another node",
 }
 INDEX_HEADER = {"X-KVS-Index": {
     "description": "This node's index counter; pass it as ?index= to a blocking query.",
@@ -294,7 +306,7 @@ def build() -> dict[str, Any]:
                 "so it never resurrects an expired or deregistered one; works with cas_enabled "
                 "false)",
                 _responses(_ref("ServiceWriteResult"), "the renewed registration's version",
-                           (400, 404, 409, 413)),
+                           (400, 404, 409, 413, 503)),
                 tag="services", params=[NAME_PARAM], body=_ref("RenewBody"), body_required=False)},
             "/": {"get": _op(
                 "Index: name, version, node id and links to the API (an HTML page when Accept "
@@ -312,7 +324,7 @@ def build() -> dict[str, Any]:
                 _responses(_ref("ClusterStatus"), "node status", ()), tag="operations")},
             "/cluster/leave": {"post": _op(
                 "Leave the cluster gracefully; the node then shuts down",
-                _responses(_ref("Left"), "peers were told; the node stops", ()),
+                _responses(_ref("Left"), "peers were told; the node stops", (401,)),
                 tag="operations", **{"x-kvs-destructive": True})},
             "/metrics": {"get": _op(
                 "Prometheus metrics", {"200": {"description": "Prometheus text exposition format",

@@ -4,7 +4,8 @@ The wrapper is applied to each route rather than installed as aiohttp middleware
 a middleware costs every request a partial, an extra coroutine and aiohttp's
 current-app bookkeeping, which a GET noticeably pays for. In order it:
 
-1. refuses unsigned /internal/ requests when a cluster secret is set (401);
+1. refuses unsigned or replayed requests to /internal/ and state-changing /cluster/
+   routes when a cluster secret is set (401, kvs/cluster/auth.py);
 2. runs the handler and turns any failure into a JSON error (toolkit.render_error);
 3. waits until whatever the answer may show is settled (Engine.settle): writes are
    settled by the engine before their handler answers, but a read, a 409's
@@ -20,7 +21,6 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from kvs.clock import wall_ms
 from kvs.cluster import auth
 from kvs.engine import Engine
 from kvs.errors import StorageFailed
@@ -38,26 +38,26 @@ def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_s
     Without an engine (a membership-only node) there is nothing to settle or index.
     """
     app = web.Application(client_max_size=client_max_size)
-    around = _wrapper(engine, count, secret)
-    app.add_routes([web.RouteDef(r.method, r.path, around(r.handler, r.path), r.kwargs)
+    around = _wrapper(engine, count, auth.Guard(secret) if secret is not None else None)
+    app.add_routes([web.RouteDef(r.method, r.path, around(r.handler, r.method, r.path), r.kwargs)
                     for r in routes])
-    app.router.add_route("*", "/{path:.*}", around(_no_route, None))  # last: the fallback
+    app.router.add_route("*", "/{path:.*}", around(_no_route, "*", None))  # last: the fallback
     return app
 
 
-def _wrapper(engine: Engine | None, count: Callable[[str, int], None], secret: str | None
-             ) -> Callable[[Handler, str | None], Handler]:
-    def around(handler: Handler, path: str | None) -> Handler:
+def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: auth.Guard | None
+             ) -> Callable[[Handler, str, str | None], Handler]:
+    def around(handler: Handler, method: str, path: str | None) -> Handler:
         """`path`: the route's; None for the fallback route, which matches any path."""
-        internal = path is not None and path.startswith(auth.INTERNAL_PREFIX)
-        signed_with = secret if internal else None
+        signed = path is not None and auth.needs_signature(method, path)
+        checked_by = guard if signed else None
         indexed = None if path is None else path.startswith(_INDEXED)
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
                 response = None
-                if signed_with is not None:
-                    response = await auth.refuse(signed_with, request, wall_ms())
+                if checked_by is not None:
+                    response = await checked_by.refuse(request)
                 if response is None:
                     response = await handler(request)
             except Exception as exc:

@@ -23,11 +23,11 @@ from aiohttp import web
 from kvs.conditions import MISSING, NONE, Conditions
 from kvs.errors import BadRequest, KVSError
 from kvs.keys import validate_key
-from kvs.model import MAX_U64, Version
+from kvs.model import MAX_TTL_MS, MAX_U64, Version
 
 log = logging.getLogger("kvs.http")
 
-MAX_TTL_SECONDS = 10 * 365 * 86_400
+MAX_TTL_SECONDS = MAX_TTL_MS // 1000
 MAX_WAIT_SECONDS = 600
 # orjson encodes at most 254 levels of arrays/objects, and kvs wraps a value a few levels
 # deeper (stored revision set, history, listing, txn results, replication batches).

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from kvs.errors import StorageFailed
+from kvs.errors import StorageFailed, without_paths
 
 log = logging.getLogger("kvs.storage")
 
@@ -86,7 +86,7 @@ class Commits:
 
     def _fail(self, what: str, exc: BaseException) -> StorageFailed:
         self.failure = StorageFailed(
-            f"{what} failed ({exc}); this node's memory is now ahead of its disk, so it "
+            f"{what} failed ({without_paths(str(exc))}); this node's memory is now ahead of its disk, so it "
             "refuses writes: check the disk and restart the node (unacknowledged writes are lost)")
         log.error("event=storage_failed what=%r error=%r", what, str(exc))
         self._release()

@@ -4,11 +4,18 @@ All decisions live in `state.MemberTable`; this module moves its updates over HT
 Wire messages (JSON POST; `U` is `Update.to_wire()`, "from" is the sender's own record):
 
     /internal/swim/ping      {"from": U, "target": id, "updates": [U]}
-                           → {"ack": bool, "from": U, "updates": [U]}
+                           → {"ack": bool, "from": U, "updates": [U], "now_ms": T}
     /internal/swim/ping-req  {"from": U, "target": {"id", "address"}, "updates": [U]}
-                           → {"ack": bool, "from": U, "updates": [U]}   (ack: target answered)
+                           → {"ack": bool, "from": U, "updates": [U], "now_ms": T}
+                                                          (ack: target answered)
     /internal/swim/join      {"from": U, "members": [U]}      join and periodic push-pull
-                           → {"from": U, "members": [U], "updates": [U]}
+                           → {"from": U, "members": [U], "updates": [U], "now_ms": T}
+
+`now_ms` is the replier's wall clock: every exchange also measures the peer's clock
+offset (engine.clocks, a ClockMonitor). An update whose incarnation is beyond our wall
+clock + max_clock_offset_ms is dropped, whoever sends it: incarnations start at the
+wall clock in ms, so no honest node has one, and a forged one (2^53-1, `left`) would
+otherwise evict a member for good, since no restart could ever outbid it.
 
 Every gossip_interval one tick runs:
   1. suspects whose timer ran out are declared dead;
@@ -36,10 +43,13 @@ from typing import Any
 
 from aiohttp import web
 
+from kvs.clock import ClockMonitor, wall_ms
+from kvs.cluster import auth
 from kvs.cluster.swim.state import (
     ALIVE,
     DEAD,
     LEFT,
+    MAX_WIRE_INT,
     SUSPECT,
     Member,
     MemberTable,
@@ -88,9 +98,16 @@ class Membership:
         now: Callable[[], float] = time.monotonic,
         incarnation: int | None = None,
         rng: random.Random | None = None,
+        clocks: ClockMonitor | None = None,
+        wall: Callable[[], int] = wall_ms,
     ) -> None:
         self.node_id = node_id
         self.address = address
+        self._clocks = clocks
+        self._wall = wall
+        self._max_offset_ms = config.max_clock_offset_ms
+        self.refused_updates = 0  # updates dropped for an incarnation from the future
+        self._refusals_logged: set[str] = set()
         self.timing = Timing(
             interval=config.gossip_interval_ms / 1000,
             probe_timeout=config.probe_timeout_ms / 1000,
@@ -104,7 +121,7 @@ class Membership:
             self_id=node_id,
             address=address,
             joined_at=joined_at,
-            incarnation=initial_incarnation(time.time()) if incarnation is None else incarnation,
+            incarnation=initial_incarnation(wall() / 1000) if incarnation is None else incarnation,
             timing=self.timing,
             now=now(),
             rng=self._rng,
@@ -129,13 +146,13 @@ class Membership:
 
         last_seen is ms since epoch of the last proof of life, or null if never heard from.
         """
-        now, wall_ms = self._now(), time.time() * 1000
+        now, wall = self._now(), self._wall()
         rows = []
         for m in sorted(self._table.members.values(), key=lambda m: m.id):
             if m.id == self.node_id:
-                last_seen: int | None = int(wall_ms)
+                last_seen: int | None = wall
             else:
-                last_seen = None if m.last_seen is None else int(wall_ms - (now - m.last_seen) * 1000)
+                last_seen = None if m.last_seen is None else int(wall - (now - m.last_seen) * 1000)
             rows.append({
                 "id": m.id, "address": m.address, "joined_at": m.joined_at, "state": m.state,
                 "incarnation": m.incarnation, "last_seen": last_seen,
@@ -235,13 +252,46 @@ class Membership:
     def _absorb(self, message: Any, *, members_key: str | None = None) -> tuple[Update, bool]:
         """Validate a whole message, then apply it; ValueError before anything is applied."""
         sender, updates, members = _parse(message, members_key)
-        self._apply(sender)
-        self._table.seen(sender.id, self._now())
+        bound = self._wall() + self._max_offset_ms
+        if self._admitted(sender, bound):
+            self._apply(sender)
+            self._table.seen(sender.id, self._now())
         for update in updates:
-            self._apply(update)
+            if self._admitted(update, bound):
+                self._apply(update)
         for update in members:
-            self._apply(update, broadcast=False)
+            if self._admitted(update, bound):
+                self._apply(update, broadcast=False)
         return sender, message.get("ack") is True
+
+    def _admitted(self, update: Update, bound: int) -> bool:
+        """False for an incarnation beyond `bound` (see the module docstring): dropped,
+        counted, and logged once per member id."""
+        if update.incarnation <= bound:
+            return True
+        self.refused_updates += 1
+        if update.id not in self._refusals_logged and len(self._refusals_logged) < MAX_MEMBERS:
+            self._refusals_logged.add(update.id)
+            log.warning("event=incarnation_from_future node=%s id=%s state=%s from=%s ahead_ms=%d: "
+                        "dropped; is that node's clock wrong, or the message forged? Logged once "
+                        "per id", self.node_id, update.id, update.state, update.source,
+                        update.incarnation - bound + self._max_offset_ms)
+        return False
+
+    async def _call(self, address: str, path: str, payload: Any, timeout: float) -> Any:
+        """One exchange with a peer; its round trip also measures the peer's clock."""
+        sent = self._wall()
+        try:
+            reply = await self._transport.call(address, path, payload, timeout)
+        except TransportError as exc:
+            if exc.cause == auth.CAUSE_WINDOW and self._clocks is not None:
+                self._clocks.refused(address)
+            raise
+        remote = reply.get("now_ms") if isinstance(reply, dict) else None
+        if (self._clocks is not None and isinstance(remote, int) and not isinstance(remote, bool)
+                and 0 < remote <= MAX_WIRE_INT):
+            self._clocks.round_trip(address, sent, remote, self._wall())
+        return reply
 
     def _outgoing(self, peer_id: str) -> list[dict[str, Any]]:
         news = self._table.bad_news_for(peer_id)
@@ -321,9 +371,7 @@ class Membership:
     async def _ping(self, target_id: str, address: str) -> bool:
         payload = {"from": self._me(), "target": target_id, "updates": self._outgoing(target_id)}
         try:
-            reply = await self._transport.call(
-                address, PING_PATH, payload, self.timing.probe_timeout
-            )
+            reply = await self._call(address, PING_PATH, payload, self.timing.probe_timeout)
             sender, ack = self._absorb(reply)
         except (TransportError, ValueError) as exc:
             log.debug("event=ping_failed node=%s id=%s address=%s error=%r",
@@ -338,9 +386,8 @@ class Membership:
             "updates": self._outgoing(helper.id),
         }
         try:
-            reply = await self._transport.call(
-                helper.address, PING_REQ_PATH, payload, 2 * self.timing.probe_timeout
-            )
+            reply = await self._call(helper.address, PING_REQ_PATH, payload,
+                                     2 * self.timing.probe_timeout)
             _, ack = self._absorb(reply)
         except (TransportError, ValueError) as exc:
             log.debug("event=ping_req_failed node=%s helper=%s target=%s error=%r",
@@ -352,9 +399,8 @@ class Membership:
         """Push-pull: swap full tables with the node at `address`; its id, or None on failure."""
         payload = {"from": self._me(), "members": [u.to_wire() for u in self._table.snapshot()]}
         try:
-            reply = await self._transport.call(
-                address, JOIN_PATH, payload, max(1.0, 4 * self.timing.probe_timeout)
-            )
+            reply = await self._call(address, JOIN_PATH, payload,
+                                     max(1.0, 4 * self.timing.probe_timeout))
             sender, _ = self._absorb(reply, members_key="members")
         except (TransportError, ValueError) as exc:
             log.debug("event=push_pull_failed node=%s address=%s error=%r", self.node_id, address, exc)
@@ -364,7 +410,9 @@ class Membership:
     async def _join_once(self) -> bool:
         for seed in self._rng.sample(self._seeds, len(self._seeds)):
             sender_id = await self._push_pull(seed)
-            if sender_id is not None and sender_id != self.node_id:
+            # Joined once the seed's own record was taken: a seed whose incarnation we
+            # drop (our clock is far behind) is retried, which keeps measuring our offset.
+            if sender_id is not None and sender_id != self.node_id and self.member(sender_id):
                 log.info("event=joined node=%s seed=%s via=%s members=%d",
                          self.node_id, seed, sender_id, len(self._table.members))
                 return True
@@ -386,8 +434,7 @@ class Membership:
                 raise ValueError("target must be a node id")
             sender, _ = self._absorb(message)
         # A ping meant for another id reached a node that now owns its address: not an ack.
-        ack = target == self.node_id
-        return json_response({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id)})
+        return self._ack(target == self.node_id, sender.id)
 
     async def _handle_ping_req(self, request: web.Request) -> web.Response:
         message = await json_body(request, dict)
@@ -398,8 +445,12 @@ class Membership:
             target_id = check_text(target.get("id"), "target id")
             target_address = check_address(target.get("address"))
             sender, _ = self._absorb(message)
-        ack = await self._ping(target_id, target_address)
-        return json_response({"ack": ack, "from": self._me(), "updates": self._outgoing(sender.id)})
+        return self._ack(await self._ping(target_id, target_address), sender.id)
+
+    def _ack(self, ack: bool, sender_id: str) -> web.Response:
+        """A ping or ping-req reply; `now_ms` lets the caller measure our clock's offset."""
+        return json_response({"ack": ack, "from": self._me(), "updates": self._outgoing(sender_id),
+                              "now_ms": self._wall()})
 
     async def _handle_join(self, request: web.Request) -> web.Response:
         message = await json_body(request, dict)
@@ -409,6 +460,7 @@ class Membership:
             "from": self._me(),
             "members": [u.to_wire() for u in self._table.snapshot()],
             "updates": self._outgoing(sender.id),
+            "now_ms": self._wall(),
         })
 
 
