@@ -15,7 +15,6 @@ without a cluster secret. Whatever the skew:
 from __future__ import annotations
 
 import json
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.procs import KvsProcess, ProcessGroup, procs_fixture  # noqa: F401
+from kvs.testing import KvsNode, NodeGroup
+from tests.procs import procs_fixture  # noqa: F401  (the `procs` fixture)
 
 MAX_OFFSET_MS = 500  # the default
 DAY_MS = 86_400_000
@@ -33,20 +33,7 @@ FAST = {"KVS_GOSSIP_INTERVAL_MS": "100", "KVS_PROBE_TIMEOUT_MS": "300",
         "KVS_SYNC_INTERVAL_MS": "500", "KVS_TTL_SWEEP_INTERVAL_MS": "100"}
 
 
-class SkewedProcess(KvsProcess):
-    """A node run as `python -m kvs.chaos.skewed_node --offset-ms N -- serve ...`."""
-
-    def __init__(self, *args: Any, offset_ms: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.offset_ms = offset_ms
-
-    def command(self) -> list[str]:
-        serve = super().command()[3:]  # drop `python -m kvs`
-        return [sys.executable, "-m", "kvs.chaos.skewed_node", "--offset-ms", str(self.offset_ms),
-                "--", *serve]
-
-
-def call(node: KvsProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def call(node: KvsNode, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{node.url}{path}", data=data, method=method)
     try:
@@ -72,24 +59,21 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> Non
         time.sleep(0.05)
 
 
-def clock(node: KvsProcess) -> dict[str, Any]:
+def clock(node: KvsNode) -> dict[str, Any]:
     return call(node, "GET", "/cluster/status")[1]["clock"]
 
 
-def start(procs: ProcessGroup, offset_ms: int, secret: str | None
-          ) -> tuple[list[KvsProcess], KvsProcess]:
+def start(procs: NodeGroup, offset_ms: int, secret: str | None
+          ) -> tuple[list[KvsNode], KvsNode]:
     env = {**FAST, **({"KVS_CLUSTER_SECRET": secret} if secret else {})}
     first = procs.start("h1", env=env)
     seed = ["--seed", f"127.0.0.1:{first.port}"]
     second = procs.start("h2", env=env, args=seed)
-    skewed = SkewedProcess("skewed", procs.base_dir / "skewed", procs.base_dir / "skewed.log",
-                           env={**env, **procs.env}, args=seed, offset_ms=offset_ms)
-    procs.nodes.append(skewed)  # stopped with the group, pass or fail
-    skewed.start()
+    skewed = procs.start("skewed", env=env, args=seed, skew_ms=offset_ms)  # kvs.chaos.skewed_node
     return [first, second], skewed
 
 
-def assert_ttl_not_stretched(writer: KvsProcess, readers: list[KvsProcess], key: str,
+def assert_ttl_not_stretched(writer: KvsNode, readers: list[KvsNode], key: str,
                              tolerance_ms: int) -> None:
     """A 1 s TTL written through `writer` is gone everywhere within 1 s (+ tolerance) of
     real time, as the readers' healthy clocks judge it."""
@@ -103,7 +87,7 @@ def assert_ttl_not_stretched(writer: KvsProcess, readers: list[KvsProcess], key:
     assert real_ms() <= deadline_ms, "a TTL outlived its time"
 
 
-def assert_hlc_not_dragged(nodes: list[KvsProcess]) -> None:
+def assert_hlc_not_dragged(nodes: list[KvsNode]) -> None:
     for node in nodes:
         physical = call(node, "GET", "/cluster/status")[1]["hlc"][0]
         lead = physical - real_ms()
@@ -115,7 +99,7 @@ def assert_hlc_not_dragged(nodes: list[KvsProcess]) -> None:
     (-60_000, None), (60_000, None), (DAY_MS, None), (-DAY_MS, "s3cret"), (DAY_MS, "s3cret"),
 ])
 def test_a_node_skewed_beyond_the_maximum_reports_itself_and_refuses_writes(
-        procs: ProcessGroup, offset_ms: int, secret: str | None) -> None:
+        procs: NodeGroup, offset_ms: int, secret: str | None) -> None:
     healthy, skewed = start(procs, offset_ms, secret)
     # Whether the skewed node already knows (503) or not (it may take the write, which its
     # peers then refuse), no healthy node may show the key beyond its TTL, nor take its clock.
@@ -148,7 +132,7 @@ def test_a_node_skewed_beyond_the_maximum_reports_itself_and_refuses_writes(
 
 
 @pytest.mark.parametrize("offset_ms", [MAX_OFFSET_MS, -MAX_OFFSET_MS])
-def test_a_node_skewed_within_the_maximum_is_tolerated(procs: ProcessGroup, offset_ms: int) -> None:
+def test_a_node_skewed_within_the_maximum_is_tolerated(procs: NodeGroup, offset_ms: int) -> None:
     healthy, skewed = start(procs, offset_ms, None)
     wait_for(lambda: len(clock(skewed)["peers"]) == 2, "the skewed node to measure both peers")
     assert not clock(skewed)["skewed"]

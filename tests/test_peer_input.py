@@ -20,9 +20,9 @@ from kvs.cluster import auth
 from kvs.errors import ConfigError
 from kvs.model import MAX_U64, Version, new_version_id
 from kvs.node import Node
+from kvs.testing import run_kvs
 from tests.cluster import FAST, dump, start_cluster
 from tests.conftest import Api, NodeFactory, node_config
-from tests.procs import run_cli
 
 SECRET = "s3cret"
 DAY_MS = 86_400_000
@@ -257,12 +257,12 @@ async def test_expires_at_comes_from_the_wall_clock_not_the_hlc(
 
 async def test_kvs_leave_signs_with_the_secret(make_node: NodeFactory) -> None:
     node = await make_node(cluster_secret=SECRET)
-    unsigned = await asyncio.to_thread(run_cli, "leave", "--node", node.url)
+    unsigned = await asyncio.to_thread(run_kvs, "leave", "--node", node.url)
     assert unsigned.returncode == 1 and "cluster_secret" in unsigned.stderr, unsigned.stderr
-    wrong = await asyncio.to_thread(run_cli, "leave", "--node", node.url, "--secret", "wrong")
+    wrong = await asyncio.to_thread(run_kvs, "leave", "--node", node.url, "--secret", "wrong")
     assert wrong.returncode == 1 and "does not match" in wrong.stderr, wrong.stderr
     assert not node.left.is_set()
-    signed = await asyncio.to_thread(run_cli, "leave", "--node", node.url,
+    signed = await asyncio.to_thread(run_kvs, "leave", "--node", node.url,
                                      env={"KVS_CLUSTER_SECRET": SECRET})
     assert signed.returncode == 0, signed.stderr
     assert node.left.is_set()
