@@ -63,6 +63,14 @@ class Config:
     # Internal switch used by tests and benchmarks: turn eager push off to exercise
     # anti-entropy alone. Not part of the public contract.
     eager_push: bool = True
+    # -- membership: reaping gone members (docs/design.md#membership) --
+    # Seconds a member stays listed as dead before it is removed from the member table
+    # (Consul's reconnect_timeout, 72 h): long enough to repair a host and bring it back
+    # under its id; shorter forgets crashed nodes sooner. A reaped node can rejoin anytime.
+    reap_after_seconds: int = 259_200
+    # Seconds a member that left gracefully stays listed as left (Serf's tombstone_timeout,
+    # 24 h): it said it is gone, so there is less to wait for than for a dead one.
+    reap_left_after_seconds: int = 86_400
 
     @property
     def data_path(self) -> Path:
@@ -83,7 +91,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _POSITIVE = {
     "revision_history_limit", "max_value_bytes", "max_txn_ops", "gossip_interval_ms",
     "probe_timeout_ms", "suspicion_multiplier", "sync_interval_ms", "tombstone_gc_seconds",
-    "ttl_sweep_interval_ms",
+    "ttl_sweep_interval_ms", "reap_after_seconds", "reap_left_after_seconds",
 }
 
 

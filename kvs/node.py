@@ -126,7 +126,8 @@ class Node:
         routes = [
             *KVApi(config, engine, self.watchers).routes(),
             *TxnApi(config, engine).routes(),
-            *ClusterApi(engine, self.membership, self.replicator, self.left.set).routes(),
+            *ClusterApi(engine, self.membership, self.replicator, self.left.set,
+                        config.cluster_secret).routes(),
             *self.membership.routes(),
             *self.replicator.routes(),
             web.get("/metrics", metrics.handle),

@@ -30,14 +30,17 @@ _Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class TransportError(Exception):
-    """The peer at `address` did not give a usable answer; `status` is set for HTTP errors."""
+    """The peer at `address` did not give a usable answer; for an HTTP error, `status` and
+    the whole answer `body` (the peer's {"error", "message", ...})."""
 
-    def __init__(self, address: str, path: str, reason: str, status: int | None = None) -> None:
+    def __init__(self, address: str, path: str, reason: str, status: int | None = None,
+                 body: bytes = b"") -> None:
         super().__init__(f"{address}{path}: {reason}")
         self.address = address
         self.path = path
         self.reason = reason
         self.status = status
+        self.body = body
 
 
 class _Peer:
@@ -86,7 +89,7 @@ class HttpTransport:
             raise TransportError(address, path, f"{type(exc).__name__}: {exc}") from exc
         if not 200 <= status < 300:
             detail = raw[:200].decode("utf-8", "replace")
-            raise TransportError(address, path, f"HTTP {status}: {detail}", status)
+            raise TransportError(address, path, f"HTTP {status}: {detail}", status, raw)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

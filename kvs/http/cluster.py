@@ -1,4 +1,9 @@
-"""Cluster and operations endpoints: /cluster/members, /cluster/status, /cluster/leave, dump."""
+"""Cluster and operations endpoints: /cluster/members, /cluster/status, /cluster/leave, dump.
+
+`DELETE /cluster/members/{id}` (`kvs members remove ID`) changes the cluster, so with a
+cluster_secret it must be signed like a peer's request (kvs.cluster.auth: the CLI signs
+it when given the secret); unsigned, it is answered 401 and nothing changes.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from kvs.clock import wall_ms
+from kvs.cluster import auth
 from kvs.cluster.replication import Replicator
 from kvs.cluster.swim.membership import Membership
 from kvs.engine import Engine
@@ -17,7 +24,8 @@ DUMP_PATH = "/internal/dump"
 
 class ClusterApi:
     def __init__(self, engine: Engine, membership: Membership, replicator: Replicator,
-                 on_leave: Callable[[], None]) -> None:
+                 on_leave: Callable[[], None], secret: str | None) -> None:
+        self.secret = secret
         self.engine = engine
         self.membership = membership
         self.replicator = replicator
@@ -26,6 +34,7 @@ class ClusterApi:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/cluster/members", self.members),
+            web.delete("/cluster/members/{id}", self.remove),
             web.get("/cluster/status", self.status),
             web.post("/cluster/leave", self.leave),
             web.post(DUMP_PATH, self.dump),
@@ -35,7 +44,18 @@ class ClusterApi:
         return json_response(self.membership.members())
 
     async def status(self, request: web.Request) -> web.Response:
-        return json_response({**self.engine.status(), **self.replicator.status()})
+        return json_response({**self.engine.status(), **self.replicator.status(),
+                              **self.membership.status()})
+
+    async def remove(self, request: web.Request) -> web.StreamResponse:
+        """Remove a dead or left member now (Consul's force-leave -prune); it may rejoin."""
+        if self.secret is not None:
+            refused = await auth.refuse(self.secret, request, wall_ms())
+            if refused is not None:
+                return refused
+        member = self.membership.remove(request.match_info["id"])
+        return json_response({"removed": member.id, "address": member.address,
+                              "incarnation": member.incarnation})
 
     async def leave(self, request: web.Request) -> web.Response:
         """Leave gracefully: peers learn `left` at once, then the node shuts down."""

@@ -6,7 +6,8 @@ hand to schemathesis, which fuzzes a live node against it. `/internal/` (node to
 node) is not part of the public API and is not described here.
 
 Operations that end or disturb the node rather than read or write data carry
-`x-kvs-destructive: true` (POST /cluster/leave); fuzzers must skip them.
+`x-kvs-destructive: true` (POST /cluster/leave, DELETE /cluster/members/{id}); fuzzers
+must skip them.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
         {"error": {"type": "string", "enum": [
             "bad_request", "unauthorized", "not_found", "method_not_allowed", "cas_conflict",
-            "too_large", "cas_disabled", "storage_failed", "http_error"]},
+            "too_large", "cas_disabled", "storage_failed", "not_removable", "http_error"]},
          "message": STR},
         {"current": _null(_ref("VersionMeta")),
          "failed": {"type": "array", "items": _ref("TxnFailure")}},
@@ -112,7 +113,12 @@ SCHEMAS: dict[str, Schema] = {
         "merkle_root": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
         "hlc": {"type": "array", "items": INT, "minItems": 2, "maxItems": 2},
         "last_rounds": {"type": "array", "items": _ref("AntiEntropyRound")},
+        "incompatible_peers": {"type": "array", "items": _ref("IncompatiblePeer")},
     }),
+    "IncompatiblePeer": _obj({"address": STR, "node": STR, "message": STR, "at": INT},
+                             description="A peer refused (or refusing us) because settings "
+                             "that must be equal on every node differ; `message` names them."),
+    "Removed": _obj({"removed": STR, "address": STR, "incarnation": INT}),
     "Left": _obj({"status": {"const": "left"}, "node": STR}),
     "Registration": _obj({
         "name": SERVICE_NAME, "address": _null(STR),
@@ -294,6 +300,18 @@ def build() -> dict[str, Any]:
                 "Members as this node's gossip sees them",
                 _responses({"type": "array", "items": _ref("Member")}, "all known members", ()),
                 tag="operations")},
+            "/cluster/members/{id}": {"delete": _op(
+                "Remove a dead or left member from the member table now (it may rejoin by "
+                "restarting); with a cluster_secret the request must be signed with it",
+                {**_responses(_ref("Removed"), "removed here, and gossiped to the others",
+                              (404,)),
+                 "401": _json(_ref("Error"), "unauthorized: a cluster_secret is set and the "
+                              "request is not signed with it"),
+                 "409": _json(_ref("Error"), "not_removable: the member is alive or suspect, "
+                              "or is this node")},
+                tag="operations", params=[{"name": "id", "in": "path", "required": True,
+                                           "schema": STR, "description": "the member's node id"}],
+                **{"x-kvs-destructive": True})},
             "/cluster/status": {"get": _op(
                 "This node: id, key count, index, Merkle root, last anti-entropy rounds",
                 _responses(_ref("ClusterStatus"), "node status", ()), tag="operations")},
