@@ -51,8 +51,9 @@ class Config:
     suspicion_multiplier: int = 4
     # Anti-entropy: one Merkle exchange with a random live peer per interval.
     sync_interval_ms: int = 2000
-    # Tombstones and expired versions are purged this long after they died. A node that
-    # was cut off for longer than this must be wiped before it rejoins.
+    # Tombstones and expired versions are purged this long after they died. A node cut
+    # off for longer than this flags itself stale and resynchronises when it is back
+    # (docs/design.md#long-partitions-stale-nodes); keep it longer than any partition.
     tombstone_gc_seconds: int = 86_400
     ttl_sweep_interval_ms: int = 1000
     # RocksDB block compression; invisible to clients and to the Merkle hash.

@@ -59,7 +59,12 @@ class KVApi:
         ]
 
     async def health(self, request: web.Request) -> web.Response:
-        return json_response({"status": "ok", "node": self.engine.node_id})
+        """Always 200 while the node serves; "stale" (with why) while its data may miss
+        deletions its peers purged (kvs.cluster.replication: long partitions)."""
+        stale = self.engine.stale_reason
+        if stale is None:
+            return json_response({"status": "ok", "node": self.engine.node_id})
+        return json_response({"status": "stale", "node": self.engine.node_id, "stale": stale})
 
     # -- GET -----------------------------------------------------------------------------
 

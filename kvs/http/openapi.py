@@ -102,7 +102,10 @@ SCHEMAS: dict[str, Schema] = {
         {"type": "null", "description": "get of an absent key"},
     ]}}}, description="One result per op, in order."),
     "TxnFailure": _obj({"index": INT, "key": STR, "message": STR, "current": _null(_ref("VersionMeta"))}),
-    "Health": _obj({"status": {"const": "ok"}, "node": STR}),
+    "Health": _obj({"status": {"type": "string", "enum": ["ok", "stale"]}, "node": STR},
+                   {"stale": STR}, description="stale: the node was cut off from its peers "
+                   "for longer than tombstone_gc_seconds and has not resynchronised yet; "
+                   "`stale` says why. KV answers then carry X-KVS-Stale: true."),
     "Member": _obj({"id": STR, "address": STR, "joined_at": INT,
                     "state": {"type": "string", "enum": ["alive", "suspect", "dead", "left"]},
                     "incarnation": INT, "last_seen": _null(INT)}),
@@ -114,6 +117,7 @@ SCHEMAS: dict[str, Schema] = {
         "hlc": {"type": "array", "items": INT, "minItems": 2, "maxItems": 2},
         "last_rounds": {"type": "array", "items": _ref("AntiEntropyRound")},
         "incompatible_peers": {"type": "array", "items": _ref("IncompatiblePeer")},
+        "stale": _null(STR), "last_contact": INT,
     }),
     "IncompatiblePeer": _obj({"address": STR, "node": STR, "message": STR, "at": INT},
                              description="A peer refused (or refusing us) because settings "

@@ -9,7 +9,8 @@ current-app bookkeeping, which a GET noticeably pays for. In order it:
 3. waits until whatever the answer may show is settled (Engine.settle): writes are
    settled by the engine before their handler answers, but a read, a 409's
    `current` or a blocking-query wake-up may show another mutation's staged write;
-4. adds X-KVS-Index to KV answers and counts the answer for /metrics.
+4. adds X-KVS-Index to KV answers (and X-KVS-Stale: true while the node's data may be
+   stale: Engine.stale_reason) and counts the answer for /metrics.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], secret: s
                         response = render_error(request, exc)
                 if indexed or (indexed is None and request.path.startswith(_INDEXED)):
                     response.headers["X-KVS-Index"] = str(index)
+                    if engine.stale_reason is not None:
+                        response.headers["X-KVS-Stale"] = "true"
             count(request.method, response.status)
             return response
 
