@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import http.client
 import importlib.metadata
 import json
 import logging
@@ -29,12 +30,23 @@ import signal
 import sys
 import textwrap
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from kvs import config as configuration
-from kvs.client import DEFAULT_NODE, Client, Unavailable, VersionRecord, WatchEvent, as_json
+from kvs.client import (
+    DEFAULT_NODE,
+    Answer,
+    Client,
+    Unavailable,
+    VersionRecord,
+    WatchEvent,
+    as_json,
+    error_for,
+)
+from kvs.cluster import auth
 from kvs.errors import BadRequest, CASConflict, CASDisabled, ConfigError, KVSError, NotFound
 from kvs.keys import validate_key
 from kvs.model import MAX_U64
@@ -258,6 +270,40 @@ def cmd_members(c: Client, args: argparse.Namespace) -> Any:
     _table([("ID", "ADDRESS", "STATE", "INCARNATION", "LAST SEEN")]
            + [(m.id, m.address, m.state, m.incarnation, _ms_ago(m.last_seen)) for m in members])
     return None
+
+
+def cmd_members_remove(c: Client, args: argparse.Namespace) -> Any:
+    """DELETE /cluster/members/ID, signed with the cluster secret if one is given."""
+    secret = args.secret or os.environ.get("KVS_CLUSTER_SECRET") or None
+    path = "/cluster/members/" + urllib.parse.quote(args.id, safe="")
+    answer = _signed_delete(c.nodes, path, secret, c.timeout)
+    if answer.status != 200:
+        raise error_for(answer)
+    removed = json.loads(answer.body)
+    if args.json:
+        return removed
+    print(f"removed {removed['removed']} ({removed['address']}) from the member table; "
+          "it can rejoin by restarting")
+    return None
+
+
+def _signed_delete(nodes: list[str], path: str, secret: str | None, timeout: float) -> Answer:
+    """One DELETE, to the first node that answers; signed like a peer's request
+    (kvs.cluster.auth) when a secret is given, as a node with a secret requires."""
+    failures = []
+    for node in nodes:
+        url = urllib.parse.urlsplit(node)
+        headers = auth.sign(secret, "DELETE", path, b"", int(time.time() * 1000)) if secret else {}
+        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=timeout)
+        try:
+            conn.request("DELETE", path, headers=headers)
+            resp = conn.getresponse()
+            return Answer(node, resp.status, resp.getheader("Content-Type", ""), None, resp.read())
+        except (OSError, http.client.HTTPException) as exc:
+            failures.append(f"{node}: {exc}")
+        finally:
+            conn.close()
+    raise Unavailable("no node answered: " + "; ".join(failures), failures)
 
 
 def cmd_status(c: Client, args: argparse.Namespace) -> Any:
@@ -758,8 +804,22 @@ def _add_client_commands(sub: Any) -> None:
                    help="list keys starting with PREFIX (default: every key)")
     p.add_argument("--separator", help="group keys at this separator, like Consul")
     _add_json_option(p, "print one JSON page instead of one key per line")
-    p = _client_command(sub, "members", cmd_members, "cluster members")
-    _add_json_option(p)
+    members = _client_command(sub, "members", cmd_members, "cluster members: list, remove")
+    _add_json_option(members)
+    actions = members.add_subparsers(dest="action", metavar="ACTION")
+    p = _client_command(actions, "list", cmd_members, "list the members (the default ACTION)",
+                        nested=True)
+    _add_json_option(p, default=argparse.SUPPRESS)
+    p = _client_command(
+        actions, "remove", cmd_members_remove, "remove a dead or left member now",
+        "Remove ID from the member table of every node now, instead of after "
+        "reap_after_seconds (dead) or reap_left_after_seconds (left). Only a dead or left "
+        "member can be removed (exit 1 otherwise). A removed node can rejoin by restarting. "
+        "With a cluster_secret the request is signed with it (--secret, or "
+        "KVS_CLUSTER_SECRET); the node refuses it unsigned.", nested=True)
+    p.add_argument("id", metavar="ID", help="the member's node id (see `kvs members`)")
+    p.add_argument("--secret", help="the cluster_secret (default: $KVS_CLUSTER_SECRET)")
+    _add_json_option(p, "print the node's answer as JSON", default=argparse.SUPPRESS)
     p = _client_command(sub, "status", cmd_status, "node and anti-entropy status")
     _add_json_option(p)
     p = _command(sub, "leave", "make a node leave the cluster and shut down", LEAVE_DESCRIPTION)

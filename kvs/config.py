@@ -51,8 +51,9 @@ class Config:
     suspicion_multiplier: int = 4
     # Anti-entropy: one Merkle exchange with a random live peer per interval.
     sync_interval_ms: int = 2000
-    # Tombstones and expired versions are purged this long after they died. A node that
-    # was cut off for longer than this must be wiped before it rejoins.
+    # Tombstones and expired versions are purged this long after they died. A node cut
+    # off for longer than this flags itself stale and resynchronises when it is back
+    # (docs/design.md#long-partitions-stale-nodes); keep it longer than any partition.
     tombstone_gc_seconds: int = 86_400
     ttl_sweep_interval_ms: int = 1000
     # RocksDB block compression; invisible to clients and to the Merkle hash.
@@ -76,6 +77,14 @@ class Config:
     # Refuse client writes (503 clock_skew) while this node is clock_skew, so no version
     # or TTL gets a wrong time. false: accept them (they replicate once in range).
     refuse_writes_on_clock_skew: bool = True
+    # -- membership: reaping gone members (docs/design.md#membership) --
+    # Seconds a member stays listed as dead before it is removed from the member table
+    # (Consul's reconnect_timeout, 72 h): long enough to repair a host and bring it back
+    # under its id; shorter forgets crashed nodes sooner. A reaped node can rejoin anytime.
+    reap_after_seconds: int = 259_200
+    # Seconds a member that left gracefully stays listed as left (Serf's tombstone_timeout,
+    # 24 h): it said it is gone, so there is less to wait for than for a dead one.
+    reap_left_after_seconds: int = 86_400
 
     @property
     def data_path(self) -> Path:
@@ -96,7 +105,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _POSITIVE = {
     "revision_history_limit", "max_value_bytes", "max_txn_ops", "gossip_interval_ms",
     "probe_timeout_ms", "suspicion_multiplier", "sync_interval_ms", "tombstone_gc_seconds",
-    "ttl_sweep_interval_ms", "max_clock_offset_ms",
+    "ttl_sweep_interval_ms", "max_clock_offset_ms", "reap_after_seconds", "reap_left_after_seconds",
 }
 
 

@@ -104,7 +104,7 @@ class _Mutation:
 
     def _stage(self) -> None:
         changes = self.changes()
-        if changes or self.expired:
+        if changes or self.expired or self.purged_through is not None:
             self.ticket = self.engine.storage.stage(
                 changes, index=self.index, hlc=self.engine.hlc.last, now=self.now,
                 purged_through=self.purged_through, expired=self.expired)
@@ -221,6 +221,10 @@ class Engine:
         # the node; a listener that raises is logged and counted, never fails the write.
         self.listeners: list[Callable[[list[Version]], None]] = []
         self.expiry_listeners: list[Callable[[list[str]], None]] = []
+        # Why this node's data may be stale (it was cut off from its peers for longer than
+        # tombstone_gc_seconds), or None. Set by replication, which is what can tell; the
+        # API shows it in /health and flags answers with it.
+        self.stale_reason: str | None = None
 
     @property
     def node_id(self) -> str:
@@ -230,6 +234,11 @@ class Engine:
     @property
     def joined_at(self) -> int:
         return self.storage.joined_at
+
+    @property
+    def purge_watermark(self) -> int:
+        """The newest timestamp of a dead version this node purged (see `drop_purged`)."""
+        return self.storage.purged_through
 
     @property
     def index(self) -> int:
@@ -461,14 +470,18 @@ class Engine:
 
     # -- remote versions and the sweeper -------------------------------------------------
 
-    async def apply_remote(self, versions: list[Version]) -> list[Version]:
+    async def apply_remote(self, versions: list[Version], *,
+                           resync: bool = False) -> list[Version]:
         """Fold replicated versions in; idempotent and order-independent. Returns those applied.
 
-        A refused version (see `_refused`) changes nothing, not even the HLC.
+        A refused version (see `_refused`) changes nothing, not even the HLC. `resync`:
+        the versions a stale node fetched from a peer that holds them (see `drop_purged`):
+        the purge watermark does not refuse those, since what the peer holds is live in
+        the cluster whatever this node purged while cut off.
         """
         with self._mutation() as m:
             for version in versions:
-                if self._refused(m, version):
+                if self._refused(m, version, resync):
                     self.stats.remote_refused += 1
                     continue
                 self.hlc.observe((version.timestamp, version.logical))
@@ -479,7 +492,7 @@ class Engine:
         await self._settled(m)
         return m.applied
 
-    def _refused(self, m: _Mutation, version: Version) -> bool:
+    def _refused(self, m: _Mutation, version: Version, resync: bool) -> bool:
         """True if a remote version must not be applied, because it is
 
         * from the future: its timestamp is more than max_clock_offset_ms ahead of our wall
@@ -511,7 +524,40 @@ class Engine:
         dead_at = version.dead_at()
         if dead_at is not None and dead_at + self.gc_ms <= m.now:
             return True
-        return version.timestamp <= self.storage.purged_through and not m.read(version.key)
+        return (not resync and version.timestamp <= self.storage.purged_through
+                and not m.read(version.key))
+
+    async def drop_purged(self, keys: list[str], watermark: int) -> list[str]:
+        """Resynchronising with a peer that purged deletions this node never saw.
+
+        The peer holds none of `keys` and refuses, as purged, every version of a key it
+        does not hold that is no newer than its purge watermark. So a key of ours whose
+        versions are all that old is one the peer deleted and purged: it is dropped here
+        (as the sweeper purges), instead of being pushed back forever. A key with a newer
+        version is kept (the peer accepts it). Returns the keys dropped; blocking queries
+        on them wake up as on an expiry.
+        """
+        with self._mutation() as m:
+            dropped = []
+            for key in keys:
+                versions = m.read(key)
+                if versions and all(v.timestamp <= watermark for v in versions):
+                    m.sets[key] = []
+                    dropped.append(key)
+        self.stats.purged += len(dropped)
+        await self._settled(m)
+        if dropped:
+            self._notify(self.expiry_listeners, dropped)
+        return dropped
+
+    async def adopt_watermark(self, watermark: int) -> None:
+        """After a complete resynchronisation with a peer: we hold every key it holds, so
+        a key absent here whose versions are no newer than its watermark was purged by it,
+        and we refuse such versions as it does (another stale node may still push them)."""
+        with self._mutation() as m:
+            if watermark > self.storage.purged_through:
+                m.purged_through = watermark
+        await self._settled(m)
 
     async def sweep(self) -> tuple[int, int]:
         """Process due expiries and purges; returns (expired, purged)."""

@@ -100,7 +100,7 @@ class Node:
             clocks=engine.clocks, wall=now_ms)
         self.replicator = Replicator(engine, self.transport, self.membership,
                                      sync_interval_ms=config.sync_interval_ms,
-                                     eager_push=config.eager_push)
+                                     eager_push=config.eager_push, data_dir=config.data_path)
         stack.push_async_callback(self.replicator.stop)
         self._wire(engine, self.membership, self.replicator)
         self.app = self._app()

@@ -25,11 +25,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvs.cluster import auth
+from kvs.cluster.compat import cluster_settings
 from kvs.model import MAX_U64, Version, new_version_id
 from kvs.node import Node
 from tests.conftest import node_config
 
 SECRET = "fuzz-secret"
+# The settings the fuzzed node has (a SWIM message with other ones is refused before its
+# contents are looked at, which would leave the forged members untested).
+SETTINGS = cluster_settings(node_config(cluster_secret=SECRET))
 MAX_VALUE_BYTES = 1024
 YEAR_MS = 365 * 86_400_000
 SEEDED = [f"seed/{i}" for i in range(3)]
@@ -150,10 +154,11 @@ REQUESTS = st.one_of(
     st.lists(forged_version(), min_size=1, max_size=3).map(
         lambda versions: ("/internal/push", _body(versions))),
     st.builds(lambda sender, updates: ("/internal/swim/ping", _body(
-        {"from": sender, "target": "whoever", "updates": updates})),
+        {"from": sender, "target": "whoever", "updates": updates, "settings": SETTINGS})),
         forged_member(), st.lists(forged_member(), max_size=3)),
     st.builds(lambda sender, members: ("/internal/swim/join", _body(
-        {"from": sender, "members": members})), forged_member(), st.lists(forged_member(), max_size=3)),
+        {"from": sender, "members": members, "settings": SETTINGS})),
+        forged_member(), st.lists(forged_member(), max_size=3)),
     st.builds(lambda level, indices: ("/internal/sync/hashes", _body(
         {"level": level, "indices": indices})),
         st.sampled_from([-1, 5, 2**64 - 1, "0", None]), st.lists(st.integers(-5, 2**40), max_size=4)),

@@ -138,10 +138,13 @@ async def test_a_forged_left_with_a_huge_incarnation_evicts_nobody(
               "incarnation": 1}
     forged = {"id": victim, "address": b.address, "joined_at": b.engine.joined_at,
               "state": "left", "incarnation": 2**53 - 1}
+    settings = a.membership.settings  # valid in every other way: only the incarnation is wrong
     status, _ = await post(http, a, "/internal/swim/ping",
-                           {"from": forger, "target": "whoever", "updates": [forged]})
+                           {"from": forger, "target": "whoever", "updates": [forged],
+                            "settings": settings})
     assert status == 200
-    status, _ = await post(http, a, "/internal/swim/join", {"from": forger, "members": [forged]})
+    status, _ = await post(http, a, "/internal/swim/join",
+                           {"from": forger, "members": [forged], "settings": settings})
     assert status == 200
     member = a.membership.member(victim)
     assert member is not None and member.state == "alive"

@@ -12,6 +12,7 @@ from kvs.cluster.swim.state import (
     ALIVE,
     DEAD,
     LEFT,
+    REMOVED,
     SUSPECT,
     BroadcastQueue,
     MemberTable,
@@ -342,3 +343,72 @@ def test_a_member_back_from_the_dead_is_probed_in_the_current_round() -> None:
     t.next_probe_target()  # a round without d has started
     t.apply(upd("d", ALIVE, 2), 1.0)
     assert "d" in [t.next_probe_target().id for _ in range(3)]
+
+
+# -- reaping and removal ---------------------------------------------------------------
+
+DEAD_AFTER, LEFT_AFTER = 100.0, 30.0
+
+
+def test_dead_and_left_members_are_reaped_after_their_periods_and_never_ourselves() -> None:
+    t = with_peers(table(), "b", "c", "d")
+    t.apply(upd("b", DEAD, 1), 10.0)
+    t.apply(upd("c", LEFT, 1), 10.0)
+    t.leave(10.0)  # our own `left` record is not ours to reap
+    assert t.reap(10.0 + LEFT_AFTER - 0.1, DEAD_AFTER, LEFT_AFTER) == []
+    assert [m.id for m in t.reap(10.0 + LEFT_AFTER, DEAD_AFTER, LEFT_AFTER)] == ["c"]
+    assert [m.id for m in t.reap(10.0 + DEAD_AFTER, DEAD_AFTER, LEFT_AFTER)] == ["b"]
+    assert {m.id: m.state for m in t.members.values()} == {
+        "a": LEFT, "b": REMOVED, "c": REMOVED, "d": ALIVE}
+    assert {u.id for u in t.snapshot()} == {"a", "d"}  # tombstones are not handed out
+    assert len(t.queue) <= 4 and all(u.state != REMOVED for u in t.queue.pending())  # nor gossiped
+
+
+def test_stale_gossip_does_not_bring_a_reaped_member_back_but_a_new_life_does() -> None:
+    t = with_peers(table(), "b")
+    t.apply(upd("b", DEAD, 1), 0.0)
+    t.reap(DEAD_AFTER, DEAD_AFTER, LEFT_AFTER)
+    for state in (ALIVE, SUSPECT, DEAD, LEFT):  # what peers that have not reaped yet still say
+        assert t.apply(upd("b", state, 1), DEAD_AFTER + 1) is None
+    assert t.members["b"].state == REMOVED
+    back = t.apply(upd("b", ALIVE, 2), DEAD_AFTER + 2)  # restarted, or refuted its removal
+    assert back is not None and back.state == ALIVE
+    assert "b" in [t.next_probe_target().id for _ in range(2)]
+
+
+def test_a_tombstone_is_forgotten_after_the_longer_reap_period() -> None:
+    t = with_peers(table(), "b")
+    t.apply(upd("b", DEAD, 1), 0.0)
+    t.reap(DEAD_AFTER, DEAD_AFTER, LEFT_AFTER)
+    t.reap(2 * DEAD_AFTER - 1, DEAD_AFTER, LEFT_AFTER)
+    assert "b" in t.members
+    t.reap(2 * DEAD_AFTER, DEAD_AFTER, LEFT_AFTER)
+    assert "b" not in t.members
+
+
+def test_remove_takes_only_dead_or_left_members_and_gossips_the_removal() -> None:
+    t = with_peers(table(), "b", "c", "d")
+    t.apply(upd("c", SUSPECT, 1), 0.0)
+    t.apply(upd("d", DEAD, 1), 0.0)
+    for member_id in ("a", "b", "c"):  # ourselves, alive, suspect: it may still be running
+        with pytest.raises(ValueError, match="only dead or left"):
+            t.remove(member_id, 1.0)
+    with pytest.raises(LookupError):
+        t.remove("nobody", 1.0)
+    removed = t.remove("d", 1.0)
+    assert removed.state == REMOVED and t.members["d"].state == REMOVED
+    assert queued(t)["d"] == (REMOVED, 1)
+    with pytest.raises(LookupError):
+        t.remove("d", 2.0)
+
+
+def test_a_live_member_told_of_its_removal_refutes_and_is_back_everywhere() -> None:
+    a, b = table("a"), table("b", incarnation=7)
+    a.apply(upd("b", DEAD, 7), 0.0)
+    a.remove("b", 1.0)
+    news = a.bad_news_for("b")  # sent along with every message to b
+    assert news is not None and news.state == REMOVED
+    b.apply(news, 2.0)
+    assert (b.me.state, b.me.incarnation) == (ALIVE, 8)
+    assert a.apply(b.me.update("b"), 3.0) is not None
+    assert a.members["b"].state == ALIVE

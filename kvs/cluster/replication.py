@@ -20,16 +20,35 @@ once with a peer that comes back to life):
 
 Both directions are repaired in the same round; cost follows the number of
 differing keys, not the number of keys.
+
+Long partitions. Each round starts by asking the peer for its purge watermark (the
+newest timestamp of a dead version it purged). This node's *last contact* is the
+start of its last complete round (persisted in data_dir/last_contact, so a node
+that was stopped for days knows it at start-up). A peer's watermark newer than our
+last contact means it purged deletions we may never have seen: we are *stale*.
+While stale, a key the peer does not hold and whose versions are all no newer than
+its watermark is one the peer deleted and purged (the peer refuses those versions
+as resurrections anyway), so we drop it (`Engine.drop_purged`) instead of pushing it
+back every round; keys with newer versions are pushed as usual; what we fetch from
+the peer is taken even if our own watermark would refuse it (the peer holds it, so
+it is live); and once the round completed we adopt the peer's watermark, so another
+stale node cannot push the dropped keys back to us. Stale is also set
+when we know peers but completed no round for longer than tombstone_gc_seconds
+(cut off: peers may be purging deletions we cannot see). It shows in /health,
+/cluster/status and an `X-KVS-Stale: true` header on KV answers, and is cleared by
+the first complete round, after which both sides hold the same data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -44,7 +63,7 @@ from kvs.errors import BadRequest, KVSError, TooLarge
 from kvs.http.toolkit import encoded_size, json_body, json_response
 from kvs.keys import validate_key
 from kvs.merkle import DEPTH, FANOUT, SEGMENTS, compare_leaves, descend
-from kvs.model import Version, from_wire
+from kvs.model import MAX_U64, Version, from_wire
 
 log = logging.getLogger("kvs.replication")
 
@@ -52,6 +71,9 @@ PUSH_PATH = "/internal/push"
 HASHES_PATH = "/internal/sync/hashes"
 LEAVES_PATH = "/internal/sync/leaves"
 FETCH_PATH = "/internal/sync/fetch"
+WATERMARK_PATH = "/internal/sync/watermark"
+CONTACT_FILE = "last_contact"
+CONTACT_PERSIST_MS = 1000  # last contact is written to disk at most this often
 
 PUSH_BATCH = 512  # versions per push request
 MAX_KEYS_PER_ROUND = 4096  # bound one round's memory; the rest waits for the next round
@@ -115,7 +137,7 @@ class _PeerSender:
 class Replicator:
     def __init__(self, engine: Engine, transport: HttpTransport, membership: Membership,
                  *, sync_interval_ms: int, eager_push: bool = True,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, data_dir: Path | None = None) -> None:
         self.engine = engine
         self.transport = transport
         self.membership = membership
@@ -127,10 +149,15 @@ class Replicator:
         self._senders: dict[str, _PeerSender] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._syncing: set[str] = set()
+        self._contact_file = None if data_dir is None else data_dir / CONTACT_FILE
+        self.last_contact = self._load_contact()
+        self._persisted_contact = self.last_contact
+        self._behind: tuple[str, int] | None = None  # a peer that purged what we never saw
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post(PUSH_PATH, self._handle_push),
+            web.post(WATERMARK_PATH, self._handle_watermark),
             web.post(HASHES_PATH, self._handle_hashes),
             web.post(LEAVES_PATH, self._handle_leaves),
             web.post(FETCH_PATH, self._handle_fetch),
@@ -140,6 +167,7 @@ class Replicator:
         """Anti-entropy loop: one round per interval with a random live peer."""
         while True:
             await asyncio.sleep(self.sync_interval * self.rng.uniform(0.8, 1.2))
+            self._refresh_stale()
             peers = self.membership.alive_peers()
             if peers:
                 await self.sync_with(self.rng.choice(peers).address)
@@ -206,12 +234,14 @@ class Replicator:
         if address in self._syncing:
             return None
         self._syncing.add(address)
-        started = time.perf_counter()
+        started, started_ms = time.perf_counter(), wall_ms()
         meter = _Meter(self.transport, address)
         try:
-            repaired = await self._reconcile(meter)
+            repaired, complete = await self._reconcile(meter)
             result = Round(address, repaired, meter.bytes, (time.perf_counter() - started) * 1000,
                            wall_ms())
+            if complete:
+                self._contacted(started_ms)
         # A peer that did not answer, or answered what no kvs node sends (a malformed or
         # oversized version, hashes of the wrong shape): this round fails, the loop goes on.
         except (TransportError, KVSError, ValueError, TypeError, AttributeError) as exc:
@@ -219,6 +249,7 @@ class Replicator:
                            wall_ms(), error=str(exc))
         finally:
             self._syncing.discard(address)
+            self._refresh_stale()
         self.rounds.appendleft(result)
         self.stats.rounds += 1
         self.stats.keys_repaired += result.keys_repaired
@@ -228,9 +259,12 @@ class Replicator:
                      result.keys_repaired, result.bytes, result.duration_ms)
         return result
 
-    async def _reconcile(self, meter: _Meter) -> int:
-        """Find the differing keys by descending both trees, then send and fetch them."""
+    async def _reconcile(self, meter: _Meter) -> tuple[int, bool]:
+        """Find the differing keys by descending both trees, then send and fetch them (or,
+        when stale, drop those the peer purged). Returns (keys repaired, whether every
+        differing key was handled, not cut at MAX_KEYS_PER_ROUND)."""
         sync = self.engine.sync
+        watermark = await self._peer_watermark(meter)
         walk = descend(sync.tree)
         try:
             level, indices = next(walk)
@@ -240,24 +274,103 @@ class Replicator:
         except StopIteration as done:
             segments: list[int] = done.value
         if not segments:
-            return 0
+            if watermark is not None:
+                await self.engine.adopt_watermark(watermark)
+            return 0, True
         remote_leaves = await meter.call(LEAVES_PATH, segments)
         need: list[str] = []
         give: list[str] = []
+        absent: list[str] = []  # the peer does not hold them
         for segment, theirs in zip(segments, remote_leaves, strict=True):
             diff = compare_leaves(sync.leaves(segment), theirs)
             need += diff.missing + diff.different
             give += diff.remote_missing + diff.different
+            absent += diff.remote_missing
+        complete = max(len(need), len(give)) <= MAX_KEYS_PER_ROUND
         need, give = need[:MAX_KEYS_PER_ROUND], give[:MAX_KEYS_PER_ROUND]
+        dropped: set[str] = set()
+        if watermark is not None:
+            dropped = set(await self.engine.drop_purged(absent[:MAX_KEYS_PER_ROUND], watermark))
+            give = [k for k in give if k not in dropped]
         if need:
             fetched = _versions(await meter.call(FETCH_PATH, need),
                                 self.engine.config.max_value_bytes)
-            await self.engine.apply_remote(fetched)
+            await self.engine.apply_remote(fetched, resync=watermark is not None)
         if give:
             versions = sync.revisions(give)
             for start in range(0, len(versions), PUSH_BATCH):
                 await meter.call(PUSH_PATH, [v.to_wire() for v in versions[start:start + PUSH_BATCH]])
-        return len(set(need) | set(give))
+        if watermark is not None and complete:
+            await self.engine.adopt_watermark(watermark)
+        return len(set(need) | set(give) | dropped), complete
+
+    # -- long partitions: purge watermarks and last contact ---------------------------------
+
+    async def _peer_watermark(self, meter: _Meter) -> int | None:
+        """The peer's purge watermark if it is newer than our last contact (we are stale
+        relative to it), else None."""
+        reply = await meter.call(WATERMARK_PATH, {})
+        watermark = reply.get("purged_through") if isinstance(reply, dict) else None
+        if isinstance(watermark, bool) or not isinstance(watermark, int) or not (
+                0 <= watermark <= MAX_U64):
+            raise TransportError(meter.address, WATERMARK_PATH, "reply without a purge watermark")
+        if watermark <= self.last_contact:
+            return None
+        if self._behind is None:
+            log.warning("event=stale peer=%s peer_purged_through=%d last_contact=%d: the peer "
+                        "purged deletions this node never saw; resynchronising", meter.address,
+                        watermark, self.last_contact)
+        self._behind = (meter.address, watermark)
+        self._refresh_stale()
+        return watermark
+
+    async def _handle_watermark(self, request: web.Request) -> web.Response:
+        await json_body(request, dict)
+        return json_response({"purged_through": self.engine.purge_watermark})
+
+    def _contacted(self, at_ms: int) -> None:
+        """A complete round started at `at_ms`: we held everything the peer did then."""
+        self._behind = None
+        self.last_contact = max(self.last_contact, at_ms)
+        if self._contact_file is not None and (
+                self.last_contact - self._persisted_contact >= CONTACT_PERSIST_MS):
+            temporary = self._contact_file.with_suffix(".tmp")
+            temporary.write_text(str(self.last_contact))
+            os.replace(temporary, self._contact_file)
+            self._persisted_contact = self.last_contact
+
+    def _load_contact(self) -> int:
+        """The persisted last contact; without one (a fresh data dir, or one restored from
+        a copy), the newest time the data knows of: its own contact is no later."""
+        try:
+            return int(self._contact_file.read_text()) if self._contact_file else wall_ms()
+        except (OSError, ValueError):
+            return self.engine.hlc.last[0]
+
+    def _refresh_stale(self) -> None:
+        reason = self._stale_reason(wall_ms())
+        if reason != self.engine.stale_reason:
+            if reason is None:
+                log.info("event=stale_cleared last_contact=%d", self.last_contact)
+            elif self.engine.stale_reason is None:
+                log.warning("event=stale_flagged reason=%r", reason)
+            self.engine.stale_reason = reason
+
+    def _stale_reason(self, now_ms: int) -> str | None:
+        if self._behind is not None:
+            peer, watermark = self._behind
+            return (f"peer {peer} purged deletions up to {watermark} ms since epoch, after this "
+                    f"node's last complete anti-entropy round ({self.last_contact}); resynchronising")
+        # Cut off: no complete round for longer than tombstone_gc_seconds (plus two rounds'
+        # slack, so a healthy node with a short gc never flaps), while peers are known.
+        away = now_ms - self.last_contact
+        if away > self.engine.gc_ms + 2 * self.sync_interval * 1000 and any(
+                m["state"] in ("alive", "suspect", "dead") and m["id"] != self.engine.node_id
+                for m in self.membership.members()):
+            return (f"no complete anti-entropy round for {away // 1000} s, longer than "
+                    f"tombstone_gc_seconds ({self.engine.gc_ms // 1000} s): peers may have "
+                    "purged deletions this node has not seen")
+        return None
 
     async def _handle_hashes(self, request: web.Request) -> web.Response:
         body = await json_body(request, dict)
@@ -284,7 +397,8 @@ class Replicator:
         return json_response([v.to_wire() for v in self.engine.sync.revisions(wanted)])
 
     def status(self) -> dict[str, Any]:
-        return {"last_rounds": [r.to_json() for r in self.rounds]}
+        return {"last_rounds": [r.to_json() for r in self.rounds],
+                "stale": self.engine.stale_reason, "last_contact": self.last_contact}
 
 
 class _Meter:

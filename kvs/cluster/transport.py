@@ -30,17 +30,19 @@ _Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class TransportError(Exception):
-    """The peer at `address` did not give a usable answer; `status` is set for HTTP errors,
-    `cause` when the error's JSON body names one (auth.CAUSE_WINDOW: our clocks disagree)."""
+    """The peer at `address` did not give a usable answer; for an HTTP error, `status`, the
+    whole answer `body` (the peer's {"error", "message", ...}) and `cause` when that body
+    names one (auth.CAUSE_WINDOW: our clocks disagree)."""
 
     def __init__(self, address: str, path: str, reason: str, status: int | None = None,
-                 cause: str | None = None) -> None:
+                 body: bytes = b"") -> None:
         super().__init__(f"{address}{path}: {reason}")
         self.address = address
         self.path = path
         self.reason = reason
         self.status = status
-        self.cause = cause
+        self.body = body
+        self.cause = _cause(body) if body else None
 
 
 class _Peer:
@@ -89,7 +91,7 @@ class HttpTransport:
             raise TransportError(address, path, f"{type(exc).__name__}: {exc}") from exc
         if not 200 <= status < 300:
             detail = raw[:200].decode("utf-8", "replace")
-            raise TransportError(address, path, f"HTTP {status}: {detail}", status, _cause(raw))
+            raise TransportError(address, path, f"HTTP {status}: {detail}", status, raw)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -1,4 +1,10 @@
-"""Cluster and operations endpoints: /cluster/members, /cluster/status, /cluster/leave, dump."""
+"""Cluster and operations endpoints: /cluster/members, /cluster/status, /cluster/leave, dump.
+
+`DELETE /cluster/members/{id}` (`kvs members remove ID`) and `POST /cluster/leave` change
+the cluster, so with a cluster_secret they must be signed like a peer's request: the
+route wrapper checks that (kvs/http/server.py, auth.needs_signature); the CLI signs when
+given the secret.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ class ClusterApi:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/cluster/members", self.members),
+            web.delete("/cluster/members/{id}", self.remove),
             web.get("/cluster/status", self.status),
             web.post("/cluster/leave", self.leave),
             web.post(DUMP_PATH, self.dump),
@@ -35,7 +42,14 @@ class ClusterApi:
         return json_response(self.membership.members())
 
     async def status(self, request: web.Request) -> web.Response:
-        return json_response({**self.engine.status(), **self.replicator.status()})
+        return json_response({**self.engine.status(), **self.replicator.status(),
+                              **self.membership.status()})
+
+    async def remove(self, request: web.Request) -> web.StreamResponse:
+        """Remove a dead or left member now (Consul's force-leave -prune); it may rejoin."""
+        member = self.membership.remove(request.match_info["id"])
+        return json_response({"removed": member.id, "address": member.address,
+                              "incarnation": member.incarnation})
 
     async def leave(self, request: web.Request) -> web.Response:
         """Leave gracefully: peers learn `left` at once, then the node shuts down."""

@@ -61,13 +61,19 @@ class KVApi:
 
     async def health(self, request: web.Request) -> web.Response:
         """200 while the node answers; `status` says whether it is fit (a load balancer
-        should prefer another node while it is not "ok")."""
+        should prefer another node while it is not "ok"): "clock_skew" (writes refused
+        until its clock is back in range), else "stale" (its data may miss deletions its
+        peers purged while it was cut off: kvs.cluster.replication, long partitions)."""
         engine = self.engine
+        body: dict[str, Any] = {"status": "ok", "node": engine.node_id}
         if engine.clocks.skewed:
-            return json_response({"status": "clock_skew", "node": engine.node_id,
-                                  "message": engine.skew_message(),
-                                  "clock": engine.clocks.report()})
-        return json_response({"status": "ok", "node": engine.node_id})
+            body.update(status="clock_skew", message=engine.skew_message(),
+                        clock=engine.clocks.report())
+        if engine.stale_reason is not None:
+            body["stale"] = engine.stale_reason
+            if body["status"] == "ok":
+                body["status"] = "stale"
+        return json_response(body)
 
     # -- GET -----------------------------------------------------------------------------
 

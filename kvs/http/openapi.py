@@ -6,7 +6,8 @@ hand to schemathesis, which fuzzes a live node against it. `/internal/` (node to
 node) is not part of the public API and is not described here.
 
 Operations that end or disturb the node rather than read or write data carry
-`x-kvs-destructive: true` (POST /cluster/leave); fuzzers must skip them.
+`x-kvs-destructive: true` (POST /cluster/leave, DELETE /cluster/members/{id}); fuzzers
+must skip them.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
         {"error": {"type": "string", "enum": [
             "bad_request", "unauthorized", "not_found", "method_not_allowed", "cas_conflict",
-            "too_large", "cas_disabled", "storage_failed", "http_error"]},
+            "too_large", "cas_disabled", "storage_failed", "not_removable", "http_error"]},
          "message": STR},
         {"current": _null(_ref("VersionMeta")),
          "failed": {"type": "array", "items": _ref("TxnFailure")}},
@@ -109,8 +110,14 @@ SCHEMAS: dict[str, Schema] = {
             "beyond_max": {"type": "boolean"}})},
     }, description="This node's clock against its peers' (ms, ours minus theirs; null: the "
                    "peer refused our signed timestamp outright)."),
-    "Health": _obj({"status": {"type": "string", "enum": ["ok", "clock_skew"]}, "node": STR},
-                   {"message": STR, "clock": _ref("ClockReport")}),
+    "Health": _obj({"status": {"type": "string", "enum": ["ok", "clock_skew", "stale"]},
+                    "node": STR},
+                   {"message": STR, "clock": _ref("ClockReport"), "stale": STR},
+                   description="clock_skew: this node's clock is off from its peers' by more "
+                   "than max_clock_offset_ms, and it refuses client writes. stale: the node was "
+                   "cut off from its peers for longer than tombstone_gc_seconds and has not "
+                   "resynchronised yet; `stale` says why. KV answers then carry "
+                   "X-KVS-Stale: true."),
     "Index": _obj({"name": {"const": "kvs"}, "version": STR, "node": STR,
                    "links": _obj({name: {"const": path} for name, path in LINKS.items()})},
                   description="GET /: this node and where its API lives. `kv` is the root of "
@@ -126,7 +133,13 @@ SCHEMAS: dict[str, Schema] = {
         "hlc": {"type": "array", "items": INT, "minItems": 2, "maxItems": 2},
         "last_rounds": {"type": "array", "items": _ref("AntiEntropyRound")},
         "clock": _ref("ClockReport"),
+        "incompatible_peers": {"type": "array", "items": _ref("IncompatiblePeer")},
+        "stale": _null(STR), "last_contact": INT,
     }),
+    "IncompatiblePeer": _obj({"address": STR, "node": STR, "message": STR, "at": INT},
+                             description="A peer refused (or refusing us) because settings "
+                             "that must be equal on every node differ; `message` names them."),
+    "Removed": _obj({"removed": STR, "address": STR, "incarnation": INT}),
     "Left": _obj({"status": {"const": "left"}, "node": STR}),
     "Registration": _obj({
         "name": SERVICE_NAME, "address": _null(STR),
@@ -319,6 +332,18 @@ def build() -> dict[str, Any]:
                 "Members as this node's gossip sees them",
                 _responses({"type": "array", "items": _ref("Member")}, "all known members", ()),
                 tag="operations")},
+            "/cluster/members/{id}": {"delete": _op(
+                "Remove a dead or left member from the member table now (it may rejoin by "
+                "restarting); with a cluster_secret the request must be signed with it",
+                {**_responses(_ref("Removed"), "removed here, and gossiped to the others",
+                              (404,)),
+                 "401": _json(_ref("Error"), "unauthorized: a cluster_secret is set and the "
+                              "request is not signed with it"),
+                 "409": _json(_ref("Error"), "not_removable: the member is alive or suspect, "
+                              "or is this node")},
+                tag="operations", params=[{"name": "id", "in": "path", "required": True,
+                                           "schema": STR, "description": "the member's node id"}],
+                **{"x-kvs-destructive": True})},
             "/cluster/status": {"get": _op(
                 "This node: id, key count, index, Merkle root, last anti-entropy rounds",
                 _responses(_ref("ClusterStatus"), "node status", ()), tag="operations")},

@@ -11,7 +11,8 @@ current-app bookkeeping, which a GET noticeably pays for. In order it:
    settled by the engine before their handler answers, but a read, a 409's
    `current` or a blocking-query wake-up may show another mutation's staged write.
    An answer that shows only its own write (toolkit.own_write) needs no such wait;
-4. adds X-KVS-Index to KV answers (for a write: the counter as of that write) and
+4. adds X-KVS-Index to KV answers (for a write: the counter as of that write; and
+   X-KVS-Stale: true while the node's data may be stale: Engine.stale_reason) and
    counts the answer for /metrics.
 """
 
@@ -75,6 +76,8 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: au
             if engine is not None and (
                     indexed or (indexed is None and request.path.startswith(_INDEXED))):
                 response.headers["X-KVS-Index"] = str(index)
+                if engine.stale_reason is not None:
+                    response.headers["X-KVS-Stale"] = "true"
             count(request.method, response.status)
             return response
 

@@ -1,21 +1,30 @@
 """The asyncio side of SWIM: the probe loop, joining, leaving, and the /internal/swim/ routes.
 
 All decisions live in `state.MemberTable`; this module moves its updates over HTTP.
-Wire messages (JSON POST; `U` is `Update.to_wire()`, "from" is the sender's own record):
+Wire messages (JSON POST; `U` is `Update.to_wire()`, "from" is the sender's own record,
+and every message, request or reply, also carries "settings": `compat.cluster_settings`):
 
     /internal/swim/ping      {"from": U, "target": id, "updates": [U]}
                            → {"ack": bool, "from": U, "updates": [U], "now_ms": T}
     /internal/swim/ping-req  {"from": U, "target": {"id", "address"}, "updates": [U]}
                            → {"ack": bool, "from": U, "updates": [U], "now_ms": T}
-                                                          (ack: target answered)
+                                                           (ack: target answered)
     /internal/swim/join      {"from": U, "members": [U]}      join and periodic push-pull
                            → {"from": U, "members": [U], "updates": [U], "now_ms": T}
 
-`now_ms` is the replier's wall clock: every exchange also measures the peer's clock
+`now_ms` is the sender's wall clock: every exchange also measures the peer's clock
 offset (engine.clocks, a ClockMonitor). An update whose incarnation is beyond our wall
 clock + max_clock_offset_ms is dropped, whoever sends it: incarnations start at the
 wall clock in ms, so no honest node has one, and a forged one (2^53-1, `left`) would
 otherwise evict a member for good, since no restart could ever outbid it.
+
+A message whose settings differ from ours is refused before anything in it is
+applied: the handler answers 409 incompatible_settings (with our settings), the
+caller drops a reply the same way, both log an error naming each setting and both
+values, and the peer is listed in `status()` (GET /cluster/status) until one of its
+messages agrees again. A refused peer never becomes alive here, so no data is
+exchanged with it; a refused joiner keeps retrying its seeds, like Consul's
+retry_join, and so gets in as soon as it is restarted with the right settings.
 
 Every gossip_interval one tick runs:
   1. suspects whose timer ran out are declared dead;
@@ -38,18 +47,21 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from kvs.clock import ClockMonitor, wall_ms
 from kvs.cluster import auth
+from kvs.cluster.compat import Settings, cluster_settings, differences, parse_settings
 from kvs.cluster.swim.state import (
     ALIVE,
     DEAD,
     LEFT,
     MAX_WIRE_INT,
+    REMOVED,
     SUSPECT,
     Member,
     MemberTable,
@@ -61,7 +73,7 @@ from kvs.cluster.swim.state import (
 )
 from kvs.cluster.transport import HttpTransport, TransportError
 from kvs.config import Config
-from kvs.errors import BadRequest
+from kvs.errors import BadRequest, KVSError, NotFound
 from kvs.http.toolkit import json_body, json_response
 
 log = logging.getLogger("kvs.swim")
@@ -79,8 +91,39 @@ LEAVE_FANOUT = 8
 MAX_UPDATES = 1024  # per message; more is not a peer talking, it is garbage
 MAX_MEMBERS = 65_536
 JOIN_RETRY_MAX_S = 5.0
+MAX_REFUSALS = 256  # incompatible peers listed at once; the oldest goes first
+REFUSAL_LOG_INTERVAL_S = 60.0  # the same refusal is logged again at most this often
 
 Listener = Callable[[Member], None]
+
+
+class Incompatible(KVSError):
+    """A peer's cluster-wide settings differ from ours: nothing it sent is applied."""
+
+    status = 409
+    code = "incompatible_settings"
+
+
+class NotRemovable(KVSError):
+    """`DELETE /cluster/members/{id}` of a member that may still be running."""
+
+    status = 409
+    code = "not_removable"
+
+
+@dataclass
+class Refusal:
+    """A peer we refused, or that refused us, for incompatible settings."""
+
+    address: str
+    node: str
+    message: str
+    at_ms: int
+    logged_at: float  # monotonic; when this refusal was last logged
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "node": self.node, "message": self.message,
+                "at": self.at_ms}
 
 
 class Membership:
@@ -103,18 +146,21 @@ class Membership:
     ) -> None:
         self.node_id = node_id
         self.address = address
-        self._clocks = clocks
-        self._wall = wall
-        self._max_offset_ms = config.max_clock_offset_ms
-        self.refused_updates = 0  # updates dropped for an incarnation from the future
-        self._refusals_logged: set[str] = set()
         self.timing = Timing(
             interval=config.gossip_interval_ms / 1000,
             probe_timeout=config.probe_timeout_ms / 1000,
             suspicion_multiplier=config.suspicion_multiplier,
         )
+        self.settings = cluster_settings(config)
+        self._reap_after = (float(config.reap_after_seconds), float(config.reap_left_after_seconds))
+        self._refusals: dict[str, Refusal] = {}
         self._seeds = [s for s in seeds if s != address]
         self._transport = transport
+        self._clocks = clocks
+        self._wall = wall
+        self._max_offset_ms = config.max_clock_offset_ms
+        self.refused_updates = 0  # updates dropped for an incarnation from the future
+        self._refusals_logged: set[str] = set()
         self._now = now
         self._rng = rng or random.Random()
         self._table = MemberTable(
@@ -149,6 +195,8 @@ class Membership:
         now, wall = self._now(), self._wall()
         rows = []
         for m in sorted(self._table.members.values(), key=lambda m: m.id):
+            if m.state == REMOVED:
+                continue
             if m.id == self.node_id:
                 last_seen: int | None = wall
             else:
@@ -160,7 +208,33 @@ class Membership:
         return rows
 
     def alive_peers(self) -> list[Member]:
-        return [m for m in self._table.members.values() if m.state == ALIVE and m.id != self.node_id]
+        """Alive peers to exchange data with; never one refused for incompatible settings."""
+        return [m for m in self._table.members.values() if m.state == ALIVE
+                and m.id != self.node_id and m.address not in self._refusals]
+
+    def status(self) -> dict[str, Any]:
+        """What GET /cluster/status shows of membership: the peers refused, and why."""
+        return {"incompatible_peers": [r.to_json() for r in self._refusals.values()]}
+
+    def remove(self, member_id: str) -> Member:
+        """Remove a dead or left member from the table at once, and tell the cluster.
+
+        NotFound if unknown here; NotRemovable if it is this node, alive or suspect.
+        It can rejoin later: a restart, or its refutation, outbids the removal.
+        """
+        if member_id == self.node_id:
+            raise NotRemovable("this is the node you are talking to; to take it out of the "
+                               "cluster, POST /cluster/leave on it")
+        previous = self._table.members.get(member_id)
+        try:
+            record = self._table.remove(member_id, self._now())
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        except ValueError as exc:
+            raise NotRemovable(str(exc)) from None
+        assert previous is not None
+        self._report(previous, record)
+        return record
 
     def add_listener(self, callback: Listener) -> None:
         """Call `callback(member)` after every accepted change to another member's record.
@@ -249,9 +323,12 @@ class Membership:
             except Exception:
                 log.exception("event=listener_failed node=%s id=%s", self.node_id, record.id)
 
-    def _absorb(self, message: Any, *, members_key: str | None = None) -> tuple[Update, bool]:
-        """Validate a whole message, then apply it; ValueError before anything is applied."""
-        sender, updates, members = _parse(message, members_key)
+    def _absorb(self, message: Any, *, members_key: str | None = None,
+                address: str | None = None) -> tuple[Update, bool]:
+        """Validate a whole message, then apply it; ValueError (malformed) or Incompatible
+        (settings differ) before anything is applied. `address`: whom we called, for a reply."""
+        sender, updates, members, settings = _parse(message, members_key)
+        self._check_settings(address or sender.address, sender.id, settings)
         bound = self._wall() + self._max_offset_ms
         if self._admitted(sender, bound):
             self._apply(sender)
@@ -278,20 +355,51 @@ class Membership:
                         update.incarnation - bound + self._max_offset_ms)
         return False
 
-    async def _call(self, address: str, path: str, payload: Any, timeout: float) -> Any:
-        """One exchange with a peer; its round trip also measures the peer's clock."""
-        sent = self._wall()
+    # -- compatibility -------------------------------------------------------------------
+
+    def _check_settings(self, address: str, peer_id: str, settings: Settings) -> None:
+        diffs = differences(self.settings, settings, f"{peer_id} ({address})")
+        if diffs:
+            self._refuse(address, peer_id, diffs)
+            raise Incompatible(f"node {self.node_id} refuses {peer_id} ({address}): settings "
+                               "that must be equal on every node differ: " + "; ".join(diffs),
+                               node=self.node_id, settings=self.settings)
+        if self._refusals.pop(address, None) is not None:
+            log.info("event=compatible node=%s peer=%s address=%s: its settings agree now",
+                     self.node_id, peer_id, address)
+
+    def _refused_by(self, address: str, body: bytes) -> None:
+        """A peer answered 409 incompatible_settings: list it with our own reading of why."""
         try:
-            reply = await self._transport.call(address, path, payload, timeout)
-        except TransportError as exc:
-            if exc.cause == auth.CAUSE_WINDOW and self._clocks is not None:
-                self._clocks.refused(address)
-            raise
-        remote = reply.get("now_ms") if isinstance(reply, dict) else None
-        if (self._clocks is not None and isinstance(remote, int) and not isinstance(remote, bool)
-                and 0 < remote <= MAX_WIRE_INT):
-            self._clocks.round_trip(address, sent, remote, self._wall())
-        return reply
+            answer = orjson.loads(body)
+            diffs = differences(self.settings, parse_settings(answer.get("settings")),
+                                f"{answer.get('node')} ({address})")
+            peer_id = str(answer.get("node"))
+        except (ValueError, AttributeError):
+            return  # not kvs's answer: an ordinary failed call
+        self._refuse(address, peer_id, diffs or ["it refused our settings"])
+
+    def _refuse(self, address: str, peer_id: str, diffs: list[str]) -> None:
+        """Note an incompatible peer; log an error when new, changed, or once per interval."""
+        message = "settings that must be equal on every node differ: " + "; ".join(diffs)
+        now = self._now()
+        known = self._refusals.pop(address, None)
+        if len(self._refusals) >= MAX_REFUSALS:
+            del self._refusals[next(iter(self._refusals))]
+        logged = known.logged_at if known is not None and known.message == message else None
+        if logged is None or now - logged >= REFUSAL_LOG_INTERVAL_S:
+            log.error("event=incompatible node=%s peer=%s address=%s: %s; it is not admitted "
+                      "to the cluster until the settings agree", self.node_id, peer_id, address,
+                      message)
+            logged = now
+        self._refusals[address] = Refusal(address, peer_id, message, int(time.time() * 1000),
+                                          logged)
+
+    def _message(self, peer_id: str, **fields: Any) -> dict[str, Any]:
+        """A message to `peer_id`: our record, our settings, news for it, our wall clock
+        (so it can measure our offset), and `fields`."""
+        return {"from": self._me(), "settings": self.settings,
+                "updates": self._outgoing(peer_id), "now_ms": self._wall(), **fields}
 
     def _outgoing(self, peer_id: str) -> list[dict[str, Any]]:
         news = self._table.bad_news_for(peer_id)
@@ -326,8 +434,11 @@ class Membership:
             await asyncio.sleep(delay)
 
     def _tick(self) -> None:
-        for record in self._table.expire(self._now()):
+        now = self._now()
+        for record in self._table.expire(now):
             self._report(replace(record, state=SUSPECT), record)
+        for gone in self._table.reap(now, *self._reap_after):
+            self._report(gone, self._table.members[gone.id])
         self._ticks += 1
         target = self._table.next_probe_target()
         if target is not None and target.id not in self._probing:
@@ -368,44 +479,54 @@ class Membership:
         finally:
             self._probing.discard(dead.id)
 
-    async def _ping(self, target_id: str, address: str) -> bool:
-        payload = {"from": self._me(), "target": target_id, "updates": self._outgoing(target_id)}
+    async def _call(self, address: str, path: str, payload: dict[str, Any], timeout: float,
+                    members_key: str | None = None) -> tuple[Update, bool] | None:
+        """One call and its absorbed reply: (sender, ack), or None if it failed or was refused."""
         try:
-            reply = await self._call(address, PING_PATH, payload, self.timing.probe_timeout)
-            sender, ack = self._absorb(reply)
+            reply = await self._timed_call(address, path, payload, timeout)
+            return self._absorb(reply, members_key=members_key, address=address)
+        except Incompatible:
+            return None  # logged and listed by _check_settings
         except (TransportError, ValueError) as exc:
-            log.debug("event=ping_failed node=%s id=%s address=%s error=%r",
-                      self.node_id, target_id, address, exc)
-            return False
-        return ack and sender.id == target_id
+            if isinstance(exc, TransportError) and exc.status == Incompatible.status:
+                self._refused_by(address, exc.body)
+            log.debug("event=call_failed node=%s path=%s address=%s error=%r",
+                      self.node_id, path, address, exc)
+            return None
+
+    async def _timed_call(self, address: str, path: str, payload: Any, timeout: float) -> Any:
+        """One request to a peer; its round trip also measures the peer's clock."""
+        sent = self._wall()
+        try:
+            reply = await self._transport.call(address, path, payload, timeout)
+        except TransportError as exc:
+            if exc.cause == auth.CAUSE_WINDOW and self._clocks is not None:
+                self._clocks.refused(address)
+            raise
+        remote = reply.get("now_ms") if isinstance(reply, dict) else None
+        if (self._clocks is not None and isinstance(remote, int) and not isinstance(remote, bool)
+                and 0 < remote <= MAX_WIRE_INT):
+            self._clocks.round_trip(address, sent, remote, self._wall())
+        return reply
+
+    async def _ping(self, target_id: str, address: str) -> bool:
+        answer = await self._call(address, PING_PATH, self._message(target_id, target=target_id),
+                                      self.timing.probe_timeout)
+        return answer is not None and answer[1] and answer[0].id == target_id
 
     async def _ping_req(self, helper: Member, target: Member) -> bool:
-        payload = {
-            "from": self._me(),
-            "target": {"id": target.id, "address": target.address},
-            "updates": self._outgoing(helper.id),
-        }
-        try:
-            reply = await self._call(helper.address, PING_REQ_PATH, payload,
-                                     2 * self.timing.probe_timeout)
-            _, ack = self._absorb(reply)
-        except (TransportError, ValueError) as exc:
-            log.debug("event=ping_req_failed node=%s helper=%s target=%s error=%r",
-                      self.node_id, helper.id, target.id, exc)
-            return False
-        return ack
+        payload = self._message(helper.id, target={"id": target.id, "address": target.address})
+        answer = await self._call(helper.address, PING_REQ_PATH, payload,
+                                      2 * self.timing.probe_timeout)
+        return answer is not None and answer[1]
 
     async def _push_pull(self, address: str) -> str | None:
         """Push-pull: swap full tables with the node at `address`; its id, or None on failure."""
-        payload = {"from": self._me(), "members": [u.to_wire() for u in self._table.snapshot()]}
-        try:
-            reply = await self._call(address, JOIN_PATH, payload,
-                                     max(1.0, 4 * self.timing.probe_timeout))
-            sender, _ = self._absorb(reply, members_key="members")
-        except (TransportError, ValueError) as exc:
-            log.debug("event=push_pull_failed node=%s address=%s error=%r", self.node_id, address, exc)
-            return None
-        return sender.id
+        payload = {"from": self._me(), "settings": self.settings,
+                   "members": [u.to_wire() for u in self._table.snapshot()], "now_ms": self._wall()}
+        answer = await self._call(address, JOIN_PATH, payload,
+                                      max(1.0, 4 * self.timing.probe_timeout), "members")
+        return None if answer is None else answer[0].id
 
     async def _join_once(self) -> bool:
         for seed in self._rng.sample(self._seeds, len(self._seeds)):
@@ -434,7 +555,7 @@ class Membership:
                 raise ValueError("target must be a node id")
             sender, _ = self._absorb(message)
         # A ping meant for another id reached a node that now owns its address: not an ack.
-        return self._ack(target == self.node_id, sender.id)
+        return json_response(self._message(sender.id, ack=target == self.node_id))
 
     async def _handle_ping_req(self, request: web.Request) -> web.Response:
         message = await json_body(request, dict)
@@ -445,23 +566,15 @@ class Membership:
             target_id = check_text(target.get("id"), "target id")
             target_address = check_address(target.get("address"))
             sender, _ = self._absorb(message)
-        return self._ack(await self._ping(target_id, target_address), sender.id)
-
-    def _ack(self, ack: bool, sender_id: str) -> web.Response:
-        """A ping or ping-req reply; `now_ms` lets the caller measure our clock's offset."""
-        return json_response({"ack": ack, "from": self._me(), "updates": self._outgoing(sender_id),
-                              "now_ms": self._wall()})
+        ack = await self._ping(target_id, target_address)
+        return json_response(self._message(sender.id, ack=ack))
 
     async def _handle_join(self, request: web.Request) -> web.Response:
         message = await json_body(request, dict)
         with _refused_as_bad_request():
             sender, _ = self._absorb(message, members_key="members")
-        return json_response({
-            "from": self._me(),
-            "members": [u.to_wire() for u in self._table.snapshot()],
-            "updates": self._outgoing(sender.id),
-            "now_ms": self._wall(),
-        })
+        return json_response(self._message(
+            sender.id, members=[u.to_wire() for u in self._table.snapshot()]))
 
 
 @contextmanager
@@ -475,13 +588,13 @@ def _refused_as_bad_request() -> Iterator[None]:
 
 def _parse(
     message: Any, members_key: str | None
-) -> tuple[Update, list[Update], list[Update]]:
+) -> tuple[Update, list[Update], list[Update], Settings]:
     if not isinstance(message, dict):
         raise ValueError("message must be a JSON object")
     sender = Update.from_wire(message.get("from"))
     updates = _updates(message.get("updates", []), "updates", MAX_UPDATES)
     members = _updates(message.get(members_key, []), members_key, MAX_MEMBERS) if members_key else []
-    return sender, updates, members
+    return sender, updates, members, parse_settings(message.get("settings"))
 
 
 def _updates(raw: Any, name: str, limit: int) -> list[Update]:

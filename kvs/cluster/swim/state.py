@@ -3,7 +3,7 @@
 Every fact about a member travels as an `Update` (id, address, joined_at, state,
 incarnation, source). One rule decides all of them: an update is accepted iff its
 (incarnation, rank) is greater than the record's, with
-rank alive < suspect < dead < left.
+rank alive < suspect < dead < left < removed.
 
     incarnation i                              incarnation i+1 (only the member
     alive(i) ─► suspect(i) ─► dead(i) ─► left(i)  │  alive(i+1) ─► ...   itself bumps it:
@@ -18,6 +18,14 @@ rank alive < suspect < dead < left.
     incarnation := max(ours, theirs) + 1, and alive is broadcast.
   * A member we never heard of is created from any update, even suspect or dead,
     because gossip may deliver its death before its birth.
+  * removed(i) is a tombstone: the member is gone from every listing and is never
+    probed, but the record stays, so the dead(i) or left(i) that other nodes still
+    gossip cannot bring it back. Only the member itself outbids it (alive(i+1): a
+    restart, or a refutation when it hears of its removal). `reap` turns members that
+    stayed dead or left long enough into tombstones (each node on its own clock, like
+    Consul's reconnect_timeout; never gossiped), `remove` does it at once and gossips
+    it (an operator's `kvs members remove`), and a tombstone is forgotten after the
+    longer of the two reap periods, when no node still holds the old record.
 
 Acceptance is "keep the maximum of a total order", so the table does not depend on
 the order in which gossip delivers updates, nor on duplicates (a property test
@@ -51,12 +59,13 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-State = Literal["alive", "suspect", "dead", "left"]
+State = Literal["alive", "suspect", "dead", "left", "removed"]
 ALIVE: State = "alive"
 SUSPECT: State = "suspect"
 DEAD: State = "dead"
 LEFT: State = "left"
-RANK: dict[str, int] = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
+REMOVED: State = "removed"
+RANK: dict[str, int] = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3, REMOVED: 4}
 
 # memberlist defaults. A broadcast is sent RETRANSMIT_MULT * ceil(log10(n + 1)) times.
 RETRANSMIT_MULT = 4
@@ -379,6 +388,51 @@ class MemberTable:
         self.queue.push(me.update(self.self_id))
         return me
 
+    def reap(self, now: float, dead_after: float, left_after: float) -> list[Member]:
+        """Tombstone the members dead for `dead_after` or left for `left_after` seconds,
+        and forget tombstones older than the longer of the two; returns the reaped members
+        as they were (their tombstones are in the table).
+
+        Local, not gossiped: every node reaps on its own clock (see the module docstring).
+        """
+        forget_after = max(dead_after, left_after)
+        reaped = []
+        for member in list(self.members.values()):
+            if member.id == self.self_id:
+                continue  # a leaving node keeps itself
+            age = now - member.state_change
+            if member.state == REMOVED and age >= forget_after:
+                del self.members[member.id]
+            elif ((member.state == DEAD and age >= dead_after)
+                  or (member.state == LEFT and age >= left_after)):
+                self._tombstone(member, now)
+                reaped.append(member)
+        return reaped
+
+    def remove(self, member_id: str, now: float) -> Member:
+        """An operator removes a dead or left member at once; gossiped to the others.
+
+        LookupError if we do not know it (or it is removed already); ValueError if it
+        is alive or suspect: removing a member that may still be running would only
+        make it refute, so it must be stopped or leave first.
+        """
+        member = self.members.get(member_id)
+        if member is None or member.state == REMOVED:
+            raise LookupError(f"no member {member_id!r} in this node's member table")
+        if member_id == self.self_id or member.state not in (DEAD, LEFT):
+            raise ValueError(
+                f"member {member_id!r} is {member.state}: only dead or left members can be "
+                "removed; stop it, or make it leave (POST /cluster/leave on it), first")
+        tombstone = self._tombstone(member, now)
+        self.queue.push(tombstone.update(self.self_id))
+        return tombstone
+
+    def _tombstone(self, member: Member, now: float) -> Member:
+        tombstone = replace(member, state=REMOVED, state_change=now)
+        self.members[member.id] = tombstone
+        self._suspicions.pop(member.id, None)
+        return tombstone
+
     def seen(self, member_id: str, now: float) -> None:
         """Record a proof of life (a message or an ack from it); never changes state."""
         member = self.members.get(member_id)
@@ -391,19 +445,21 @@ class MemberTable:
         return self.queue.take(limit, self.live_count())
 
     def bad_news_for(self, member_id: str) -> Update | None:
-        """Our record of a peer we are talking to, if it is suspect or dead.
+        """Our record of a peer we are talking to, if it is suspect, dead or removed.
 
         Sent along with every ping to it and every reply to it, so a member hears a
-        false suspicion (or, after a partition heals, its death) at once and refutes.
+        false suspicion (or, after a partition heals, its death or removal) at once
+        and refutes.
         """
         member = self.members.get(member_id)
-        if member is None or member.state not in (SUSPECT, DEAD):
+        if member is None or member.state not in (SUSPECT, DEAD, REMOVED):
             return None
         return member.update(self.self_id)
 
     def snapshot(self) -> list[Update]:
-        """The whole table as updates, for join and push-pull."""
-        return [m.update(self.self_id) for m in self.members.values()]
+        """The whole table as updates, for join and push-pull; tombstones stay local, or two
+        nodes would hand the same tombstone back and forth and never forget it."""
+        return [m.update(self.self_id) for m in self.members.values() if m.state != REMOVED]
 
     def next_probe_target(self) -> Member | None:
         """Round-robin over a shuffled list of alive and suspect peers, reshuffled per round."""
