@@ -5,8 +5,12 @@ connection limit, so one host opening slow connections could hold every file
 descriptor of the node. `serve()` listens with a RequestHandler that adds:
 
 - a connection cap: past `max_connections` a new connection is answered 503
-  too_many_connections (Retry-After: 1) and closed at once, before it costs more than
-  its socket; reaching and leaving the cap is logged once per state change;
+  too_many_connections (Retry-After: 1) and closed, before it costs more than its
+  socket; reaching and leaving the cap is logged once per state change. The refused
+  connection is shut for writing and what the client sends is read and dropped until
+  it closes, or REFUSE_GRACE seconds: closing with unread data would send a reset that
+  can destroy the 503 before the client reads it. At most REFUSING_MAX refused
+  connections wait so, so a flood cannot spend descriptors on them; beyond, close now;
 - a header timeout: a request line and headers must arrive within `header_timeout`
   of the connection opening, or of the first byte after an idle keep-alive gap.
 
@@ -25,7 +29,7 @@ import asyncio
 import logging
 import resource
 import socket
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -35,6 +39,8 @@ log = logging.getLogger("kvs.http")
 
 # Descriptors kept out of max_connections: RocksDB files, connections to peers, logs.
 FD_RESERVE = 128
+REFUSE_GRACE = 0.5  # seconds a refused connection may take to read its 503 and close
+REFUSING_MAX = 64  # refused connections given that grace at once
 # Seconds aiohttp keeps reading (and dropping) a body it answered early, before closing,
 # so a client still sending sees the answer instead of a reset. aiohttp's default is 10.
 LINGER_SECONDS = 2.0
@@ -48,6 +54,7 @@ class ConnectionLimit:
         self.limit = limit
         self.open = 0
         self.refused = 0
+        self.refusing = 0  # refused connections in their grace period
         self._full = False
 
     def admit(self) -> bool:
@@ -90,7 +97,7 @@ def _busy_response(limit: int) -> bytes:
 
 
 class _Connection(RequestHandler):
-    __slots__ = ("_admitted", "_busy", "_header_timeout", "_limit")
+    __slots__ = ("_admitted", "_busy", "_header_timeout", "_limit", "_refusing")
 
     def __init__(self, manager: web.Server, *, limit: ConnectionLimit, busy: bytes,
                  header_timeout: float, **kwargs: Any) -> None:
@@ -99,23 +106,37 @@ class _Connection(RequestHandler):
         self._busy = busy
         self._header_timeout = header_timeout
         self._admitted = False
+        self._refusing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._limit.admit():
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(self._busy)
-            transport.close()  # aiohttp never sees this connection
+            self._refuse(cast(asyncio.Transport, transport))  # aiohttp never sees this connection
             return
         self._admitted = True
         super().connection_made(transport)
         self._head_due()
 
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        transport.write(self._busy)
+        if self._limit.refusing >= REFUSING_MAX:
+            transport.close()
+            return
+        self._limit.refusing += 1
+        self._refusing = True
+        transport.write_eof()
+        self._loop.call_later(REFUSE_GRACE, transport.close)
+
     def data_received(self, data: bytes) -> None:
+        if self._refusing:
+            return  # read and dropped: see the module docstring
         if self._waiter is not None and not self._waiter.done():  # idle: a request head begins
             self._head_due()
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refusing:
+            self._refusing = False
+            self._limit.refusing -= 1
         if self._admitted:
             self._admitted = False
             self._limit.release()
