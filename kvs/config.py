@@ -85,6 +85,25 @@ class Config:
     # Seconds a member that left gracefully stays listed as left (Serf's tombstone_timeout,
     # 24 h): it said it is gone, so there is less to wait for than for a dead one.
     reap_left_after_seconds: int = 86_400
+    # -- resource limits (HTTP server) --------------------------------------------------
+    # Seconds a client has to send a request's line and headers, counted from connecting
+    # or from the first byte after an idle keep-alive gap. Lower frees slowloris
+    # connections sooner; too low cuts off clients on very slow links.
+    http_header_timeout_seconds: int = 10
+    # Seconds to receive a whole request body once its headers are in (408 after). Bounds
+    # a body that trickles or never ends; must let a max-size body arrive on a slow link.
+    http_body_timeout_seconds: int = 60
+    # Seconds an idle keep-alive connection stays open (nginx's default). Longer saves
+    # reconnects; shorter frees idle sockets (file descriptors) sooner.
+    http_keepalive_seconds: int = 75
+    # Client connections held at once (peers count too); beyond it a new connection gets
+    # 503 with Retry-After and is closed. Capped below the process's file-descriptor limit
+    # (with a reserve for storage and peers) so the node never runs out of descriptors.
+    max_connections: int = 1024
+    # Blocking queries (GET with ?index=) waiting at once; beyond it 503
+    # too_many_blocking_queries. Each holds a connection: keep it below max_connections
+    # so ordinary requests and peers always find a free one.
+    max_blocking_queries: int = 512
 
     @property
     def data_path(self) -> Path:
@@ -106,6 +125,8 @@ _POSITIVE = {
     "revision_history_limit", "max_value_bytes", "max_txn_ops", "gossip_interval_ms",
     "probe_timeout_ms", "suspicion_multiplier", "sync_interval_ms", "tombstone_gc_seconds",
     "ttl_sweep_interval_ms", "max_clock_offset_ms", "reap_after_seconds", "reap_left_after_seconds",
+    "http_header_timeout_seconds", "http_body_timeout_seconds",
+    "http_keepalive_seconds", "max_connections", "max_blocking_queries",
 }
 
 

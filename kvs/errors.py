@@ -5,11 +5,13 @@
     ├── BadRequest          400   malformed body, wrong type, unknown field, bad key
     ├── Unauthorized        401   /internal/ request without a valid HMAC
     ├── NotFound            404   key absent / deleted / expired
+    ├── RequestTimeout      408   the request body did not arrive in time
     ├── CASConflict         409   a condition did not hold; carries `current` or `failed`
     ├── TooLarge            413   value or body over the limit
     ├── CASDisabled         501   a condition was sent while cas_enabled is false
     ├── StorageFailed       503   a RocksDB write or fsync failed: the node must be restarted
-    └── ClockSkew           503   this node's clock is off from its peers': writes refused
+    ├── ClockSkew           503   this node's clock is off from its peers': writes refused
+    └── Overloaded          503   a per-node limit is reached: retry after Retry-After seconds
 
 A broken invariant is not a KVSError: it is a bug and fails loudly.
 """
@@ -31,6 +33,10 @@ class KVSError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, **self.extra}
+
+    def headers(self) -> dict[str, str]:
+        """Response headers the answer needs besides its body (e.g. Retry-After)."""
+        return {}
 
 
 class ConfigError(KVSError):
@@ -81,6 +87,26 @@ class StorageFailed(KVSError):
 class ClockSkew(KVSError):
     status = 503
     code = "clock_skew"
+
+
+class RequestTimeout(KVSError):
+    status = 408
+    code = "request_timeout"
+
+
+class Overloaded(KVSError):
+    """A per-node resource limit is reached; nothing was done. The client should retry
+    after `retry_after` seconds, or try another node."""
+
+    status = 503
+
+    def __init__(self, code: str, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s:,;'\"()]+){2,}[\\/]?")

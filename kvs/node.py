@@ -29,7 +29,7 @@ from kvs.cluster.transport import HttpTransport
 from kvs.config import Config
 from kvs.engine import Engine
 from kvs.errors import ConfigError
-from kvs.http import index, openapi
+from kvs.http import connections, index, openapi
 from kvs.http.cluster import ClusterApi
 from kvs.http.kv import KVApi
 from kvs.http.metrics import Metrics
@@ -52,6 +52,7 @@ class Node:
         self.storage: Storage | None = None
         self.engine: Engine | None = None
         self.watchers = Watchers()
+        self.connections = connections.ConnectionLimit(connections.fitted_limit(config.max_connections))
         self.transport: HttpTransport | None = None
         self.membership: Membership | None = None
         self.replicator: Replicator | None = None
@@ -104,10 +105,13 @@ class Node:
         stack.push_async_callback(self.replicator.stop)
         self._wire(engine, self.membership, self.replicator)
         self.app = self._app()
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = connections.runner(self.app)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        await web.SockSite(runner, sock).start()
+        stack.callback(self.watchers.close)  # before cleanup: blocking queries answer now
+        await connections.serve(runner, sock, self.connections,
+                                header_timeout=config.http_header_timeout_seconds,
+                                keepalive_timeout=config.http_keepalive_seconds)
         await self.membership.start()
         stack.push_async_callback(self.membership.stop)
         self._spawn(stack, self.replicator.run(), "anti-entropy")
@@ -127,7 +131,7 @@ class Node:
     def _app(self) -> web.Application:
         assert self.engine and self.membership and self.replicator
         config, engine = self.config, self.engine
-        metrics = Metrics(engine, self.replicator, self.membership, self.watchers)
+        metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections)
         routes = [
             *KVApi(config, engine, self.watchers).routes(),
             *TxnApi(config, engine).routes(),
@@ -141,7 +145,8 @@ class Node:
             *index.routes(engine.node_id),
         ]
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
-                        client_max_size=config.max_value_bytes * 4 + ENVELOPE_BYTES)
+                        client_max_size=config.max_value_bytes * 4 + ENVELOPE_BYTES,
+                        body_timeout=config.http_body_timeout_seconds)
 
     def _spawn(self, stack: contextlib.AsyncExitStack, coro: Awaitable[None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]

@@ -15,6 +15,10 @@ idle watcher costs one set entry and one timer. Because a watch stays registered
 between wake-ups, a change that lands while its query is checking is not lost.
 Expiries found by the sweeper wake the watches of the expired keys too: the
 version did not change, but what a read returns did.
+
+A watch ends with its query: when it answers, times out, or is cancelled because
+its client went away. `close()` (node shutdown) wakes every watch, so each query
+answers at once instead of holding the shutdown.
 """
 
 from __future__ import annotations
@@ -62,19 +66,31 @@ class Watchers:
     def __init__(self) -> None:
         self._keys: dict[str, set[Watch]] = {}
         self._prefixes: dict[str, set[Watch]] = {}
+        self._count = 0
+        self.closed = False
 
     @contextmanager
     def watch(self, key: str, *, prefix: bool) -> Iterator[Watch]:
         table = self._prefixes if prefix else self._keys
         watch = Watch()
         table.setdefault(key, set()).add(watch)
+        self._count += 1
         try:
             yield watch
         finally:
+            self._count -= 1
             watches = table[key]
             watches.discard(watch)
             if not watches:
                 del table[key]
+
+    def close(self) -> None:
+        """The node is stopping: wake every watch; its query sees `closed` and answers now."""
+        self.closed = True
+        for table in (self._keys, self._prefixes):
+            for key, watches in table.items():
+                for watch in watches:
+                    watch._add(key, expired=False)
 
     def notify(self, versions: list[Version]) -> None:
         """Engine listener: versions committed by one mutation."""
@@ -96,4 +112,5 @@ class Watchers:
         return [key[:n] for n in range(len(key) + 1) if key[:n] in self._prefixes]
 
     def __len__(self) -> int:
-        return sum(map(len, self._keys.values())) + sum(map(len, self._prefixes.values()))
+        """Watches registered now: one per blocking query waiting."""
+        return self._count

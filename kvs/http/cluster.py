@@ -28,6 +28,7 @@ class ClusterApi:
         self.membership = membership
         self.replicator = replicator
         self.on_leave = on_leave
+        self._leaving: asyncio.Task[None] | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -52,10 +53,19 @@ class ClusterApi:
                               "incarnation": member.incarnation})
 
     async def leave(self, request: web.Request) -> web.Response:
-        """Leave gracefully: peers learn `left` at once, then the node shuts down."""
-        await self.membership.leave()
-        asyncio.get_running_loop().call_soon(self.on_leave)
+        """Leave gracefully: peers learn `left` at once, then the node shuts down.
+
+        The leave runs as its own task: a client that hangs up cancels only its wait, never
+        a leave half done (membership stopped, yet the node never shutting down).
+        """
+        if self._leaving is None:
+            self._leaving = asyncio.create_task(self._leave(), name="leave")
+        await asyncio.shield(self._leaving)
         return json_response({"status": "left", "node": self.engine.node_id})
+
+    async def _leave(self) -> None:
+        await self.membership.leave()
+        self.on_leave()
 
     async def dump(self, request: web.Request) -> web.Response:
         """Every key's revision set on this node: what convergence checks compare."""

@@ -15,7 +15,7 @@ from aiohttp import web
 from kvs.conditions import Conditions
 from kvs.config import Config
 from kvs.engine import Engine, Op
-from kvs.errors import BadRequest, TooLarge
+from kvs.errors import BadRequest, Overloaded, TooLarge
 from kvs.http.toolkit import (
     body_conditions,
     check_params,
@@ -151,15 +151,24 @@ class KVApi:
         reads only the keys that changed. The prefix scan runs at most once, and not at
         all when `index` is this node's own counter (the usual X-KVS-Index round trip).
         A TTL expiry of a watched key also ends the wait: what a read returns changed.
+        At most max_blocking_queries wait at once (503 beyond); a stopping node answers
+        every waiting query at once.
         """
+        if len(self.watchers) >= self.config.max_blocking_queries:
+            raise Overloaded("too_many_blocking_queries",
+                             f"this node already holds {self.config.max_blocking_queries} "
+                             "blocking queries (max_blocking_queries); retry shortly or use "
+                             "another node")
         with self.watchers.watch(key, prefix=prefix) as watch:
+            if self.watchers.closed:
+                return
             if index < self.engine.index and self.engine.modify_index(key, prefix=prefix) > index:
                 return
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
             while (remaining := deadline - loop.time()) > 0:
                 news = await watch.next(remaining)
-                if news is None:
+                if news is None or self.watchers.closed:
                     return
                 changed, expired = news
                 if expired or any(self.engine.modify_index(k) > index for k in changed):

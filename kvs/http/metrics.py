@@ -21,14 +21,17 @@ from kvs.cluster.replication import Replicator
 from kvs.cluster.swim.membership import Membership
 from kvs.cluster.swim.state import ALIVE, DEAD, LEFT, SUSPECT
 from kvs.engine import Engine
+from kvs.http.connections import ConnectionLimit
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _NodeCollector(Collector):
     def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
-                 watchers: Sized | None, requests: dict[tuple[str, int], int]) -> None:
+                 watchers: Sized | None, connections: ConnectionLimit | None,
+                 requests: dict[tuple[str, int], int]) -> None:
         self.engine = engine
+        self.connections = connections
         self.replicator = replicator
         self.membership = membership
         self.watchers = watchers
@@ -80,6 +83,12 @@ class _NodeCollector(Collector):
             yield GaugeMetricFamily("kvs_blocking_queries", "Blocking queries waiting on this node",
                                     value=len(self.watchers))
         yield from _clock_metrics(status["clock"])
+        if self.connections is not None:
+            yield GaugeMetricFamily("kvs_http_connections", "Client connections open on this node",
+                                    value=self.connections.open)
+            yield CounterMetricFamily("kvs_http_connections_refused",
+                                      "Connections refused with 503: max_connections was reached",
+                                      value=self.connections.refused)
         members = GaugeMetricFamily("kvs_members", "Cluster members by state", labels=["state"])
         rows = self.membership.members()
         for state in (ALIVE, SUSPECT, DEAD, LEFT):
@@ -101,13 +110,13 @@ def _clock_metrics(clock: dict[str, Any]) -> Iterator[Metric]:
 
 class Metrics:
     def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
-                 watchers: Sized | None = None) -> None:
+                 watchers: Sized | None = None, connections: ConnectionLimit | None = None) -> None:
         self.registry = CollectorRegistry()
         # (method, status) -> answered requests; a plain dict, as prometheus-client's Counter
         # takes a lock and builds a label key on every request.
         self.requests: Counter[tuple[str, int]] = Counter()
         self.registry.register(_NodeCollector(engine, replicator, membership, watchers,
-                                              self.requests))
+                                              connections, self.requests))
 
     def count(self, method: str, status: int) -> None:
         """Count one answered request (called by the wrapper around every route)."""

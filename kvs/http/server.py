@@ -4,20 +4,31 @@ The wrapper is applied to each route rather than installed as aiohttp middleware
 a middleware costs every request a partial, an extra coroutine and aiohttp's
 current-app bookkeeping, which a GET noticeably pays for. In order it:
 
-1. refuses unsigned or replayed requests to /internal/ and state-changing /cluster/
+1. reads and decodes the whole body, if there is one, within the body timeout
+   (toolkit.read_body: 408 when late, 400 for a bad Content-Encoding);
+2. refuses unsigned or replayed requests to /internal/ and state-changing /cluster/
    routes when a cluster secret is set (401, kvs/cluster/auth.py);
-2. runs the handler and turns any failure into a JSON error (toolkit.render_error);
-3. waits until whatever the answer may show is settled (Engine.settle): writes are
+3. runs the handler and turns any failure into a JSON error (toolkit.render_error);
+   an answer sent before the body was read whole closes the connection;
+4. waits until whatever the answer may show is settled (Engine.settle): writes are
    settled by the engine before their handler answers, but a read, a 409's
    `current` or a blocking-query wake-up may show another mutation's staged write.
    An answer that shows only its own write (toolkit.own_write) needs no such wait;
-4. adds X-KVS-Index to KV answers (for a write: the counter as of that write; and
+5. adds X-KVS-Index to KV answers (for a write: the counter as of that write; and
    X-KVS-Stale: true while the node's data may be stale: Engine.stale_reason) and
    counts the answer for /metrics.
+
+When the client goes away, aiohttp cancels the handler (handler_cancellation, see
+kvs/http/connections.py): the request is counted as CLIENT_GONE and logged at debug,
+never as an internal error. Cancellation cannot cut a write in half: the engine
+stages a mutation with no await inside its lock, and only the wait for it to settle
+is cancelled (the write itself still lands).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
@@ -25,44 +36,54 @@ from aiohttp import web
 from kvs.cluster import auth
 from kvs.engine import Engine
 from kvs.errors import StorageFailed
-from kvs.http.toolkit import OWN_WRITE, render_error
+from kvs.http.toolkit import OWN_WRITE, read_body, render_error
+
+log = logging.getLogger("kvs.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _INDEXED = ("/kv/", "/txn")  # responses that carry X-KVS-Index, errors included
+CLIENT_GONE = 499  # the status counted for a request whose client left before its answer (nginx's)
 
 
 def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_size: int,
              engine: Engine | None = None,
-             count: Callable[[str, int], None] = lambda method, status: None) -> web.Application:
+             count: Callable[[str, int], None] = lambda method, status: None,
+             body_timeout: float | None = None) -> web.Application:
     """An Application serving `routes`, each wrapped; a last route answers 404/405.
 
     Without an engine (a membership-only node) there is nothing to settle or index.
+    `body_timeout`: seconds a request body may take to arrive (None: no bound).
     """
     app = web.Application(client_max_size=client_max_size)
-    around = _wrapper(engine, count, auth.Guard(secret) if secret is not None else None)
+    around = _wrapper(engine, count, auth.Guard(secret) if secret is not None else None,
+                      body_timeout)
     app.add_routes([web.RouteDef(r.method, r.path, around(r.handler, r.method, r.path), r.kwargs)
                     for r in routes])
     app.router.add_route("*", "/{path:.*}", around(_no_route, "*", None))  # last: the fallback
     return app
 
 
-def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: auth.Guard | None
-             ) -> Callable[[Handler, str, str | None], Handler]:
+def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: auth.Guard | None,
+             body_timeout: float | None) -> Callable[[Handler, str, str | None], Handler]:
     def around(handler: Handler, method: str, path: str | None) -> Handler:
         """`path`: the route's; None for the fallback route, which matches any path."""
         signed = path is not None and auth.needs_signature(method, path)
         checked_by = guard if signed else None
         indexed = None if path is None else path.startswith(_INDEXED)
 
-        async def wrapped(request: web.Request) -> web.StreamResponse:
+        async def answer(request: web.Request) -> web.StreamResponse:
             try:
                 response = None
+                if path is not None and request.body_exists:  # the fallback: 404/405 first
+                    await read_body(request, body_timeout)
                 if checked_by is not None:
                     response = await checked_by.refuse(request)
                 if response is None:
                     response = await handler(request)
             except Exception as exc:
                 response = render_error(request, exc)
+                if not request.content.is_eof():  # the rest of the body can't be told
+                    response.force_close()        # from a next request: close after this
             own_write_index = response.get(OWN_WRITE)
             if own_write_index is not None:
                 index = own_write_index
@@ -78,6 +99,15 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: au
                 response.headers["X-KVS-Index"] = str(index)
                 if engine.stale_reason is not None:
                     response.headers["X-KVS-Stale"] = "true"
+            return response
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                response = await answer(request)
+            except asyncio.CancelledError:
+                count(request.method, CLIENT_GONE)
+                log.debug("event=client_gone method=%s path=%s", request.method, request.path)
+                raise
             count(request.method, response.status)
             return response
 

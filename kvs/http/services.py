@@ -53,6 +53,7 @@ from kvs.http.toolkit import (
     own_write,
     parse_ttl,
     query_conditions,
+    read_body,
     uint,
 )
 from kvs.model import Version
@@ -163,7 +164,7 @@ class ServiceApi:
         check_params(request.query, frozenset())
         name = validate_name(request.match_info["name"])
         ttl: Any = None
-        if await request.read():
+        if await read_body(request):
             body = await json_body(request)
             if not isinstance(body, dict) or set(body) - {"ttl"}:
                 raise BadRequest("body must be empty or {\"ttl\": <seconds>}")

@@ -1,0 +1,195 @@
+"""Connection-level bounds of the HTTP server: how many, and how long each may stay silent.
+
+aiohttp bounds an idle keep-alive connection (keepalive_timeout) but has no header or
+connection limit, so one host opening slow connections could hold every file
+descriptor of the node. `serve()` listens with a RequestHandler that adds:
+
+- a connection cap: past `max_connections` a new connection is answered 503
+  too_many_connections (Retry-After: 1) and closed, before it costs more than its
+  socket; reaching and leaving the cap is logged once per state change. The refused
+  connection is shut for writing and what the client sends is read and dropped until
+  it closes, or REFUSE_GRACE seconds: closing with unread data would send a reset that
+  can destroy the 503 before the client reads it. At most REFUSING_MAX refused
+  connections wait so, so a flood cannot spend descriptors on them; beyond, close now;
+- a header timeout: a request line and headers must arrive within `header_timeout`
+  of the connection opening, or of the first byte after an idle keep-alive gap.
+
+The header timeout reuses aiohttp's keep-alive timer, which closes a connection
+still waiting for a complete request when the timer fires: it is brought forward
+to the header deadline (the timer re-arms itself if it fires early). The body
+timeout lives in the route wrapper (kvs/http/server.py), which reads every body.
+
+Handlers are cancelled when their client goes away (handler_cancellation), so a
+blocking query whose client left stops waiting at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import socket
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger("kvs.http")
+
+# Descriptors kept out of max_connections: RocksDB files, connections to peers, logs.
+FD_RESERVE = 128
+REFUSE_GRACE = 0.5  # seconds a refused connection may take to read its 503 and close
+REFUSING_MAX = 64  # refused connections given that grace at once
+# Seconds aiohttp keeps reading (and dropping) a body it answered early, before closing,
+# so a client still sending sees the answer instead of a reset. aiohttp's default is 10.
+LINGER_SECONDS = 2.0
+
+
+class ConnectionLimit:
+    """Open client connections against the cap; logs when the cap is reached and when it
+    is left (below 90%, so a node at the cap does not log every connection)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self.refusing = 0  # refused connections in their grace period
+        self._full = False
+
+    def admit(self) -> bool:
+        if self.open >= self.limit:
+            self.refused += 1
+            if not self._full:
+                self._full = True
+                log.warning("event=connection_limit_reached open=%d max_connections=%d: new "
+                            "connections get 503 until some close", self.open, self.limit)
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+        if self._full and self.open < self.limit * 0.9:
+            self._full = False
+            log.info("event=connection_limit_cleared open=%d refused_total=%d",
+                     self.open, self.refused)
+
+
+def fitted_limit(max_connections: int) -> int:
+    """max_connections lowered, with a warning, to what the descriptor limit allows."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or max_connections <= soft - FD_RESERVE:
+        return max_connections
+    fitted = max(1, soft - FD_RESERVE)
+    log.warning("event=max_connections_lowered max_connections=%d fd_limit=%d using=%d: raise "
+                "the limit (ulimit -n) to allow more", max_connections, soft, fitted)
+    return fitted
+
+
+def _busy_response(limit: int) -> bytes:
+    body = orjson.dumps({"error": "too_many_connections",
+                         "message": f"this node holds its maximum of {limit} connections "
+                                    "(max_connections); retry shortly or use another node"})
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+class _Connection(RequestHandler):
+    __slots__ = ("_admitted", "_busy", "_header_timeout", "_limit", "_refusing")
+
+    def __init__(self, manager: web.Server, *, limit: ConnectionLimit, busy: bytes,
+                 header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limit = limit
+        self._busy = busy
+        self._header_timeout = header_timeout
+        self._admitted = False
+        self._refusing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._limit.admit():
+            self._refuse(cast(asyncio.Transport, transport))  # aiohttp never sees this connection
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        self._head_due()
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        transport.write(self._busy)
+        if self._limit.refusing >= REFUSING_MAX:
+            transport.close()
+            return
+        self._limit.refusing += 1
+        self._refusing = True
+        transport.write_eof()
+        self._loop.call_later(REFUSE_GRACE, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusing:
+            return  # read and dropped: see the module docstring
+        if self._waiter is not None and not self._waiter.done():  # idle: a request head begins
+            self._head_due()
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refusing:
+            self._refusing = False
+            self._limit.refusing -= 1
+        if self._admitted:
+            self._admitted = False
+            self._limit.release()
+            super().connection_lost(exc)
+
+    def _head_due(self) -> None:
+        """Bring the keep-alive timer forward to the header deadline."""
+        due = self._loop.time() + self._header_timeout
+        if due < self._next_keepalive_close_time:
+            self._next_keepalive_close_time = due
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+            self._keepalive_handle = self._loop.call_at(due, self._process_keepalive)
+
+
+class _Site(web.BaseSite):
+    """Listens on an already bound socket with `protocol` as the connection factory."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, protocol: Any) -> None:
+        super().__init__(runner)
+        self._sock = sock
+        self._protocol = protocol
+
+    @property
+    def name(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            self._protocol, sock=self._sock, backlog=self._backlog)
+
+
+def runner(app: web.Application) -> web.AppRunner:
+    """The runner for `app`: handlers are cancelled when their client goes away."""
+    return web.AppRunner(app, handle_signals=False, handler_cancellation=True)
+
+
+async def serve(app_runner: web.AppRunner, sock: socket.socket, limit: ConnectionLimit, *,
+                header_timeout: float, keepalive_timeout: float) -> web.BaseSite:
+    """Start serving `sock` (already bound and listening) with the bounds above."""
+    server = app_runner.server
+    assert server is not None, "call runner.setup() first"
+    busy = _busy_response(limit.limit)
+    loop = asyncio.get_running_loop()
+
+    def protocol() -> _Connection:
+        return _Connection(server, loop=loop, limit=limit, busy=busy,
+                           header_timeout=header_timeout, keepalive_timeout=keepalive_timeout,
+                           access_log=None, lingering_time=LINGER_SECONDS,
+                           auto_decompress=False)
+
+    site = _Site(app_runner, sock, protocol)
+    await site.start()
+    return site
