@@ -29,7 +29,7 @@ from kvs.cluster.transport import HttpTransport
 from kvs.config import Config
 from kvs.engine import Engine
 from kvs.errors import ConfigError
-from kvs.http import connections, index, openapi
+from kvs.http import connections, consul, index, openapi
 from kvs.http.cluster import ClusterApi
 from kvs.http.kv import KVApi
 from kvs.http.metrics import Metrics
@@ -132,8 +132,9 @@ class Node:
         assert self.engine and self.membership and self.replicator
         config, engine = self.config, self.engine
         metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections)
+        kv = KVApi(config, engine, self.watchers)
         routes = [
-            *KVApi(config, engine, self.watchers).routes(),
+            *kv.routes(),
             *TxnApi(config, engine).routes(),
             *ClusterApi(engine, self.membership, self.replicator, self.left.set).routes(),
             *self.membership.routes(),
@@ -143,10 +144,12 @@ class Node:
             *SnapshotApi(config, engine).routes(),
             web.get("/openapi.json", openapi.handle),
             *index.routes(engine.node_id),
+            *consul.routes(config, engine, self.membership, kv.block),
         ]
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
                         client_max_size=config.max_value_bytes * 4 + ENVELOPE_BYTES,
-                        body_timeout=config.http_body_timeout_seconds)
+                        body_timeout=config.http_body_timeout_seconds,
+                        dialects={consul.PREFIX: consul.DIALECT})
 
     def _spawn(self, stack: contextlib.AsyncExitStack, coro: Awaitable[None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]

@@ -471,7 +471,7 @@ WRONG_ROUTES = [
     ("PUT", "/kv", 404),
     ("GET", "/nope", 404),
     ("GET", "/KV/probe", 404),
-    ("GET", "/v1/kv/probe", 404),
+    ("GET", "/v2/kv/probe", 404),  # /v1/ is the Consul-compatible API (test_consul_kv.py)
     ("POST", "/txn/extra", 404),
 ]
 

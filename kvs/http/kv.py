@@ -94,7 +94,7 @@ class KVApi:
         key = path_key(request, prefix=listing)
         wait = query_duration(query, "wait", DEFAULT_WAIT_SECONDS)
         if "index" in query:
-            await self._block(key, listing, query_uint(query, "index"), wait)
+            await self.block(key, listing, query_uint(query, "index"), wait)
         if listing:
             return json_response(self._list(key, query))
         if flags["history"]:
@@ -144,8 +144,11 @@ class KVApi:
         field = "keys" if names_only else "items"
         return {"prefix": prefix, field: items, "next": next_after}
 
-    async def _block(self, key: str, prefix: bool, index: int, wait: float) -> None:
+    async def block(self, key: str, prefix: bool, index: int, wait: float) -> None:
         """Hold the request until the key's (or prefix's) modify index exceeds `index`.
+
+        Shared by every blocking query: /kv here, /v1/kv and the registry probes of the
+        Consul-compatible API (kvs/http/consul/).
 
         One watch stays registered for the whole wait (see kvs/watch.py); a wake-up
         reads only the keys that changed. The prefix scan runs at most once, and not at

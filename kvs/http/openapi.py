@@ -3,7 +3,9 @@
 Built as a plain dict, so it is data the tests can compare with the routes the app
 registers (tests/test_openapi.py: every public route documented and vice versa) and
 hand to schemathesis, which fuzzes a live node against it. `/internal/` (node to
-node) is not part of the public API and is not described here.
+node) is not part of the public API and is not described here; neither is `/v1/`,
+the Consul-compatible API, which Consul's own HTTP API reference describes (what kvs
+supports of it: docs/consul.md).
 
 Operations that end or disturb the node rather than read or write data carry
 `x-kvs-destructive: true` (POST /cluster/leave, DELETE /cluster/members/{id}); fuzzers

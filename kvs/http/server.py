@@ -8,15 +8,20 @@ current-app bookkeeping, which a GET noticeably pays for. In order it:
    (toolkit.read_body: 408 when late, 400 for a bad Content-Encoding);
 2. refuses unsigned or replayed requests to /internal/ and state-changing /cluster/
    routes when a cluster secret is set (401, kvs/cluster/auth.py);
-3. runs the handler and turns any failure into a JSON error (toolkit.render_error);
-   an answer sent before the body was read whole closes the connection;
+3. runs the handler and turns any failure into an error answer in the route's dialect
+   (kvs's JSON, toolkit.render_error, unless the path's dialect says otherwise); an
+   answer sent before the body was read whole closes the connection;
 4. waits until whatever the answer may show is settled (Engine.settle): writes are
    settled by the engine before their handler answers, but a read, a 409's
    `current` or a blocking-query wake-up may show another mutation's staged write.
    An answer that shows only its own write (toolkit.own_write) needs no such wait;
-5. adds X-KVS-Index to KV answers (for a write: the counter as of that write; and
-   X-KVS-Stale: true while the node's data may be stale: Engine.stale_reason) and
-   counts the answer for /metrics.
+5. stamps the index counter on the answer as the dialect says (X-KVS-Index on KV
+   answers: for a write, the counter as of that write; and X-KVS-Stale: true while
+   the node's data may be stale: Engine.stale_reason) and counts the answer for /metrics.
+
+A dialect belongs to a path prefix: the native API speaks kvs's (JSON errors,
+X-KVS-Index on /kv/ and /txn), the Consul-compatible /v1/ routes speak Consul's
+(plain-text errors, X-Consul-* headers: kvs/http/consul/).
 
 When the client goes away, aiohttp cancels the handler (handler_cancellation, see
 kvs/http/connections.py): the request is counted as CLIENT_GONE and logged at debug,
@@ -29,7 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -41,22 +47,44 @@ from kvs.http.toolkit import OWN_WRITE, read_body, render_error
 log = logging.getLogger("kvs.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_INDEXED = ("/kv/", "/txn")  # responses that carry X-KVS-Index, errors included
 CLIENT_GONE = 499  # the status counted for a request whose client left before its answer (nginx's)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How the routes under one path prefix answer: errors, and the index counter's header(s)."""
+
+    render_error: Callable[[web.Request, Exception], web.Response] = render_error
+    # Puts the index counter (and whatever goes with it) on an answer; None: no header.
+    stamp: Callable[[web.StreamResponse, int, Engine], None] | None = None
+
+
+def _kvs_index(response: web.StreamResponse, index: int, engine: Engine) -> None:
+    response.headers["X-KVS-Index"] = str(index)
+    if engine.stale_reason is not None:
+        response.headers["X-KVS-Stale"] = "true"
+
+
+NATIVE = Dialect()
+# Responses that carry X-KVS-Index, errors included.
+NATIVE_DIALECTS: Mapping[str, Dialect] = {"/kv/": Dialect(stamp=_kvs_index),
+                                          "/txn": Dialect(stamp=_kvs_index)}
 
 
 def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_size: int,
              engine: Engine | None = None,
              count: Callable[[str, int], None] = lambda method, status: None,
-             body_timeout: float | None = None) -> web.Application:
+             body_timeout: float | None = None,
+             dialects: Mapping[str, Dialect] | None = None) -> web.Application:
     """An Application serving `routes`, each wrapped; a last route answers 404/405.
 
     Without an engine (a membership-only node) there is nothing to settle or index.
     `body_timeout`: seconds a request body may take to arrive (None: no bound).
+    `dialects`: path prefix -> Dialect, beside the native ones.
     """
     app = web.Application(client_max_size=client_max_size)
     around = _wrapper(engine, count, auth.Guard(secret) if secret is not None else None,
-                      body_timeout)
+                      body_timeout, {**NATIVE_DIALECTS, **(dialects or {})})
     app.add_routes([web.RouteDef(r.method, r.path, around(r.handler, r.method, r.path), r.kwargs)
                     for r in routes])
     app.router.add_route("*", "/{path:.*}", around(_no_route, "*", None))  # last: the fallback
@@ -64,14 +92,18 @@ def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_s
 
 
 def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: auth.Guard | None,
-             body_timeout: float | None) -> Callable[[Handler, str, str | None], Handler]:
+             body_timeout: float | None, dialects: Mapping[str, Dialect]
+             ) -> Callable[[Handler, str, str | None], Handler]:
+    def dialect_of(path: str) -> Dialect:
+        return next((d for prefix, d in dialects.items() if path.startswith(prefix)), NATIVE)
+
     def around(handler: Handler, method: str, path: str | None) -> Handler:
         """`path`: the route's; None for the fallback route, which matches any path."""
         signed = path is not None and auth.needs_signature(method, path)
         checked_by = guard if signed else None
-        indexed = None if path is None else path.startswith(_INDEXED)
+        fixed = None if path is None else dialect_of(path)
 
-        async def answer(request: web.Request) -> web.StreamResponse:
+        async def answer(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             try:
                 response = None
                 if path is not None and request.body_exists:  # the fallback: 404/405 first
@@ -81,29 +113,26 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: au
                 if response is None:
                     response = await handler(request)
             except Exception as exc:
-                response = render_error(request, exc)
+                response = dialect.render_error(request, exc)
                 if not request.content.is_eof():  # the rest of the body can't be told
                     response.force_close()        # from a next request: close after this
-            own_write_index = response.get(OWN_WRITE)
-            if own_write_index is not None:
-                index = own_write_index
-            elif engine is not None:
+            if engine is None:
+                return response
+            index = response.get(OWN_WRITE)
+            if index is None:
                 index = engine.index  # staged now, so written (and synced) once settled
                 if engine.unsettled:
                     try:
                         await engine.settle()
                     except StorageFailed as exc:
-                        response = render_error(request, exc)
-            if engine is not None and (
-                    indexed or (indexed is None and request.path.startswith(_INDEXED))):
-                response.headers["X-KVS-Index"] = str(index)
-                if engine.stale_reason is not None:
-                    response.headers["X-KVS-Stale"] = "true"
+                        response = dialect.render_error(request, exc)
+            if dialect.stamp is not None:
+                dialect.stamp(response, index, engine)
             return response
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
-                response = await answer(request)
+                response = await answer(request, fixed or dialect_of(request.path))
             except asyncio.CancelledError:
                 count(request.method, CLIENT_GONE)
                 log.debug("event=client_gone method=%s path=%s", request.method, request.path)

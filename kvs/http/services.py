@@ -103,6 +103,11 @@ def _is_registration(value: Any) -> bool:
     return isinstance(value, dict) and isinstance(value.get("name"), str)
 
 
+def live_registrations(engine: Engine) -> list[dict[str, Any]]:
+    """Every live registration, in name order: GET /services, and the Consul catalog."""
+    return [v.value for v in engine.live(PREFIX) if _is_registration(v.value)]
+
+
 class ServiceApi:
     def __init__(self, config: Config, engine: Engine) -> None:
         self.config = config
@@ -145,8 +150,7 @@ class ServiceApi:
 
     async def list_services(self, request: web.Request) -> web.Response:
         check_params(request.query, frozenset())
-        services = [v.value for v in self.engine.live(PREFIX) if _is_registration(v.value)]
-        return json_response({"services": services})
+        return json_response({"services": live_registrations(self.engine)})
 
     async def get(self, request: web.Request) -> web.Response:
         check_params(request.query, frozenset({"metadata"}))

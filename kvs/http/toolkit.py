@@ -290,10 +290,10 @@ def query_conditions(query: Any) -> Conditions:
     )
 
 
-def path_key(request: web.Request, *, prefix: bool = False) -> str:
-    """The key from the raw path after its first segment (/kv/<key>), percent-decoded
-    strictly: %FF is not a key, it is an error."""
-    key = request.rel_url.raw_path.split("/", 2)[2]
+def path_key(request: web.Request, *, prefix: bool = False, segments: int = 1) -> str:
+    """The key from the raw path after its first `segments` segments (/kv/<key>,
+    /v1/kv/<key>), percent-decoded strictly: %FF is not a key, it is an error."""
+    key = request.rel_url.raw_path.split("/", segments + 1)[segments + 1]
     if "%" in key:  # without a percent sign, decoding would change nothing
         try:
             key = unquote_to_bytes(key).decode("utf-8")

@@ -1,0 +1,154 @@
+"""GET/PUT/DELETE /v1/kv/{key}: Consul's KV API on the engine.
+
+    GET    /v1/kv/app/db             [{"Key": "app/db", "Value": "<base64>", "Flags": 0,
+                                       "CreateIndex": 7, "ModifyIndex": 9, "LockIndex": 0}]
+    GET    /v1/kv/app/?recurse       every entry under the prefix (404 if none)
+    GET    /v1/kv/app/?keys&separator=/    ["app/db", "app/web/"]
+    GET    /v1/kv/app/db?raw         the value's bytes
+    GET    ...&index=9&wait=30s      blocks until something newer than 9 (KVApi.block)
+    PUT    /v1/kv/app/db?cas=9&flags=3   body: the value's bytes -> true | false
+    DELETE /v1/kv/app/?recurse       true;  DELETE /v1/kv/app/db?cas=9 -> true | false
+
+Unknown parameters are ignored, as Consul ignores them; `dc`, `stale`, `consistent`,
+`ns`, `partition` and `token` (and X-Consul-Token) are accepted and have no effect
+(docs/consul.md says why). A missing key is a 404 with an empty body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from kvs.conditions import NONE, Conditions
+from kvs.config import Config
+from kvs.engine import Engine, Op
+from kvs.errors import BadRequest, CASConflict, NotFound, TooLarge
+from kvs.http.consul.common import (
+    entry,
+    flag,
+    index_param,
+    to_bytes,
+    to_native,
+    uint_param,
+    wait_param,
+)
+from kvs.http.kv import RESERVED_PREFIX, writable
+from kvs.http.toolkit import json_response, path_key
+
+# KVApi.block: hold a request until the key's (or prefix's) modify index exceeds an index.
+Block = Callable[[str, bool, int, float], Awaitable[None]]
+
+
+def consul_key(request: web.Request, *, prefix: bool = False) -> str:
+    """The key after /v1/kv/; empty only where a prefix is meant (recurse, keys)."""
+    if not prefix and request.rel_url.raw_path == "/v1/kv/":
+        raise BadRequest("Missing key name")
+    return path_key(request, prefix=prefix, segments=2)
+
+
+class ConsulKV:
+    def __init__(self, config: Config, engine: Engine, block: Block) -> None:
+        self.config = config
+        self.engine = engine
+        self.block = block
+
+    def routes(self) -> list[web.RouteDef]:
+        path = r"/v1/kv/{key:[\s\S]*}"
+        return [web.get(path, self.get), web.put(path, self.put), web.delete(path, self.delete)]
+
+    async def blocking(self, query: Any, key: str, prefix: bool) -> None:
+        """Consul's blocking query: with `index` N > 0, wait (at most `wait`) until the key
+        or prefix changes past N. An N ahead of this node's counter (one that came from
+        another node, or the 1 a fresh node reports) waits for the next change."""
+        wait = wait_param(query)  # parsed even when unused: a malformed one is still a 400
+        index = index_param(query)
+        if index:
+            await self.block(key, prefix, min(index, self.engine.index), wait)
+
+    # -- GET -----------------------------------------------------------------------------
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        keys, recurse = flag(query, "keys"), flag(query, "recurse")
+        key = consul_key(request, prefix=keys or recurse)
+        await self.blocking(query, key, keys or recurse)
+        if keys:
+            # Consul still accepts its historical misspelling.
+            names = self._names(key, query.get("separator") or query.get("seperator") or "")
+            return json_response(names) if names or not key else web.Response(status=404)
+        if recurse:
+            entries = [entry(v.to_json()) for v in self.engine.live(key)]
+            return json_response(entries) if entries else web.Response(status=404)
+        try:
+            current = self.engine.get(key)
+        except NotFound:
+            return web.Response(status=404)
+        if flag(query, "raw"):
+            return web.Response(body=to_bytes(current.value), content_type="text/plain",
+                                headers={"X-Content-Type-Options": "nosniff",
+                                         "Content-Security-Policy": "sandbox"})
+        return json_response([entry(current.to_json())])
+
+    def _names(self, prefix: str, separator: str) -> list[str]:
+        """Live keys under the prefix, each cut after the first separator past the prefix
+        (so a "directory" is listed once, with its separator)."""
+        names: list[str] = []
+        for version in self.engine.live(prefix):
+            name = version.key
+            cut = name.find(separator, len(prefix)) if separator else -1
+            if cut >= 0:
+                name = name[:cut + len(separator)]
+            if not names or names[-1] != name:
+                names.append(name)
+        return names
+
+    # -- PUT / DELETE --------------------------------------------------------------------
+
+    async def put(self, request: web.Request) -> web.Response:
+        query = request.query
+        refuse_sessions(query)
+        key = consul_key(request)
+        writable(key)
+        flags = uint_param(query, "flags") or 0
+        cas = uint_param(query, "cas")
+        body = await request.read()
+        limit = self.config.max_value_bytes
+        if len(body) > limit:
+            raise TooLarge(f"Request body({len(body)} bytes) too large, max size: {limit} bytes. "
+                           "See max_value_bytes.")
+        cond = Conditions(cas=cas) if cas is not None else NONE
+        try:
+            await self.engine.put(Op("set", key, to_native(body), None, flags, cond))
+        except (CASConflict, NotFound):  # NotFound: cas=N for a key that does not exist
+            return json_response(False)
+        return json_response(True)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        query = request.query
+        if flag(query, "recurse"):
+            if "cas" in query:
+                raise BadRequest("Conflicting flags: recurse and cas")
+            prefix = consul_key(request, prefix=True)
+            writable(prefix)  # a prefix covering the registry's skips it instead
+            await self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
+            return json_response(True)
+        key = consul_key(request)
+        writable(key)
+        cas = uint_param(query, "cas")
+        try:
+            await self.engine.delete(key, Conditions(cas=cas) if cas is not None else NONE)
+        except CASConflict:
+            return json_response(False)
+        except NotFound:
+            pass  # already absent: Consul answers true, with or without cas
+        return json_response(True)
+
+
+def refuse_sessions(query: Any) -> None:
+    """acquire/release need sessions, which need a quorum CAS kvs does not have yet."""
+    for name in ("acquire", "release"):
+        if name in query:
+            raise BadRequest(f"{name} needs sessions, which this kvs version does not support "
+                             "yet (planned); nothing was written")
