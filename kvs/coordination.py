@@ -551,6 +551,9 @@ class _BlockingLock(_BlockingKind, Lock):
         self.client: Client
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
+        # Guards the hand-over of (_stop, _renewer) between acquire() and a release() from
+        # another thread (an election's resign): release must see a started renewer or none.
+        self._handoff = threading.Lock()
 
     def acquire(self, *, timeout: float | None = None) -> bool:
         """Wait until the lock is ours (True) or `timeout` seconds have passed (False).
@@ -565,10 +568,12 @@ class _BlockingLock(_BlockingKind, Lock):
         _refuse_event_loop("Lock")
         if not self.client._execute(self._acquire_plan(timeout, poll), stop):
             return False
-        self._stop = threading.Event()
-        self._renewer = threading.Thread(target=self._keep, args=(self._stop,),
-                                         name=f"lock-renewal:{self.key}", daemon=True)
-        self._renewer.start()
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._keep, args=(stop,),
+                                   name=f"lock-renewal:{self.key}", daemon=True)
+        with self._handoff:
+            self._stop, self._renewer = stop, renewer
+            renewer.start()
         return True
 
     def _keep(self, stop: threading.Event) -> None:
@@ -584,8 +589,9 @@ class _BlockingLock(_BlockingKind, Lock):
 
     def release(self) -> bool:
         """Stop renewing and delete the key if it still holds our token. True if it did."""
-        renewer, self._renewer = self._renewer, None
-        self._stop.set()
+        with self._handoff:
+            renewer, self._renewer = self._renewer, None
+            self._stop.set()
         released = self._drop() and bool(self.client._execute(self._delete_plan()))
         if renewer is not None and renewer is not threading.current_thread():
             renewer.join()  # our delete ends its blocking query; every step it takes is bounded

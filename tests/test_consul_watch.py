@@ -67,7 +67,7 @@ class Watcher:
 @contextmanager
 def watching(port: int) -> Iterator[Watcher]:
     watcher = Watcher(port)
-    thread = threading.Thread(target=watcher.run, name="consul-watch")
+    thread = threading.Thread(target=watcher.run, name="consul-watch", daemon=True)
     thread.start()
     try:
         yield watcher

@@ -440,7 +440,8 @@ def test_blocking_election_resign_handover_crash_takeover_and_step_down(server: 
         election = LeaderElection(client, "blocking/leader", ttl=ttl, identity=name, retry_interval=0.5,
                                   on_elected=lambda e, ev=events: ev.append("elected"),
                                   on_lost=lambda e, r, ev=events: ev.append("lost"))
-        thread = threading.Thread(target=election.run, name=f"campaign-{name}")
+        # daemon: a failed assertion must not leave a campaign keeping the test run alive
+        thread = threading.Thread(target=election.run, name=f"campaign-{name}", daemon=True)
         candidates.append(Campaigner(election, thread, events))
         thread.start()
 
