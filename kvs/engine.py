@@ -41,6 +41,11 @@ from kvs.store.storage import Change, Storage
 
 log = logging.getLogger("kvs.engine")
 
+# Index entries the sweeper handles per mutation (of each kind): a mass expiry is swept in
+# slices, each its own write, so the event loop serves requests between them and no slice
+# holds more than this many keys' sets in memory.
+SWEEP_SLICE = 2048
+
 
 @dataclass
 class Stats:
@@ -422,21 +427,37 @@ class Engine:
             return True
         return version.timestamp <= self.storage.purged_through and not m.read(version.key)
 
-    async def sweep(self) -> tuple[int, int]:
-        """Process due expiries and purges; returns (expired, purged)."""
+    async def sweep(self, slice_size: int = SWEEP_SLICE) -> tuple[int, int]:
+        """Process the expiries and purges due now, `slice_size` of each per mutation;
+        returns (expired, purged)."""
         now = self.now_ms()
+        # Where each index's next slice starts; a kind is dropped once its due entries ran out.
+        cursors: dict[bytes, tuple[int, str] | None] = {b"x": None, b"g": None}
+        expired = purged = 0
+        while cursors:
+            e, p = await self._sweep_slice(now, slice_size, cursors)
+            expired, purged = expired + e, purged + p
+        return expired, purged
+
+    async def _sweep_slice(self, now: int, size: int,
+                           cursors: dict[bytes, tuple[int, str] | None]) -> tuple[int, int]:
         with self._mutation() as m:
-            for expires_at, key in self.storage.due(b"x", now):
-                versions = m.read(key)
-                current = versions[0] if versions else None
-                if current is not None and current.expires_at == expires_at:
-                    m.expired.append((expires_at, key))
-            for purge_at, key in self.storage.due(b"g", now):
-                versions = m.read(key)
-                current = versions[0] if versions else None
-                dead_at = current.dead_at() if current else None
-                if current is not None and dead_at is not None and dead_at + self.gc_ms == purge_at:
-                    m.purge(key, current)
+            for kind, after in list(cursors.items()):
+                due = self.storage.due(kind, now, size, after)
+                if len(due) < size:
+                    del cursors[kind]
+                else:
+                    cursors[kind] = due[-1]
+                for when, key in due:
+                    versions = m.read(key)
+                    current = versions[0] if versions else None
+                    if current is None:
+                        continue
+                    if kind == b"x" and current.expires_at == when:
+                        m.expired.append((when, key))
+                    dead_at = current.dead_at()
+                    if kind == b"g" and dead_at is not None and dead_at + self.gc_ms == when:
+                        m.purge(key, current)
         self.stats.expired += len(m.expired)
         purged = sum(1 for c in m.changes() if not c.new)
         self.stats.purged += purged

@@ -44,6 +44,9 @@ log = logging.getLogger("kvs.storage")
 # Sets larger than CACHE_MAX_SET_BYTES are not cached; they would evict everything else.
 CACHE_BYTES = 16 << 20
 CACHE_MAX_SET_BYTES = 256 << 10
+# RocksDB memtable size (RocksDB's default is 64 MiB, and two can be in memory): ~60 MB
+# less RSS under load, no throughput change beyond noise in bench.ab put_random/put_one.
+WRITE_BUFFER_BYTES = 16 << 20
 
 _COMPRESSION = {
     "none": rocksdict.DBCompressionType.none,
@@ -82,6 +85,7 @@ class Storage:
         opts.set_compression_type(_COMPRESSION[compression]())
         # One writer at a time (the engine's lock): the memtable need not pay for concurrent inserts.
         opts.set_allow_concurrent_memtable_write(False)
+        opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
         try:
             self.db = rocksdict.Rdict(str(path), opts)
         except Exception as exc:
@@ -149,12 +153,14 @@ class Storage:
         for raw_key, raw in self._scan(head, start):
             yield decode_set(raw_key[1:].decode(), raw)
 
-    def due(self, kind: bytes, now: int) -> list[tuple[int, str]]:
-        """Expiry or purge index entries whose time has come."""
-        out = []
-        for raw_key, _ in self._scan(kind):
+    def due(self, kind: bytes, now: int, limit: int | None = None,
+            after: tuple[int, str] | None = None) -> list[tuple[int, str]]:
+        """Expiry or purge index entries whose time has come (up to `limit`, after `after`)."""
+        start = kind + K.u64(after[0]) + after[1].encode() + b"\x00" if after else None
+        out: list[tuple[int, str]] = []
+        for raw_key, _ in self._scan(kind, start):
             when, key = K.split_timed(raw_key)
-            if when > now:
+            if when > now or len(out) == limit:
                 break
             out.append((when, key))
         return out
@@ -213,6 +219,7 @@ class Storage:
         for expires_at, key in expired:
             staged[K.expiry_key(expires_at, key)] = None
             staged[K.purge_key(expires_at + self.gc_ms, key)] = b""
+            cached.append((key, [], 0, 0))  # a dead set would only crowd out live ones
             live -= 1
         self._pending.update(staged)
         for key, versions, size, digest in cached:
