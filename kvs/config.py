@@ -63,6 +63,11 @@ class Config:
     # Internal switch used by tests and benchmarks: turn eager push off to exercise
     # anti-entropy alone. Not part of the public contract.
     eager_push: bool = True
+    # -- storage faults --
+    # While the disk refuses writes (full, failing), the node tries to write the failed
+    # batch again every this many ms, and accepts writes again as soon as that works.
+    # Shorter heals sooner once space returns; a try on a disk still full is one statvfs.
+    storage_retry_interval_ms: int = 1000
 
     @property
     def data_path(self) -> Path:
@@ -84,6 +89,7 @@ _POSITIVE = {
     "revision_history_limit", "max_value_bytes", "max_txn_ops", "gossip_interval_ms",
     "probe_timeout_ms", "suspicion_multiplier", "sync_interval_ms", "tombstone_gc_seconds",
     "ttl_sweep_interval_ms",
+    "storage_retry_interval_ms",
 }
 
 

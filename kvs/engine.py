@@ -34,7 +34,7 @@ from typing import Any
 from kvs.clock import HLC, wall_ms
 from kvs.conditions import NONE, Conditions, check, failures
 from kvs.config import Config
-from kvs.errors import CASConflict, CASDisabled, NotFound
+from kvs.errors import CASConflict, CASDisabled, NotFound, StorageFailed
 from kvs.merkle import MerkleTree
 from kvs.model import Version, add_newest, new_version_id, resolve, wins
 from kvs.store.storage import Change, Storage
@@ -272,6 +272,19 @@ class Engine:
             "merkle_root": f"{storage.tree.root():016x}",
             "hlc": list(self.hlc.last),
         }
+
+    @property
+    def storage_fault(self) -> StorageFailed | None:
+        """Why writes are refused right now (a full or failing disk); None when they are not."""
+        return self.storage.commits.fault
+
+    @property
+    def storage_fault_since(self) -> int | None:
+        return self.storage.commits.fault_since
+
+    def recover_storage(self) -> bool:
+        """Try to end a storage fault (the node calls it periodically); True when healthy."""
+        return self.storage.recover()
 
     def dead_pending_purge(self) -> int:
         """Tombstones and expired versions still stored (a scan: for metrics, not hot paths)."""

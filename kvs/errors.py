@@ -8,7 +8,8 @@
     ├── CASConflict         409   a condition did not hold; carries `current` or `failed`
     ├── TooLarge            413   value or body over the limit
     ├── CASDisabled         501   a condition was sent while cas_enabled is false
-    └── StorageFailed       503   a RocksDB write or fsync failed: the node must be restarted
+    └── StorageFailed       503   a RocksDB write or fsync failed: writes refused until it heals
+        └── StorageFull     507   the same, because the disk is full
 
 A broken invariant is not a KVSError: it is a bug and fails loudly.
 """
@@ -74,3 +75,8 @@ class CASDisabled(KVSError):
 class StorageFailed(KVSError):
     status = 503
     code = "storage_failed"
+
+
+class StorageFull(StorageFailed):
+    status = 507
+    code = "storage_full"

@@ -40,7 +40,7 @@ from kvs.cluster.swim.membership import Membership
 from kvs.cluster.swim.state import Member
 from kvs.cluster.transport import HttpTransport, TransportError
 from kvs.engine import Engine
-from kvs.errors import BadRequest
+from kvs.errors import BadRequest, StorageFailed
 from kvs.http.toolkit import json_body, json_response
 from kvs.keys import validate_key
 from kvs.merkle import DEPTH, FANOUT, SEGMENTS, compare_leaves, descend
@@ -212,7 +212,7 @@ class Replicator:
             repaired = await self._reconcile(meter)
             result = Round(address, repaired, meter.bytes, (time.perf_counter() - started) * 1000,
                            wall_ms())
-        except TransportError as exc:
+        except (TransportError, StorageFailed) as exc:  # a fault is logged once, by the store
             result = Round(address, 0, meter.bytes, (time.perf_counter() - started) * 1000,
                            wall_ms(), error=str(exc))
         finally:

@@ -59,7 +59,13 @@ class KVApi:
         ]
 
     async def health(self, request: web.Request) -> web.Response:
-        return json_response({"status": "ok", "node": self.engine.node_id})
+        """200 while the node serves reads; `degraded`, with the reasons, when it refuses writes."""
+        problems = storage_problems(self.engine)
+        body: dict[str, Any] = {"status": "degraded" if problems else "ok",
+                                "node": self.engine.node_id}
+        if problems:
+            body["problems"] = problems
+        return json_response(body)
 
     # -- GET -----------------------------------------------------------------------------
 
@@ -180,6 +186,14 @@ class KVApi:
         tombstone = await self.engine.delete(key, query_conditions(query))
         return json_response({"key": key, "version": tombstone.version,
                               "modify_index": tombstone.modify_index})
+
+
+def storage_problems(engine: Engine) -> list[dict[str, Any]]:
+    """A storage fault as /health reports it: the error writes get now, and since when."""
+    fault = engine.storage_fault
+    if fault is None:
+        return []
+    return [{"error": fault.code, "message": fault.message, "since": engine.storage_fault_since}]
 
 
 def parse_op(body: dict[str, Any], kind: str, key: str, allowed: frozenset[str],

@@ -68,7 +68,7 @@ SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
         {"error": {"type": "string", "enum": [
             "bad_request", "unauthorized", "not_found", "method_not_allowed", "cas_conflict",
-            "too_large", "cas_disabled", "storage_failed", "http_error"]},
+            "too_large", "cas_disabled", "storage_failed", "storage_full", "http_error"]},
          "message": STR},
         {"current": _null(_ref("VersionMeta")),
          "failed": {"type": "array", "items": _ref("TxnFailure")}},
@@ -101,7 +101,14 @@ SCHEMAS: dict[str, Schema] = {
         {"type": "null", "description": "get of an absent key"},
     ]}}}, description="One result per op, in order."),
     "TxnFailure": _obj({"index": INT, "key": STR, "message": STR, "current": _null(_ref("VersionMeta"))}),
-    "Health": _obj({"status": {"const": "ok"}, "node": STR}),
+    "Health": _obj(
+        {"status": {"type": "string", "enum": ["ok", "degraded"]}, "node": STR},
+        {"problems": {"type": "array", "items": _obj(
+            {"error": STR, "message": STR, "since": _null(INT)},
+            description="storage_full / storage_failed: writes are refused since `since` "
+                        "(ms); reads are served")}},
+        description="200 while the node serves reads; `degraded` (with `problems`) while it "
+                    "refuses writes."),
     "Member": _obj({"id": STR, "address": STR, "joined_at": INT,
                     "state": {"type": "string", "enum": ["alive", "suspect", "dead", "left"]},
                     "incarnation": INT, "last_seen": _null(INT)}),
@@ -144,8 +151,11 @@ ERROR_TEXT = {
     409: "cas_conflict: a condition did not hold; nothing was written",
     413: "too_large: value over max_value_bytes, or body over the node's limit",
     501: "cas_disabled: a condition was sent while cas_enabled is false; nothing was written",
-    503: "storage_failed: a RocksDB write or fsync failed; the node refuses writes until it is "
-         "restarted (the write may be lost)",
+    503: "storage_failed: the disk failed a write; the node refuses writes (reads go on) until "
+         "it heals by itself. `nothing was written`, or, for the writes of the batch that "
+         "failed, `outcome is unknown`: kept in memory and written once the disk heals",
+    507: "storage_full: as storage_failed, because the disk is full; writes are accepted again "
+         "once space is freed",
 }
 INDEX_HEADER = {"X-KVS-Index": {
     "description": "This node's index counter; pass it as ?index= to a blocking query.",
@@ -246,17 +256,17 @@ def build() -> dict[str, Any]:
                            tag="kv", params=KV_GET_PARAMS),
                 "put": _op("Write a key, optionally conditional (CAS)",
                            _responses(_ref("WriteResult"), "the new version's identity",
-                                      (400, 404, 409, 413, 501, 503), kv=True),
+                                      (400, 404, 409, 413, 501, 503, 507), kv=True),
                            tag="kv", params=[KEY_PARAM], body=_ref("PutBody")),
                 "delete": _op("Delete a key (tombstone), optionally conditional; or a subtree",
                               _responses({"anyOf": [_ref("DeleteResult"), _ref("PrefixDeleteResult")]},
                                          "the tombstone (or the keys a recursive delete removed)",
-                                         (400, 404, 409, 501, 503), kv=True),
+                                         (400, 404, 409, 501, 503, 507), kv=True),
                               tag="kv", params=KV_DELETE_PARAMS),
             },
             "/txn": {"post": _op(
                 "All-or-nothing transaction of set/delete/check/get ops on this node",
-                _responses(_ref("TxnResult"), "every op's result", (400, 409, 413, 501, 503), kv=True),
+                _responses(_ref("TxnResult"), "every op's result", (400, 409, 413, 501, 503, 507), kv=True),
                 tag="kv", body=_ref("TxnBody"))},
             "/services": {
                 "get": _op("List live service registrations, by name",
@@ -265,7 +275,7 @@ def build() -> dict[str, Any]:
                 "post": _op("Register (or update) a service; `cas` as for /kv, `ttl` makes it expire "
                             "unless renewed",
                             _responses(_ref("ServiceWriteResult"), "the registration's version",
-                                       (400, 404, 409, 413, 501, 503)),
+                                       (400, 404, 409, 413, 501, 503, 507)),
                             tag="services", body=_ref("RegisterBody")),
             },
             "/services/{name}": {
@@ -277,7 +287,7 @@ def build() -> dict[str, Any]:
                                                   "create_index and expires_at")]),
                 "delete": _op("Deregister (tombstone); cas=N only if modify_index is N",
                               _responses(_ref("ServiceDeleteResult"), "the tombstone",
-                                         (400, 404, 409, 501, 503)),
+                                         (400, 404, 409, 501, 503, 507)),
                               tag="services", params=[NAME_PARAM, _query("cas", U64, "only if "
                                                                          "modify_index is N")]),
             },
@@ -286,7 +296,7 @@ def build() -> dict[str, Any]:
                 "so it never resurrects an expired or deregistered one; works with cas_enabled "
                 "false)",
                 _responses(_ref("ServiceWriteResult"), "the renewed registration's version",
-                           (400, 404, 409, 413)),
+                           (400, 404, 409, 413, 503, 507)),
                 tag="services", params=[NAME_PARAM], body=_ref("RenewBody"), body_required=False)},
             "/health": {"get": _op("Liveness", _responses(_ref("Health"), "the node is up", ()),
                                    tag="operations")},
