@@ -104,6 +104,11 @@ class Config:
     # too_many_blocking_queries. Each holds a connection: keep it below max_connections
     # so ordinary requests and peers always find a free one.
     max_blocking_queries: int = 512
+    # -- storage faults --
+    # While the disk refuses writes (full, failing), the node tries to write the failed
+    # batch again every this many ms, and accepts writes again as soon as that works.
+    # Shorter heals sooner once space returns; a try on a disk still full is one statvfs.
+    storage_retry_interval_ms: int = 1000
 
     @property
     def data_path(self) -> Path:
@@ -127,6 +132,7 @@ _POSITIVE = {
     "ttl_sweep_interval_ms", "max_clock_offset_ms", "reap_after_seconds", "reap_left_after_seconds",
     "http_header_timeout_seconds", "http_body_timeout_seconds",
     "http_keepalive_seconds", "max_connections", "max_blocking_queries",
+    "storage_retry_interval_ms",
 }
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from kvs.clock import HLC, ClockMonitor, wall_ms
 from kvs.conditions import NONE, Conditions, check, failures
 from kvs.config import Config
-from kvs.errors import CASConflict, CASDisabled, ClockSkew, NotFound
+from kvs.errors import CASConflict, CASDisabled, ClockSkew, NotFound, StorageFailed
 from kvs.merkle import MerkleTree
 from kvs.model import Version, add_newest, new_version_id, resolve, wins
 from kvs.store import snapshot
@@ -45,6 +45,10 @@ from kvs.store.storage import Change, Storage
 log = logging.getLogger("kvs.engine")
 
 REFUSALS_LOGGED = 10_000  # conflicting ids and future origins remembered, to log each once
+# Index entries the sweeper handles per mutation (of each kind): a mass expiry is swept in
+# slices, each its own write, so the event loop serves requests between them and no slice
+# holds more than this many keys' sets in memory.
+SWEEP_SLICE = 2048
 
 
 @dataclass
@@ -320,6 +324,19 @@ class Engine:
                   "merkle_root": status["merkle_root"], "keys": status["keys"]}
         return snapshot.encode(header, snapshot.checkpoint_records(work))
 
+    @property
+    def storage_fault(self) -> StorageFailed | None:
+        """Why writes are refused right now (a full or failing disk); None when they are not."""
+        return self.storage.commits.fault
+
+    @property
+    def storage_fault_since(self) -> int | None:
+        return self.storage.commits.fault_since
+
+    def recover_storage(self) -> bool:
+        """Try to end a storage fault (the node calls it periodically); True when healthy."""
+        return self.storage.recover()
+
     def dead_pending_purge(self) -> int:
         """Tombstones and expired versions still stored (a scan: for metrics, not hot paths)."""
         return self.storage.count_pending_purge()
@@ -559,21 +576,37 @@ class Engine:
                 m.purged_through = watermark
         await self._settled(m)
 
-    async def sweep(self) -> tuple[int, int]:
-        """Process due expiries and purges; returns (expired, purged)."""
+    async def sweep(self, slice_size: int = SWEEP_SLICE) -> tuple[int, int]:
+        """Process the expiries and purges due now, `slice_size` of each per mutation;
+        returns (expired, purged)."""
         now = self.now_ms()
+        # Where each index's next slice starts; a kind is dropped once its due entries ran out.
+        cursors: dict[bytes, tuple[int, str] | None] = {b"x": None, b"g": None}
+        expired = purged = 0
+        while cursors:
+            e, p = await self._sweep_slice(now, slice_size, cursors)
+            expired, purged = expired + e, purged + p
+        return expired, purged
+
+    async def _sweep_slice(self, now: int, size: int,
+                           cursors: dict[bytes, tuple[int, str] | None]) -> tuple[int, int]:
         with self._mutation() as m:
-            for expires_at, key in self.storage.due(b"x", now):
-                versions = m.read(key)
-                current = versions[0] if versions else None
-                if current is not None and current.expires_at == expires_at:
-                    m.expired.append((expires_at, key))
-            for purge_at, key in self.storage.due(b"g", now):
-                versions = m.read(key)
-                current = versions[0] if versions else None
-                dead_at = current.dead_at() if current else None
-                if current is not None and dead_at is not None and dead_at + self.gc_ms == purge_at:
-                    m.purge(key, current)
+            for kind, after in list(cursors.items()):
+                due = self.storage.due(kind, now, size, after)
+                if len(due) < size:
+                    del cursors[kind]
+                else:
+                    cursors[kind] = due[-1]
+                for when, key in due:
+                    versions = m.read(key)
+                    current = versions[0] if versions else None
+                    if current is None:
+                        continue
+                    if kind == b"x" and current.expires_at == when:
+                        m.expired.append((when, key))
+                    dead_at = current.dead_at()
+                    if kind == b"g" and dead_at is not None and dead_at + self.gc_ms == when:
+                        m.purge(key, current)
         self.stats.expired += len(m.expired)
         purged = sum(1 for c in m.changes() if not c.new)
         self.stats.purged += purged

@@ -9,7 +9,8 @@
     ├── CASConflict         409   a condition did not hold; carries `current` or `failed`
     ├── TooLarge            413   value or body over the limit
     ├── CASDisabled         501   a condition was sent while cas_enabled is false
-    ├── StorageFailed       503   a RocksDB write or fsync failed: the node must be restarted
+    ├── StorageFailed       503   a RocksDB write or fsync failed: writes refused until it heals
+    │   └── StorageFull     507   the same, because the disk is full
     ├── ClockSkew           503   this node's clock is off from its peers': writes refused
     └── Overloaded          503   a per-node limit is reached: retry after Retry-After seconds
 
@@ -18,7 +19,6 @@ A broken invariant is not a KVSError: it is a bug and fails loudly.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 
@@ -84,6 +84,11 @@ class StorageFailed(KVSError):
     code = "storage_failed"
 
 
+class StorageFull(StorageFailed):
+    status = 507
+    code = "storage_full"
+
+
 class ClockSkew(KVSError):
     status = 503
     code = "clock_skew"
@@ -107,11 +112,3 @@ class Overloaded(KVSError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
-
-
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s:,;'\"()]+){2,}[\\/]?")
-
-
-def without_paths(text: str) -> str:
-    """`text` with file paths replaced by <path>: an answer must not map the server's disk."""
-    return _PATH.sub("<path>", text)

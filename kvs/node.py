@@ -28,7 +28,7 @@ from kvs.cluster.swim.membership import Membership
 from kvs.cluster.transport import HttpTransport
 from kvs.config import Config
 from kvs.engine import Engine
-from kvs.errors import ConfigError
+from kvs.errors import ConfigError, StorageFailed
 from kvs.http import connections, consul, index, openapi
 from kvs.http.cluster import ClusterApi
 from kvs.http.kv import KVApi
@@ -116,6 +116,8 @@ class Node:
         stack.push_async_callback(self.membership.stop)
         self._spawn(stack, self.replicator.run(), "anti-entropy")
         self._spawn(stack, self._every(config.ttl_sweep_interval_ms, self._sweep), "sweeper")
+        self._spawn(stack, self._every(config.storage_retry_interval_ms, self._heal_storage),
+                    "storage-recovery")
         log.info("event=started node=%s url=%s data_dir=%s cas_enabled=%s seeds=%s",
                  engine.node_id, self.url, config.data_dir, config.cas_enabled,
                  ",".join(config.seed_nodes) or "-")
@@ -160,14 +162,23 @@ class Node:
             await asyncio.sleep(interval_ms / 1000)
             try:
                 await step()
+            except StorageFailed:
+                pass  # the store logs a fault once, when it begins
             except Exception:
                 log.exception("event=background_step_failed step=%s", step.__name__)
 
     async def _sweep(self) -> None:
         assert self.engine is not None
+        if self.engine.storage_fault is not None:
+            return  # it would only be refused; the storage-recovery loop is at work
         expired, purged = await self.engine.sweep()
         if expired or purged:
             log.debug("event=sweep expired=%d purged=%d", expired, purged)
+
+    async def _heal_storage(self) -> None:
+        assert self.engine is not None
+        if self.engine.storage_fault is not None:
+            self.engine.recover_storage()
 
     def _close_storage(self) -> None:
         if self.storage is not None:

@@ -209,15 +209,6 @@ async def test_a_401_does_not_tell_the_receivers_clock(make_node: NodeFactory,
     assert "123" not in text and " ms " not in text, text
 
 
-def test_a_storage_failure_message_shows_no_path() -> None:
-    from kvs.errors import without_paths
-
-    raw = ("IO error: No space left on device: While appending to file: "
-           "/var/lib/kvs/data/000012.log: No space left on device")
-    assert "/var/lib" not in without_paths(raw)
-    assert without_paths(raw).startswith("IO error: No space left on device")
-
-
 # -- finding 1: secure by default -----------------------------------------------------------------
 
 async def test_a_node_refuses_to_listen_beyond_loopback_without_a_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -4,10 +4,11 @@ to clients and hashes."""
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import pytest
 
-from kvs.errors import StorageFailed
+from kvs.errors import StorageFull
 from kvs.node import Node
 from kvs.store.commits import Commits
 from tests.conftest import Api, NodeFactory, node_config
@@ -35,18 +36,28 @@ async def test_concurrent_writes_share_rocksdb_batches_and_all_survive_a_restart
         await again.stop()
 
 
-async def test_a_failed_write_fails_every_waiter_and_refuses_later_writes() -> None:
-    def broken_disk() -> None:
-        raise OSError("No space left on device")
+async def test_a_failed_write_fails_its_waiters_refuses_later_writes_until_resumed() -> None:
+    disk = {"full": True, "writes": 0}
 
-    commits = Commits(broken_disk, fsync=lambda: None)
+    def write() -> None:
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/dir/000004.log")
+        disk["writes"] += 1
+
+    commits = Commits(write, fsync=lambda: None)
     first, second = commits.stage(), commits.stage()  # coalesced: one write, after this round
     waits = [asyncio.ensure_future(commits.wait(t)) for t in (first, second)]
     done = await asyncio.gather(*waits, return_exceptions=True)
-    assert all(isinstance(e, StorageFailed) and "restart the node" in e.message for e in done)
+    assert all(isinstance(e, StorageFull) and "outcome is unknown" in e.message for e in done)
+    assert not any("/data" in e.message for e in done)  # type: ignore[union-attr]
     assert commits.written == 0
-    with pytest.raises(StorageFailed):
-        commits.check()  # what Storage.write asks before staging anything more
+    with pytest.raises(StorageFull, match="nothing was written"):
+        commits.check()  # what Storage.stage asks before staging anything more
+    assert not commits.resume(), "the disk is still full"
+    disk["full"] = False
+    assert commits.resume() and commits.fault is None
+    assert disk["writes"] == 1 and commits.written == commits.issued == 2
+    await commits.wait(second)  # settled now
 
 
 async def test_sync_writes_share_fsyncs_and_keep_the_loop_responsive(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]

@@ -243,7 +243,8 @@ class Replicator:
             if complete:
                 self._contacted(started_ms)
         # A peer that did not answer, or answered what no kvs node sends (a malformed or
-        # oversized version, hashes of the wrong shape): this round fails, the loop goes on.
+        # oversized version, hashes of the wrong shape), or a storage fault (logged once,
+        # by the store): this round fails, the loop goes on.
         except (TransportError, KVSError, ValueError, TypeError, AttributeError) as exc:
             result = Round(address, 0, meter.bytes, (time.perf_counter() - started) * 1000,
                            wall_ms(), error=str(exc))

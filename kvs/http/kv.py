@@ -60,19 +60,21 @@ class KVApi:
         ]
 
     async def health(self, request: web.Request) -> web.Response:
-        """200 while the node answers; `status` says whether it is fit (a load balancer
-        should prefer another node while it is not "ok"): "clock_skew" (writes refused
-        until its clock is back in range), else "stale" (its data may miss deletions its
-        peers purged while it was cut off: kvs.cluster.replication, long partitions)."""
+        """200 while the node answers reads; `status` says whether it is fit (a load balancer
+        should prefer another node while it is not "ok"): "degraded" (a full or failing
+        disk: writes refused, `problems` says why), else "clock_skew" (writes refused until
+        its clock is back in range), else "stale" (its data may miss deletions its peers
+        purged while it was cut off: kvs.cluster.replication, long partitions)."""
         engine = self.engine
         body: dict[str, Any] = {"status": "ok", "node": engine.node_id}
+        if engine.stale_reason is not None:
+            body.update(status="stale", stale=engine.stale_reason)
         if engine.clocks.skewed:
             body.update(status="clock_skew", message=engine.skew_message(),
                         clock=engine.clocks.report())
-        if engine.stale_reason is not None:
-            body["stale"] = engine.stale_reason
-            if body["status"] == "ok":
-                body["status"] = "stale"
+        problems = storage_problems(engine)
+        if problems:
+            body.update(status="degraded", problems=problems)
         return json_response(body)
 
     # -- GET -----------------------------------------------------------------------------
@@ -206,6 +208,14 @@ class KVApi:
         writable(key)
         tombstone = await self.engine.delete(key, query_conditions(query))
         return own_write(delete_result(tombstone), [tombstone])
+
+
+def storage_problems(engine: Engine) -> list[dict[str, Any]]:
+    """A storage fault as /health reports it: the error writes get now, and since when."""
+    fault = engine.storage_fault
+    if fault is None:
+        return []
+    return [{"error": fault.code, "message": fault.message, "since": engine.storage_fault_since}]
 
 
 def parse_op(body: dict[str, Any], kind: str, key: str, allowed: frozenset[str],

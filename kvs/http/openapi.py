@@ -72,7 +72,8 @@ SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
         {"error": {"type": "string", "enum": [
             "bad_request", "unauthorized", "not_found", "method_not_allowed", "cas_conflict",
-            "too_large", "cas_disabled", "storage_failed", "not_removable", "http_error"]},
+            "too_large", "cas_disabled", "storage_failed", "storage_full", "not_removable",
+            "http_error"]},
          "message": STR},
         {"current": _null(_ref("VersionMeta")),
          "failed": {"type": "array", "items": _ref("TxnFailure")}},
@@ -112,12 +113,17 @@ SCHEMAS: dict[str, Schema] = {
             "beyond_max": {"type": "boolean"}})},
     }, description="This node's clock against its peers' (ms, ours minus theirs; null: the "
                    "peer refused our signed timestamp outright)."),
-    "Health": _obj({"status": {"type": "string", "enum": ["ok", "clock_skew", "stale"]},
+    "Health": _obj({"status": {"type": "string", "enum": ["ok", "degraded", "clock_skew", "stale"]},
                     "node": STR},
-                   {"message": STR, "clock": _ref("ClockReport"), "stale": STR},
-                   description="clock_skew: this node's clock is off from its peers' by more "
-                   "than max_clock_offset_ms, and it refuses client writes. stale: the node was "
-                   "cut off from its peers for longer than tombstone_gc_seconds and has not "
+                   {"message": STR, "clock": _ref("ClockReport"), "stale": STR,
+                    "problems": {"type": "array", "items": _obj(
+                        {"error": STR, "message": STR, "since": _null(INT)},
+                        description="storage_full / storage_failed: writes are refused since "
+                                    "`since` (ms); reads are served")}},
+                   description="degraded: a full or failing disk, writes refused (`problems`). "
+                   "clock_skew: this node's clock is off from its peers' by more than "
+                   "max_clock_offset_ms, and it refuses client writes. stale: the node was cut "
+                   "off from its peers for longer than tombstone_gc_seconds and has not "
                    "resynchronised yet; `stale` says why. KV answers then carry "
                    "X-KVS-Stale: true."),
     "Index": _obj({"name": {"const": "kvs"}, "version": STR, "node": STR,
@@ -178,9 +184,13 @@ ERROR_TEXT = {
     409: "cas_conflict: a condition did not hold; nothing was written",
     413: "too_large: value over max_value_bytes, or body over the node's limit",
     501: "cas_disabled: a condition was sent while cas_enabled is false; nothing was written",
-    503: "storage_failed: a RocksDB write or fsync failed; the node refuses writes until it is "
-         "restarted (the write may be lost). clock_skew: this node's clock is off from its "
-         "peers' by more than max_clock_offset_ms; nothing was written, use another node",
+    503: "storage_failed: the disk failed a write; the node refuses writes (reads go on) until "
+         "it heals by itself. `nothing was written`, or, for the writes of the batch that "
+         "failed, `outcome is unknown`: kept in memory and written once the disk heals. "
+         "clock_skew: this node's clock is off from its peers' by more than "
+         "max_clock_offset_ms; nothing was written, use another node",
+    507: "storage_full: as storage_failed, because the disk is full; writes are accepted again "
+         "once space is freed",
 }
 INDEX_HEADER = {"X-KVS-Index": {
     "description": "This node's index counter; pass it as ?index= to a blocking query.",
@@ -281,17 +291,17 @@ def build() -> dict[str, Any]:
                            tag="kv", params=KV_GET_PARAMS),
                 "put": _op("Write a key, optionally conditional (CAS)",
                            _responses(_ref("WriteResult"), "the new version's identity",
-                                      (400, 404, 409, 413, 501, 503), kv=True),
+                                      (400, 404, 409, 413, 501, 503, 507), kv=True),
                            tag="kv", params=[KEY_PARAM], body=_ref("PutBody")),
                 "delete": _op("Delete a key (tombstone), optionally conditional; or a subtree",
                               _responses({"anyOf": [_ref("DeleteResult"), _ref("PrefixDeleteResult")]},
                                          "the tombstone (or the keys a recursive delete removed)",
-                                         (400, 404, 409, 501, 503), kv=True),
+                                         (400, 404, 409, 501, 503, 507), kv=True),
                               tag="kv", params=KV_DELETE_PARAMS),
             },
             "/txn": {"post": _op(
                 "All-or-nothing transaction of set/delete/check/get ops on this node",
-                _responses(_ref("TxnResult"), "every op's result", (400, 409, 413, 501, 503), kv=True),
+                _responses(_ref("TxnResult"), "every op's result", (400, 409, 413, 501, 503, 507), kv=True),
                 tag="kv", body=_ref("TxnBody"))},
             "/services": {
                 "get": _op("List live service registrations, by name",
@@ -300,7 +310,7 @@ def build() -> dict[str, Any]:
                 "post": _op("Register (or update) a service; `cas` as for /kv, `ttl` makes it expire "
                             "unless renewed",
                             _responses(_ref("ServiceWriteResult"), "the registration's version",
-                                       (400, 404, 409, 413, 501, 503)),
+                                       (400, 404, 409, 413, 501, 503, 507)),
                             tag="services", body=_ref("RegisterBody")),
             },
             "/services/{name}": {
@@ -312,7 +322,7 @@ def build() -> dict[str, Any]:
                                                   "modify_index, create_index, expires_at}")]),
                 "delete": _op("Deregister (tombstone); cas=N only if modify_index is N",
                               _responses(_ref("ServiceDeleteResult"), "the tombstone",
-                                         (400, 404, 409, 501, 503)),
+                                         (400, 404, 409, 501, 503, 507)),
                               tag="services", params=[NAME_PARAM, _query("cas", U64, "only if "
                                                                          "modify_index is N")]),
             },
@@ -321,7 +331,7 @@ def build() -> dict[str, Any]:
                 "so it never resurrects an expired or deregistered one; works with cas_enabled "
                 "false)",
                 _responses(_ref("ServiceWriteResult"), "the renewed registration's version",
-                           (400, 404, 409, 413, 503)),
+                           (400, 404, 409, 413, 503, 507)),
                 tag="services", params=[NAME_PARAM], body=_ref("RenewBody"), body_required=False)},
             "/": {"get": _op(
                 "Index: name, version, node id and links to the API (an HTML page when Accept "

@@ -13,7 +13,8 @@ current-app bookkeeping, which a GET noticeably pays for. In order it:
    answer sent before the body was read whole closes the connection;
 4. waits until whatever the answer may show is settled (Engine.settle): writes are
    settled by the engine before their handler answers, but a read, a 409's
-   `current` or a blocking-query wake-up may show another mutation's staged write.
+   `current` or a blocking-query wake-up may show another mutation's staged write
+   (during a storage fault it answers at once: see docs/design.md, Storage faults).
    An answer that shows only its own write (toolkit.own_write) needs no such wait;
 5. stamps the index counter on the answer as the dialect says (X-KVS-Index on KV
    answers: for a write, the counter as of that write; and X-KVS-Stale: true while
@@ -33,6 +34,7 @@ is cancelled (the write itself still lands).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -122,10 +124,11 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: au
             if index is None:
                 index = engine.index  # staged now, so written (and synced) once settled
                 if engine.unsettled:
-                    try:
+                    # A storage fault leaves what a read showed pending: it is written once the
+                    # disk heals (lost if the node stops first). Reads are still answered; a
+                    # write whose own batch failed has raised in its handler already.
+                    with contextlib.suppress(StorageFailed):
                         await engine.settle()
-                    except StorageFailed as exc:
-                        response = dialect.render_error(request, exc)
             if dialect.stamp is not None:
                 dialect.stamp(response, index, engine)
             return response

@@ -1,15 +1,23 @@
-"""Group commit: tickets of staged mutations, and the points a writer can wait for."""
+"""Group commit: tickets of staged mutations, the points a writer can wait for, and the
+storage fault that stops them until the disk accepts writes again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import re
+import time
 from collections.abc import Callable
 
-from kvs.errors import StorageFailed, without_paths
+from kvs.clock import wall_ms
+from kvs.errors import StorageFailed, StorageFull
 
 log = logging.getLogger("kvs.storage")
+
+# A file path in a RocksDB message ("/data/000004.log", "./data/LOCK"), not "Input/output".
+_PATH = re.compile(r"(?<![\w.])\.{0,2}/[^\s:]+")
 
 
 class Commits:
@@ -22,21 +30,27 @@ class Commits:
     needs only the first fsync that begins after its write; writers arriving during an
     fsync share the next one (group commit).
 
-    A failed write or fsync leaves memory ahead of disk: every waiter hears it, and so
-    does every later write, until the node is restarted.
+    A failed write or fsync is a *fault*: memory is then ahead of disk. The staged
+    records stay staged, every waiter hears that its outcome is unknown, and every
+    later write is refused before it stages anything, until `resume()` (called by the
+    store on a fresh RocksDB handle) writes and fsyncs them. The fault's start, each
+    change of its cause and its end are logged once each.
     """
 
     def __init__(self, write_staged: Callable[[], None], fsync: Callable[[], None], *,
-                 sync: bool = False) -> None:
+                 sync: bool = False, data_dir: str = "") -> None:
         self._write_staged = write_staged
         self._fsync = fsync
         self._sync_acks = sync
+        self._data_dir = data_dir  # never shown to clients
         self.issued = 0
         self.written = 0
         self.synced = 0
         self.writes = 0  # RocksDB writes: far fewer than tickets under concurrency
         self.syncs = 0  # fsyncs: far fewer than tickets under concurrency
-        self.failure: StorageFailed | None = None
+        self.fault_since: int | None = None  # wall-clock ms at which the current fault began
+        self._cause: tuple[type[StorageFailed], str] | None = None
+        self._fault_started = 0.0
         self._scheduled = False
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (ticket, until settled)
         self._sync_task: asyncio.Task[None] | None = None
@@ -46,9 +60,22 @@ class Commits:
         """Answers may show everything through this ticket: written, or synced with sync_writes."""
         return self.synced if self._sync_acks else self.written
 
+    @property
+    def fault(self) -> StorageFailed | None:
+        """What a write is refused with while the disk refuses writes; None when healthy."""
+        return None if self._cause is None else self._refusal()
+
+    @property
+    def syncing(self) -> bool:
+        """An fsync is running in a worker thread (on the current RocksDB handle)."""
+        return self._sync_task is not None
+
     def check(self) -> None:
-        if self.failure is not None:
-            raise self.failure
+        # A new exception each time: a re-raised one grows its traceback. Not held in a local
+        # either: that would make a cycle through the traceback, keeping every frame on it
+        # (a scan's RocksDB iterator, and with it the handle recover() must close) alive.
+        if self._cause is not None:
+            raise self._refusal()
 
     def stage(self) -> int:
         """A new ticket; its write happens once the current event-loop round is over."""
@@ -76,7 +103,8 @@ class Commits:
         try:
             self._write_staged()
         except Exception as exc:
-            raise self._fail("writing a batch to RocksDB", exc) from exc
+            self._fail("writing a batch to RocksDB", exc)
+            raise self._unknown_outcome() from None
         self.writes += 1
         self.written = self.issued
         if not self._sync_acks:
@@ -84,19 +112,68 @@ class Commits:
         elif self._waiters and self._sync_task is None:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync())
 
-    def _fail(self, what: str, exc: BaseException) -> StorageFailed:
-        self.failure = StorageFailed(
-            f"{what} failed ({without_paths(str(exc))}); this node's memory is now ahead of its disk, so it "
-            "refuses writes: check the disk and restart the node (unacknowledged writes are lost)")
-        log.error("event=storage_failed what=%r error=%r", what, str(exc))
+    def resume(self) -> bool:
+        """End a fault: write what is still staged and fsync it; False if the disk still refuses.
+
+        The store calls it on a fresh RocksDB handle (a handle that failed a write keeps
+        failing). Writing the same pending records again is idempotent, so it does not
+        matter whether part of the failed write reached the log.
+        """
+        if self._cause is None:
+            return True
+        try:
+            if self.written != self.issued:
+                self._write_staged()
+                self.writes += 1
+            self._fsync()
+        except Exception as exc:
+            self._fail("writing the pending batch again", exc, current=True)
+            return False
+        self.syncs += 1
+        self.written = self.synced = self.issued
+        log.warning("event=storage_recovered after_ms=%d",
+                    (time.monotonic() - self._fault_started) * 1000)
+        self._cause = None
+        self.fault_since = None
+        return True
+
+    def _fail(self, what: str, exc: BaseException, *, current: bool = False) -> None:
+        """Enter the fault, or (`current`: a retry failed) update its cause.
+
+        An operation already in flight when the fault began (an fsync in its thread) fails
+        with "Writer has previous error": a consequence, not a new cause.
+        """
+        cause = _cause(exc, self._data_dir)
+        if self._cause is None:
+            self.fault_since = wall_ms()
+            self._fault_started = time.monotonic()
+            log.error("event=storage_failed what=%r error=%r: writes are refused until the disk "
+                      "accepts them again", what, str(exc))
+            self._cause = cause
+        elif current and cause != self._cause:
+            log.error("event=storage_fault_changed what=%r error=%r", what, str(exc))
+            self._cause = cause
         self._release()
-        return self.failure
+
+    def _refusal(self) -> StorageFailed:
+        assert self._cause is not None
+        kind, cause = self._cause
+        return kind(f"{cause}: this node refuses writes until its disk accepts them again "
+                    "(it retries by itself); nothing was written. Reads still work.")
+
+    def _unknown_outcome(self) -> StorageFailed:
+        assert self._cause is not None
+        kind, cause = self._cause
+        return kind(f"{cause}: this write is not acknowledged. It stays in this node's memory "
+                    "and is written as soon as the disk accepts writes again (it is lost if the "
+                    "node stops first), so its outcome is unknown until then.")
 
     async def wait(self, ticket: int) -> None:
         """Wait until `ticket` is settled."""
-        self.check()
         if ticket <= self.settled_through:
             return
+        if self._cause is not None:
+            raise self._unknown_outcome()
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((ticket, future))
         if self._sync_acks and ticket <= self.written and self._sync_task is None:
@@ -105,7 +182,7 @@ class Commits:
 
     async def _sync(self) -> None:
         try:
-            while self.failure is None and any(ticket <= self.written for ticket, _ in self._waiters):
+            while self._cause is None and any(ticket <= self.written for ticket, _ in self._waiters):
                 target = self.written
                 try:
                     await asyncio.to_thread(self._fsync)
@@ -119,14 +196,26 @@ class Commits:
             self._sync_task = None
 
     def _release(self) -> None:
-        """Wake the waiters whose tickets are settled; after a failure, all of them."""
+        """Wake the waiters whose tickets are settled; during a fault, all the others too."""
         still = []
         for ticket, future in self._waiters:
-            if ticket > self.settled_through and self.failure is None:
+            if future.done():
+                continue
+            if ticket <= self.settled_through:
+                future.set_result(None)
+            elif self._cause is not None:
+                future.set_exception(self._unknown_outcome())
+            else:
                 still.append((ticket, future))
-            elif not future.done():
-                if self.failure is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(self.failure)
         self._waiters = still
+
+
+def _cause(exc: BaseException, data_dir: str) -> tuple[type[StorageFailed], str]:
+    """The error class and a client-safe description of a failed write: no file paths."""
+    text = str(exc)
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+        return StorageFull, "the disk is full (no space left on device)"
+    if data_dir:
+        text = text.replace(data_dir, "")
+    return StorageFailed, "the disk failed a write (" + (_PATH.sub("<file>", text) or
+                                                        type(exc).__name__) + ")"
