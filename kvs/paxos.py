@@ -155,12 +155,15 @@ class Ack:
 @dataclass(frozen=True, slots=True)
 class Nack:
     """`of_accept`: it answers an Accept. A Nack of a (duplicated, late) Prepare says
-    nothing about whether the acceptor accepted the round's value before."""
+    nothing about whether the acceptor accepted the round's value before; nor does the
+    Nack of a duplicated Accept, unless `accepted` (the ballot it holds a value of; they
+    only grow) is below the round's: then it never accepted the round's value."""
 
     voter: str
     ballot: Ballot
     promised: Ballot
     of_accept: bool = False
+    accepted: Ballot | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,7 @@ class Stale:
     ballot: Ballot | None
     config: Config
     of_accept: bool = False
+    accepted: Ballot | None = None  # as in Nack
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +217,13 @@ def accept(voter: str, state: AcceptorState, ballot: Ballot, value: Any,
            next_ballot: Ballot | None = None) -> tuple[AcceptorState, Ack | Nack]:
     """Accept unless a higher ballot was promised; with `next_ballot`, promise it too."""
     if state.promised is not None and ballot < state.promised:
-        return state, Nack(voter, ballot, state.promised, of_accept=True)
+        return state, Nack(voter, ballot, state.promised, True, _held(state))
     promised = next_ballot if next_ballot is not None else ballot
     return AcceptorState(promised, Proposal(ballot, value)), Ack(voter, ballot, next_ballot)
+
+
+def _held(state: AcceptorState) -> Ballot | None:
+    return state.accepted.ballot if state.accepted else None
 
 
 def _newer(known: Config | None, carried: Config) -> Config:
@@ -227,7 +235,8 @@ def receive(voter: str, known: Config | None, state: AcceptorState, message: Mes
     older epoch than the acceptor's is refused with the newer config; a newer one is
     adopted (epochs only grow)."""
     if known is not None and message.config.epoch < known.epoch:
-        return Step(known, state, Stale(voter, message.ballot, known, isinstance(message, Accept)))
+        return Step(known, state, Stale(voter, message.ballot, known, isinstance(message, Accept),
+                                        _held(state)))
     if isinstance(message, Prepare):
         kept, reply = prepare(voter, state, message.ballot)
     else:
@@ -371,6 +380,11 @@ class _Tally:
         (self.ok if ok else self.refused)[reply.voter] = reply
         return True
 
+    def refused_cleanly(self, ballot: Ballot) -> bool:
+        """Every refusal proves its voter never accepted `ballot`'s value."""
+        return all(isinstance(r, Nack | Stale) and (r.accepted is None or r.accepted < ballot)
+                   for r in self.refused.values())
+
     def rejected(self) -> Rejected:
         promised = max((r.promised for r in self.refused.values() if isinstance(r, Nack)),
                        default=None)
@@ -471,13 +485,13 @@ class Round:
         tally, config = self._tally, self.config
         if not tally.add(reply, isinstance(reply, Ack)):
             return
+        n, clean = len(config.voters), tally.refused_cleanly(self.ballot)
         if len(tally.ok) >= config.accept_quorum:
             self._commit()
-        elif len(tally.refused) == len(config.voters):
+        elif len(tally.refused) == n and clean:
             self._finish(tally.rejected())
-        elif tally.ok and len(tally.refused) > len(config.voters) - config.accept_quorum:
-            self._finish(Indeterminate(len(tally.ok), len(tally.refused), len(config.voters),
-                                       config.accept_quorum))
+        elif len(tally.refused) > n - config.accept_quorum and (tally.ok or not clean):
+            self._finish(Indeterminate(len(tally.ok), len(tally.refused), n, config.accept_quorum))
 
     def _commit(self) -> None:
         promised_next = sum(1 for r in self._tally.ok.values()
