@@ -307,7 +307,7 @@ Outcome = Committed | Conflict | Rejected | Unavailable | Indeterminate
 
 
 @dataclass(frozen=True, slots=True)
-class _Prepared:
+class Prepared:
     """What the one-round-trip path keeps after a commit: a prepare quorum promised
     `ballot` in the very step in which it accepted `value`."""
 
@@ -321,7 +321,8 @@ class Proposer:
     been told of, and the keys it may change in one round trip.
 
     `counter` must start above every counter this node used before a restart (e.g. from a
-    persisted floor): a ballot reused with another value breaks the protocol.
+    persisted floor): a ballot reused with another value breaks the protocol. At most one
+    round per key at a time: the one-round-trip cache of a key belongs to one round.
     """
 
     def __init__(self, node: str, config: Config, *, counter: int = 0, fast: bool = True) -> None:
@@ -329,7 +330,7 @@ class Proposer:
         self.config = config
         self.counter = counter
         self.fast = fast
-        self._prepared: dict[Hashable, _Prepared] = {}
+        self._prepared: dict[Hashable, Prepared] = {}
 
     def begin(self, key: Hashable, change: Callable[[Any], Any]) -> Round:
         """A round applying `change` to the key's current value (None if it has none).
@@ -358,7 +359,7 @@ class Proposer:
     def forget(self, key: Hashable) -> None:
         self._prepared.pop(key, None)
 
-    def _remember(self, key: Hashable, prepared: _Prepared) -> None:
+    def remember(self, key: Hashable, prepared: Prepared) -> None:
         self._prepared[key] = prepared
 
 
@@ -399,7 +400,7 @@ class Round:
     """
 
     def __init__(self, proposer: Proposer, key: Hashable, change: Callable[[Any], Any],
-                 ballot: Ballot, config: Config, fast_base: _Prepared | None = None) -> None:
+                 ballot: Ballot, config: Config, fast_base: Prepared | None = None) -> None:
         self.proposer, self.key, self.change = proposer, key, change
         self.ballot, self.config = ballot, config
         self.phase = _PREPARE
@@ -499,7 +500,7 @@ class Round:
         self._finish(Conflict(self._value, self._refusal) if self._refusal is not None
                      else Committed(self._value, self.ballot))
         if self._next is not None and promised_next >= self.config.prepare_quorum:
-            self.proposer._remember(self.key, _Prepared(self._next, self._value, self.config))
+            self.proposer.remember(self.key, Prepared(self._next, self._value, self.config))
 
     def _finish(self, outcome: Outcome) -> Outcome:
         self.phase, self.outcome = _DONE, outcome
