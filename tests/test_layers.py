@@ -10,7 +10,7 @@ import kvs
 
 ROOT = Path(kvs.__file__).parent
 PURE = {"kvs.errors", "kvs.config", "kvs.clock", "kvs.model", "kvs.keys", "kvs.merkle",
-        "kvs.conditions"}
+        "kvs.conditions", "kvs.paxos"}
 # Third-party modules the pure core may use: data formats and hashing, no I/O frameworks.
 PURE_THIRD_PARTY = {"orjson", "xxhash", "yaml"}
 
