@@ -103,6 +103,7 @@ class Node:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
+        stack.callback(self.watchers.close)  # first: blocking queries answer, cleanup need not wait
         await web.SockSite(runner, sock).start()
         await self.membership.start()
         stack.push_async_callback(self.membership.stop)

@@ -14,7 +14,9 @@ A wake-up costs a read of the changed keys, never a rescan of the prefix, and an
 idle watcher costs one set entry and one timer. Because a watch stays registered
 between wake-ups, a change that lands while its query is checking is not lost.
 Expiries found by the sweeper wake the watches of the expired keys too: the
-version did not change, but what a read returns did.
+version did not change, but what a read returns did. A stopping node closes every
+watch, so its blocking queries answer at once instead of holding the shutdown for
+their whole wait (a browser tab of the UI always has one open).
 """
 
 from __future__ import annotations
@@ -29,21 +31,32 @@ from kvs.model import Version
 class Watch:
     """One blocking query's subscription: the keys changed since it last looked."""
 
-    __slots__ = ("_future", "changed", "expired")
+    __slots__ = ("_future", "changed", "closed", "expired")
 
-    def __init__(self) -> None:
+    def __init__(self, closed: bool = False) -> None:
         self.changed: set[str] = set()
         self.expired = False
+        self.closed = closed
         self._future: asyncio.Future[None] | None = None
 
     def _add(self, key: str, expired: bool) -> None:
         self.changed.add(key)
         self.expired |= expired
+        self._wake()
+
+    def _wake(self) -> None:
         if self._future is not None and not self._future.done():
             self._future.set_result(None)
 
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
     async def next(self, timeout: float) -> tuple[set[str], bool] | None:
-        """(changed keys, any of them expired) since the last call; None on timeout."""
+        """(changed keys, any of them expired) since the last call; None on timeout or
+        once closed (the node is stopping: answer now)."""
+        if self.closed:
+            return None
         if not self.changed:
             self._future = asyncio.get_running_loop().create_future()
             try:
@@ -53,6 +66,8 @@ class Watch:
                 return None
             finally:
                 self._future = None
+            if self.closed:
+                return None
         changed, expired = self.changed, self.expired
         self.changed, self.expired = set(), False
         return changed, expired
@@ -62,11 +77,12 @@ class Watchers:
     def __init__(self) -> None:
         self._keys: dict[str, set[Watch]] = {}
         self._prefixes: dict[str, set[Watch]] = {}
+        self.closed = False
 
     @contextmanager
     def watch(self, key: str, *, prefix: bool) -> Iterator[Watch]:
         table = self._prefixes if prefix else self._keys
-        watch = Watch()
+        watch = Watch(closed=self.closed)
         table.setdefault(key, set()).add(watch)
         try:
             yield watch
@@ -75,6 +91,14 @@ class Watchers:
             watches.discard(watch)
             if not watches:
                 del table[key]
+
+    def close(self) -> None:
+        """End every wait, now and from now on: the node is stopping."""
+        self.closed = True
+        for table in (self._keys, self._prefixes):
+            for watches in table.values():
+                for watch in watches:
+                    watch.close()
 
     def notify(self, versions: list[Version]) -> None:
         """Engine listener: versions committed by one mutation."""
