@@ -27,7 +27,7 @@ from kvs.cluster.swim.membership import Membership
 from kvs.cluster.transport import HttpTransport
 from kvs.config import Config
 from kvs.engine import Engine
-from kvs.http import index, openapi
+from kvs.http import index, openapi, ui
 from kvs.http.cluster import ClusterApi
 from kvs.http.kv import KVApi
 from kvs.http.metrics import Metrics
@@ -136,6 +136,7 @@ class Node:
             *SnapshotApi(config, engine).routes(),
             web.get("/openapi.json", openapi.handle),
             *index.routes(engine.node_id),
+            *ui.routes(),
         ]
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
                         client_max_size=config.max_value_bytes * 4 + ENVELOPE_BYTES)

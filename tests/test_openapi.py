@@ -105,8 +105,8 @@ async def test_every_public_route_is_documented_and_vice_versa(node: Node) -> No
     served = set()
     for route in node.app.router.routes():  # type: ignore[union-attr]
         path = route.resource.canonical  # type: ignore[union-attr]
-        if route.method in ("HEAD", "*") or path.startswith("/internal/"):
-            continue  # "*": the fallback that answers 404/405 for everything else
+        if route.method in ("HEAD", "*") or path.startswith(("/internal/", "/ui")):
+            continue  # "*": the fallback that answers 404/405 for everything else; /ui: web pages
         served.add((route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)))
     assert served == _documented()
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from kvs.cluster.replication import Replicator
 from kvs.cluster.swim.membership import Membership
 from kvs.engine import Engine
-from kvs.http.toolkit import json_response
+from kvs.http.toolkit import ANY_ORIGIN, json_response
 
 DUMP_PATH = "/internal/dump"
 
@@ -35,7 +35,7 @@ class ClusterApi:
         return json_response(self.membership.members())
 
     async def status(self, request: web.Request) -> web.Response:
-        return json_response({**self.engine.status(), **self.replicator.status()})
+        return json_response({**self.engine.status(), **self.replicator.status()}, headers=ANY_ORIGIN)
 
     async def leave(self, request: web.Request) -> web.Response:
         """Leave gracefully: peers learn `left` at once, then the node shuts down."""

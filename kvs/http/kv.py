@@ -17,6 +17,7 @@ from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, TooLarge
 from kvs.http.toolkit import (
+    ANY_ORIGIN,
     body_conditions,
     check_params,
     encoded_size,
@@ -59,7 +60,7 @@ class KVApi:
         ]
 
     async def health(self, request: web.Request) -> web.Response:
-        return json_response({"status": "ok", "node": self.engine.node_id})
+        return json_response({"status": "ok", "node": self.engine.node_id}, headers=ANY_ORIGIN)
 
     # -- GET -----------------------------------------------------------------------------
 
