@@ -65,7 +65,8 @@ async def test_an_unchanged_file_is_a_304(node: Node, http: aiohttp.ClientSessio
     "/ui/nope.js", "/ui/index.html.bak", "/ui/..%5c..%5cpyproject.toml",
 ])
 async def test_nothing_outside_the_shipped_files(node: Node, http: aiohttp.ClientSession, path: str) -> None:
-    status, headers, body = await get(http, node.url + path)
+    assert (await get(http, node.url + "/ui/index.html"))[0] == 200  # the folder is served...
+    status, headers, body = await get(http, node.url + path)  # ...and nothing around it
     assert status == 404, path
     assert headers["Content-Type"].startswith("application/json") and b'"not_found"' in body
 
