@@ -29,7 +29,7 @@ from kvs.cluster.transport import HttpTransport
 from kvs.config import Config
 from kvs.engine import Engine
 from kvs.errors import ConfigError, StorageFailed
-from kvs.http import connections, consul, index, openapi
+from kvs.http import connections, consul, index, openapi, ui
 from kvs.http.cluster import ClusterApi
 from kvs.http.kv import KVApi
 from kvs.http.metrics import Metrics
@@ -147,6 +147,7 @@ class Node:
             web.get("/openapi.json", openapi.handle),
             *index.routes(engine.node_id),
             *consul.routes(config, engine, self.membership, kv.block),
+            *ui.routes(),
         ]
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
                         client_max_size=config.max_value_bytes * 4 + ENVELOPE_BYTES,

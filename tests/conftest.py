@@ -72,6 +72,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
     """Start in-process nodes; every one is stopped at teardown, even if the test failed."""
+    async with node_factory(tmp_path) as factory:
+        yield factory
+
+
+@contextlib.asynccontextmanager
+async def node_factory(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    """make_node's factory, for fixtures that must run in another event loop scope."""
     nodes: list[Node] = []
     counter = 0
 
@@ -86,10 +93,12 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
         nodes.append(node)
         return node
 
-    yield factory
-    for node in reversed(nodes):
-        with contextlib.suppress(Exception):
-            await node.stop()
+    try:
+        yield factory
+    finally:
+        for node in reversed(nodes):
+            with contextlib.suppress(Exception):
+                await node.stop()
 
 
 def node_config(**settings: Any) -> Config:

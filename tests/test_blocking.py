@@ -193,3 +193,21 @@ async def test_changes_between_wake_ups_are_not_lost() -> None:
         assert root.changed == deep.changed == {"a/bc"}
         assert not any(w.changed for w in others)
     assert len(watchers) == 0
+
+
+async def test_a_stopping_node_answers_its_blocking_queries_at_once(make_node: NodeFactory) -> None:
+    """Shutdown does not wait out the blocking queries (a UI tab always holds one open)."""
+    node = await make_node()
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, node.url)
+        put = await api.put("w/k", {"value": 1})
+        waiting = [asyncio.create_task(api.get(path_for(mode), **mode, index=str(put.index), wait="30s"))
+                   for mode in MODES]
+        await blocked(node, len(MODES))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await node.stop()
+        assert loop.time() - start < 5  # far from the 30 s wait
+        replies = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert [reply.status for reply in replies] == [200] * len(MODES)
+        assert replies[0].body["value"] == 1

@@ -13,7 +13,8 @@ from kvs.node import Node
 from tests.conftest import Api
 
 LINKS = {"health": "/health", "openapi": "/openapi.json", "metrics": "/metrics", "kv": "/kv/",
-         "cluster": "/cluster/status", "members": "/cluster/members", "services": "/services"}
+         "cluster": "/cluster/status", "members": "/cluster/members", "services": "/services",
+         "ui": "/ui/"}
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
 
 
@@ -49,7 +50,7 @@ async def test_a_browser_gets_the_same_links_as_html(node: Node, http: aiohttp.C
 
 
 async def test_other_unknown_paths_still_404_json(api: Api) -> None:
-    for path in ["/nope", "/index.html", "/ui/", "/kv"]:
+    for path in ["/nope", "/index.html", "/ui/nope", "/kv"]:
         reply = await api.request("GET", path)
         assert reply.status == 404, path
         assert reply.body["error"] == "not_found"

@@ -105,8 +105,8 @@ async def test_every_public_route_is_documented_and_vice_versa(node: Node) -> No
     served = set()
     for route in node.app.router.routes():  # type: ignore[union-attr]
         path = route.resource.canonical  # type: ignore[union-attr]
-        if route.method in ("HEAD", "*") or path.startswith(("/internal/", "/v1/")):
-            continue  # "*": the fallback for everything else; /v1/: Consul's API (docs/consul.md)
+        if route.method in ("HEAD", "*") or path.startswith(("/internal/", "/v1/", "/ui")):
+            continue  # "*": the fallback; /v1/: Consul's API (docs/consul.md); /ui: web pages
         served.add((route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)))
     assert served == _documented()
 

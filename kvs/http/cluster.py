@@ -16,7 +16,7 @@ from aiohttp import web
 from kvs.cluster.replication import Replicator
 from kvs.cluster.swim.membership import Membership
 from kvs.engine import Engine
-from kvs.http.toolkit import json_response
+from kvs.http.toolkit import ANY_ORIGIN, json_response
 
 DUMP_PATH = "/internal/dump"
 
@@ -44,7 +44,7 @@ class ClusterApi:
 
     async def status(self, request: web.Request) -> web.Response:
         return json_response({**self.engine.status(), **self.replicator.status(),
-                              **self.membership.status()})
+                              **self.membership.status()}, headers=ANY_ORIGIN)
 
     async def remove(self, request: web.Request) -> web.StreamResponse:
         """Remove a dead or left member now (Consul's force-leave -prune); it may rejoin."""

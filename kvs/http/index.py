@@ -21,6 +21,7 @@ from kvs.http.toolkit import json_response
 LINKS = {
     "health": "/health", "openapi": "/openapi.json", "metrics": "/metrics", "kv": "/kv/",
     "cluster": "/cluster/status", "members": "/cluster/members", "services": "/services",
+    "ui": "/ui/",
 }
 
 

@@ -17,6 +17,7 @@ from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, Overloaded, TooLarge
 from kvs.http.toolkit import (
+    ANY_ORIGIN,
     body_conditions,
     check_params,
     encoded_size,
@@ -75,7 +76,7 @@ class KVApi:
         problems = storage_problems(engine)
         if problems:
             body.update(status="degraded", problems=problems)
-        return json_response(body)
+        return json_response(body, headers=ANY_ORIGIN)
 
     # -- GET -----------------------------------------------------------------------------
 

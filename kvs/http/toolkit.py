@@ -43,6 +43,11 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
 
 # -- answers -------------------------------------------------------------------------------
 
+# On the read-only answers a web UI served by another member may read (GET /health and
+# /cluster/status: node id, counters, Merkle root; nothing from the key space), so the UI
+# of one node can show every node. No credentials are involved.
+ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
                   ) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, headers=headers,
