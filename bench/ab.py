@@ -10,7 +10,8 @@ followed by `+NAME=VALUE,...` environment settings for its node; the item `tls` 
 them serves TLS with certificates of a throwaway CA (kvs.testing.certs), and wrk and the
 harness then talk https (wrk keeps its connections: the steady-state cost, not handshakes).
 Every round runs each operation on every target back to back, so the machine's drift
-(large on a 2-core machine) hits them alike; ratios are medians of per-round ratios (`bench.run.paired_ratio`).
+(large on a 2-core machine) hits them alike; ratios are medians of per-round ratios
+(`bench.run.paired_ratio`).
 A change of the optimisation passes in docs/benchmarks.md was kept only when this showed
 a gain beyond the noise. Pinning, wrk settings and Lua scripts are the harness's.
 """
