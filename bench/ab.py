@@ -3,11 +3,15 @@
     python -m bench.ab HEAD~1 .                      # the last commit vs the working tree
     python -m bench.ab --ops put_random,cas_index . .+KVS_REVISION_HISTORY_LIMIT=1
     python -m bench.ab --reps 5 --duration 3 HEAD~2 HEAD~1 .
+    python -m bench.ab --ops get,put_one . .+tls         # the cost of TLS
 
 A target is `REV` (anything `git archive` takes; `.` is the working tree), optionally
-followed by `+NAME=VALUE,...` environment settings for its node. Every round runs each
-operation on every target back to back, so the machine's drift (large on a 2-core
-machine) hits them alike; ratios are medians of per-round ratios (`bench.run.paired_ratio`).
+followed by `+NAME=VALUE,...` environment settings for its node; the item `tls` among
+them serves TLS with certificates of a throwaway CA (kvs.testing.certs), and wrk and the
+harness then talk https (wrk keeps its connections: the steady-state cost, not handshakes).
+Every round runs each operation on every target back to back, so the machine's drift
+(large on a 2-core machine) hits them alike; ratios are medians of per-round ratios
+(`bench.run.paired_ratio`).
 A change of the optimisation passes in docs/benchmarks.md was kept only when this showed
 a gain beyond the noise. Pinning, wrk settings and Lua scripts are the harness's.
 """
@@ -40,9 +44,21 @@ def _export(rev: str, into: Path) -> Path:
 
 def _target(spec: str, work: Path, cpus: str | None) -> Target:
     rev, _, settings = spec.partition("+")
-    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    items = [item for item in settings.split(",") if item]
+    env = dict(item.split("=", 1) for item in items if item != "tls")
+    if "tls" in items:
+        env.update(_tls_env(work / "tls"))
     root = REPO_ROOT if rev == "." else _export(rev, work)
     return KvsTarget(f"kvs@{spec}", work, cpus, env=env, root=root)
+
+
+def _tls_env(directory: Path) -> dict[str, str]:
+    from kvs.testing.certs import LocalCA
+
+    ca = LocalCA(directory)
+    cert, key = ca.issue("bench", ["127.0.0.1", "localhost"])
+    return {"KVS_TLS_CERT_FILE": str(cert), "KVS_TLS_KEY_FILE": str(key),
+            "KVS_TLS_CA_FILE": str(ca.cert_file)}
 
 
 def _denominator(cells: dict[tuple[str, str], Cell], op: str) -> Cell:

@@ -530,7 +530,7 @@ def run_wrk(target: Target, op: str, duration: int, tag: str, *, connections: in
 
 def prepare(target: Target) -> None:
     """The key the GET cells read."""
-    client = Http(target.url)
+    client = Http(target.url, ca=target.ca)
     try:
         target.put(client, "bench/get", "v" * VALUE_BYTES)
     finally:

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kvs.testing import REPO_ROOT, Cluster, ManagedProcess, free_port, node_env
+from kvs.tls import client_context
 
 BARE_BANNER = re.compile(r"bare app listening on (http://\S+)")
 START_TIMEOUT = 60.0
@@ -49,11 +50,13 @@ def pinned(command: Sequence[str], cpus: str | None) -> list[str]:
 class Http:
     """One keep-alive connection to one server, for set-up writes and latency probes."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, ca: str | None = None) -> None:
+        """`ca`: the CA file that verifies an https server."""
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.timeout = timeout
+        self.tls = client_context(ca) if parts.scheme == "https" else None
         self.conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -61,7 +64,9 @@ class Http:
         headers = {"Content-Type": "application/json"} if data is not None else {}
         for attempt in (1, 2):  # one retry on a stale keep-alive connection
             if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self.conn = (http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                                         context=self.tls) if self.tls else
+                             http.client.HTTPConnection(self.host, self.port, timeout=self.timeout))
             try:
                 self.conn.request(method, path, body=data, headers=headers)
                 resp = self.conn.getresponse()
@@ -136,6 +141,7 @@ class Target:
         self.procs: list[ManagedProcess] = []
         self.urls: list[str] = []
         self.load_index = 0  # which node wrk drives
+        self.ca: str | None = None  # the CA file of a target serving https
 
     @property
     def url(self) -> str:
@@ -201,12 +207,14 @@ class KvsTarget(Target):
         self.root = root
         self.env = {"KVS_CAS_ENABLED": "true", "KVS_SYNC_WRITES": "true" if sync_writes else "false",
                     **(env or {})}
+        self.ca = self.env.get("KVS_TLS_CA_FILE")
         self.node_ids: list[str] = []
 
     def start(self) -> None:
         """Node 1 first, the others seeded with it; until every node sees all of them alive."""
         cluster = Cluster(self.dir, [f"node{i}" for i in range(1, self.nodes + 1)], env=self.env,
-                          launcher=pinned([], self.cpus), root=self.root)
+                          launcher=pinned([], self.cpus), root=self.root,
+                          ca=Path(self.ca) if self.ca else None)
         self.procs = [*cluster.nodes]
         cluster.start_all(START_TIMEOUT)
         self.node_ids = [str(node.node_id) for node in cluster.nodes]

@@ -50,9 +50,11 @@ from kvs.cluster import auth
 from kvs.errors import BadRequest, CASConflict, CASDisabled, ConfigError, KVSError, NotFound
 from kvs.keys import validate_key
 from kvs.model import MAX_U64
+from kvs.tls import client_context
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DISABLED, EXIT_UNAVAILABLE = 1, 2, 3, 4, 5, 6
 EXIT_LOCK_LOST = 7
+CA_ENV = "KVS_CA"
 _EXIT_FOR: list[tuple[type[KVSError], int]] = [
     (NotFound, EXIT_NOT_FOUND), (CASConflict, EXIT_CONFLICT), (CASDisabled, EXIT_DISABLED),
     (Unavailable, EXIT_UNAVAILABLE),
@@ -124,7 +126,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     from kvs.localcluster import run_local_cluster
 
     return run_local_cluster(nodes=args.nodes, base_port=args.base_port, directory=args.dir,
-                             config_file=args.config)
+                             config_file=args.config, tls=args.tls)
 
 
 # -- client commands ------------------------------------------------------------------------
@@ -276,7 +278,7 @@ def cmd_members_remove(c: Client, args: argparse.Namespace) -> Any:
     """DELETE /cluster/members/ID, signed with the cluster secret if one is given."""
     secret = args.secret or os.environ.get("KVS_CLUSTER_SECRET") or None
     path = "/cluster/members/" + urllib.parse.quote(args.id, safe="")
-    answer = _signed_delete(c.nodes, path, secret, c.timeout)
+    answer = _signed_delete(c, path, secret)
     if answer.status != 200:
         raise error_for(answer)
     removed = json.loads(answer.body)
@@ -287,14 +289,14 @@ def cmd_members_remove(c: Client, args: argparse.Namespace) -> Any:
     return None
 
 
-def _signed_delete(nodes: list[str], path: str, secret: str | None, timeout: float) -> Answer:
-    """One DELETE, to the first node that answers; signed like a peer's request
-    (kvs.cluster.auth) when a secret is given, as a node with a secret requires."""
+def _signed_delete(c: Client, path: str, secret: str | None) -> Answer:
+    """One DELETE, to the first of the client's nodes that answers; signed like a peer's
+    request (kvs.cluster.auth) when a secret is given, as a node with a secret requires."""
     failures = []
-    for node in nodes:
-        url = urllib.parse.urlsplit(node)
+    for node in c.nodes:
         headers = auth.sign(secret, "DELETE", path, b"", int(time.time() * 1000)) if secret else {}
-        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=timeout)
+        conn = c.connection(node)
+        conn.timeout = c.timeout
         try:
             conn.request("DELETE", path, headers=headers)
             resp = conn.getresponse()
@@ -442,6 +444,7 @@ def _lock_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="seconds between SIGTERM and SIGKILL when the lock is lost (default: 10)")
     p.add_argument("--node", action="append", dest="lock_node", metavar="URL",
                    help=f"node URL (repeat for failover) (default: {DEFAULT_NODE})")
+    add_ca_option(p, default=argparse.SUPPRESS)
     return p
 
 
@@ -450,7 +453,7 @@ async def _locked(args: argparse.Namespace, command: list[str]) -> int:
     from kvs.coordination import Lock
 
     setup_logging("warning")  # renewal trouble shows up on stderr as it happens
-    async with AsyncClient(args.node) as client:
+    async with AsyncClient(args.node, ca=args.ca) as client:
         lock = Lock(client, args.key, ttl=args.ttl)
         try:
             if not await lock.acquire(timeout=args.timeout):
@@ -516,7 +519,7 @@ def cmd_leave(args: argparse.Namespace) -> int:
     request = urllib.request.Request(args.node[0].rstrip("/") + LEAVE_PATH, data=b"",
                                      method="POST", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=30, context=client_context(args.ca)) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return _report(_error_answer(exc.code, exc.read()))
@@ -541,7 +544,7 @@ def _report(exc: KVSError) -> int:
 
 
 def _run_client(handler: Callable[[Client, argparse.Namespace], Any], args: argparse.Namespace) -> int:
-    client = Client(args.node)
+    client = Client(args.node, ca=args.ca)
     try:
         result = handler(client, args)
     except KVSError as exc:
@@ -696,7 +699,8 @@ setting stops the node before it touches its data dir (exit 2)."""
 CLUSTER_UP_DESCRIPTION = """\
 Start N nodes on loopback and print their output; Ctrl-C stops them all.
 Node i is named node-i, listens on BASE_PORT + i, keeps its data in DIR/node-i and
-joins through node-0. cas_enabled is on unless KVS_CAS_ENABLED says otherwise."""
+joins through node-0. cas_enabled is on unless KVS_CAS_ENABLED says otherwise.
+With --tls the nodes speak only TLS; it prints how a client connects."""
 
 SERVICES_DESCRIPTION = """\
 The service registry: each registration is a KV version, so it replicates and expires
@@ -754,6 +758,10 @@ def _add_cluster(sub: Any) -> None:
     up.add_argument("--config", metavar="FILE",
                     help="YAML config file for every node; the flags above replace its port, node_id "
                          "and data_dir (default: none)")
+    up.add_argument("--tls", action="store_true",
+                    help="TLS only: make a throwaway CA in DIR/tls and a certificate per node; "
+                         "clients then need --ca DIR/tls/ca.pem (the nodes verify each other's "
+                         "certificates too)")
     up.set_defaults(run=cmd_cluster_up)
 
 
@@ -768,8 +776,16 @@ def _client_command(sub: Any, name: str, handler: Callable[[Client, argparse.Nam
     """A command that talks to a node; `nested` for an action under a command that has --node."""
     p = _command(sub, name, help_text, description)
     _add_node_option(p, **({"default": argparse.SUPPRESS} if nested else {}))
+    add_ca_option(p, **({"default": argparse.SUPPRESS} if nested else {}))
     p.set_defaults(run=functools.partial(_run_client, handler))
     return p
+
+
+def add_ca_option(p: argparse.ArgumentParser, **kwargs: Any) -> None:
+    """--ca, for https node URLs (default=SUPPRESS where an earlier parse may have set it)."""
+    p.add_argument("--ca", metavar="FILE", **{"default": os.environ.get(CA_ENV), **kwargs},
+                   help=f"PEM file of the CA that signed the nodes' TLS certificates, for https URLs "
+                        f"(default: ${CA_ENV}, else the system's CAs)")
 
 
 def _add_json_option(p: argparse.ArgumentParser, text: str = "print JSON instead of a table",
@@ -827,6 +843,7 @@ def _add_client_commands(sub: Any) -> None:
                    help=f"the node that leaves (default: {DEFAULT_NODE})")
     p.add_argument("--secret", help="the nodes' cluster_secret, to sign the request (default: "
                                     f"{configuration.ENV_PREFIX}CLUSTER_SECRET; none: unsigned)")
+    add_ca_option(p)
     p.set_defaults(run=cmd_leave)
 
     p = _client_command(sub, "watch", cmd_watch, "print a key (or prefix) and then each change to it")
@@ -849,7 +866,8 @@ def _add_lock(sub: Any) -> None:
         "Exit 4: --timeout passed while someone else held the lock.",
         usage="kvs lock KEY [--ttl T] [--timeout S] [--grace S] [--node URL] -- command [args...]")
     _add_key(p)
-    _lock_options(p).set_defaults(ttl=15.0, grace=10.0, timeout=None, lock_node=None)
+    _lock_options(p).set_defaults(ttl=15.0, grace=10.0, timeout=None, lock_node=None,
+                                  ca=os.environ.get(CA_ENV))
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
     p.set_defaults(run=cmd_lock)
 

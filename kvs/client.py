@@ -11,6 +11,8 @@
     with Client("http://127.0.0.1:8080") as kv:                  # the same methods, blocking
         kv.put("config/db", {"pool": 30})
 
+    Client("https://10.0.0.5:8080", ca="ca.pem")                 # TLS: verify the node against a CA
+
 How it is built
 ---------------
 Every method is written once, in `_Commands`, as a *plan*: either one `Call` (HTTP method,
@@ -60,6 +62,7 @@ import http.client
 import inspect
 import json
 import random
+import ssl
 import threading
 import time
 import urllib.parse
@@ -69,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from kvs import errors
 from kvs.errors import KVSError
+from kvs.tls import client_context
 
 if TYPE_CHECKING:
     import aiohttp
@@ -947,6 +951,9 @@ _JSON_HEADERS = {**_HEADERS, "Content-Type": "application/json"}
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(getattr(exc, "certificate_error", exc), ssl.SSLCertVerificationError):  # aiohttp wraps it
+        return (f"{exc}: the node's TLS certificate did not verify; give the CA that signed it "
+                "(ca=..., kvs --ca FILE or KVS_CA)")
     if isinstance(exc, TimeoutError):
         return f"timed out after {timeout:g}s"
     if isinstance(exc, ConnectionRefusedError):
@@ -960,16 +967,20 @@ class Client(_Commands):
     """Blocking client (http.client, keep-alive, thread-safe). Methods as in `_Commands`.
 
     `timeout` bounds each request (connect and every read), plus the wait of a blocking
-    query; `connect_timeout` bounds connecting, so a dead host fails over quickly.
+    query; `connect_timeout` bounds connecting, so a dead host fails over quickly. `ca`: a
+    PEM file of the CA that signed the nodes' certificates, for https URLs (None: the
+    system's CAs).
     """
 
     IDLE_SECONDS = 10.0  # drop pooled connections idle longer (the node closes them at 75 s)
 
     def __init__(self, nodes: str | Sequence[str] = DEFAULT_NODE, *, timeout: float = 10.0,
-                 connect_timeout: float = 3.0) -> None:
+                 connect_timeout: float = 3.0, ca: str | None = None) -> None:
         self._nodes = _Nodes(nodes)
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
+        self.ca = ca
+        self._ssl: ssl.SSLContext | None = None  # made at the first https connection
         self._idle: dict[str, list[tuple[http.client.HTTPConnection, float]]] = {}
         self._lock = threading.Lock()
 
@@ -1100,9 +1111,18 @@ class Client(_Commands):
                 if now - since < self.IDLE_SECONDS:
                     return conn, True
                 conn.close()
+        return self.connection(node), False
+
+    def connection(self, node: str) -> http.client.HTTPConnection:
+        """A new, unconnected connection to `node`: https ones verify it against `ca`."""
         parts = urllib.parse.urlsplit(node)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        return cls(parts.hostname or "127.0.0.1", parts.port, timeout=self.connect_timeout), False
+        host = parts.hostname or "127.0.0.1"
+        if parts.scheme != "https":
+            return http.client.HTTPConnection(host, parts.port, timeout=self.connect_timeout)
+        if self._ssl is None:
+            self._ssl = client_context(self.ca)
+        return http.client.HTTPSConnection(host, parts.port, timeout=self.connect_timeout,
+                                           context=self._ssl)
 
     def _give(self, node: str, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -1126,15 +1146,17 @@ class AsyncClient(_Commands):
     `timeout` bounds each request from start to end (plus the wait of a blocking query);
     `connect_timeout` bounds connecting, so a dead host fails over quickly. `max_connections`
     (None: unlimited) caps open connections; a watch holds one for its whole wait, so keep it
-    above the number of concurrent watches.
+    above the number of concurrent watches. `ca`: as for `Client`.
     """
 
     def __init__(self, nodes: str | Sequence[str] = DEFAULT_NODE, *, timeout: float = 10.0,
-                 connect_timeout: float = 3.0, max_connections: int | None = None) -> None:
+                 connect_timeout: float = 3.0, max_connections: int | None = None,
+                 ca: str | None = None) -> None:
         self._nodes = _Nodes(nodes)
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.max_connections = max_connections
+        self.ca = ca
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -1156,7 +1178,8 @@ class AsyncClient(_Commands):
         import aiohttp
 
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_connections or 0)
+            connector = aiohttp.TCPConnector(limit=self.max_connections or 0,
+                                             ssl=client_context(self.ca) if self.ca else True)
             self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("Content-Type",))
         return self._session
 

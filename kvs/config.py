@@ -23,6 +23,10 @@ from kvs.errors import ConfigError
 COMPRESSIONS = ("none", "zstd", "lz4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_PREFIX = "KVS_"
+TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
+# KVS_ variables that the client commands read (`kvs get --ca`), not node settings: a shell
+# that exports them for the CLI must still be able to run `kvs serve`.
+CLIENT_VARIABLES = frozenset({"KVS_CA"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,19 @@ class Config:
     # batch again every this many ms, and accepts writes again as soon as that works.
     # Shorter heals sooner once space returns; a try on a disk still full is one statvfs.
     storage_retry_interval_ms: int = 1000
+    # -- TLS (docs/api.md#tls, docs/design.md#security) --------------------------------------
+    # PEM files. With tls_cert_file and tls_key_file (unencrypted) set, the port speaks only
+    # TLS, to clients and peers alike, and this node calls its peers over TLS presenting
+    # that certificate (it must name the node's address, and allow client and server use).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # The CA that signs node certificates: peers' certificates are verified against it
+    # (unset: the system's CAs). Clients need it too (`kvs --ca`, curl --cacert).
+    tls_ca_file: str | None = None
+    # Mutual TLS between nodes: /internal/ requests must come with a client certificate
+    # signed by tls_ca_file (401 without one; one from another CA fails the handshake).
+    # Unset: on when tls_ca_file is set. Clients are never asked for one.
+    tls_verify_peer: bool | None = None
 
     @property
     def data_path(self) -> Path:
@@ -183,7 +200,9 @@ def _validate(key: str, raw: Any) -> Any:
         return raw
     if key == "seed_nodes":
         return _seeds(raw)
-    if key in ("bind_address", "data_dir"):
+    if key in TLS_FILES and raw is None:
+        return None
+    if key in ("bind_address", "data_dir", *TLS_FILES):
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"expected a non-empty string, got {raw!r}")
         return raw
@@ -195,6 +214,8 @@ def _validate(key: str, raw: Any) -> Any:
         if not isinstance(raw, str) or raw.lower() not in LOG_LEVELS:
             raise ConfigError(f"expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
         return raw.lower()
+    if key == "tls_verify_peer":  # None: decided by whether tls_ca_file is set
+        return None if raw is None else _bool(raw)
     if _FIELDS[key].type == "bool":
         return _bool(raw)
     value = _int(key, raw)
@@ -259,7 +280,8 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     """`KVS_*` variables as {key: (value, variable name)}; errors name the variable as set."""
     found = {name[len(ENV_PREFIX):].lower(): (value, name)
-             for name, value in environ.items() if name.startswith(ENV_PREFIX)}
+             for name, value in environ.items()
+             if name.startswith(ENV_PREFIX) and name not in CLIENT_VARIABLES}
     for key, (_, name) in found.items():
         _check_key(key, f"environment variable {name}", lambda k: ENV_PREFIX + k.upper())
     return found

@@ -20,6 +20,11 @@ DIR/cluster_secret (mode 0600, reused when the same cluster starts again), so no
 but a holder of that file can call their /internal/ endpoints. KVS_CLUSTER_SECRET in
 the environment takes its place.
 
+With --tls, a throwaway CA is made once in DIR/tls (ca.pem is what clients trust, reused
+when the cluster starts again) and every node gets a new certificate for 127.0.0.1 and
+localhost at every start (kvs/testing/certs.py): each node then speaks only TLS, and the
+nodes verify each other's certificates (mutual TLS) besides signing with the secret.
+
 Start-up checks the ports first (a port already taken fails at once, naming
 --base-port), and counts a node as up only when its own output has its banner and
 GET /health answers with the id it was given: another cluster on the same ports cannot
@@ -46,6 +51,8 @@ STARTUP_SECONDS = 30.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_FAILED, EXIT_USAGE = 1, 2
 SECRET_FILE = "cluster_secret"
+TLS_DIR = "tls"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 
 
 class _StopRequest:
@@ -111,7 +118,21 @@ def _ports_problem(base_port: int, nodes: int) -> str | None:
             f"{base_port}..{last}: choose a free range with --base-port")
 
 
-def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: str | None) -> int:
+def _tls_settings(directory: Path, names: list[str]) -> tuple[Path, dict[str, dict[str, str | None]]]:
+    """The CA file, and each node's certificate settings (KVS_ variables) by name."""
+    from kvs.testing.certs import LocalCA
+
+    ca = LocalCA(directory)
+    envs: dict[str, dict[str, str | None]] = {}
+    for name in names:
+        cert, key = ca.issue(name, LOOPBACK_NAMES)
+        envs[name] = {"KVS_TLS_CERT_FILE": str(cert), "KVS_TLS_KEY_FILE": str(key),
+                      "KVS_TLS_CA_FILE": str(ca.cert_file)}
+    return ca.cert_file, envs
+
+
+def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: str | None,
+                      tls: bool = False) -> int:
     stop = _StopRequest()  # first: from here on a signal stops whatever has been started
     term = _Terminal()
     if nodes < 1:
@@ -125,10 +146,12 @@ def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: s
     cas = os.environ.get("KVS_CAS_ENABLED", "true")  # on, unless the user's environment says otherwise
     secret_file = Path(directory) / SECRET_FILE
     secret = os.environ.get("KVS_CLUSTER_SECRET") or _secret(secret_file)
-    cluster = Cluster(Path(directory), [f"node-{i}" for i in range(nodes)],
+    names = [f"node-{i}" for i in range(nodes)]
+    ca, envs = _tls_settings(Path(directory).absolute() / TLS_DIR, names) if tls else (None, {})
+    cluster = Cluster(Path(directory), names,
                       ports=range(base_port, base_port + nodes), output=term.prefixed,
-                      env={"KVS_CAS_ENABLED": cas, "KVS_CLUSTER_SECRET": secret}, keep_kvs_env=True,
-                      args=args, die_with_parent=True)
+                      env={"KVS_CAS_ENABLED": cas, "KVS_CLUSTER_SECRET": secret}, envs=envs,
+                      keep_kvs_env=True, args=args, die_with_parent=True, ca=ca)
     try:
         if not _start(cluster, stop, term):
             return 128 + stop.signum if stop.signum is not None else EXIT_FAILED
@@ -138,6 +161,11 @@ def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: s
         if "KVS_CLUSTER_SECRET" not in os.environ:
             term.say(f"cluster secret in {secret_file} (for operations such as `kvs snapshot save`: "
                      f"export KVS_CLUSTER_SECRET=$(cat {secret_file}))")
+        if ca is not None:
+            url = cluster.nodes[0].url
+            term.say(f"TLS only; clients verify the nodes with {ca}:\n"
+                     f"  kvs get KEY --node {url} --ca {ca}    (or export KVS_CA={ca})\n"
+                     f"  curl --cacert {ca} {url}/health")
         return _watch(cluster, stop.event, term)
     finally:
         term.say("stopping the cluster...")

@@ -38,6 +38,7 @@ from kvs.http.services import ServiceApi
 from kvs.http.snapshot import SnapshotApi
 from kvs.http.txn import TxnApi
 from kvs.store.storage import Storage
+from kvs.tls import NodeTls, node_tls
 from kvs.watch import Watchers
 
 log = logging.getLogger("kvs.node")
@@ -59,11 +60,13 @@ class Node:
         self.port: int | None = None
         self.app: web.Application | None = None
         self.left = asyncio.Event()  # set after POST /cluster/leave: the process should exit
+        self.tls: NodeTls | None = None
         self._stack = contextlib.AsyncExitStack()
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.bind_address}:{self.port}"
+        scheme = "https" if self.config.tls_cert_file else "http"
+        return f"{scheme}://{self.config.bind_address}:{self.port}"
 
     @property
     def address(self) -> str:
@@ -83,6 +86,7 @@ class Node:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         config, now_ms = self.config, self.now_ms
         _check_exposure(config)
+        self.tls = node_tls(config)  # before anything opens: a bad file stops the node here
         self.storage = storage = Storage(
             config.data_path, compression=config.compression,
             gc_ms=config.tombstone_gc_seconds * 1000, sync_writes=config.sync_writes)
@@ -93,7 +97,7 @@ class Node:
         sock = _bind(config.bind_address, config.port)
         stack.callback(sock.close)  # a no-op once the server has taken and closed it
         self.port = sock.getsockname()[1]
-        self.transport = HttpTransport(config.cluster_secret)
+        self.transport = HttpTransport(config.cluster_secret, self.tls.peer if self.tls else None)
         stack.push_async_callback(self.transport.close)
         self.membership = Membership(
             node_id=engine.node_id, address=self.address, joined_at=engine.joined_at,
@@ -111,16 +115,17 @@ class Node:
         stack.callback(self.watchers.close)  # before cleanup: blocking queries answer now
         await connections.serve(runner, sock, self.connections,
                                 header_timeout=config.http_header_timeout_seconds,
-                                keepalive_timeout=config.http_keepalive_seconds)
+                                keepalive_timeout=config.http_keepalive_seconds,
+                                ssl_context=self.tls.server if self.tls else None)
         await self.membership.start()
         stack.push_async_callback(self.membership.stop)
         self._spawn(stack, self.replicator.run(), "anti-entropy")
         self._spawn(stack, self._every(config.ttl_sweep_interval_ms, self._sweep), "sweeper")
         self._spawn(stack, self._every(config.storage_retry_interval_ms, self._heal_storage),
                     "storage-recovery")
-        log.info("event=started node=%s url=%s data_dir=%s cas_enabled=%s seeds=%s",
+        log.info("event=started node=%s url=%s data_dir=%s cas_enabled=%s seeds=%s tls=%s",
                  engine.node_id, self.url, config.data_dir, config.cas_enabled,
-                 ",".join(config.seed_nodes) or "-")
+                 ",".join(config.seed_nodes) or "-", _tls_mode(self.tls))
 
     def _wire(self, engine: Engine, membership: Membership, replicator: Replicator) -> None:
         """Who hears what: committed versions go to blocking queries and eager push, TTL
@@ -152,7 +157,8 @@ class Node:
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
                         client_max_size=config.max_value_bytes * 4 + ENVELOPE_BYTES,
                         body_timeout=config.http_body_timeout_seconds,
-                        dialects={consul.PREFIX: consul.DIALECT})
+                        dialects={consul.PREFIX: consul.DIALECT},
+                        peer_certificates=self.tls is not None and self.tls.verify_peer)
 
     def _spawn(self, stack: contextlib.AsyncExitStack, coro: Awaitable[None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -203,6 +209,12 @@ def _check_exposure(config: Config) -> None:
                           "`openssl rand -hex 32`), or set insecure: true to run this way anyway")
     log.warning("event=insecure INSECURE: %s (insecure: true). Set cluster_secret for any "
                 "network you do not fully trust", risk)
+
+
+def _tls_mode(tls: NodeTls | None) -> str:
+    if tls is None:
+        return "off"
+    return "mutual" if tls.verify_peer else "on"
 
 
 def _exposed(host: str) -> bool:

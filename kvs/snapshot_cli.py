@@ -1,6 +1,6 @@
 """`kvs snapshot save|restore`: back up one node and build a data dir from the backup.
 
-    kvs snapshot save FILE --node URL [--secret S]     streamed, checked, then renamed to FILE
+    kvs snapshot save FILE --node URL [--secret S] [--ca CA]   streamed, checked, renamed to FILE
     kvs snapshot restore FILE --data-dir DIR           checked whole before anything is written
 
 A snapshot is one node's state at one instant (docs/design.md#backup-and-restore). A node started on a
@@ -22,6 +22,7 @@ from kvs.clock import wall_ms
 from kvs.cluster import auth
 from kvs.http.snapshot import SNAPSHOT_PATH
 from kvs.store import snapshot
+from kvs.tls import client_context
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 CHUNK_BYTES = 1 << 20
@@ -29,6 +30,8 @@ TIMEOUT_SECONDS = 60.0
 
 
 def add_parser(sub: Any) -> None:
+    from kvs.cli import add_ca_option  # kvs.cli builds its parser with this module's help
+
     parser = sub.add_parser("snapshot", help="back up a node, restore a data dir",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(dest="snapshot_command", required=True)
@@ -39,6 +42,7 @@ def add_parser(sub: Any) -> None:
                       help="the node to copy (default: %(default)s)")
     save.add_argument("--secret", default=os.environ.get("KVS_CLUSTER_SECRET"),
                       help="the cluster_secret, when the node has one (default: $KVS_CLUSTER_SECRET)")
+    add_ca_option(save)
     save.set_defaults(run=cmd_save)
     restore = actions.add_parser("restore", help="build a new data dir from a snapshot FILE")
     restore.add_argument("file", metavar="FILE", help="a file written by `kvs snapshot save`")
@@ -58,7 +62,8 @@ def cmd_save(args: argparse.Namespace) -> int:
         for name, value in auth.sign(args.secret, "GET", SNAPSHOT_PATH, b"", wall_ms()).items():
             request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response, \
+        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS,
+                                    context=client_context(args.ca)) as response, \
                 partial.open("wb") as out:
             while chunk := response.read(CHUNK_BYTES):
                 out.write(chunk)

@@ -10,6 +10,7 @@ cluster's nodes as its own.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import random
 import select
@@ -20,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -45,12 +46,13 @@ def free_port_block(count: int) -> int:
 class ClusterUp:
     """One `kvs cluster up` in its own process group, its output read without blocking."""
 
-    def __init__(self, directory: Path, nodes: int = NODES, base_port: int | None = None) -> None:
+    def __init__(self, directory: Path, nodes: int = NODES, base_port: int | None = None,
+                 args: Sequence[str] = ()) -> None:
         self.directory = directory
         self.base_port = base_port or free_port_block(nodes)
         self.proc = subprocess.Popen(
             kvs_command("cluster", "up", "--nodes", str(nodes), "--base-port", str(self.base_port),
-                        "--dir", str(directory)),
+                        "--dir", str(directory), *args),
             env=node_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True)
         assert self.proc.stdout is not None
@@ -120,8 +122,9 @@ def cluster_up(tmp_path: Path) -> Iterator[StartClusterUp]:
     """ClusterUp, with every command it ran and its nodes killed at teardown, pass or fail."""
     started: list[ClusterUp] = []
 
-    def start(directory: Path, nodes: int = NODES, base_port: int | None = None) -> ClusterUp:
-        started.append(ClusterUp(directory, nodes, base_port))
+    def start(directory: Path, nodes: int = NODES, base_port: int | None = None,
+              args: Sequence[str] = ()) -> ClusterUp:
+        started.append(ClusterUp(directory, nodes, base_port, args))
         return started[-1]
 
     try:
@@ -216,6 +219,38 @@ def test_nodes_share_a_generated_secret_kept_in_the_cluster_dir(
         assert refused.value.code == 401
         up.signal(signal.SIGINT)
         assert up.finish(20) == 0, up.text
+
+
+def test_cluster_up_tls_speaks_only_tls_and_the_cli_connects_with_its_ca(
+        cluster_up: StartClusterUp, tmp_path: Path) -> None:
+    """`--tls`: a throwaway CA in DIR/tls, the nodes join each other over mutual TLS, the
+    printed `kvs ... --ca` works (and KVS_CA), a client without the CA is refused, plaintext
+    is closed without a traceback, `kvs snapshot save --ca` works."""
+    directory = tmp_path / "cluster"
+    up = cluster_up(directory, args=["--tls"])
+    up.read(time.monotonic() + 30, stop_at=b"curl --cacert")  # printed after "is up"
+    assert UP_LINE in up.output, up.text
+    ca, url = directory / "tls" / "ca.pem", f"https://127.0.0.1:{up.base_port}"
+    assert f"--node {url} --ca {ca}" in up.text and f"curl --cacert {ca} {url}/health" in up.text
+
+    def kvs(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(kvs_command(*args), env=node_env(env), capture_output=True, text=True,
+                              timeout=60)
+
+    assert kvs("put", "k", "v", "--node", url, "--ca", str(ca)).returncode == 0
+    second = f"https://127.0.0.1:{up.base_port + 1}"  # replicated, and KVS_CA is read
+    got = kvs("get", "k", "--raw", "--node", second, KVS_CA=str(ca))
+    assert (got.returncode, got.stdout) == (0, "v\n"), got.stderr
+    refused = kvs("get", "k", "--node", url)
+    assert refused.returncode == 6 and "certificate verify failed" in refused.stderr
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://127.0.0.1:{up.base_port}/health", timeout=5)
+    saved = kvs("snapshot", "save", str(tmp_path / "snap"), "--node", url, "--ca", str(ca),
+                "--secret", (directory / "cluster_secret").read_text().strip())
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    up.signal(signal.SIGINT)
+    assert up.finish(20) == 0, up.text
+    assert "Traceback" not in up.text and "level=ERROR" not in up.text, up.text
 
 
 def test_default_cluster_dir_is_ignored_by_git() -> None:

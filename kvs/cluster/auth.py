@@ -50,6 +50,27 @@ def needs_signature(method: str, path: str) -> bool:
         path.startswith(OPERATIONS_PREFIX) and method.upper() not in ("GET", "HEAD"))
 
 
+# /internal/ routes that operators' tools call (`kvs snapshot save`, the chaos checker's
+# dump), not peers: signed like peers' requests, but no peer certificate is asked for.
+OPERATOR_INTERNAL = frozenset({"/internal/snapshot", "/internal/dump"})
+
+
+def needs_peer_certificate(path: str) -> bool:
+    """Which routes mutual TLS protects (tls_verify_peer): every route one node calls on another."""
+    return path.startswith(INTERNAL_PREFIX) and path not in OPERATOR_INTERNAL
+
+
+def require_peer_certificate(request: web.Request) -> None:
+    """Raise Unauthorized unless the connection presented a client certificate. The server's
+    TLS context verified it against tls_ca_file during the handshake (kvs/tls.py), so one that
+    is there is one the cluster's CA signed."""
+    transport = request.transport
+    if transport is None or not transport.get_extra_info("peercert"):
+        raise Unauthorized("this route is for cluster nodes: the node requires a client "
+                           "certificate signed by its tls_ca_file (tls_verify_peer)",
+                           cause="peer_certificate_required")
+
+
 def _digest(secret: str, method: str, path: str, body: bytes, timestamp: str, nonce: str) -> str:
     prefix = f"{timestamp}\n{nonce}\n{method.upper()}\n{path}\n".encode()
     return hmac.new(secret.encode(), prefix + body, hashlib.sha256).hexdigest()

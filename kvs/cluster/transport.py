@@ -16,6 +16,7 @@ clean partition without touching sockets.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import orjson
@@ -62,17 +63,22 @@ class HttpTransport:
     whose replies to these calls always carry a Content-Length; anything else is a
     TransportError. Every call here is idempotent (pings, pushes, Merkle exchanges), so
     a request on a pooled connection the peer had closed is simply sent again.
+
+    With `ssl_context` (the node's peer context, kvs/tls.py) every connection is TLS: the
+    peer's certificate must verify and name the address dialled, and this node presents
+    its own. A failed handshake is an OSError (ssl.SSLError) like any other, so a TransportError.
     """
 
-    def __init__(self, secret: str | None) -> None:
+    def __init__(self, secret: str | None, ssl_context: ssl.SSLContext | None = None) -> None:
         self._secret = secret
+        self._ssl = ssl_context
         self._peers: dict[str, _Peer] = {}
         self._closed = False
         # Addresses (host:port) treated as unreachable; tests use it to cut the network.
         self.blocked: set[str] = set()
 
     async def call(self, address: str, path: str, payload: Any, timeout: float) -> Any:
-        """POST `payload` as JSON to http://{address}{path}; return the decoded JSON reply.
+        """POST `payload` as JSON to http(s)://{address}{path}; return the decoded JSON reply.
 
         `path` goes on the wire exactly as given (it is what gets signed), so it must
         already be percent-encoded.
@@ -88,7 +94,7 @@ class HttpTransport:
             async with asyncio.timeout(timeout), peer.slots:
                 status, raw = await self._send_on_pooled(peer, address, request)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            raise TransportError(address, path, f"{type(exc).__name__}: {exc}") from exc
+            raise TransportError(address, path, self._reason(exc)) from exc
         if not 200 <= status < 300:
             detail = raw[:200].decode("utf-8", "replace")
             raise TransportError(address, path, f"HTTP {status}: {detail}", status, raw)
@@ -96,6 +102,14 @@ class HttpTransport:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise TransportError(address, path, f"reply is not JSON: {exc}") from exc
+
+    def _reason(self, exc: BaseException) -> str:
+        reason = f"{type(exc).__name__}: {exc}"
+        if self._ssl is not None and isinstance(exc, asyncio.IncompleteReadError) and not exc.partial:
+            # TLS 1.3: a server that refuses our certificate closes after the handshake.
+            reason += (" (closed before answering: the peer may have refused this node's "
+                       "certificate; check that one CA signed both nodes' certificates)")
+        return reason
 
     def _request(self, address: str, path: str, body: bytes) -> bytes:
         if not path.startswith("/") or not path.isprintable() or " " in path:
@@ -115,7 +129,9 @@ class HttpTransport:
             except (OSError, asyncio.IncompleteReadError):
                 pass  # the peer closed it while it sat idle: next one, or a new one
         host, _, port = address.rpartition(":")
-        stream = await asyncio.open_connection(host.strip("[]"), int(port))
+        host = host.strip("[]")
+        stream = await asyncio.open_connection(host, int(port), ssl=self._ssl,
+                                               server_hostname=host if self._ssl else None)
         return await self._roundtrip(peer, stream, request)
 
     async def _roundtrip(self, peer: _Peer, stream: _Stream, request: bytes) -> tuple[int, bytes]:

@@ -21,6 +21,11 @@ timeout lives in the route wrapper (kvs/http/server.py), which reads every body.
 
 Handlers are cancelled when their client goes away (handler_cancellation), so a
 blocking query whose client left stops waiting at once.
+
+With an SSL context the port speaks only TLS. A connection counts (and its header
+timeout starts) once its handshake is done; the handshake itself must finish within the
+header timeout too. A client that sends plaintext, or a certificate that does not
+verify, fails the handshake: asyncio closes the connection and logs it at debug only.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 import logging
 import resource
 import socket
+import ssl
 from typing import Any, cast
 
 import orjson
@@ -155,20 +161,24 @@ class _Connection(RequestHandler):
 class _Site(web.BaseSite):
     """Listens on an already bound socket with `protocol` as the connection factory."""
 
-    def __init__(self, runner: web.AppRunner, sock: socket.socket, protocol: Any) -> None:
-        super().__init__(runner)
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, protocol: Any,
+                 ssl_context: ssl.SSLContext | None, handshake_timeout: float) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
         self._sock = sock
         self._protocol = protocol
+        self._handshake_timeout = handshake_timeout
 
     @property
     def name(self) -> str:
         host, port = self._sock.getsockname()[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._ssl_context else 'http'}://{host}:{port}"
 
     async def start(self) -> None:
         await super().start()
+        tls = self._ssl_context is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._protocol, sock=self._sock, backlog=self._backlog)
+            self._protocol, sock=self._sock, backlog=self._backlog, ssl=self._ssl_context,
+            ssl_handshake_timeout=self._handshake_timeout if tls else None)
 
 
 def runner(app: web.Application) -> web.AppRunner:
@@ -177,8 +187,10 @@ def runner(app: web.Application) -> web.AppRunner:
 
 
 async def serve(app_runner: web.AppRunner, sock: socket.socket, limit: ConnectionLimit, *,
-                header_timeout: float, keepalive_timeout: float) -> web.BaseSite:
-    """Start serving `sock` (already bound and listening) with the bounds above."""
+                header_timeout: float, keepalive_timeout: float,
+                ssl_context: ssl.SSLContext | None = None) -> web.BaseSite:
+    """Start serving `sock` (already bound and listening) with the bounds above; TLS only,
+    with `ssl_context`."""
     server = app_runner.server
     assert server is not None, "call runner.setup() first"
     busy = _busy_response(limit.limit)
@@ -190,6 +202,6 @@ async def serve(app_runner: web.AppRunner, sock: socket.socket, limit: Connectio
                            access_log=None, lingering_time=LINGER_SECONDS,
                            auto_decompress=False)
 
-    site = _Site(app_runner, sock, protocol)
+    site = _Site(app_runner, sock, protocol, ssl_context, header_timeout)
     await site.start()
     return site

@@ -6,8 +6,9 @@ current-app bookkeeping, which a GET noticeably pays for. In order it:
 
 1. reads and decodes the whole body, if there is one, within the body timeout
    (toolkit.read_body: 408 when late, 400 for a bad Content-Encoding);
-2. refuses unsigned or replayed requests to /internal/ and state-changing /cluster/
-   routes when a cluster secret is set (401, kvs/cluster/auth.py);
+2. refuses /internal/ requests made without a client certificate when peers must present
+   one (mutual TLS, tls_verify_peer), then unsigned or replayed requests to /internal/ and
+   state-changing /cluster/ routes when a cluster secret is set (401, kvs/cluster/auth.py);
 3. runs the handler and turns any failure into an error answer in the route's dialect
    (kvs's JSON, toolkit.render_error, unless the path's dialect says otherwise); an
    answer sent before the body was read whole closes the connection;
@@ -77,16 +78,18 @@ def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_s
              engine: Engine | None = None,
              count: Callable[[str, int], None] = lambda method, status: None,
              body_timeout: float | None = None,
-             dialects: Mapping[str, Dialect] | None = None) -> web.Application:
+             dialects: Mapping[str, Dialect] | None = None,
+             peer_certificates: bool = False) -> web.Application:
     """An Application serving `routes`, each wrapped; a last route answers 404/405.
 
     Without an engine (a membership-only node) there is nothing to settle or index.
     `body_timeout`: seconds a request body may take to arrive (None: no bound).
     `dialects`: path prefix -> Dialect, beside the native ones.
+    `peer_certificates`: peers' routes require a client certificate (mutual TLS).
     """
     app = web.Application(client_max_size=client_max_size)
     around = _wrapper(engine, count, auth.Guard(secret) if secret is not None else None,
-                      body_timeout, {**NATIVE_DIALECTS, **(dialects or {})})
+                      body_timeout, {**NATIVE_DIALECTS, **(dialects or {})}, peer_certificates)
     app.add_routes([web.RouteDef(r.method, r.path, around(r.handler, r.method, r.path), r.kwargs)
                     for r in routes])
     app.router.add_route("*", "/{path:.*}", around(_no_route, "*", None))  # last: the fallback
@@ -94,7 +97,7 @@ def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_s
 
 
 def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: auth.Guard | None,
-             body_timeout: float | None, dialects: Mapping[str, Dialect]
+             body_timeout: float | None, dialects: Mapping[str, Dialect], peer_certificates: bool
              ) -> Callable[[Handler, str, str | None], Handler]:
     def dialect_of(path: str) -> Dialect:
         return next((d for prefix, d in dialects.items() if path.startswith(prefix)), NATIVE)
@@ -103,6 +106,7 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: au
         """`path`: the route's; None for the fallback route, which matches any path."""
         signed = path is not None and auth.needs_signature(method, path)
         checked_by = guard if signed else None
+        certified = peer_certificates and path is not None and auth.needs_peer_certificate(path)
         fixed = None if path is None else dialect_of(path)
 
         async def answer(request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -110,6 +114,8 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: au
                 response = None
                 if path is not None and request.body_exists:  # the fallback: 404/405 first
                     await read_body(request, body_timeout)
+                if certified:
+                    auth.require_peer_certificate(request)
                 if checked_by is not None:
                     response = await checked_by.refuse(request)
                 if response is None:

@@ -37,6 +37,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -48,9 +49,10 @@ from typing import Any, TypeVar
 
 import kvs
 from kvs.testing.processes import STOP_GRACE, LineSink, ManagedProcess
+from kvs.tls import client_context
 
 REPO_ROOT = Path(kvs.__file__).resolve().parent.parent
-BANNER = re.compile(r"kvs node (\S+) listening on (http://\S+)")
+BANNER = re.compile(r"kvs node (\S+) listening on (https?://\S+)")
 START_TIMEOUT = 30.0
 POLL = 0.02
 PORT_TAKEN = ("Address already in use", "[Errno 98]")
@@ -130,10 +132,11 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def _get_json(url: str, timeout: float = 1.0) -> Any:
-    """The JSON body of a 200 answer; None for anything else (refused, timeout, other status)."""
+def _get_json(url: str, timeout: float = 1.0, context: ssl.SSLContext | None = None) -> Any:
+    """The JSON body of a 200 answer; None for anything else (refused, timeout, other status).
+    `context` verifies an https node."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             return json.loads(resp.read()) if resp.status == 200 else None
     except (OSError, ValueError, http.client.HTTPException):
         return None
@@ -166,11 +169,13 @@ class KvsNode(ManagedProcess):
                  seeds: Sequence[str | KvsNode] = (), args: Sequence[str] = (),
                  env: Mapping[str, str | None] | None = None, keep_kvs_env: bool = False,
                  gid: int | None = None, skew_ms: int = 0, launcher: Sequence[str] = (),
-                 root: Path = REPO_ROOT, cwd: Path | None = None, die_with_parent: bool = False) -> None:
+                 root: Path = REPO_ROOT, cwd: Path | None = None, die_with_parent: bool = False,
+                 ca: Path | None = None) -> None:
         """`port` None: no --port flag (the config decides). `node_id` None: whatever the node
         picks (read from the banner). `seeds`: addresses, or nodes to join through (their
         address at spawn time). `launcher`: a command prefix such as `taskset -c 1`. `root`:
-        the source tree whose kvs runs."""
+        the source tree whose kvs runs. `ca`: the CA file that verifies a node serving TLS
+        (its banner then says https://), for the health checks."""
         super().__init__(name, log=log, env=node_env(env, root=root, keep_kvs_env=keep_kvs_env),
                          cwd=cwd, gid=gid, die_with_parent=die_with_parent)
         self.data_dir = Path(data_dir).absolute() if data_dir is not None else None
@@ -181,7 +186,8 @@ class KvsNode(ManagedProcess):
         self.args = list(args)
         self.skew_ms = skew_ms
         self.launcher = list(launcher)
-        self.url: str | None = f"http://127.0.0.1:{port}" if port else None
+        self.tls = client_context(str(ca)) if ca is not None else None
+        self.url: str | None = f"{'https' if ca else 'http'}://127.0.0.1:{port}" if port else None
         self._banner_seen = False
         self._deadline = 0.0
         self._respawn_at: float | None = None
@@ -191,7 +197,7 @@ class KvsNode(ManagedProcess):
         """host:port, as other nodes' --seed wants it (known once the node has started)."""
         if self.url is None:
             raise StartError(f"{self.name} has no address yet: start it first")
-        return self.url.removeprefix("http://")
+        return self.url.split("://", 1)[1]
 
     def command(self) -> list[str]:
         serve = ["serve"]
@@ -269,7 +275,7 @@ class KvsNode(ManagedProcess):
         """GET /health answers 200 with this node's id (not some other node on that port)."""
         if self.url is None or self.node_id is None:
             return False
-        body = _get_json(self.url + "/health", timeout)
+        body = _get_json(self.url + "/health", timeout, self.tls)
         return isinstance(body, dict) and body.get("node") == self.node_id
 
     def start(self, timeout: float = START_TIMEOUT, *, stop: threading.Event | None = None,
@@ -297,7 +303,7 @@ class KvsNode(ManagedProcess):
 
     def alive_members(self) -> int:
         """How many members this node lists as alive (itself included); 0 if it does not answer."""
-        members = _get_json(f"{self.url}/cluster/members", timeout=2.0)
+        members = _get_json(f"{self.url}/cluster/members", 2.0, self.tls)
         if not isinstance(members, list):
             return 0
         return sum(1 for m in members if isinstance(m, dict) and m.get("state") == "alive")
@@ -388,10 +394,12 @@ class Cluster(NodeGroup):
     def __init__(self, directory: Path, names: Sequence[str], *, ports: Sequence[int] | None = None,
                  env: Mapping[str, str | None] | None = None, gids: Sequence[int] | None = None,
                  skews: Mapping[str, int] | None = None,
+                 envs: Mapping[str, Mapping[str, str | None]] | None = None,
                  output: Callable[[str], LineSink] | None = None, **options: Any) -> None:
         """`ports`: one per node (default 0: any, read from the banner). `gids`: one group id per
-        node. `skews`: clock offset in ms by name. `output`: a line sink per node name instead
-        of <directory>/<name>.log. Other options go to every KvsNode."""
+        node. `skews`: clock offset in ms by name. `envs`: settings of one node by name, beside
+        `env` (e.g. its own certificate). `output`: a line sink per node name instead of
+        <directory>/<name>.log. Other options go to every KvsNode."""
         super().__init__(directory, env=env)
         if not names:
             raise ValueError("a cluster needs at least one node")
@@ -399,7 +407,7 @@ class Cluster(NodeGroup):
             self.node(name, port=ports[i] if ports else 0, node_id=name,
                       seeds=[self.nodes[0]] if i else [], gid=gids[i] if gids else None,
                       skew_ms=(skews or {}).get(name, 0), log=output(name) if output else None,
-                      **options)
+                      env=(envs or {}).get(name), **options)
 
     def start_all(self, timeout: float = START_TIMEOUT, *, stop: threading.Event | None = None,
                   on_ready: Callable[[KvsNode], None] | None = None) -> None:
