@@ -22,8 +22,10 @@ INSTALL = ".venv/bin/python -m pip install --quiet -e '.[test]'"
 
 
 def dry_run(directory: Path, target: str, *flags: str) -> list[str]:
-    done = subprocess.run(["make", "-n", *flags, target], cwd=directory, capture_output=True,
-                          text=True, timeout=30, check=False)
+    # --no-print-directory: under `make test` this make is nested and would otherwise print
+    # "Entering directory" lines around the recipe.
+    done = subprocess.run(["make", "-n", "--no-print-directory", *flags, target], cwd=directory,
+                          capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
