@@ -685,7 +685,9 @@ class LeaderElection(_EitherClient):
 
     @property
     def is_leader(self) -> bool:
-        return self._lock is not None and self._lock.held
+        """True from the moment `elected` is set until the term ends (the lease is lost or
+        released): never ahead of `elected`, which is set once the lock is acquired."""
+        return self.elected.is_set() and self._lock is not None and self._lock.held
 
     @property
     def lock(self) -> Lock | None:

@@ -356,6 +356,8 @@ def test_blocking_acquire_wakes_on_release_and_a_loss_is_seen_at_once(
     kv.put("blocking/b", "someone else")
     assert waiter.lost.wait(SLACK)  # far sooner than the renewal (1 s): the watch saw it
     assert time.monotonic() - started < SLACK
+    # on_lost runs in the renewal thread right after `lost` is set: wait for it, not race it.
+    wait_until(lambda: bool(reasons), SLACK, "on_lost")
     assert not waiter.held and reasons == [waiter.reason]
     assert "overwritten by another writer" in reasons[0].message
     assert not waiter.release()
