@@ -294,7 +294,7 @@ def _signed_delete(c: Client, path: str, secret: str | None) -> Answer:
     request (kvs.cluster.auth) when a secret is given, as a node with a secret requires."""
     failures = []
     for node in c.nodes:
-        headers = auth.sign(secret, "DELETE", path, b"", int(time.time() * 1000)) if secret else {}
+        headers = auth.operator_headers(secret, "DELETE", path)
         conn = c.connection(node)
         conn.timeout = c.timeout
         try:
@@ -515,7 +515,7 @@ def cmd_leave(args: argparse.Namespace) -> int:
     if len(args.node) != 1:
         raise UsageError("leave asks one node: give --node once")
     secret = args.secret or os.environ.get(configuration.ENV_PREFIX + "CLUSTER_SECRET") or None
-    headers = auth.sign(secret, "POST", LEAVE_PATH, b"", time.time_ns() // 1_000_000) if secret else {}
+    headers = auth.operator_headers(secret, "POST", LEAVE_PATH)
     request = urllib.request.Request(args.node[0].rstrip("/") + LEAVE_PATH, data=b"",
                                      method="POST", headers=headers)
     try:

@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kvs.clock import wall_ms
 from kvs.cluster import auth
 from kvs.http.snapshot import SNAPSHOT_PATH
 from kvs.store import snapshot
@@ -57,10 +56,8 @@ def add_parser(sub: Any) -> None:
 def cmd_save(args: argparse.Namespace) -> int:
     target = Path(args.file)
     partial = target.with_name(target.name + ".partial")
-    request = urllib.request.Request(args.node.rstrip("/") + SNAPSHOT_PATH)
-    if args.secret:
-        for name, value in auth.sign(args.secret, "GET", SNAPSHOT_PATH, b"", wall_ms()).items():
-            request.add_header(name, value)
+    request = urllib.request.Request(args.node.rstrip("/") + SNAPSHOT_PATH,
+                                     headers=auth.operator_headers(args.secret, "GET", SNAPSHOT_PATH))
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS,
                                     context=client_context(args.ca)) as response, \

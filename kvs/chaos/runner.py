@@ -275,10 +275,7 @@ class Run:
         prefix = self.keys.prefix + "/"
         for node in self.nodes:
             try:
-                headers = None
-                if self.o.cluster_secret:  # internal endpoints want an HMAC (see kvs/auth.py)
-                    now_ms = time.time_ns() // 1_000_000
-                    headers = auth.sign(self.o.cluster_secret, "POST", DUMP_PATH, b"", now_ms)
+                headers = auth.operator_headers(self.o.cluster_secret, "POST", DUMP_PATH)
                 dump = await get_json(session, node.url + DUMP_PATH, timeout=60.0, method="POST",
                                       headers=headers)
             except (aiohttp.ClientError, TimeoutError, ClusterError, OSError) as exc:

@@ -76,6 +76,12 @@ def _digest(secret: str, method: str, path: str, body: bytes, timestamp: str, no
     return hmac.new(secret.encode(), prefix + body, hashlib.sha256).hexdigest()
 
 
+def operator_headers(secret: str | None, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+    """What an operations tool (CLI, chaos run) sends with a request a node may want signed:
+    the signature headers, stamped now, when it knows the cluster secret; none otherwise."""
+    return sign(secret, method, path, body, wall_ms()) if secret else {}
+
+
 def sign(secret: str, method: str, path: str, body: bytes, now_ms: int) -> dict[str, str]:
     """Headers that authenticate this exact request, once; `path` includes the query string."""
     timestamp, nonce = str(int(now_ms)), secrets.token_hex(8)
