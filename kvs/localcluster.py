@@ -44,6 +44,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from kvs import _early_stop
 from kvs.testing import Cluster, KvsNode, StartError, port_in_use
 
 GRACE_SECONDS = 10.0
@@ -67,6 +68,8 @@ class _StopRequest:
             if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
                 continue
             signal.signal(sig, self._handle)
+        if _early_stop.pending:  # came while `python -m kvs` was still importing
+            self._handle(_early_stop.pending[0], None)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.signum is None:
