@@ -3,8 +3,9 @@
 Before its own handlers exist, a Ctrl-C raises KeyboardInterrupt wherever the import
 happens to be, and CPython swallows it when that is inside one of importlib's
 callbacks ("Exception ignored in ..."): the command would then start its nodes as if
-nothing had happened. `python -m kvs cluster up` records such signals here first (stdlib
-only, so installing it costs nothing), and the command acts on them once it is ready.
+nothing had happened. `kvs cluster up` (the console script and `python -m kvs` both start
+in kvs/__main__.py) records such signals here first (stdlib only, so installing it costs
+nothing), and the command acts on them once it is ready.
 """
 
 from __future__ import annotations

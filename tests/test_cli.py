@@ -300,6 +300,13 @@ def test_version() -> None:
     assert (result.returncode, result.stdout) == (OK, f"kvs {importlib.metadata.version('kvs')}\n")
 
 
+def test_the_console_script_starts_where_python_m_kvs_does() -> None:
+    """Both must reach kvs/__main__.py first: it records a Ctrl-C that arrives while
+    `kvs cluster up` is still importing, which the command would otherwise miss."""
+    (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "kvs"]
+    assert script.value == "kvs.__main__:main"
+
+
 def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
