@@ -1,0 +1,189 @@
+"""Quorum CAS through the HTTP API (issue 14): real nodes, real RocksDB, real HTTP.
+
+A single node votes alone; three nodes with `initial_voters` form one epoch-1 voter set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kvs.node import Node
+from tests.cluster import FAST, heal, partition
+from tests.conftest import Api, NodeFactory, eventually
+
+Q = {"consistency": "quorum"}
+
+
+async def three(make_node: NodeFactory, **overrides: Any) -> list[Node]:
+    ids = ["qa", "qb", "qc"]
+    settings = {**FAST, "initial_voters": ids, **overrides}
+    first = await make_node(node_id=ids[0], **settings)
+    nodes = [first]
+    for node_id in ids[1:]:
+        nodes.append(await make_node(node_id=node_id, seed_nodes=[first.address], **settings))
+    await eventually(lambda: all(len(x.membership.alive_peers()) == 2 for x in nodes),
+                     what="3 nodes to see each other alive")
+    return nodes
+
+
+async def test_single_node_quorum_put_get_delete_and_seq(api: Api, node: Node) -> None:
+    created = await api.put("k", {"value": 1, **Q})
+    assert created.status == 200, created.body
+    assert created.body["seq"] == 1
+    read = await api.get("k", consistency="quorum")
+    assert (read.status, read.body["value"], read.body["seq"]) == (200, 1, 1)
+    assert read.body["version"] == created.body["version"]
+    # The accepted value is an ordinary version: a local GET and history see it.
+    assert (await api.get("k")).body["version"] == created.body["version"]
+    changed = await api.put("k", {"value": 2, "if_seq": 1, **Q})
+    assert (changed.status, changed.body["seq"]) == (200, 2)
+    stale = await api.put("k", {"value": 3, "if_seq": 1, **Q})
+    assert stale.status == 409 and stale.body["error"] == "cas_conflict"
+    assert stale.body["current"]["seq"] == 2 and stale.body["current"]["version"] == changed.body["version"]
+    deleted = await api.delete("k", consistency="quorum")
+    assert (deleted.status, deleted.body["seq"]) == (200, 3)
+    gone = await api.get("k", consistency="quorum")
+    assert (gone.status, gone.body["seq"]) == (404, 3)
+    # A delete is a change: re-creating the key continues the sequence.
+    again = await api.put("k", {"value": 4, "cas": 0, **Q})
+    assert (again.status, again.body["seq"]) == (200, 4)
+    status = await api.request("GET", "/cluster/status")
+    assert status.body["voters"] == {"epoch": 1, "ids": [node.engine.node_id]}
+
+
+async def test_local_writes_to_a_quorum_key_are_refused(api: Api, node: Node) -> None:
+    assert (await api.put("q", {"value": 1, **Q})).status == 200
+    for reply in (await api.put("q", {"value": 2}),
+                  await api.delete("q"),
+                  await api.txn([{"op": "set", "key": "q", "value": 3}]),
+                  await api.request("DELETE", "/kv/", params={"recurse": "true"})):
+        assert reply.status == 409 and reply.body["error"] == "quorum_key", reply.body
+    assert (await api.get("q")).body["value"] == 1
+    # Local reads and local keys are untouched.
+    assert (await api.put("plain", {"value": 1})).status == 200
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"value": 1, "consistency": "strong"}, "consistency must be one of local, quorum"),
+    ({"value": 1, "consistency": 1}, "consistency must be one of"),
+    ({"value": 1, "consistency": None}, "consistency must be one of"),
+    ({"value": 1, "cas": 3, **Q}, "with consistency=quorum use if_seq"),
+    ({"value": 1, "if_seq": -1, **Q}, "if_seq must be an integer"),
+    ({"value": 1, "if_seq": 10**30, **Q}, "does not fit in 64 bits"),
+    ({"value": 1, "if_seq": "1", **Q}, "if_seq must be an integer"),
+    ({"value": 1, "if_seq": True, **Q}, "if_seq must be an integer"),
+    ({"value": 1, "if_seq": 0}, "if_seq needs consistency=quorum"),
+])
+async def test_bad_quorum_input_is_a_400_that_changes_nothing(api: Api, node: Node,
+                                                              body: dict[str, Any], words: str) -> None:
+    reply = await api.request("PUT", "/kv/bad", data=json.dumps(body).encode())
+    assert reply.status == 400 and words in reply.body["message"], reply.body
+    assert (await api.get("bad")).status == 404
+    assert not node.engine.is_quorum_key("bad")
+
+
+async def test_bad_quorum_query_parameters(api: Api, node: Node) -> None:
+    for params, words in (({"consistency": "Quorum"}, "consistency must be one of"),
+                          ({"consistency": "quorum", "history": "true"}, "history, version"),
+                          ({"consistency": "quorum", "if_seq": "x"}, "if_seq must be"),
+                          ({"if_seq": "1"}, "if_seq needs consistency=quorum")):
+        method = "DELETE" if "if_seq" in params else "GET"
+        reply = await api.request(method, "/kv/k", params=params)
+        assert reply.status == 400 and words in reply.body["message"], (params, reply.body)
+    txn = await api.request("POST", "/txn", json={"ops": [{"op": "get", "key": "k"}], **Q})
+    assert txn.status == 400 and "transactions are local" in txn.body["message"]
+
+
+async def test_ttl_on_a_quorum_key_expires_and_seq_continues(api: Api, node: Node) -> None:
+    assert (await api.put("lease", {"value": "me", "ttl": 1, "cas": 0, **Q})).body["seq"] == 1
+    renewed = await api.put("lease", {"value": "me", "ttl": 1, "if_value": "me", **Q})
+    assert renewed.body["seq"] == 2 and renewed.body["expires_at"] is not None
+    await eventually(lambda: node.engine.now_ms() > renewed.body["expires_at"], what="expiry")
+    expired = await api.get("lease", consistency="quorum")
+    assert (expired.status, expired.body["seq"]) == (404, 2)
+    taken = await api.put("lease", {"value": "you", "cas": 0, **Q})
+    assert (taken.status, taken.body["seq"]) == (200, 3)
+
+
+async def test_default_consistency_quorum_applies_to_plain_requests(make_node: NodeFactory,
+                                                                   http: aiohttp.ClientSession) -> None:
+    node = await make_node(default_consistency="quorum")
+    api = Api(http, node.url)
+    assert (await api.put("d", {"value": 1})).body["seq"] == 1
+    assert (await api.get("d")).body["seq"] == 1
+    assert (await api.put("d", {"value": 2, "consistency": "local"})).status == 409
+
+
+async def test_three_nodes_concurrent_increments_lose_nothing(make_node: NodeFactory,
+                                                             http: aiohttp.ClientSession) -> None:
+    nodes = await three(make_node)
+    apis = [Api(http, n.url) for n in nodes]
+    assert (await apis[0].put("counter", {"value": 0, **Q})).status == 200
+    successes = maybe = 0
+
+    async def increment(worker: int) -> None:
+        nonlocal successes, maybe
+        api = apis[worker % 3]
+        while True:
+            read = await api.get("counter", consistency="quorum")
+            if read.status != 200:
+                continue  # 503 under contention: nothing changed, read again
+            wrote = await api.put("counter", {"value": read.body["value"] + 1,
+                                              "if_seq": read.body["seq"], **Q})
+            if wrote.status == 200:
+                successes += 1
+                return
+            assert wrote.status in (409, 503), wrote.body
+            if wrote.body["error"] == "quorum_indeterminate":
+                maybe += 1  # may have been applied: the only answer that may hide an increment
+            await asyncio.sleep(random.uniform(0, 0.01))
+
+    await asyncio.wait_for(asyncio.gather(*(increment(i) for i in range(32))), 120)
+    final = await apis[1].get("counter", consistency="quorum")
+    assert successes == 32
+    assert successes <= final.body["value"] <= successes + maybe
+    assert final.body["seq"] == final.body["value"] + 1
+
+
+async def test_minority_gets_503_and_changes_nothing(make_node: NodeFactory,
+                                                    http: aiohttp.ClientSession) -> None:
+    nodes = await three(make_node)
+    apis = [Api(http, n.url) for n in nodes]
+    assert (await apis[0].put("m", {"value": "before", **Q})).status == 200
+    partition(nodes[:1], nodes[1:])
+    refused = await apis[0].put("m", {"value": "minority", **Q})
+    assert refused.status == 503 and refused.body["error"] == "quorum_unavailable", refused.body
+    assert (refused.body["answered"], refused.body["voters"], refused.body["needed"]) == (1, 3, 2)
+    assert "1 of 3 voters answered; 2 needed" in refused.body["message"]
+    read = await apis[0].get("m", consistency="quorum")
+    assert read.status == 503
+    majority = await apis[1].put("m", {"value": "majority", **Q})
+    assert (majority.status, majority.body["seq"]) == (200, 2)
+    heal(nodes)
+    for api in apis:
+        after = await api.get("m", consistency="quorum")
+        assert (after.body["value"], after.body["seq"]) == ("majority", 2)
+
+
+async def test_acceptor_state_survives_a_restart(make_node: NodeFactory,
+                                                 http: aiohttp.ClientSession, tmp_path: Any) -> None:
+    node = await make_node(data_dir=str(tmp_path / "durable"))
+    api = Api(http, node.url)
+    await api.put("k", {"value": 1, **Q})
+    await api.put("k", {"value": 2, **Q})
+    state = node.engine.acceptor_state("k")
+    floor = node.engine.ballot_floor
+    await node.stop()
+    again = await make_node(data_dir=str(tmp_path / "durable"))
+    assert again.engine.acceptor_state("k") == state
+    assert again.engine.ballot_floor == floor
+    api = Api(http, again.url)
+    assert (await api.put("k", {"value": 3, "if_seq": 2, **Q})).body["seq"] == 3
+    assert state.promised is not None
+    assert again.engine.acceptor_state("k").promised.counter > state.promised.counter
