@@ -41,7 +41,8 @@ from kvs.watch import Watchers
 # watchable with blocking queries, but written only through /services.
 RESERVED_PREFIX = "_services/"
 DEFAULT_WAIT_SECONDS = 300
-PUT_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})
+OP_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})  # a PUT's, a txn op's
+PUT_FIELDS = OP_FIELDS | {"consistency", "if_seq"}
 GET_PARAMS = frozenset({"raw", "version", "history", "recurse", "keys", "separator", "limit",
                         "after", "index", "wait", "consistency"})
 DELETE_PARAMS = frozenset({"recurse", "consistency", "if_seq", *Conditions.FIELDS})
@@ -237,7 +238,7 @@ class KVApi:
         mode = consistency(body.pop("consistency", None), self.config, given=given)
         if_seq = uint("if_seq", body.pop("if_seq")) if "if_seq" in body else None
         writable(key)
-        op = parse_op(body, "set", key, PUT_FIELDS, self.config)
+        op = parse_op(body, "set", key, OP_FIELDS, self.config)
         if mode == "quorum":
             register = await self._quorum_write(key, op.cond, if_seq, value=op.value,
                                                 flags=op.flags, ttl_ms=op.ttl_ms)

@@ -13,12 +13,12 @@ from aiohttp import web
 from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest
-from kvs.http.kv import PUT_FIELDS, delete_result, parse_op, writable, write_result
+from kvs.http.kv import OP_FIELDS, delete_result, parse_op, writable, write_result
 from kvs.http.toolkit import check_params, json_body, json_response, own_write
 from kvs.keys import validate_key
 from kvs.model import Version
 
-TXN_FIELDS = PUT_FIELDS | {"op", "key"}
+TXN_FIELDS = OP_FIELDS | {"op", "key"}
 
 
 class TxnApi:
