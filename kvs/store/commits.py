@@ -172,27 +172,23 @@ class Commits:
 
     async def wait(self, ticket: int) -> None:
         """Wait until `ticket` is settled."""
-        if ticket <= self.settled_through:
-            return
-        if self._cause is not None:
-            raise self._unknown_outcome()
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((ticket, future))
-        if self._sync_acks and ticket <= self.written and self._sync_task is None:
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync())
-        await future
+        if ticket > self.settled_through:
+            await self._queue(ticket, self._waiters, sync=self._sync_acks)
 
     async def wait_durable(self, ticket: int) -> None:
         """Wait until `ticket` is fsynced, whatever sync_writes says: a Paxos acceptor's
         promise must survive power loss before its answer leaves. It shares the group
         commit: one fsync covers every waiter whose batch was written before it began."""
-        if ticket <= self.synced:
-            return
+        if ticket > self.synced:
+            await self._queue(ticket, self._durable, sync=True)
+
+    async def _queue(self, ticket: int, waiters: list[tuple[int, asyncio.Future[None]]], *,
+                     sync: bool) -> None:
         if self._cause is not None:
             raise self._unknown_outcome()
         future = asyncio.get_running_loop().create_future()
-        self._durable.append((ticket, future))
-        if ticket <= self.written and self._sync_task is None:
+        waiters.append((ticket, future))
+        if sync and ticket <= self.written and self._sync_task is None:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync())
         await future
 
