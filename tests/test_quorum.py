@@ -187,3 +187,22 @@ async def test_acceptor_state_survives_a_restart(make_node: NodeFactory,
     assert (await api.put("k", {"value": 3, "if_seq": 2, **Q})).body["seq"] == 3
     assert state.promised is not None
     assert again.engine.acceptor_state("k").promised.counter > state.promised.counter
+
+
+async def test_replicated_versions_of_a_quorum_key_accept_nothing(make_node: NodeFactory,
+                                                                  http: aiohttp.ClientSession) -> None:
+    """One voter (qa) of three nodes: a quorum write proposed by a non-voter is chosen by qa
+    alone; the other nodes get its version by replication, as an ordinary version, and
+    hold no acceptor state for it."""
+    nodes = await three(make_node, initial_voters=["qa"])
+    voter, _, proposer = nodes
+    wrote = await Api(http, proposer.url).put("r", {"value": "v", **Q})
+    assert (wrote.status, wrote.body["seq"]) == (200, 1), wrote.body
+    for node in nodes[1:]:
+        await eventually(lambda node=node: bool(node.storage.read("r")), what="replication")
+        assert node.engine.get("r").version == wrote.body["version"]
+        assert not node.engine.is_quorum_key("r")
+        assert node.engine.acceptor_state("r").accepted is None
+    assert voter.engine.acceptor_state("r").accepted is not None
+    status = await Api(http, proposer.url).request("GET", "/cluster/status")
+    assert status.body["voters"] == {"epoch": 1, "ids": ["qa"]}
