@@ -650,8 +650,11 @@ class Engine:
     # -- quorum keys: this node as a Paxos acceptor (kvs/paxos.py) ------------------------
 
     def is_quorum_key(self, key: str) -> bool:
-        """This node holds Paxos acceptor state for the key."""
-        return self.storage.record(K.acceptor_key(key)) is not None
+        """This node accepted a quorum value of the key. A promise alone does not count: a
+        quorum read of a key nobody wrote in quorum mode leaves promises, and must not turn
+        a local key into a quorum one."""
+        raw = self.storage.record(K.acceptor_key(key))
+        return raw is not None and W.state_from(orjson.loads(raw)).accepted is not None
 
     def acceptor_state(self, key: str) -> paxos.AcceptorState:
         raw = self.storage.record(K.acceptor_key(key))

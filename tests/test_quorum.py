@@ -65,8 +65,11 @@ async def test_local_writes_to_a_quorum_key_are_refused(api: Api, node: Node) ->
                   await api.request("DELETE", "/kv/", params={"recurse": "true"})):
         assert reply.status == 409 and reply.body["error"] == "quorum_key", reply.body
     assert (await api.get("q")).body["value"] == 1
-    # Local reads and local keys are untouched.
+    # Local reads and local keys are untouched, also by a quorum read (it leaves promises).
     assert (await api.put("plain", {"value": 1})).status == 200
+    missing = await api.get("plain", consistency="quorum")
+    assert missing.status == 404 and "read with consistency=local" in missing.body["message"]
+    assert (await api.put("plain", {"value": 2})).status == 200
 
 
 @pytest.mark.parametrize(("body", "words"), [

@@ -132,7 +132,9 @@ class KVApi:
         live = register.value if register and register.value.is_live(self.engine.now_ms()) else None
         seq = register.seq if register else 0
         if live is None:
-            raise NotFound(f"key {key!r} not found", seq=seq)
+            hint = "" if register else (" among the voters (a key written with consistency=local "
+                                        "is read with consistency=local)")
+            raise NotFound(f"key {key!r} not found{hint}", seq=seq)
         if raw:
             return self._raw(live)
         return json_response(quorum_json(self._local(live), seq))
