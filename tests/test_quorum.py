@@ -209,3 +209,11 @@ async def test_replicated_versions_of_a_quorum_key_accept_nothing(make_node: Nod
     assert voter.engine.acceptor_state("r").accepted is not None
     status = await Api(http, proposer.url).request("GET", "/cluster/status")
     assert status.body["voters"] == {"epoch": 1, "ids": ["qa"]}
+
+
+async def test_paxos_answers_wait_for_an_fsync_even_without_sync_writes(api: Api, node: Node) -> None:
+    commits = node.storage.commits
+    assert (await api.put("local", {"value": 1})).status == 200
+    assert commits.syncs == 0  # sync_writes is false: a local write is not fsynced
+    assert (await api.put("quorum", {"value": 1, **Q})).status == 200
+    assert commits.syncs >= 1 and commits.synced == commits.issued
