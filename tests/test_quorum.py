@@ -6,6 +6,7 @@ A single node votes alone; three nodes with `initial_voters` form one epoch-1 vo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from typing import Any
@@ -13,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from kvs.model import new_version_id
 from kvs.node import Node
+from kvs.paxos import Register
 from tests.cluster import FAST, heal, partition
 from tests.conftest import Api, NodeFactory, eventually
 
@@ -217,3 +220,26 @@ async def test_paxos_answers_wait_for_an_fsync_even_without_sync_writes(api: Api
     assert commits.syncs == 0  # sync_writes is false: a local write is not fsynced
     assert (await api.put("quorum", {"value": 1, **Q})).status == 200
     assert commits.syncs >= 1 and commits.synced == commits.issued
+
+
+async def test_an_indeterminate_write_is_committed_only_if_the_chain_passes_through_it(
+        api: Api, node: Node) -> None:
+    """How the proposer resolves Indeterminate: the register chosen later either is its
+    value, or descends from it through the versions' parents, or the write never happened."""
+    quorum, engine = node.quorum, node.engine
+    assert quorum is not None
+
+    async def register(value: int) -> Register:
+        assert (await api.put("i", {"value": value, **Q})).status == 200
+        accepted = engine.acceptor_state("i").accepted
+        assert accepted is not None
+        return accepted.value  # type: ignore[no-any-return]
+
+    first, second, third = await register(1), await register(2), await register(3)
+    assert quorum._chosen("i", first, first)
+    assert quorum._chosen("i", first, third)  # two changes later, through `second`
+    assert quorum._chosen("i", second, third)
+    rival = Register(2, dataclasses.replace(second.value, version=new_version_id()))
+    assert not quorum._chosen("i", rival, third)  # another value took its place on the chain
+    assert not quorum._chosen("i", third, second)  # the chain has not reached it: never will
+    assert not quorum._chosen("i", first, None)
