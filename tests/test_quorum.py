@@ -162,12 +162,12 @@ async def test_minority_gets_503_and_changes_nothing(make_node: NodeFactory,
     nodes = await three(make_node)
     apis = [Api(http, n.url) for n in nodes]
     assert (await apis[0].put("m", {"value": "before", **Q})).status == 200
-    partition(nodes[:1], nodes[1:])
-    refused = await apis[0].put("m", {"value": "minority", **Q})
+    partition(nodes[2:], nodes[:2])
+    refused = await apis[2].put("m", {"value": "minority", **Q})
     assert refused.status == 503 and refused.body["error"] == "quorum_unavailable", refused.body
     assert (refused.body["answered"], refused.body["voters"], refused.body["needed"]) == (1, 3, 2)
     assert "1 of 3 voters answered; 2 needed" in refused.body["message"]
-    read = await apis[0].get("m", consistency="quorum")
+    read = await apis[2].get("m", consistency="quorum")
     assert read.status == 503
     majority = await apis[1].put("m", {"value": "majority", **Q})
     assert (majority.status, majority.body["seq"]) == (200, 2)
@@ -175,6 +175,26 @@ async def test_minority_gets_503_and_changes_nothing(make_node: NodeFactory,
     for api in apis:
         after = await api.get("m", consistency="quorum")
         assert (after.body["value"], after.body["seq"]) == ("majority", 2)
+    assert "minority" not in str(nodes[2].engine.history("m"))
+
+
+async def test_a_cut_off_node_that_just_wrote_the_key_cannot_say_nothing_was_written(
+        make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
+    """Its one-round-trip path sends the next change straight to accept, and its own
+    acceptor takes it: that value may still be chosen by a later round, so the answer is
+    quorum_indeterminate (never a success, never "nothing was written"); a later request
+    without the cache fails in the prepare phase: quorum_unavailable."""
+    nodes = await three(make_node)
+    api = Api(http, nodes[0].url)
+    assert (await api.put("f", {"value": 1, **Q})).status == 200
+    partition(nodes[:1], nodes[1:])
+    first = await api.put("f", {"value": 2, **Q})
+    assert (first.status, first.body["error"]) == (503, "quorum_indeterminate"), first.body
+    again = await api.put("f", {"value": 3, **Q})
+    assert (again.status, again.body["error"]) == (503, "quorum_unavailable"), again.body
+    heal(nodes)
+    after = await Api(http, nodes[1].url).get("f", consistency="quorum")
+    assert after.body["value"] in (1, 2) and after.body["value"] != 3
 
 
 async def test_acceptor_state_survives_a_restart(make_node: NodeFactory,

@@ -154,13 +154,25 @@ class Quorum:
                 outcome = await self._attempts(key, recorded)
                 if not isinstance(outcome, paxos.Indeterminate):
                     return _result(outcome)
-                if change is not paxos.identity:
-                    chosen = _result(await self._attempts(key, paxos.identity))
-                    if self._chosen(key, recorded.last, chosen):
-                        return recorded.last
+                if change is not paxos.identity and self._chosen(
+                        key, recorded.last, await self._resolve(key)):
+                    return recorded.last
+            # Every round ended without a quorum, and none of them was chosen (or it was a read).
+            raise QuorumUnavailable(
+                f"{ATTEMPTS} rounds in a row ended without a quorum of acceptors (other nodes "
+                "changing the key at the same time, or voters failing); nothing was written, "
+                "retry", contended=True)
+
+    async def _resolve(self, key: str) -> Register | None:
+        """The chosen register after an indeterminate write: whatever stops this read
+        leaves the write's outcome unknown, and the answer must say so."""
+        try:
+            return _result(await self._attempts(key, paxos.identity))
+        except (QuorumUnavailable, QuorumIndeterminate):
             raise QuorumIndeterminate(
-                "the change may or may not be applied (its round ended without a quorum of "
-                "acceptors and reading the key could not tell); read with consistency=quorum")
+                "the change may or may not be applied: its round ended without a quorum of "
+                "acceptors, and reading the key to learn the outcome failed too; read with "
+                "consistency=quorum") from None
 
     def _chosen(self, key: str, ours: Register | None, chosen: Register | None) -> bool:
         """True if `ours` is on the chain that ends at `chosen`; False if it is not, and so
