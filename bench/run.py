@@ -49,6 +49,7 @@ from bench.targets import (
     Target,
     have_taskset,
     pinned,
+    wait_until,
 )
 from kvs.testing import stop_all
 
@@ -699,8 +700,8 @@ class Runner:
             if isinstance(target, KvsTarget):
                 # Let the eager-push backlog of the load drain first: measure an idle cluster.
                 t0 = time.perf_counter()
-                figures.wait_until(lambda: len(target.merkle_roots()) == 1, 120,
-                                   f"{spec.name} to converge after the load", target.procs, interval=0.2)
+                wait_until(lambda: len(target.merkle_roots()) == 1, 120,
+                           f"{spec.name} to converge after the load", target.procs, interval=0.2)
                 self.say(f"{spec.name}: Merkle roots equal {time.perf_counter() - t0:.1f} s after the load")
             self.fig["write_to_visible"][spec.name] = figures.write_to_visible(
                 target, self.s.w2v_trials, self.say)
