@@ -689,7 +689,7 @@ class Engine:
         self.voters = config
 
     async def install_voters(self, config: paxos.Config) -> paxos.Installed | paxos.Stale:
-        """Adopt a voter configuration (at start-up, or a membership change's install)."""
+        """Adopt a newer voter configuration (one a proposer was told of by an acceptor)."""
         with self._mutation() as m:
             kept, reply = paxos.install(self.node_id, self.voters, config)
             self._keep_voters(m, kept)
