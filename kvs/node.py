@@ -142,7 +142,8 @@ class Node:
     def _app(self) -> web.Application:
         assert self.engine and self.membership and self.replicator and self.quorum
         config, engine = self.config, self.engine
-        metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections)
+        metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections,
+                          self.quorum.rounds)
         kv = KVApi(config, engine, self.watchers, self.quorum)
         routes = [
             *kv.routes(),

@@ -284,3 +284,12 @@ async def test_a_stale_one_round_trip_cache_never_wins_over_another_nodes_write(
     assert (read.body["value"], read.body["seq"], read.body["parent"]) == ("a4", 4, b3.body["version"])
     chain = [v["value"] for v in (await a.get("c", history="true")).body["revisions"]]
     assert chain[0] == "a4" and "a-stale" not in chain
+
+
+async def test_quorum_rounds_are_counted_by_outcome(api: Api, node: Node) -> None:
+    assert (await api.put("m", {"value": 1, **Q})).status == 200
+    assert (await api.put("m", {"value": 2, "if_seq": 5, **Q})).status == 409
+    text = (await api.request("GET", "/metrics")).body
+    assert 'kvs_quorum_rounds_total{outcome="committed"} 1.0' in text
+    assert 'kvs_quorum_rounds_total{outcome="conflict"} 1.0' in text
+    assert 'kvs_quorum_rounds_total{outcome="unavailable"} 0.0' in text
