@@ -146,14 +146,15 @@ class Node:
         metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections,
                           self.quorum.rounds)
         kv = KVApi(config, engine, self.watchers, self.quorum)
+        voters = VoterChanges(self.quorum, self.transport, self.membership)
         routes = [
             *kv.routes(),
             *TxnApi(config, engine).routes(),
-            *ClusterApi(engine, self.membership, self.replicator, self.left.set).routes(),
+            *ClusterApi(engine, self.membership, self.replicator, self.left.set, voters).routes(),
             *self.membership.routes(),
             *self.replicator.routes(),
             *self.quorum.routes(),
-            *VoterChanges(self.quorum, self.transport, self.membership).routes(),
+            *voters.routes(),
             web.get("/metrics", metrics.handle),
             *ServiceApi(config, engine).routes(),
             *SnapshotApi(config, engine).routes(),

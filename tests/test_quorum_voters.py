@@ -26,7 +26,7 @@ async def test_remove_then_add_a_voter(make_node: NodeFactory, http: aiohttp.Cli
     assert (wrote.status, wrote.body["seq"]) == (200, 2), wrote.body
 
     qd = await make_node(node_id="qd", seed_nodes=[qa.address], **FAST)
-    await eventually(lambda: qa.membership.member("qd") is not None, what="qd to join")
+    await eventually(lambda: all(n.membership.member("qd") for n in (qa, qb)), what="qd to join")
     added = await b.request("POST", "/cluster/voters", json={"add": "qd"})
     assert (added.status, added.body) == (200, {"epoch": 3, "ids": ["qa", "qb", "qd"]}), added.body
     assert qd.engine.voters is not None and qd.engine.voters.epoch == 3
@@ -53,3 +53,21 @@ async def test_bad_voter_changes_are_400s_that_change_nothing(make_node: NodeFac
     assert node.engine.voters is not None and node.engine.voters.epoch == 1
     local = await api.put("_kvs/voters", {"value": 1})
     assert local.status == 400 and "kvs's own" in local.body["message"]
+
+
+async def test_members_remove_and_leave_take_a_voter_out_first(make_node: NodeFactory,
+                                                               http: aiohttp.ClientSession) -> None:
+    nodes = await three(make_node)
+    qa, qb, qc = nodes
+    a = Api(http, qa.url)
+    await qc.stop()
+    await eventually(lambda: (m := qa.membership.member("qc")) is not None and m.state == "dead",
+                     timeout=20, what="qc to be declared dead")
+    removed = await a.request("DELETE", "/cluster/members/qc")
+    assert removed.status == 200, removed.body
+    assert qa.engine.voters is not None
+    assert (qa.engine.voters.epoch, sorted(qa.engine.voters.voters)) == (2, ["qa", "qb"])
+    left = await Api(http, qb.url).request("POST", "/cluster/leave")
+    assert left.status == 200, left.body
+    assert (qa.engine.voters.epoch, sorted(qa.engine.voters.voters)) == (3, ["qa"])
+    assert (await a.put("k", {"value": 1, **Q})).status == 200  # qa alone is the majority now
