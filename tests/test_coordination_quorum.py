@@ -1,0 +1,139 @@
+"""Lock and LeaderElection in quorum mode (issue 14), across real in-process nodes.
+
+Three voters, each contender writing through its own node: one holder at a time, fencing
+tokens (the key's cluster-wide seq) strictly increasing whichever node grants them, a holder
+cut off from the majority steps down before a contender on the majority side takes over,
+and an election of three candidates on three nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kvs.client import AsyncClient, BadRequest
+from kvs.coordination import LeaderElection, Lock
+from kvs.node import Node
+from tests.cluster import heal, partition
+from tests.conftest import NodeFactory, eventually
+from tests.test_quorum import three
+
+
+@pytest.fixture
+async def nodes(make_node: NodeFactory) -> list[Node]:
+    return await three(make_node)
+
+
+@pytest.fixture
+async def clients(nodes: list[Node]) -> AsyncIterator[list[AsyncClient]]:
+    kvs = [AsyncClient(n.url, timeout=5.0) for n in nodes]
+    try:
+        yield kvs
+    finally:
+        for kv in kvs:
+            await kv.close()
+
+
+async def test_contenders_on_different_nodes_never_both_hold_and_tokens_grow(
+        clients: list[AsyncClient]) -> None:
+    tokens: list[int] = []
+    for round_ in range(6):
+        locks = [Lock(kv, "locks/q", ttl=5, holder=f"c{i}") for i, kv in enumerate(clients)]
+        won = await asyncio.gather(*(lock.acquire(timeout=0) for lock in locks))
+        holders = [lock for lock, ok in zip(locks, won, strict=True) if ok]
+        assert len(holders) <= 1, f"round {round_}: {holders} all hold the lock"
+        assert all(lock.consistency == "quorum" for lock in locks)  # 3 voters: chosen by itself
+        if holders:
+            (holder,) = holders
+            assert holder.fencing_token is not None
+            tokens.append(holder.fencing_token)
+            assert await holder.release()
+    assert len(tokens) >= 3
+    assert tokens == sorted(set(tokens)), tokens  # strictly increasing across nodes
+
+
+async def test_fencing_token_is_the_seq_and_local_mode_stays_available(
+        clients: list[AsyncClient]) -> None:
+    a, b, _ = clients
+    first = Lock(a, "locks/fence", ttl=5)
+    assert await first.acquire(timeout=0)
+    assert first.result is not None and first.fencing_token == first.result.seq
+    assert await first.release()
+    second = Lock(b, "locks/fence", ttl=5)
+    assert await second.acquire(timeout=0)
+    assert second.fencing_token is not None and second.fencing_token > first.fencing_token
+    assert (await a.get("locks/fence", consistency="quorum")).seq == second._seq
+    await second.release()
+    local = Lock(a, "locks/local", ttl=5, consistency="local")  # the override
+    assert await local.acquire(timeout=0)
+    assert local.result is not None and local.fencing_token == local.result.create_index
+    assert local.result.seq is None
+    await local.release()
+    with pytest.raises(BadRequest, match="consistency must be one of"):
+        Lock(a, "locks/x", consistency="strong")
+
+
+async def test_a_quorum_lock_is_renewed_by_seq_and_a_rival_write_loses_it(
+        clients: list[AsyncClient]) -> None:
+    a, b, _ = clients
+    lock = Lock(a, "locks/renewed", ttl=0.9)
+    assert await lock.acquire(timeout=0)
+    acquired = lock._seq
+    assert acquired is not None
+    await eventually(lambda: lock._seq is not None and lock._seq >= acquired + 2,
+                     what="two renewals")  # each renewal is one more step of the chain
+    assert lock.held and lock.fencing_token == acquired  # the token is the acquisition's
+    await b.delete("locks/renewed", consistency="quorum")  # through another node
+    await asyncio.wait_for(lock.lost.wait(), 5)
+    assert not lock.held and lock.reason is not None
+
+
+async def test_a_holder_cut_off_from_the_majority_steps_down_before_a_takeover(
+        nodes: list[Node], clients: list[AsyncClient]) -> None:
+    a, b, _ = clients
+    ttl = 1.0
+    holder = Lock(a, "locks/split", ttl=ttl)
+    assert await holder.acquire(timeout=0)
+    lost_at: list[float] = []
+    holder.on_lost = lambda lock, reason: lost_at.append(time.monotonic())
+    partition(nodes[:1], nodes[1:])
+    try:
+        contender = Lock(b, "locks/split", ttl=ttl)
+        assert await contender.acquire(timeout=ttl * 10)
+        won_at = time.monotonic()
+        assert lost_at and lost_at[0] <= won_at, (lost_at, won_at)
+        assert not holder.held and contender.held
+        assert contender.fencing_token is not None and holder.fencing_token is not None
+        assert contender.fencing_token > holder.fencing_token
+        await contender.release()
+    finally:
+        heal(nodes)
+
+
+async def test_election_of_three_candidates_on_three_nodes(clients: list[AsyncClient]) -> None:
+    elections = [LeaderElection(kv, "leaders/q", ttl=1.5, identity=f"n{i}", retry_interval=0.2)
+                 for i, kv in enumerate(clients)]
+    tasks = [asyncio.create_task(e.run()) for e in elections]
+    try:
+        tokens: list[int] = []
+        for _term in range(3):
+            await eventually(lambda: sum(e.is_leader for e in elections) == 1, what="one leader")
+            (leader,) = [e for e in elections if e.is_leader]
+            assert leader.consistency == "quorum" and leader.lock is not None and leader.lock.quorum
+            assert leader.fencing_token is not None
+            tokens.append(leader.fencing_token)
+            await leader.resign()
+            elections.remove(leader)
+            assert sum(e.is_leader for e in elections) <= 1
+            if not elections:
+                break
+        assert tokens == sorted(set(tokens)), tokens
+    finally:
+        for e in elections:
+            await e.resign()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
