@@ -48,14 +48,18 @@ from a running event loop (it would block the loop: that is `await lock.acquire(
 
 What this does not protect against
 ----------------------------------
-* CAS is atomic per node. Give every contender the same node (or the same node list, so
-  they all use its first reachable node). If contenders write to different nodes during a
-  partition, both can acquire; the cluster then converges to one value and the other
-  holder's next renewal fails its if_value, so it learns within T/3.
+* In local mode CAS is atomic per node. Give every contender the same node (or the same
+  node list, so they all use its first reachable node). If contenders write to different
+  nodes during a partition, both can acquire; the cluster then converges to one value and
+  the other holder's next renewal fails its if_value, so it learns within T/3. Quorum mode
+  (the default when the cluster has more than one voter) closes that gap: the three
+  writes above carry consistency=quorum, the renewal is conditioned on `if_seq` (the seq
+  of our last write), and each is one linearizable CAS whichever node receives it.
 * A holder that stops running (GC pause, SIGSTOP, a blocked event loop) for longer than its
-  remaining lease may act after losing it, as with any lease. Pass `lock.fencing_token`
-  (the lease's create_index, larger for every acquisition on that node) to the resource you
-  protect and let it refuse smaller tokens.
+  remaining lease may act after losing it, as with any lease. Pass `lock.fencing_token` to
+  the resource you protect and let it refuse smaller tokens: in quorum mode the key's seq at
+  the acquisition (larger for every acquisition, through any node), in local mode its
+  create_index (larger for every acquisition on that node).
 * Clocks: expiry is judged by the node's clock and renewals by the holder's monotonic clock;
   only their rates must agree (over T). Followers wake at `expires_at` by their wall clock.
 """

@@ -7,7 +7,6 @@ Three nodes with `initial_voters` form one voter set (tests/test_quorum.py's `th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,24 +25,7 @@ from kvs.client import (
 )
 from kvs.node import Node
 from tests.cluster import heal, partition
-from tests.conftest import NodeFactory
-from tests.test_quorum import three
-
-
-@pytest.fixture
-async def nodes(make_node: NodeFactory) -> list[Node]:
-    return await three(make_node)
-
-
-@pytest.fixture
-async def clients(nodes: list[Node]) -> AsyncIterator[list[AsyncClient]]:
-    """One AsyncClient per node: writers that never share a node."""
-    kvs = [AsyncClient(n.url, timeout=5.0) for n in nodes]
-    try:
-        yield kvs
-    finally:
-        for kv in kvs:
-            await kv.close()
+from tests.quorum_clients import clients_fixture, nodes_fixture  # noqa: F401  (fixtures)
 
 
 async def test_quorum_put_get_delete_carry_seq_across_nodes(clients: list[AsyncClient]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,23 +17,8 @@ from kvs.client import AsyncClient, BadRequest
 from kvs.coordination import LeaderElection, Lock
 from kvs.node import Node
 from tests.cluster import heal, partition
-from tests.conftest import NodeFactory, eventually
-from tests.test_quorum import three
-
-
-@pytest.fixture
-async def nodes(make_node: NodeFactory) -> list[Node]:
-    return await three(make_node)
-
-
-@pytest.fixture
-async def clients(nodes: list[Node]) -> AsyncIterator[list[AsyncClient]]:
-    kvs = [AsyncClient(n.url, timeout=5.0) for n in nodes]
-    try:
-        yield kvs
-    finally:
-        for kv in kvs:
-            await kv.close()
+from tests.conftest import eventually
+from tests.quorum_clients import clients_fixture, nodes_fixture  # noqa: F401  (fixtures)
 
 
 async def test_contenders_on_different_nodes_never_both_hold_and_tokens_grow(
