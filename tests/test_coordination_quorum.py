@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
-from kvs.client import AsyncClient, BadRequest
+from kvs.client import AsyncClient, BadRequest, NotFound
 from kvs.coordination import LeaderElection, Lock
 from kvs.node import Node
+from kvs.testing import Cluster
 from tests.cluster import heal, partition
 from tests.conftest import eventually
 from tests.quorum_clients import clients_fixture, nodes_fixture  # noqa: F401  (fixtures)
+from tests.test_coordination import crash_rounds
 
 
 async def test_contenders_on_different_nodes_never_both_hold_and_tokens_grow(
@@ -121,3 +124,35 @@ async def test_election_of_three_candidates_on_three_nodes(clients: list[AsyncCl
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- crash rounds: holder processes on three `kvs serve` voters --------------------------------
+
+@pytest.mark.slow
+async def test_quorum_lock_holders_and_a_node_killed_never_overlap(tmp_path: Path) -> None:
+    """Holder processes, each writing through a different node first, contend for one quorum
+    lock; the holder is SIGKILLed again and again, and after the second kill a voter is
+    SIGKILLed too (restarted after the fourth). The logs must show no two holders at once
+    and every takeover after the dead holder's lease expired (tests/test_coordination.py's
+    checks, with server timestamps from whichever node stamped them)."""
+    names = ["qa", "qb", "qc"]
+    env = {"KVS_CAS_ENABLED": "true", "KVS_INITIAL_VOTERS": ",".join(names),
+           "KVS_GOSSIP_INTERVAL_MS": "100"}
+    with Cluster(tmp_path / "nodes", names, env=env) as cluster:
+        await cluster.astart_all()
+        victim = cluster.by_name("qc")
+
+        async def kill_and_restart_a_voter(kills: int) -> None:
+            if kills == 2:
+                victim.kill()
+            elif kills == 4:
+                await victim.astart()
+
+        await crash_rounds(tmp_path, [n.url for n in cluster.nodes], "async-lock", rounds=6,
+                           handovers=1, between=kill_and_restart_a_voter)
+        async with AsyncClient(cluster.nodes[0].url) as kv:  # the holders used quorum mode
+            try:
+                seq = (await kv.get("crash/async-lock", consistency="quorum")).seq
+            except NotFound as absent:
+                seq = absent.seq
+        assert seq is not None and seq > 6 * 2  # at least an acquire and a renewal per kill
