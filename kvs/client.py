@@ -965,6 +965,10 @@ def _update_attempt(key: str, fn: Callable[[Any], Any], ttl: float | None,
         seq = current.seq if current is not None else None
     except NotFound as absent:
         current, seq = None, absent.seq
+        if seq == 0:
+            # No quorum state yet, but the key may hold a value written in local mode: fn
+            # must see it, or the first quorum update would silently replace it.
+            current = yield from _local_version(key)
     value = fn(None if current is None else current.value)
     if inspect.isawaitable(value):
         value = yield _Await(value)
@@ -975,6 +979,13 @@ def _update_attempt(key: str, fn: Callable[[Any], Any], ttl: float | None,
         assert seq is not None  # only quorum writes are indeterminate
         result = yield from _settle(key, write, value, seq, unknown, ttl)
     return None if result is None else (value, result)
+
+
+def _local_version(key: str) -> Plan[VersionRecord | None]:
+    try:
+        return (yield _PLAN.get(key, consistency="local"))  # type: ignore[no-any-return]
+    except NotFound:
+        return None
 
 
 def _update_write(key: str, value: Any, current: VersionRecord | None, seq: int | None,

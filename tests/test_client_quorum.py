@@ -92,6 +92,18 @@ async def test_concurrent_quorum_updates_through_three_nodes_lose_nothing(
     assert sorted(seqs) == list(range(1, 25))  # each success is one step of the chain
 
 
+async def test_first_quorum_update_of_a_local_key_starts_from_its_value(
+        clients: list[AsyncClient]) -> None:
+    a, b, _ = clients
+    await a.put("q/was-local", 10, flags=3)
+    done = await a.update("q/was-local", lambda n: (n or 0) + 1, consistency="quorum")
+    assert (done.value, done.result.seq) == (11, 1)
+    read = await b.get("q/was-local", consistency="quorum")
+    assert (read.value, read.flags) == (11, 3)
+    with pytest.raises(QuorumKey):  # from now on a quorum key
+        await a.put("q/was-local", 0)
+
+
 async def test_minority_answers_quorum_unavailable_with_its_counts(
         nodes: list[Node], clients: list[AsyncClient]) -> None:
     await clients[0].put("q/m", "before", consistency="quorum")
