@@ -9,12 +9,24 @@ and an election of three candidates on three nodes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kvs.client import AsyncClient, BadRequest, NotFound
+from kvs.client import (
+    AsyncClient,
+    BadRequest,
+    Call,
+    Client,
+    NotFound,
+    QuorumIndeterminate,
+    Sleep,
+    WriteResult,
+)
 from kvs.coordination import LeaderElection, Lock
 from kvs.node import Node
 from kvs.testing import Cluster
@@ -156,3 +168,39 @@ async def test_quorum_lock_holders_and_a_node_killed_never_overlap(tmp_path: Pat
             except NotFound as absent:
                 seq = absent.seq
         assert seq is not None and seq > 6 * 2  # at least an acquire and a renewal per kill
+
+
+# -- the renewal plan, driven by hand ----------------------------------------------------------
+
+def _next_call(plan: Any, reply: Any = None, error: BaseException | None = None) -> Call[Any]:
+    """Carry the plan to its next request, sleeping its Sleeps as a client would."""
+    step = plan.throw(error) if error is not None else plan.send(reply)
+    while isinstance(step, Sleep):
+        time.sleep(step.seconds)
+        step = plan.send(None)
+    assert isinstance(step, Call), step
+    return step
+
+
+def test_after_an_indeterminate_renewal_the_next_one_is_conditioned_on_the_token() -> None:
+    """An indeterminate renewal may have moved the seq on: conditioned on the old seq, the
+    next renewal would fail and give up a lease that is still ours. Our token is ours alone."""
+    lock = Lock(Client("http://127.0.0.1:9"), "locks/plan", ttl=3, renew_interval=0.01,
+                watch=False, consistency="quorum")
+    lock.value = {"holder": "h", "token": "t"}
+    written = WriteResult(key="locks/plan", version="v", timestamp=0, modify_index=1, create_index=1,
+                          expires_at=None, seq=4)
+    lock._won(written, time.monotonic())
+    plan = lock._keep_plan()
+    try:
+        first = _next_call(plan)
+        assert json.loads(first.body or b"")["if_seq"] == 4
+        second = _next_call(plan, error=QuorumIndeterminate("may or may not be applied"))
+        body = json.loads(second.body or b"")
+        assert body["if_value"] == lock.value and "if_seq" not in body
+        assert body["consistency"] == "quorum"
+        third = _next_call(plan, dataclasses.replace(written, seq=6))
+        assert json.loads(third.body or b"")["if_seq"] == 6
+        assert lock.held and lock.fencing_token == 4  # the acquisition's, through renewals
+    finally:
+        plan.close()
