@@ -37,6 +37,7 @@ from typing import Any, NoReturn, TypeVar
 
 from kvs import config as configuration
 from kvs.client import (
+    CONSISTENCY,
     DEFAULT_NODE,
     Answer,
     Client,
@@ -173,6 +174,8 @@ def _conditions(args: argparse.Namespace) -> dict[str, Any]:
         out["cas"] = args.cas
     if args.if_version is not None:
         out["if_version"] = args.if_version
+    if args.if_seq is not None:
+        out["if_seq"] = args.if_seq
     if args.if_timestamp is not None:
         out["if_timestamp"] = args.if_timestamp
     if args.if_value is not None:
@@ -183,7 +186,7 @@ def _conditions(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _put_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = _conditions(args)
+    options = {**_conditions(args), "consistency": args.consistency}
     if args.ttl is not None:
         options["ttl"] = args.ttl
     if args.flags is not None:
@@ -193,10 +196,10 @@ def _put_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_get(c: Client, args: argparse.Namespace) -> Any:
     if args.raw:
-        value = c.get_value(args.key)
+        value = c.get_value(args.key, consistency=args.consistency)
         print(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
         return None
-    return c.get(args.key)
+    return c.get(args.key, consistency=args.consistency)
 
 
 def cmd_put(c: Client, args: argparse.Namespace) -> Any:
@@ -207,7 +210,8 @@ def cmd_put(c: Client, args: argparse.Namespace) -> Any:
 
 def cmd_cas(c: Client, args: argparse.Namespace) -> Any:
     if not _conditions(args):
-        raise UsageError("give at least one of --cas, --if-version, --if-timestamp, --if-value")
+        raise UsageError("give at least one of --cas, --if-version, --if-seq, --if-timestamp, "
+                         "--if-value")
     return cmd_put(c, args)
 
 
@@ -221,9 +225,12 @@ def cmd_delete(c: Client, args: argparse.Namespace) -> Any:
     if args.recurse:
         if _conditions(args):
             raise UsageError("conditions do not combine with --recurse")
+        if args.consistency == "quorum":
+            raise UsageError("--consistency quorum does not combine with --recurse (a prefix "
+                             "delete is local; delete quorum keys one by one)")
         return c.delete_prefix(args.key)
     _require_key(args.key, "--recurse")
-    return c.delete(args.key, **_conditions(args))
+    return c.delete(args.key, consistency=args.consistency, **_conditions(args))
 
 
 def cmd_history(c: Client, args: argparse.Namespace) -> Any:
@@ -447,6 +454,10 @@ def _lock_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="seconds between SIGTERM and SIGKILL when the lock is lost (default: 10)")
     p.add_argument("--node", action="append", dest="lock_node", metavar="URL",
                    help=f"node URL (repeat for failover) (default: {DEFAULT_NODE})")
+    p.add_argument("--consistency", choices=CONSISTENCY,
+                   help="quorum: the lock excludes holders on every node; local: CAS on the "
+                        "node that answers (default: quorum when the cluster has more than one "
+                        "voter, else local)")
     add_ca_option(p, default=argparse.SUPPRESS)
     return p
 
@@ -457,7 +468,7 @@ async def _locked(args: argparse.Namespace, command: list[str]) -> int:
 
     setup_logging("warning")  # renewal trouble shows up on stderr as it happens
     async with AsyncClient(args.node, ca=args.ca) as client:
-        lock = Lock(client, args.key, ttl=args.ttl)
+        lock = Lock(client, args.key, ttl=args.ttl, consistency=args.consistency)
         try:
             if not await lock.acquire(timeout=args.timeout):
                 print(f"kvs: lock {args.key!r} is held by someone else; gave up after "
@@ -657,10 +668,20 @@ def _meta_item(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _add_consistency(p: argparse.ArgumentParser, **kwargs: Any) -> None:
+    p.add_argument("--consistency", choices=CONSISTENCY, **kwargs,
+                   help="quorum: linearizable across the cluster, through a majority of the "
+                        "voters (answers carry the key's seq); local: this node only (default: "
+                        "the node's default_consistency, itself local unless configured)")
+
+
 def _add_conditions(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cas", type=_int_in(0), metavar="N",
                    help="0: the key must be absent (create only); N: its modify_index must be N")
     p.add_argument("--if-version", type=_uuid, metavar="UUID", help="its current version must be UUID")
+    p.add_argument("--if-seq", type=_int_in(0, MAX_U64), metavar="N",
+                   help="with --consistency quorum: its cluster-wide seq (printed by quorum "
+                        "put, get, cas) must be N; 0: it has no quorum state yet")
     p.add_argument("--if-timestamp", type=_int_in(0), metavar="MS",
                    help="its current version's timestamp (ms since the epoch) must be MS")
     p.add_argument("--if-value", metavar="JSON",
@@ -680,6 +701,8 @@ node that answers:
   --cas 0             create only: KEY must be absent (never written, deleted or expired)
   --cas N             KEY's modify_index (printed by put, get, cas) must be N
   --if-version UUID   KEY's current version id must be UUID
+  --if-seq N          KEY's cluster-wide seq must be N (with --consistency quorum,
+                      where --cas N > 0 is refused: modify_index is one node's own)
   --if-timestamp MS   KEY's current version must have timestamp MS
   --if-value JSON     KEY's current value must equal JSON (read like VALUE)
 
@@ -800,6 +823,7 @@ def _add_client_commands(sub: Any) -> None:
     p = _client_command(sub, "get", cmd_get, "read a key")
     _add_key(p)
     p.add_argument("--raw", action="store_true", help="print the bare value")
+    _add_consistency(p)
     for name, handler, text, description in (("put", cmd_put, "write a key", PUT_DESCRIPTION),
                                              ("cas", cmd_cas, "conditional write", CAS_DESCRIPTION)):
         p = _client_command(sub, name, handler, text, description)
@@ -812,10 +836,12 @@ def _add_client_commands(sub: Any) -> None:
                        help="an unsigned integer stored with the version, for the caller's use "
                             "(default: 0)")
         _add_conditions(p)
+        _add_consistency(p)
     p = _client_command(sub, "delete", cmd_delete, "delete a key (writes a tombstone)")
     _add_key(p, "--recurse")
     p.add_argument("--recurse", action="store_true", help="delete every key under KEY as a prefix")
     _add_conditions(p)
+    _add_consistency(p)
     p = _client_command(sub, "history", cmd_history, "versions of a key, newest first")
     _add_key(p)
     p = _client_command(sub, "ls", cmd_ls, "list keys under a prefix")
@@ -867,9 +893,10 @@ def _add_lock(sub: Any) -> None:
         "If the lock is lost meanwhile the whole group gets SIGTERM (SIGKILL after "
         "--grace) and kvs exits 7; otherwise it exits with the command's status. "
         "Exit 4: --timeout passed while someone else held the lock.",
-        usage="kvs lock KEY [--ttl T] [--timeout S] [--grace S] [--node URL] -- command [args...]")
+        usage="kvs lock KEY [--ttl T] [--timeout S] [--grace S] [--node URL] [--consistency quorum|local] "
+              "-- command [args...]")
     _add_key(p)
-    _lock_options(p).set_defaults(ttl=15.0, grace=10.0, timeout=None, lock_node=None,
+    _lock_options(p).set_defaults(ttl=15.0, grace=10.0, timeout=None, lock_node=None, consistency=None,
                                   ca=os.environ.get(CA_ENV))
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
     p.set_defaults(run=cmd_lock)

@@ -31,15 +31,20 @@ Errors
     ├── NotFound              404   key or service absent, deleted or expired
     ├── CASConflict           409   a condition did not hold; .current: VersionMeta | None
     │                               (what is there now), .failed: list[TxnFailure] for a txn
+    ├── QuorumKey             409   a local write to a key written with consistency=quorum
     ├── TooLarge              413   value or body larger than the node accepts
     ├── CASDisabled           501   a condition sent to a node with cas_enabled: false;
     │                               nothing was written
+    ├── QuorumUnavailable     503   no majority of the voters answered; nothing was written;
+    │                               .answered, .voters, .needed
+    ├── QuorumIndeterminate   503   a quorum write may or may not have been applied: read the
+    │                               key with consistency="quorum" to learn which
     ├── ServerError           any other answer: 5xx, an unknown error code, a body that is
     │                               not what kvs sends; .status
     └── Unavailable                 no node could be reached (refused, reset, timed out), or
                                     the connection broke while reading an answer; .failures
 
-The five HTTP ones are subclasses of the kvs.errors classes of the same name, so code that
+The HTTP ones are subclasses of the kvs.errors classes of the same name, so code that
 catches `kvs.errors.NotFound` also catches `kvs.client.NotFound`. An error a node answered
 carries `.node` (its URL) and `.extra` (the answer's fields besides error and message).
 
@@ -78,9 +83,10 @@ if TYPE_CHECKING:
     import aiohttp
 
 __all__ = [
-    "AsyncClient", "BadRequest", "CASConflict", "CASDisabled", "CheckResult", "Client",
+    "CONSISTENCY", "AsyncClient", "BadRequest", "CASConflict", "CASDisabled", "CheckResult", "Client",
     "DeleteResult", "Health", "KVSError", "MemberRecord", "NotFound", "Page", "PrefixDeleteResult",
-    "ServerError", "Service", "ServiceDeleteResult", "ServiceWriteResult", "Status", "TooLarge",
+    "QuorumIndeterminate", "QuorumKey", "QuorumUnavailable", "ServerError",
+    "Service", "ServiceDeleteResult", "ServiceWriteResult", "Status", "TooLarge",
     "TxnFailure", "TxnOp", "Unavailable", "Updated", "VersionMeta", "VersionRecord", "WatchEvent",
     "WriteResult", "as_json",
 ]
@@ -90,6 +96,7 @@ DEFAULT_WAIT = 60.0       # seconds a blocking query may be held by the node
 MAX_WAIT = 600.0          # the node's limit (docs/api.md#blocking-queries: 10 min)
 EXPIRY_MARGIN = 0.02      # wake this long after a lease's expires_at (clock granularity)
 MIN_EXPIRY_WAIT = 0.05    # ...but never poll faster than this when clocks disagree
+CONSISTENCY = ("local", "quorum")  # what `consistency=` takes (None: the node's default_consistency)
 
 T = TypeVar("T")
 # In `Client` a method returns T; in `AsyncClient` the same method returns an awaitable of T.
@@ -112,7 +119,10 @@ class BadRequest(errors.BadRequest):
 
 
 class NotFound(errors.NotFound):
-    pass
+    @property
+    def seq(self) -> int | None:
+        """For a quorum read: the key's seq although it is absent (deleted or expired)."""
+        return self.extra.get("seq")
 
 
 class CASConflict(errors.CASConflict):
@@ -130,6 +140,37 @@ class CASConflict(errors.CASConflict):
                            current=None if f.get("current") is None
                            else _build(VersionMeta, f["current"]))
                 for f in self.extra.get("failed", [])]
+
+
+class QuorumKey(errors.QuorumKey):
+    """A local write to a key that has quorum state: write it with consistency="quorum"."""
+
+
+class QuorumUnavailable(errors.QuorumUnavailable):
+    """Fewer than a majority of the voters answered the node; nothing was written."""
+
+    @property
+    def answered(self) -> int | None:
+        return self.extra.get("answered")
+
+    @property
+    def voters(self) -> int | None:
+        return self.extra.get("voters")
+
+    @property
+    def needed(self) -> int | None:
+        return self.extra.get("needed")
+
+    @property
+    def contended(self) -> bool:
+        """Every round met a higher ballot: the voters answered, but other writers of the
+        key kept getting there first. Nothing was written; retrying later is safe."""
+        return bool(self.extra.get("contended"))
+
+
+class QuorumIndeterminate(errors.QuorumIndeterminate):
+    """The write may or may not have been applied (now or later). Sending it again could
+    apply it twice; read the key with consistency="quorum" and decide from what is there."""
 
 
 class TooLarge(errors.TooLarge):
@@ -159,7 +200,8 @@ class Unavailable(KVSError):
 
 _BY_CODE: dict[str, type[KVSError]] = {
     "bad_request": BadRequest, "not_found": NotFound, "cas_conflict": CASConflict,
-    "too_large": TooLarge, "cas_disabled": CASDisabled,
+    "too_large": TooLarge, "cas_disabled": CASDisabled, "quorum_key": QuorumKey,
+    "quorum_unavailable": QuorumUnavailable, "quorum_indeterminate": QuorumIndeterminate,
 }
 
 
@@ -187,6 +229,7 @@ class VersionMeta:
     superseded: bool
     modify_index: int
     create_index: int
+    seq: int | None = None    # the key's cluster-wide sequence number; quorum answers only
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -210,6 +253,7 @@ class WriteResult:
     modify_index: int
     create_index: int
     expires_at: int | None
+    seq: int | None = None    # quorum writes: the key's new cluster-wide sequence number
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -217,6 +261,7 @@ class DeleteResult:
     key: str
     version: str | None       # the tombstone; None for a txn delete of an absent key
     modify_index: int | None
+    seq: int | None = None    # quorum deletes: the key's new cluster-wide sequence number
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -561,6 +606,16 @@ def _options(**options: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _consistency(consistency: str | None) -> dict[str, str]:
+    """The `consistency` field of a request, checked before anything is sent."""
+    if consistency is None:
+        return {}
+    if consistency not in CONSISTENCY:
+        raise BadRequest(f"consistency must be one of {', '.join(CONSISTENCY)} (or None: the "
+                         f"node's default_consistency), not {consistency!r}")
+    return {"consistency": consistency}
+
+
 def error_for(answer: Answer) -> KVSError:
     """The typed exception for an error answer."""
     try:
@@ -679,17 +734,24 @@ class _Commands:
     def health(self) -> Out[Health]:
         return self._execute(Call("GET", "/health", None, _of(Health)))
 
-    def get(self, key: str, *, version: str | None = None) -> Out[VersionRecord]:
-        """The current version of `key` (or the given version UUID, also from history)."""
-        return self._execute(Call("GET", _kv(key, {"version": version}), None, _of(VersionRecord)))
+    def get(self, key: str, *, version: str | None = None,
+            consistency: str | None = None) -> Out[VersionRecord]:
+        """The current version of `key` (or the given version UUID, also from history).
 
-    def get_value(self, key: str, default: Any = UNSET) -> Out[Any]:
+        consistency="quorum": a linearizable read through a majority of the voters, with the
+        key's `seq`; "local" (or the node's default): this node's view, which may be stale."""
+        query = {"version": version, **_consistency(consistency)}
+        return self._execute(Call("GET", _kv(key, query), None, _of(VersionRecord)))
+
+    def get_value(self, key: str, default: Any = UNSET, *,
+                  consistency: str | None = None) -> Out[Any]:
         """Just the value (`?raw=true`); `default` instead of NotFound if given."""
         decode = _raw_value
         if default is not UNSET:
             def decode(answer: Answer) -> Any:
                 return default if answer.status == 404 else _raw_value(answer)
-        return self._execute(Call("GET", _kv(key, {"raw": True}), None, decode))
+        query = {"raw": True, **_consistency(consistency)}
+        return self._execute(Call("GET", _kv(key, query), None, decode))
 
     def history(self, key: str) -> Out[list[VersionRecord]]:
         """Current and past versions, newest first, tombstones and superseded ones included."""
@@ -733,18 +795,23 @@ class _Commands:
 
     def put(self, key: str, value: Any, *, ttl: float | None = None, flags: int | None = None,
             cas: int | None = None, if_version: str | None = None, if_timestamp: int | None = None,
-            if_value: Any = UNSET) -> Out[WriteResult]:
+            if_value: Any = UNSET, if_seq: int | None = None,
+            consistency: str | None = None) -> Out[WriteResult]:
         """Write `value` (any JSON). Conditions (all must hold): `cas` 0 = create-only, N = the
         key's modify_index is N; `if_version`, `if_timestamp`, `if_value` compare with the
-        current version. `ttl` in seconds; a conditional write with ttl renews a lease."""
-        body = {"value": value, **_options(ttl=ttl, flags=flags),
-                **_conditions(cas, if_version, if_timestamp, if_value)}
+        current version; `if_seq` (quorum only) = the key's cluster-wide seq is N. `ttl` in
+        seconds; a conditional write with ttl renews a lease. consistency="quorum": one
+        linearizable CAS across the cluster (the answer carries the new `seq`)."""
+        body = {"value": value, **_options(ttl=ttl, flags=flags, if_seq=if_seq),
+                **_conditions(cas, if_version, if_timestamp, if_value), **_consistency(consistency)}
         return self._execute(Call("PUT", _kv(key), _encode(body), _of(WriteResult)))
 
     def delete(self, key: str, *, cas: int | None = None, if_version: str | None = None,
-               if_timestamp: int | None = None, if_value: Any = UNSET) -> Out[DeleteResult]:
+               if_timestamp: int | None = None, if_value: Any = UNSET, if_seq: int | None = None,
+               consistency: str | None = None) -> Out[DeleteResult]:
         """Write a tombstone (NotFound if the key is absent), under the same conditions as put."""
-        query: dict[str, Any] = _conditions(cas, if_version, if_timestamp, UNSET)
+        query: dict[str, Any] = {**_conditions(cas, if_version, if_timestamp, UNSET),
+                                 **_options(if_seq=if_seq), **_consistency(consistency)}
         if if_value is not UNSET:
             query["if_value"] = _encode(if_value).decode()
         return self._execute(Call("DELETE", _kv(key, query), None, _of(DeleteResult)))
@@ -765,7 +832,8 @@ class _Commands:
         return self._execute(Call("POST", "/txn", _encode(body), _txn_decoder(typed)))
 
     def update(self, key: str, fn: Callable[[Any], Any], *, retries: int = 16, backoff: float = 0.01,
-               max_backoff: float = 1.0, ttl: float | None = None) -> Out[Updated]:
+               max_backoff: float = 1.0, ttl: float | None = None,
+               consistency: str | None = None) -> Out[Updated]:
         """Optimistic read-modify-write: write `fn(current value)` only if nobody wrote meanwhile.
 
         Reads the key, calls `fn(value)` (`fn(None)` if the key is absent, and then creates it
@@ -777,34 +845,36 @@ class _Commands:
         CASConflict/NotFound. Every other error is raised at once; so is anything `fn` raises
         (nothing is written). `fn` runs once per attempt, so it must not have side effects; in
         AsyncClient it may be a coroutine function.
+
+        consistency="quorum" (or a node whose default it is: the read then carries `seq`):
+        the read is linearizable and the write is conditioned on `if_seq`, so increments
+        through different nodes are never lost. QuorumUnavailable is raised at once (nothing
+        was written), unless it says `contended` (other writers kept winning the rounds: a
+        lost race, retried like a conflict). QuorumIndeterminate is never simply retried, as
+        that could apply `fn` twice; see `_settle`.
         """
-        return self._execute(self._update_plan(key, fn, retries, backoff, max_backoff, ttl))
+        _consistency(consistency)  # a bad one raises here, before any request
+        return self._execute(self._update_plan(key, fn, retries, backoff, max_backoff, ttl,
+                                               consistency))
 
     def _update_plan(self, key: str, fn: Callable[[Any], Any], retries: int, backoff: float,
-                     max_backoff: float, ttl: float | None) -> Plan[Updated]:
+                     max_backoff: float, ttl: float | None,
+                     consistency: str | None) -> Plan[Updated]:
         attempt = 0
         while True:
             attempt += 1
             try:
-                current: VersionRecord | None = yield _PLAN.get(key)
-            except NotFound:
-                current = None
-            value = fn(None if current is None else current.value)
-            if inspect.isawaitable(value):
-                value = yield _Await(value)
-            if current is None:
-                write = _PLAN.put(key, value, ttl=ttl, cas=0)
-            else:
-                write = _PLAN.put(key, value, ttl=ttl, flags=current.flags or None,
-                                    if_version=current.version)
-            try:
-                result = yield write
-            except (CASConflict, NotFound):
-                if attempt > retries:
+                done = yield from _update_attempt(key, fn, ttl, consistency)
+            except (CASConflict, NotFound, QuorumUnavailable) as lost:
+                if attempt > retries or (isinstance(lost, QuorumUnavailable) and not lost.contended):
                     raise
-                yield Sleep(random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1))))
-                continue
-            return Updated(key=key, value=value, result=result, attempts=attempt)
+            else:
+                if done is not None:
+                    return Updated(key=key, value=done[0], result=done[1], attempts=attempt)
+                if attempt > retries:
+                    raise CASConflict(f"update of {key!r}: another writer's change was chosen "
+                                      f"instead of this one; gave up after {attempt} attempts")
+            yield Sleep(random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1))))
 
     # -- blocking queries ------------------------------------------------------------------
 
@@ -884,6 +954,93 @@ class _Commands:
     def deregister_service(self, name: str, *, cas: int | None = None) -> Out[ServiceDeleteResult]:
         return self._execute(Call("DELETE", _service(name, query={"cas": cas}), None,
                                   _of(ServiceDeleteResult)))
+
+
+def _update_attempt(key: str, fn: Callable[[Any], Any], ttl: float | None,
+                    consistency: str | None) -> Plan[tuple[Any, WriteResult] | None]:
+    """One read, fn, conditional write: (value, result), or None when a quorum write turned
+    out to have lost to another writer's; a lost race otherwise raises (CASConflict...)."""
+    try:
+        current: VersionRecord | None = yield _PLAN.get(key, consistency=consistency)
+        seq = current.seq if current is not None else None
+    except NotFound as absent:
+        current, seq = None, absent.seq
+        if seq == 0:
+            # No quorum state yet, but the key may hold a value written in local mode: fn
+            # must see it, or the first quorum update would silently replace it.
+            current = yield from _local_version(key)
+    value = fn(None if current is None else current.value)
+    if inspect.isawaitable(value):
+        value = yield _Await(value)
+    write = _update_write(key, value, current, seq, ttl)
+    try:
+        result = yield write
+    except QuorumIndeterminate as unknown:
+        assert seq is not None  # only quorum writes are indeterminate
+        result = yield from _settle(key, write, value, seq, unknown, ttl)
+    return None if result is None else (value, result)
+
+
+def _local_version(key: str) -> Plan[VersionRecord | None]:
+    try:
+        return (yield _PLAN.get(key, consistency="local"))  # type: ignore[no-any-return]
+    except NotFound:
+        return None
+
+
+def _update_write(key: str, value: Any, current: VersionRecord | None, seq: int | None,
+                  ttl: float | None) -> Call[WriteResult]:
+    """update()'s write: conditioned on what was read, by seq when the read was a quorum one."""
+    flags = (current.flags or None) if current is not None else None
+    if seq is not None:
+        return _PLAN.put(key, value, ttl=ttl, flags=flags, if_seq=seq, consistency="quorum")
+    if current is None:
+        return _PLAN.put(key, value, ttl=ttl, cas=0)
+    return _PLAN.put(key, value, ttl=ttl, flags=flags, if_version=current.version)
+
+
+SETTLE_READS = 4  # quorum reads update() spends learning the fate of an indeterminate write
+
+
+def _settle(key: str, write: Call[WriteResult], value: Any, seq: int, unknown: QuorumIndeterminate,
+            ttl: float | None) -> Plan[WriteResult | None]:
+    """The fate of an indeterminate quorum write of `value` conditioned on `if_seq=seq`:
+    its result once it is known to be applied exactly once, None once it is known that it
+    never will be; QuorumIndeterminate (`unknown`) when that cannot be told.
+
+    Why not simply retry: the write may have reached some acceptors and be chosen later, by
+    any node's next round on the key, so a fresh `fn` run on a re-read could add a second
+    increment to a first one that lands afterwards. A quorum read tells three cases apart:
+
+    * seq is still `seq`: nothing has been chosen since our read. Send the *same* write
+      again (same value, same if_seq): if it commits, the chain has exactly one change
+      after `seq`, ours, and the first attempt can no longer be chosen (a majority has
+      accepted a later ballot); if it conflicts, look again.
+    * seq is `seq + 1` with another value (or absent, for a write without ttl): another
+      writer's change was chosen in our place, so ours never will be: the caller retries.
+    * anything else (`seq + 1` holding our value, which may be ours or an equal one from
+      another writer; or the key moved further on): the outcome cannot be told, and
+      `unknown` is raised.
+    """
+    for _ in range(SETTLE_READS):
+        try:
+            now: VersionRecord = yield _PLAN.get(key, consistency="quorum")
+            at, present, there = now.seq, True, now.value
+        except NotFound as absent:
+            at, present, there = absent.seq, False, None
+        except (QuorumUnavailable, QuorumIndeterminate, Unavailable) as exc:
+            raise unknown from exc
+        if at == seq:
+            try:
+                return (yield write)  # type: ignore[no-any-return]
+            except (CASConflict, QuorumIndeterminate):
+                continue
+            except (QuorumUnavailable, Unavailable) as exc:
+                raise unknown from exc
+        if at == seq + 1 and (there != value if present else ttl is None):
+            return None
+        raise unknown
+    raise unknown
 
 
 class _Planner(_Commands):

@@ -48,14 +48,18 @@ from a running event loop (it would block the loop: that is `await lock.acquire(
 
 What this does not protect against
 ----------------------------------
-* CAS is atomic per node. Give every contender the same node (or the same node list, so
-  they all use its first reachable node). If contenders write to different nodes during a
-  partition, both can acquire; the cluster then converges to one value and the other
-  holder's next renewal fails its if_value, so it learns within T/3.
+* In local mode CAS is atomic per node. Give every contender the same node (or the same
+  node list, so they all use its first reachable node). If contenders write to different
+  nodes during a partition, both can acquire; the cluster then converges to one value and
+  the other holder's next renewal fails its if_value, so it learns within T/3. Quorum mode
+  (the default when the cluster has more than one voter) closes that gap: the three
+  writes above carry consistency=quorum, the renewal is conditioned on `if_seq` (the seq
+  of our last write), and each is one linearizable CAS whichever node receives it.
 * A holder that stops running (GC pause, SIGSTOP, a blocked event loop) for longer than its
-  remaining lease may act after losing it, as with any lease. Pass `lock.fencing_token`
-  (the lease's create_index, larger for every acquisition on that node) to the resource you
-  protect and let it refuse smaller tokens.
+  remaining lease may act after losing it, as with any lease. Pass `lock.fencing_token` to
+  the resource you protect and let it refuse smaller tokens: in quorum mode the key's seq at
+  the acquisition (larger for every acquisition, through any node), in local mode its
+  create_index (larger for every acquisition on that node).
 * Clocks: expiry is judged by the node's clock and renewals by the holder's monotonic clock;
   only their rates must agree (over T). Followers wake at `expires_at` by their wall clock.
 """
@@ -78,23 +82,31 @@ from kvs.client import (
     _PLAN,
     DEFAULT_WAIT,
     AsyncClient,
+    Call,
     CASConflict,
     Client,
     Emit,
     NotFound,
     Plan,
+    QuorumIndeterminate,
+    QuorumUnavailable,
     ServerError,
     Sleep,
+    Status,
     Unavailable,
     VersionRecord,
     WatchEvent,
     WriteResult,
+    _consistency,
 )
 from kvs.errors import KVSError
 
 log = logging.getLogger("kvs.coordination")
 
 SERVER_WAIT_MARGIN = 0.05  # ask the node to answer a blocking query this long before we need it
+# Failures after which nothing is known to be lost: the holder tries again (a renewal until
+# its lease runs out, a campaign every retry_interval).
+UNREACHED = (Unavailable, ServerError, QuorumUnavailable)
 
 _NEEDS_AWAIT = ("this {what} was given an AsyncClient: use `async with` and `await` (or give it a "
                 "blocking kvs.client.Client for `with` and plain calls)")
@@ -212,6 +224,9 @@ class _Loss(NamedTuple):
     release: bool  # delete the key if it still holds our token: a renewal may have landed after all
 
 
+_RENEW_NOW = object()  # what a quorum lock's watch returns when the key looks changed
+
+
 class Lock(_EitherClient):
     """A mutual-exclusion lease on `key`, renewed in the background while held.
 
@@ -232,13 +247,21 @@ class Lock(_EitherClient):
     the token so that others can see who holds the lock (default "host:pid"). With
     `watch=False` the holder does not hold a blocking query between renewals (one connection
     fewer) and learns of a loss at the next renewal, within `renew_interval`.
+
+    `consistency`: "quorum" (the lease is a quorum key: exclusive across the whole cluster,
+    renewed by if_seq, fenced by its cluster-wide seq), "local" (CAS on the node that
+    answers), or None: the first acquire asks the node for the voters and takes quorum
+    when there are more than one, else local.
     """
 
     def __init__(self, client: AsyncClient | Client, key: str, *, ttl: float = 15.0,
                  holder: Any = None, on_lost: LostCallback | None = None,
-                 renew_interval: float | None = None, watch: bool = True) -> None:
+                 renew_interval: float | None = None, watch: bool = True,
+                 consistency: str | None = None) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be > 0")
+        _consistency(consistency)  # a bad one raises BadRequest here
+        self.consistency = consistency  # None until the first acquire decides
         self.client = client
         self.key = key
         self.ttl = float(ttl)
@@ -252,7 +275,8 @@ class Lock(_EitherClient):
         self.lost = self._Event()
         self.reason: LockLost | None = None
         self.result: WriteResult | None = None    # the last successful acquire or renewal
-        self.fencing_token: int | None = None     # create_index of this acquisition
+        self.fencing_token: int | None = None     # seq (quorum) or create_index of this acquisition
+        self._seq: int | None = None               # quorum: the key's seq after our last write
         self._held = False
         self._mutex = threading.Lock()             # a loss and a release race from two threads
         self._deadline = 0.0                       # time.monotonic() until which the lease is sure
@@ -286,15 +310,17 @@ class Lock(_EitherClient):
         if self._held:
             raise RuntimeError(f"lock {self.key!r} is already held by this Lock")
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.consistency is None:
+            self.consistency = yield from self._choose_consistency()
         self.value = {"holder": self.holder, "token": uuid.uuid4().hex}
         self.lost.clear()
         self.reason = None
         while True:
             sent = time.monotonic()
             try:
-                result = yield _PLAN.put(self.key, self.value, cas=0, ttl=self.ttl)
-            except CASConflict:
-                pass
+                result = yield _PLAN.put(self.key, self.value, cas=0, ttl=self.ttl, **self._mode())
+            except (CASConflict, QuorumIndeterminate):
+                pass  # an indeterminate one that was applied shows up as ours in the watch
             else:
                 self._won(result, sent)
                 return True
@@ -302,6 +328,22 @@ class Lock(_EitherClient):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+
+    def _choose_consistency(self) -> Plan[str]:
+        """Quorum when the cluster has more than one voter: then CAS on one node would not
+        exclude a contender writing through another."""
+        status: Status = yield _PLAN.status()
+        voters = (status.voters or {}).get("ids") or []
+        return "quorum" if len(voters) > 1 else "local"
+
+    @property
+    def quorum(self) -> bool:
+        return self.consistency == "quorum"
+
+    def _mode(self) -> dict[str, Any]:
+        """The lease's requests name the consistency only in quorum mode: in local mode they
+        are exactly what they were before quorum keys existed."""
+        return {"consistency": "quorum"} if self.quorum else {}
 
     def _wait_until_free(self, deadline: float | None, poll: float) -> Plan[bool]:
         """Watch the key until it is absent (False: go and try), turns out to be ours (True),
@@ -328,8 +370,9 @@ class Lock(_EitherClient):
                     # (a timeout, then failover). Renew it to learn how long it is ours.
                     sent = time.monotonic()
                     try:
-                        result = yield _PLAN.put(self.key, self.value, if_value=self.value, ttl=self.ttl)
-                    except (CASConflict, NotFound):
+                        result = yield _PLAN.put(self.key, self.value, if_value=self.value,
+                                                 ttl=self.ttl, **self._mode())
+                    except (CASConflict, NotFound, QuorumIndeterminate):
                         continue
                     self._won(result, sent)
                     return True
@@ -339,7 +382,8 @@ class Lock(_EitherClient):
     def _won(self, result: WriteResult, sent: float) -> None:
         self._held = True
         self.result = result
-        self.fencing_token = result.create_index
+        self._seq = result.seq
+        self.fencing_token = result.seq if self.quorum else result.create_index
         self._deadline = sent + self.ttl
         log.debug("event=lock_acquired key=%s token=%s fencing=%s", self.key, self.value["token"],
                   self.fencing_token)
@@ -359,33 +403,48 @@ class Lock(_EitherClient):
                                   f" ({failure})", failure, release=True)
             if now < next_renewal:
                 watched = yield from self._watch_between_renewals(index, next_renewal)
+                if watched is _RENEW_NOW:
+                    next_renewal = time.monotonic()
+                    continue
                 if not isinstance(watched, int):
                     return watched
                 index = watched
                 continue
             sent = time.monotonic()
             try:
-                result = yield _PLAN.put(self.key, self.value, if_value=self.value,
-                                         ttl=self.ttl).until(self._deadline)
+                result = yield self._renewal().until(self._deadline)
             except (CASConflict, NotFound) as exc:
                 return self._lose("renewal failed: the lock key no longer holds our token", exc)
-            except (Unavailable, ServerError) as exc:
+            except (*UNREACHED, QuorumIndeterminate) as exc:
                 failure = exc
                 log.warning("event=lock_renewal_failed key=%s error=%r", self.key, exc)
+                if isinstance(exc, QuorumIndeterminate):
+                    self._seq = None  # it may have moved the seq on: condition the next on our token
                 next_renewal = min(time.monotonic() + self.ttl / 10, self._deadline)
                 continue
             except KVSError as exc:
                 return self._lose(f"renewal refused: {exc.message}", exc)
             failure = None
             self.result = result
+            self._seq = result.seq
             self._deadline = sent + self.ttl
             index = result.modify_index
             next_renewal = sent + self.renew_interval
 
-    def _watch_between_renewals(self, index: int, until: float) -> Plan[int | _Loss | None]:
+    def _renewal(self) -> Call[WriteResult]:
+        """The same value again with a fresh ttl, if the key is still ours: in quorum mode if
+        its seq is still that of our last write (or, when an indeterminate renewal may have
+        moved it on, if it still holds our token, which no other holder writes)."""
+        if self.quorum and self._seq is not None:
+            return _PLAN.put(self.key, self.value, if_seq=self._seq, ttl=self.ttl, consistency="quorum")
+        return _PLAN.put(self.key, self.value, if_value=self.value, ttl=self.ttl, **self._mode())
+
+    def _watch_between_renewals(self, index: int, until: float) -> Plan[int | _Loss | object | None]:
         """Hold a blocking query on the key until `until`: the next index, or the loss."""
         left = until - time.monotonic()
-        if not self.watch or left <= 2 * SERVER_WAIT_MARGIN:
+        # A quorum answer's modify_index is 0 when the node did not hold the version yet:
+        # a blocking query from 0 would answer at once, every time.
+        if not self.watch or left <= 2 * SERVER_WAIT_MARGIN or (self.quorum and index == 0):
             yield Sleep(max(0.0, left))
             return index
         try:
@@ -395,6 +454,10 @@ class Lock(_EitherClient):
             yield Sleep(max(0.0, until - time.monotonic()))  # the renewal will tell
             return index
         if event.value != self.value:
+            if self.quorum:
+                # One node's view of a quorum key can lag, or show a rival's value accepted
+                # by a minority and never chosen: only a quorum renewal can tell, so send it now.
+                return _RENEW_NOW
             how = "deleted or expired" if event.version is None else "overwritten by another writer"
             return self._lose(f"the lock key was {how}", None)
         return event.index
@@ -439,10 +502,10 @@ class Lock(_EitherClient):
         """Delete the key if it still holds our token. A node that cannot be reached is
         logged, not raised: the lease then ends by itself within ttl."""
         try:
-            yield _PLAN.delete(self.key, if_value=self.value)
+            yield _PLAN.delete(self.key, if_value=self.value, **self._mode())
         except (CASConflict, NotFound):
             return False
-        except (Unavailable, ServerError) as exc:
+        except (*UNREACHED, QuorumIndeterminate) as exc:
             log.warning("event=lock_release_failed key=%s error=%r (the lease expires by itself)",
                         self.key, exc)
             return False
@@ -669,7 +732,10 @@ class LeaderElection(_EitherClient):
 
     def __init__(self, client: AsyncClient | Client, key: str, *, ttl: float = 15.0,
                  identity: Any = None, on_elected: Callback | None = None,
-                 on_lost: Callback | None = None, retry_interval: float = 1.0) -> None:
+                 on_lost: Callback | None = None, retry_interval: float = 1.0,
+                 consistency: str | None = None) -> None:
+        _consistency(consistency)
+        self.consistency = consistency  # as for Lock: None until the first campaign decides
         self.client = client
         self.key = key
         self.ttl = ttl
@@ -704,15 +770,18 @@ class LeaderElection(_EitherClient):
         unless resign() comes first. An unreachable node does not end it (it retries every
         retry_interval); errors that retrying cannot fix (CASDisabled, BadRequest) do."""
         while True:
-            lock = Lock(self.client, self.key, ttl=self.ttl, holder=self.identity, on_lost=self._lost)
+            lock = Lock(self.client, self.key, ttl=self.ttl, holder=self.identity, on_lost=self._lost,
+                        consistency=self.consistency)
             lock._observer = self._observe
             self._lock = lock
             try:
                 yield _Acquire(lock)
-            except (Unavailable, ServerError) as exc:
+            except UNREACHED as exc:
                 log.warning("event=campaign_failed key=%s error=%r", self.key, exc)
                 yield Sleep(self.retry_interval)
                 continue
+            finally:
+                self.consistency = lock.consistency  # decided once, kept for every term
             self.leader = self.identity
             self.terms += 1
             self.elected.set()
@@ -751,7 +820,7 @@ class _AsyncElection(_AsyncKind, LeaderElection):
                 try:
                     if not await self._until_resigned(self._wait_for(step)):
                         return
-                except (Unavailable, ServerError) as exc:
+                except UNREACHED as exc:
                     error = exc
         finally:
             lock = self._end(campaign)
@@ -827,7 +896,7 @@ class _BlockingElection(_BlockingKind, LeaderElection):
                 error = None
                 try:
                     self._wait_for(step)
-                except (Unavailable, ServerError) as exc:
+                except UNREACHED as exc:
                     error = exc
         finally:
             lock = self._end(campaign)

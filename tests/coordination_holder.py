@@ -1,6 +1,6 @@
 """A lock holder or election candidate for the crash tests: it records what it believes.
 
-    python tests/coordination_holder.py KIND-lock|KIND-election URL KEY TTL LOG [HOLD_MIN HOLD_MAX]
+    python tests/coordination_holder.py KIND-lock|KIND-election URL[,URL...] KEY TTL LOG [HOLD_MIN HOLD_MAX]
 
 KIND is `async` (Lock and LeaderElection given an AsyncClient) or `blocking` (given a
 blocking Client: plain threads, no event loop).
@@ -106,7 +106,8 @@ async def lead(client: AsyncClient, key: str, ttl: float, log: TextIO) -> None:
     campaign.result()
 
 
-async def run_async(mode: str, url: str, key: str, ttl: float, log: TextIO, low: float, high: float) -> None:
+async def run_async(mode: str, url: list[str], key: str, ttl: float, log: TextIO, low: float,
+                    high: float) -> None:
     async with AsyncClient(url, timeout=2.0) as client:
         if mode == "lock":
             await hold_locks(client, key, ttl, log, low, high)
@@ -115,7 +116,8 @@ async def run_async(mode: str, url: str, key: str, ttl: float, log: TextIO, low:
 
 
 def main(argv: list[str]) -> None:
-    kind_mode, url, key, ttl, path = argv[:5]
+    kind_mode, urls, key, ttl, path = argv[:5]
+    url = urls.split(",")  # the nodes in failover order
     kind, mode = kind_mode.split("-")
     low, high = (float(x) for x in argv[5:7]) if len(argv) > 5 else (0.2, 0.6)
     with open(path, "a") as log:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -530,17 +530,22 @@ def read_sessions(log_dir: Path) -> list[Session]:
 
 
 class Holders:
-    def __init__(self, log_dir: Path, mode: str, url: str, key: str) -> None:
-        self.log_dir, self.mode, self.url, self.key = log_dir, mode, url, key
+    """Holder processes; with several node URLs each new one starts at the next node (and
+    fails over to the others), so that contenders write through different nodes."""
+
+    def __init__(self, log_dir: Path, mode: str, urls: Sequence[str], key: str) -> None:
+        self.log_dir, self.mode, self.urls, self.key = log_dir, mode, list(urls), key
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.killed: set[str] = set()
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def spawn(self) -> None:
         name = f"{self.mode}{len(self.procs) + 1}"
+        first = len(self.procs) % len(self.urls)
+        urls = ",".join(self.urls[first:] + self.urls[:first])
         with open(self.log_dir / f"{name}.out", "wb") as out:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, str(HOLDER), self.mode, self.url, self.key, str(CRASH_TTL),
+                [sys.executable, str(HOLDER), self.mode, urls, self.key, str(CRASH_TTL),
                  str(self.log_dir / f"{name}.log"), "0.1", "0.3"],
                 env=node_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -564,9 +569,11 @@ class Holders:
                 f"{name} exited by itself:\n" + (self.log_dir / f"{name}.out").read_text())
 
 
-async def crash_rounds(tmp_path: Path, node: Node, mode: str, rounds: int, *, handovers: int = 0) -> None:
-    """`rounds` times: let `handovers` holders release normally, then SIGKILL the next one."""
-    holders = Holders(tmp_path / mode, mode, node.url, f"crash/{mode}")
+async def crash_rounds(tmp_path: Path, urls: Sequence[str], mode: str, rounds: int, *, handovers: int = 0,
+                       between: Callable[[int], Awaitable[None]] | None = None) -> None:
+    """`rounds` times: let `handovers` holders release normally, then SIGKILL the next one
+    (and call `between(round)` after each kill: e.g. to kill or restart a node)."""
+    holders = Holders(tmp_path / mode, mode, urls, f"crash/{mode}")
     kills: list[tuple[str, float]] = []
     try:
         for _ in range(3):
@@ -585,6 +592,8 @@ async def crash_rounds(tmp_path: Path, node: Node, mode: str, rounds: int, *, ha
             holders.check_alive()
             kills.append((latest[0].proc, holders.kill(latest[0].proc)))
             holders.spawn()
+            if between is not None:
+                await between(len(kills))
         await eventually(lambda: any(s.start > kills[-1][1] for s in read_sessions(holders.log_dir)),
                          CRASH_TTL + 10, what="a holder after the last kill")
     finally:
@@ -615,10 +624,10 @@ async def crash_rounds(tmp_path: Path, node: Node, mode: str, rounds: int, *, ha
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["async", "blocking"])
 async def test_lock_holders_killed_in_turn_never_overlap(tmp_path: Path, node: Node, kind: str) -> None:
-    await crash_rounds(tmp_path, node, f"{kind}-lock", rounds=7, handovers=2)
+    await crash_rounds(tmp_path, [node.url], f"{kind}-lock", rounds=7, handovers=2)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["async", "blocking"])
 async def test_leaders_killed_in_turn_never_overlap(tmp_path: Path, node: Node, kind: str) -> None:
-    await crash_rounds(tmp_path, node, f"{kind}-election", rounds=7)
+    await crash_rounds(tmp_path, [node.url], f"{kind}-election", rounds=7)
