@@ -63,7 +63,8 @@ def test_short_chaos_run_passes_every_checker_and_cleans_up(tmp_path: Path) -> N
     started = time.monotonic()
     proc = subprocess.run(
         chaos("--nodes", "3", "--clients", "8", "--duration", "20", "--seed", "4242", "--faults", faults,
-              "--fault-every", "0.5,1.5", "--fault-length", "1.5,3", "--out", str(out), "--progress", "5"),
+              "--fault-every", "0.5,1.5", "--fault-length", "1.5,3", "--out", str(out), "--progress", "5",
+              "--sync-writes"),
         env=env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     elapsed = time.monotonic() - started
     report = proc.stdout + proc.stderr
@@ -84,6 +85,8 @@ def test_short_chaos_run_passes_every_checker_and_cleans_up(tmp_path: Path) -> N
     assert sum(1 for op in history.calls if op.ok) > 1000
     assert any(op.tag == "incr" and op.ok for op in history.calls)
     assert any(op.tag == "acquire" and op.ok for op in history.calls)
+    assert any(op.ok and "if_timestamp" in (op.cond or {}) for op in history.calls)
+    assert history.meta["options"]["settings"]["sync_writes"] == "true"
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     # Nothing left behind: no node process, no iptables rule of this run.
     assert processes_mentioning(str(out / "nodes")) == []

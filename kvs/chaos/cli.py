@@ -82,6 +82,8 @@ def add_parser(sub: Any) -> None:
                    help="seconds allowed for Merkle roots to agree after healing (60)")
     p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                    help="extra node setting, e.g. --set sync_interval_ms=1000 (repeat)")
+    p.add_argument("--sync-writes", action="store_true",
+                   help="nodes acknowledge a write only after an fsync covers it (sync_writes: true)")
     p.add_argument("--base-port", type=int, help="first node port (default: free ports)")
     p.add_argument("--cluster-secret", help="cluster_secret of the nodes (given to the nodes started; "
                    "with --url, used to sign the dump requests)")
@@ -108,7 +110,7 @@ def run_command(args: argparse.Namespace) -> int:
         key_budget=args.key_budget, history_limit=args.history_limit, lease_ttl=args.lease_ttl,
         op_timeout=args.op_timeout, skew_ms=args.skew_ms, fault_quiet=args.fault_every,
         fault_duration=args.fault_length, converge_timeout=args.converge_timeout,
-        settings=dict(args.set), base_port=args.base_port, progress=args.progress,
+        settings={**({"sync_writes": "true"} if args.sync_writes else {}), **dict(args.set)}, base_port=args.base_port, progress=args.progress,
         cluster_secret=args.cluster_secret)
     return execute(options, say=lambda line: print(line, flush=True))
 

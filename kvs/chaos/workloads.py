@@ -1,7 +1,7 @@
 """The four workloads. Each client is an asyncio task with its own seeded random stream.
 
-    register  read / put / CAS with if_version / CAS with the modify index (cas: N, or
-              cas: 0 when the key is absent) over a small hot key set
+    register  read / put / CAS with if_version / if_timestamp / the modify index (cas: N,
+              or cas: 0 when the key is absent) over a small hot key set
     counter   read-modify-CAS increments {"n": n + 1, "w": <op id>} with retry on 409;
               an increment whose CAS outcome is unknown is never retried (it may count)
     lease     acquire (cas: 0 + ttl), renew (if_value: token + ttl), release (delete if_value)
@@ -109,7 +109,7 @@ class ClientContext:
 
 
 async def register_client(ctx: ClientContext) -> None:
-    known: dict[tuple[str, str], Any] = {}  # (node, key) -> (version, index), None: absent
+    known: dict[tuple[str, str], Any] = {}  # (node, key) -> (version, index, timestamp), None: absent
     rng = ctx.rng
     while not ctx.stop.is_set():
         client = ctx.node()
@@ -125,8 +125,10 @@ async def register_client(ctx: ClientContext) -> None:
                 cond = None
             elif state is None:
                 cond = {"cas": 0}
-            elif roll < 0.72:
+            elif roll < 0.62:
                 cond = {"if_version": state[0]}
+            elif roll < 0.72:
+                cond = {"if_timestamp": state[2]}
             else:
                 cond = {"cas": state[1]}
             ctx.keys.note_write(key)
@@ -138,14 +140,18 @@ async def register_client(ctx: ClientContext) -> None:
 def _learn(out: Outcome, before: Any) -> Any:
     """What a client believes about the key's current version after an answer."""
     if out.ok and isinstance(out.body, dict):
-        return out.body["version"], out.body["modify_index"]
+        return _key_state(out.body)
     if out.kind == "fail" and out.error == "not_found":
         return None
     if out.kind == "fail" and out.current is not None:
-        return out.current["version"], out.current["modify_index"]
+        return _key_state(out.current)
     if out.kind == "fail" and out.error == "unavailable":
         return before
     return _UNKNOWN
+
+
+def _key_state(version: dict[str, Any]) -> tuple[str, int, int]:
+    return version["version"], version["modify_index"], version["timestamp"]
 
 
 async def counter_client(ctx: ClientContext, max_attempts: int = 5) -> None:
