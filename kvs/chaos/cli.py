@@ -110,7 +110,8 @@ def run_command(args: argparse.Namespace) -> int:
         key_budget=args.key_budget, history_limit=args.history_limit, lease_ttl=args.lease_ttl,
         op_timeout=args.op_timeout, skew_ms=args.skew_ms, fault_quiet=args.fault_every,
         fault_duration=args.fault_length, converge_timeout=args.converge_timeout,
-        settings={**({"sync_writes": "true"} if args.sync_writes else {}), **dict(args.set)}, base_port=args.base_port, progress=args.progress,
+        settings={**({"sync_writes": "true"} if args.sync_writes else {}), **dict(args.set)},
+        base_port=args.base_port, progress=args.progress,
         cluster_secret=args.cluster_secret)
     return execute(options, say=lambda line: print(line, flush=True))
 

@@ -246,6 +246,7 @@ class FaultInjector:
                 pairs += [(a.gid, b.port), (b.gid, a.port)]
         fault = self._begin("partition", sorted(names), sides=sides)
         await asyncio.to_thread(firewall.cut, pairs)
+        self.history.event("fault", fault=fault, kind="partition", phase="in_force")
 
         async def heal() -> None:
             await asyncio.to_thread(firewall.heal)

@@ -6,7 +6,9 @@
     {"type": "ok", "id": 7, "t": 1712.53, "status": 200, "result": {"version": ..., "modify_index": 41}}
     {"type": "fail", "id": 8, "t": ..., "status": 409, "error": "cas_conflict", "current": {...}}
     {"type": "unknown", "id": 9, "t": ..., "error": "timeout after 2.0s"}
+    {"type": "fail", "id": 10, ..., "status": 404, "error": "not_found", "seq": 4}   quorum: the key's seq
     {"type": "fault", "fault": 3, "kind": "partition", "phase": "begin", "nodes": [...], "t": ...}
+    {"type": "fault", "fault": 3, "kind": "partition", "phase": "in_force", "t": ...}  rules in place
     {"type": "phase", "phase": "healed", "t": ...}
     {"type": "converge", "t": ..., "roots": {"n1": "ab12..."}, "equal": true}
     {"type": "dump", "node": "n1", "key": ..., "versions": [...]}     one per key and node
@@ -64,6 +66,19 @@ class Call:
     result: dict[str, Any] | None = None
     error: str | None = None
     current: dict[str, Any] | None = None
+    consistency: str | None = None  # quorum | local when the call named one (local by default)
+    fail_seq: int | None = None  # a failed quorum call: the key's seq the node answered with
+
+    @property
+    def quorum(self) -> bool:
+        return self.consistency == "quorum"
+
+    @property
+    def answer_seq(self) -> int | None:
+        """The key's cluster-wide seq a quorum answer carried (after an ok write: the new one)."""
+        if self.outcome == "ok" and self.result:
+            return self.result.get("seq")
+        return self.fail_seq if self.outcome == "fail" else None
 
     @property
     def is_write(self) -> bool:
@@ -152,6 +167,10 @@ class History:
         for call in self.calls:
             out.setdefault(call.key, []).append(call)
         return out
+
+    def quorum_keys(self) -> set[str]:
+        """Keys written or read with consistency=quorum: the quorum checker's, not the per-node ones'."""
+        return {call.key for call in self.calls if call.quorum}
 
     def has_dump(self, node: str) -> bool:
         return node in self.dump_info
@@ -243,7 +262,8 @@ def load_history(path: Path | str) -> History:
             calls[rec["id"]] = Call(
                 id=rec["id"], client=rec["client"], node=rec["node"], workload=rec["workload"],
                 f=rec["f"], key=rec["key"], inv=rec["t"], value=rec.get("value"),
-                cond=rec.get("cond"), ttl=rec.get("ttl"), tag=rec.get("tag"))
+                cond=rec.get("cond"), ttl=rec.get("ttl"), tag=rec.get("tag"),
+                consistency=rec.get("consistency"))
         elif kind in OUTCOMES:
             call = calls.get(rec["id"])
             if call is None:
@@ -255,10 +275,13 @@ def load_history(path: Path | str) -> History:
             call.result = rec.get("result")
             call.error = rec.get("error")
             call.current = rec.get("current")
+            call.fail_seq = rec.get("seq")
         elif kind == "fault":
             if rec["phase"] == "begin":
                 faults[rec["fault"]] = Fault(rec["fault"], rec["kind"], list(rec.get("nodes", [])),
                                              rec["t"], detail=rec.get("detail") or {})
+            elif rec["fault"] in faults and rec["phase"] == "in_force":
+                faults[rec["fault"]].detail["in_force"] = rec["t"]
             elif rec["fault"] in faults:
                 faults[rec["fault"]].end = rec["t"]
         elif kind == "phase":

@@ -83,7 +83,8 @@ def holds(history: History) -> list[Hold]:
 
 
 def run(history: History) -> CheckResult:
-    all_holds = holds(history)
+    quorum = history.quorum_keys()  # never two holders at all: the quorum checker's
+    all_holds = [h for h in holds(history) if h.key not in quorum]
     by_key: dict[str, list[Hold]] = {}
     for h in all_holds:
         by_key.setdefault(h.key, []).append(h)

@@ -65,7 +65,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kvs.chaos.checkers.base import CheckResult, Violation, verdict
 from kvs.chaos.checkers.versions import MISSING, VersionTable, synthetic_id
@@ -111,8 +111,21 @@ class Step:
         return f"replication applies {(self.version or '?')[:8]}{where};{origin}"
 
 
+class Model(Protocol):
+    """A sequential specification the search can check steps against (the per-node register
+    here, the cluster-wide quorum register in quorum.py). States must be hashable."""
+
+    start: Any  # the state before any step
+
+    def step(self, state: Any, s: Step) -> list[Any]:
+        """The states `s` may lead to from `state`; none if `s` cannot happen there."""
+        ...
+
+
 class RegisterModel:
     """The sequential specification of one key's register on one node."""
+
+    start: State = None
 
     def __init__(self, node: str, table: VersionTable) -> None:
         self.node = node
@@ -220,7 +233,7 @@ class SearchResult:
     order: list[int] = field(default_factory=list)  # a linearization, when ok
 
 
-def search(steps: Sequence[Step], model: RegisterModel, budget: int = SEARCH_BUDGET) -> SearchResult:
+def search(steps: Sequence[Step], model: Model, budget: int = SEARCH_BUDGET) -> SearchResult:
     """Is there a sequential order of `steps` that the model accepts and real time allows?"""
     events = []
     for i, s in enumerate(steps):
@@ -243,15 +256,15 @@ def search(steps: Sequence[Step], model: RegisterModel, budget: int = SEARCH_BUD
     rank = {i: r for r, (_, i) in enumerate(ranked)}
     returns_left = sum(1 for s in steps if s.required)
     next_rank = 0
-    state: State = None
+    state: Any = model.start
     bits = 0
-    stack: list[tuple[_Entry, State, list[State]]] = []
-    cache: set[tuple[int, State]] = set()
+    stack: list[tuple[_Entry, Any, list[Any]]] = []
+    cache: set[tuple[int, Any]] = set()
     explored = 0
     deepest, stuck = -1, None
     entry = head.next
 
-    def take(e: _Entry, alternatives: list[State]) -> None:
+    def take(e: _Entry, alternatives: list[Any]) -> None:
         nonlocal state, bits, returns_left, next_rank, entry
         i = e.index
         new_state = alternatives.pop(0)
@@ -304,7 +317,7 @@ def search(steps: Sequence[Step], model: RegisterModel, budget: int = SEARCH_BUD
     return SearchResult(True, explored, order=[e.index for e, _, _ in stack])
 
 
-def brute_force(steps: Sequence[Step], model: RegisterModel) -> bool:
+def brute_force(steps: Sequence[Step], model: Model) -> bool:
     """Every subset of the optional steps, every order: the reference for small histories."""
     required = [i for i, s in enumerate(steps) if s.required]
     optional = [i for i, s in enumerate(steps) if not s.required]
@@ -327,8 +340,8 @@ def _legal_order(steps: Sequence[Step], order: Sequence[int]) -> bool:
     return True
 
 
-def _accepts(steps: Sequence[Step], order: Sequence[int], model: RegisterModel) -> bool:
-    states: set[State] = {None}
+def _accepts(steps: Sequence[Step], order: Sequence[int], model: Model) -> bool:
+    states: set[Any] = {model.start}
     for i in order:
         states = {n for s in states for n in model.step(s, steps[i])}
         if not states:
@@ -529,7 +542,7 @@ def _closed(steps: Sequence[Step]) -> list[Step]:
         current = kept
 
 
-def shrink(steps: list[Step], model: RegisterModel, seconds: float = SHRINK_SECONDS
+def shrink(steps: list[Step], model: Model, seconds: float = SHRINK_SECONDS
            ) -> tuple[list[Step], bool]:
     """A violating sub-history as small as the budget allows; (steps, True if 1-minimal)."""
     deadline = time.monotonic() + seconds
@@ -592,16 +605,22 @@ def check_problem(problem: Problem, table: VersionTable, *, shrink_seconds: floa
                             ops, lines, stuck_at)
 
 
+def clock_offsets(history: History) -> float:
+    """Seconds: the sum of every node's clock offset (bounds how early a ttl can run out)."""
+    return sum(abs(info.get("skew_ms") or 0) for info in history.meta.get("nodes", {}).values()) / 1000
+
+
 def run(history: History, table: VersionTable, *, shrink_seconds: float = SHRINK_SECONDS,
         max_reported: int = 20) -> CheckResult:
     violations: list[Violation] = []
     checked = steps_total = inconclusive = with_dump = shrunk = 0
     by_key = history.calls_by_key()
-    offsets = sum(abs(info.get("skew_ms") or 0) for info in history.meta.get("nodes", {}).values()) / 1000
+    offsets = clock_offsets(history)
+    quorum = history.quorum_keys()  # one register across the cluster: the quorum checker's
     for key in sorted(by_key):
         ops = by_key[key]
         workloads = {op.workload for op in ops}
-        if not workloads <= set(CHECKED_WORKLOADS):
+        if key in quorum or not workloads <= set(CHECKED_WORKLOADS):
             continue
         for node in sorted({op.node for op in ops}):
             dump = history.dumps[node].get(key, []) if history.has_dump(node) else None
