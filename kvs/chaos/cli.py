@@ -15,6 +15,7 @@ from typing import Any
 
 FAULTS = ("kill", "pause", "partition", "skew")
 WORKLOADS = ("register", "counter", "lease", "putdel")
+CONSISTENCIES = ("local", "quorum", "mixed")
 
 
 def _list(choices: tuple[str, ...], allow_none: bool = True) -> Any:
@@ -60,6 +61,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, help="random seed (default random; printed and saved)")
     p.add_argument("--workload", type=_list(WORKLOADS, allow_none=False), default=list(WORKLOADS),
                    help=f"comma-separated subset of {','.join(WORKLOADS)}, or all (all)")
+    p.add_argument("--consistency", choices=CONSISTENCIES, default="local",
+                   help="local keys (as always), quorum keys (consistency=quorum, CAS by if_seq, checked "
+                        "as one register across the cluster), or mixed: some keys of each kind (local)")
     p.add_argument("--faults", type=_list(FAULTS), default=list(FAULTS),
                    help=f"comma-separated subset of {','.join(FAULTS)}, all, or none (all)")
     p.add_argument("--out", type=Path, help="output dir (default ./chaos-YYYYmmdd-HHMMSS)")
@@ -106,7 +110,8 @@ def run_command(args: argparse.Namespace) -> int:
     out = args.out or Path(time.strftime("chaos-%Y%m%d-%H%M%S"))
     options = Options(
         nodes=args.nodes, clients=args.clients, duration=args.duration, seed=args.seed,
-        workloads=args.workload, faults=args.faults, out=out, urls=args.url, keys=args.keys,
+        workloads=args.workload, consistency=args.consistency, faults=args.faults, out=out, urls=args.url,
+        keys=args.keys,
         key_budget=args.key_budget, history_limit=args.history_limit, lease_ttl=args.lease_ttl,
         op_timeout=args.op_timeout, skew_ms=args.skew_ms, fault_quiet=args.fault_every,
         fault_duration=args.fault_length, converge_timeout=args.converge_timeout,

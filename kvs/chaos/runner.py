@@ -52,6 +52,7 @@ class Options:
     duration: float = 30.0
     seed: int | None = None
     workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
+    consistency: str = "local"  # local | quorum | mixed (some keys of each kind)
     faults: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
     out: Path = Path("chaos-out")
     urls: list[str] = field(default_factory=list)
@@ -91,7 +92,7 @@ class Run:
         self.nodes: list[Any] = []
         self.firewall: Firewall | None = None
         self.injector: FaultInjector | None = None
-        self.keys = KeySpace(f"chaos-{self.run_id}", options.keys, options.key_budget)
+        self.keys = KeySpace(f"chaos-{self.run_id}", options.keys, options.key_budget, options.consistency)
         self.faults = list(options.faults)
         self.t0 = time.time()
 
@@ -135,6 +136,8 @@ class Run:
                **{f"KVS_{k.upper()}": v for k, v in self.o.settings.items()}}
         if self.o.cluster_secret:
             env["KVS_CLUSTER_SECRET"] = self.o.cluster_secret
+        if self.o.consistency != "local":  # every node started is a voter of the quorum keys
+            env["KVS_INITIAL_VOTERS"] = ",".join(f"n{i + 1}" for i in range(self.o.nodes))
         if self.o.urls:
             self.nodes = await remote_nodes(session, self.o.urls)
         else:
@@ -180,7 +183,8 @@ class Run:
             ctx = ClientContext(name, home, clients, random.Random(f"{self.seed}:{name}"), self.keys, stop,
                                 history.next_id, think=self.o.think, lease_ttl=self.o.lease_ttl)
             contexts.append((workload, ctx))
-        self.say(f"running {self.o.clients} clients ({', '.join(self.o.workloads)}) for "
+        self.say(f"running {self.o.clients} clients ({', '.join(self.o.workloads)}; "
+                 f"{self.o.consistency} consistency) for "
                  f"{self.o.duration:.0f}s; faults: {', '.join(self.faults) or 'none'}; seed {self.seed}")
         history.event("phase", phase="workload")
         tasks = [asyncio.create_task(CLIENTS[w](ctx), name=ctx.name) for w, ctx in contexts]
@@ -268,7 +272,7 @@ class Run:
             for key, workload in sorted(self.keys.touched.items()):
                 client = NodeClient(session, history, client="final", node=node.name, url=node.url,
                                     workload=workload, timeout=10.0)
-                await client.read(key, tag="final")
+                await client.read(key, tag="final", consistency=self.keys.consistency(key))
 
         history = self.history
         await asyncio.gather(*(read_all(node) for node in self.nodes))
@@ -317,7 +321,7 @@ def execute(options: Options, say: Callable[[str], None] = print) -> int:
         say("interrupted: stopping every node and removing every rule this run created")
     except Exception as exc:
         failed = exc
-        say(f"chaos run failed: {exc}")
+        say(f"chaos run failed: {exc}" + (f" ({exc.__cause__!r})" if exc.__cause__ else ""))
     finally:
         run.cleanup()
         atexit.unregister(run.cleanup)
