@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-FAULTS = ("kill", "pause", "partition", "skew")
+FAULTS = ("kill", "pause", "partition", "oneway", "jump", "skew")
 WORKLOADS = ("register", "counter", "lease", "putdel")
 CONSISTENCIES = ("local", "quorum", "mixed")
 
@@ -75,9 +75,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--history-limit", type=int, default=1000,
                    help="revision_history_limit of the nodes started (1000)")
     p.add_argument("--lease-ttl", type=float, default=3.0, help="lease TTL in seconds (3)")
-    p.add_argument("--op-timeout", type=float, default=1.0, help="client request timeout in seconds (1)")
+    p.add_argument("--op-timeout", type=float,
+                   help="client request timeout in seconds (1; 5 with quorum keys, longer than a "
+                        "node's quorum rounds and their retries, so a minority side's 503 is seen)")
     p.add_argument("--skew-ms", type=int, default=2500,
                    help="clock offset of the skewed node, sign from the seed (2500)")
+    p.add_argument("--jump-ms", type=int, default=2000,
+                   help="how far the jump fault steps a node's clock, forward or back (2000)")
+    p.add_argument("--overlap", type=int, default=1,
+                   help="faults active at once, e.g. a partition while a node is paused (1)")
     p.add_argument("--fault-every", type=_pair, default=(1.0, 3.0), metavar="MIN,MAX",
                    help="quiet seconds between faults (1,3)")
     p.add_argument("--fault-length", type=_pair, default=(2.0, 5.0), metavar="MIN,MAX",
@@ -104,8 +110,9 @@ def add_parser(sub: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from kvs.chaos.runner import Options, execute
 
-    if args.nodes < 1 or args.clients < 1 or args.duration <= 0 or args.keys < 1:
-        print("kvs chaos: --nodes, --clients, --keys must be >= 1 and --duration > 0", file=sys.stderr)
+    if args.nodes < 1 or args.clients < 1 or args.duration <= 0 or args.keys < 1 or args.overlap < 1:
+        print("kvs chaos: --nodes, --clients, --keys, --overlap must be >= 1 and --duration > 0",
+              file=sys.stderr)
         return 2
     out = args.out or Path(time.strftime("chaos-%Y%m%d-%H%M%S"))
     options = Options(
@@ -113,7 +120,9 @@ def run_command(args: argparse.Namespace) -> int:
         workloads=args.workload, consistency=args.consistency, faults=args.faults, out=out, urls=args.url,
         keys=args.keys,
         key_budget=args.key_budget, history_limit=args.history_limit, lease_ttl=args.lease_ttl,
-        op_timeout=args.op_timeout, skew_ms=args.skew_ms, fault_quiet=args.fault_every,
+        op_timeout=args.op_timeout or (1.0 if args.consistency == "local" else 5.0),
+        skew_ms=args.skew_ms, jump_ms=args.jump_ms, overlap=args.overlap,
+        fault_quiet=args.fault_every,
         fault_duration=args.fault_length, converge_timeout=args.converge_timeout,
         settings={**({"sync_writes": "true"} if args.sync_writes else {}), **dict(args.set)},
         base_port=args.base_port, progress=args.progress,

@@ -134,16 +134,17 @@ def _short(value: Any) -> str:
 @dataclass
 class Fault:
     id: int
-    kind: str  # kill | pause | partition | skew
+    kind: str  # kill | pause | partition | oneway | jump | skew
     nodes: list[str]
     begin: float
     end: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        if self.kind == "partition" and self.detail.get("sides"):
-            return "partition(" + " | ".join(",".join(side) for side in self.detail["sides"]) + ")"
-        if self.kind == "skew":
+        if self.kind in ("partition", "oneway") and self.detail.get("sides"):
+            joint = " -/-> " if self.kind == "oneway" else " | "
+            return f"{self.kind}(" + joint.join(",".join(side) for side in self.detail["sides"]) + ")"
+        if self.kind in ("skew", "jump"):
             return f"skew({','.join(self.nodes)} {self.detail.get('offset_ms', 0):+d} ms)"
         return f"{self.kind}({','.join(self.nodes)})"
 

@@ -34,7 +34,7 @@ from kvs.chaos import report
 from kvs.chaos.checkers import run_all
 from kvs.chaos.client import NodeClient, no_resend, sent_trace
 from kvs.chaos.cluster import ClusterError, get_json, remote_nodes
-from kvs.chaos.faults import FAULT_KINDS, FaultInjector, FaultPlan, Firewall, partitions_available
+from kvs.chaos.faults import CUTS, FAULT_KINDS, FaultInjector, FaultPlan, Firewall, partitions_available
 from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
 from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
 from kvs.cluster import auth
@@ -62,6 +62,8 @@ class Options:
     lease_ttl: float = 3.0
     op_timeout: float = 1.0
     skew_ms: int = 2500
+    jump_ms: int = 2000  # how far the "jump" fault steps a node's clock
+    overlap: int = 1  # faults active at once
     converge_timeout: float = 60.0
     fault_quiet: tuple[float, float] = (1.0, 3.0)
     fault_duration: tuple[float, float] = (2.0, 5.0)
@@ -121,13 +123,13 @@ class Run:
                          f"{', '.join(dropped)} are left out (workload and checks only)")
             self.faults = []
             return
-        if "partition" in self.faults:
+        cuts = [f for f in self.faults if f in CUTS]
+        if cuts:
             ok, why = partitions_available()
             if not ok:
                 self.say(f"note: {why}")
-                self.faults.remove("partition")
-        if "partition" in self.faults and self.o.nodes < 2:
-            self.faults.remove("partition")
+            if not ok or self.o.nodes < 2:
+                self.faults = [f for f in self.faults if f not in CUTS]
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +144,7 @@ class Run:
             self.nodes = await remote_nodes(session, self.o.urls)
         else:
             gids = None
-            if "partition" in self.faults:
+            if any(f in CUTS for f in self.faults):
                 base = GID_BASE + (os.getpid() % 1000) * 16
                 gids = [base + i for i in range(self.o.nodes)]
             skews = {}
@@ -150,8 +152,9 @@ class Run:
                 skews[f"n{self.o.nodes}"] = self.o.skew_ms * self.rng.choice((1, -1))
             base = self.o.base_port
             ports = range(base, base + self.o.nodes) if base else free_ports(self.o.nodes)
+            jump_ms = self.o.jump_ms if "jump" in self.faults else 0
             self.cluster = Cluster(self.out / "nodes", [f"n{i + 1}" for i in range(self.o.nodes)],
-                                   ports=ports, env=env, gids=gids, skews=skews)
+                                   ports=ports, env=env, gids=gids, skews=skews, jump_ms=jump_ms)
             self.nodes = self.cluster.nodes
         self.history = HistoryWriter(self.out / HISTORY_FILE)
         self.history.write({
@@ -164,7 +167,7 @@ class Run:
             self.say(f"starting {self.o.nodes} nodes under {self.out / 'nodes'} "
                      f"(cas_enabled, revision_history_limit={self.o.history_limit})")
             await self.cluster.astart_all()
-        if "partition" in self.faults:
+        if any(f in CUTS for f in self.faults):
             self.firewall = Firewall(self.run_id)
             await asyncio.to_thread(self.firewall.setup)
         for node in self.nodes:
@@ -192,7 +195,8 @@ class Run:
         fault_task = None
         if self.cluster is not None:
             self.injector = FaultInjector(
-                self.cluster, history, FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration),
+                self.cluster, history,
+                FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration, self.o.overlap),
                 random.Random(f"{self.seed}:faults"), firewall=self.firewall, say=self.say)
             for node in self.cluster.nodes:
                 if node.skew_ms:

@@ -606,8 +606,14 @@ def check_problem(problem: Problem, table: VersionTable, *, shrink_seconds: floa
 
 
 def clock_offsets(history: History) -> float:
-    """Seconds: the sum of every node's clock offset (bounds how early a ttl can run out)."""
-    return sum(abs(info.get("skew_ms") or 0) for info in history.meta.get("nodes", {}).values()) / 1000
+    """Seconds: the sum of every node's largest clock offset, fixed skew plus jumps (bounds how
+    early a ttl can run out)."""
+    jumps: dict[str, int] = {}
+    for f in history.faults:
+        if f.kind == "jump":
+            jumps[f.nodes[0]] = max(jumps.get(f.nodes[0], 0), abs(f.detail.get("offset_ms", 0)))
+    skews = sum(abs(info.get("skew_ms") or 0) for info in history.meta.get("nodes", {}).values())
+    return (skews + sum(jumps.values())) / 1000
 
 
 def run(history: History, table: VersionTable, *, shrink_seconds: float = SHRINK_SECONDS,

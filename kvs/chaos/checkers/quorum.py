@@ -338,8 +338,8 @@ def lost_increments(key: str, ops: Sequence[Call]) -> Violation | None:
                       f"{acked} acknowledged increments, {unknown} of unknown outcome"], final.comp)
 
 
-def two_holders(history: History, quorum_keys: set[str], clock_offsets: float) -> list[Violation]:
-    """Two clients holding one quorum lease at the same time (see the module docstring)."""
+def two_holders(history: History, quorum_keys: set[str], clock_offsets: float) -> tuple[int, list[Violation]]:
+    """(holds of quorum leases, two clients holding one at the same time: see the module docstring)."""
     by_key: dict[str, list[leases.Hold]] = {}
     for h in leases.holds(history):
         if h.key in quorum_keys:
@@ -359,34 +359,38 @@ def two_holders(history: History, quorum_keys: set[str], clock_offsets: float) -
                         None, key, [op.id for op in (*p.calls, *q.calls)],
                         [f"{h.client} via {h.node}: held [{h.start:.3f}, {h.end:.3f}]" for h in (p, q)]
                         + ["  " + op.describe() for op in (*p.calls, *q.calls)], q.start))
-    return out
+    return sum(map(len, by_key.values())), out
 
 
-def minority_successes(history: History) -> tuple[int, list[Violation]]:
-    """(quorum calls through a minority side during a partition, those that succeeded)."""
+def minority_successes(history: History) -> tuple[int, int, list[Violation]]:
+    """(quorum calls through a minority side while cut off, those answered 503, those that
+    succeeded). A one-way cut isolates only its first side: its packets to the other side are
+    dropped, not the other way round."""
     voters = len(history.nodes)
     cut: list[tuple[float, float, set[str]]] = []
     for f in history.faults:
-        if f.kind != "partition" or f.end is None:
+        if f.kind not in ("partition", "oneway") or f.end is None:
             continue
         start = f.detail.get("in_force", f.begin + CUT_MARGIN)
-        for side in f.detail.get("sides", []):
+        sides = f.detail.get("sides", [])
+        for side in sides[:1] if f.kind == "oneway" else sides:
             if len(side) * 2 <= voters:
                 cut.append((start, f.end, set(side)))
-    seen, bad = 0, []
+    seen, refused, bad = 0, 0, []
     for op in history.calls:
         if not op.quorum or op.tag == "final":
             continue
         for start, end, side in cut:
             if op.node in side and op.inv > start and (op.end or INF) < end:
                 seen += 1
+                refused += op.status == 503
                 if op.ok:
                     bad.append(Violation(NAME, f"{op.node} answered a quorum call with success while cut off "
                                          "from a majority of the voters", op.node, op.key, [op.id],
                                          [op.describe(), f"partition {start:.3f}-{end:.3f}: {sorted(side)} "
                                           f"of {voters} voters"], op.comp))
                 break
-    return seen, bad
+    return seen, refused, bad
 
 
 def run(history: History, *, shrink_seconds: float = linearizability.SHRINK_SECONDS,
@@ -407,18 +411,20 @@ def run(history: History, *, shrink_seconds: float = linearizability.SHRINK_SECO
         inconclusive += ok is None
         violations += [v for v in (violation, lost_increments(key, ops)) if v is not None]
         violations += chain_violations(key, ops, offsets)
-    violations += two_holders(history, set(by_key), offsets)
-    minority, bad = minority_successes(history)
-    violations += bad
+    holds, overlaps = two_holders(history, set(by_key), offsets)
+    minority, refused, bad = minority_successes(history)
+    violations += overlaps + bad
     counters = sum(1 for ops in by_key.values() if any(op.tag == "incr" for op in ops))
     acked = sum(op.ok and op.tag == "incr" for ops in by_key.values() for op in ops)
     summary = (f"{len(by_key)} quorum keys, {steps_total} quorum calls in one history per key; "
-               f"{counters} counters with {acked} acknowledged increments; "
-               f"{minority} calls through a minority side; {len(violations)} violations")
+               f"{counters} counters with {acked} acknowledged increments; {holds} lease holds; "
+               f"{minority} calls through a minority side ({refused} answered 503, {len(bad)} succeeded); "
+               f"{len(violations)} violations")
     if inconclusive:
         summary += (f"; {inconclusive} keys too large for the search budget (checked by their seq "
                     "chain only)")
     return CheckResult(NAME, verdict(violations), summary, violations,
                        stats={"keys": len(by_key), "calls": steps_total, "acked_increments": acked,
-                              "minority_calls": minority, "inconclusive": inconclusive,
+                              "lease_holds": holds, "minority_calls": minority, "minority_503": refused,
+                              "inconclusive": inconclusive,
                               "seconds": round(time.monotonic() - started, 2)})
