@@ -6,6 +6,7 @@ of the fault mix only where they can be made (root and the iptables command).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -97,6 +98,33 @@ def test_short_chaos_run_passes_every_checker_and_cleans_up(tmp_path: Path) -> N
     assert again.returncode == 0, again.stdout + again.stderr
 
 
+def test_short_mixed_run_with_quorum_keys_and_overlapping_faults(tmp_path: Path) -> None:
+    """Quorum and local keys side by side, two faults at a time, one-way cuts and clock jumps."""
+    out = tmp_path / "run"
+    faults = "kill,pause,jump" + (",partition,oneway" if PARTITIONS else "")
+    proc = subprocess.run(
+        chaos("--nodes", "3", "--clients", "8", "--duration", "20", "--seed", "99", "--consistency", "mixed",
+              "--faults", faults, "--overlap", "2", "--fault-every", "0.3,1", "--fault-length", "2,4",
+              "--out", str(out), "--progress", "5"),
+        env=env(), capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, report
+    checks = orjson.loads((out / "checks.json").read_bytes())
+    statuses = {r["name"]: r["status"] for r in checks["results"]}
+    assert set(statuses.values()) == {"pass"}, report
+    history = load_history(out)
+    quorum = history.quorum_keys()
+    assert quorum and set(history.calls_by_key()) - quorum, "mixed: keys of both kinds"
+    assert any(op.ok and op.quorum and "if_seq" in (op.cond or {}) for op in history.calls)
+    assert any(op.ok and op.quorum and op.tag == "incr" for op in history.calls)
+    kinds = {f.kind for f in history.faults}
+    assert "jump" in kinds and ("oneway" in kinds or not PARTITIONS), kinds
+    spans = sorted((f.begin, f.end or float("inf")) for f in history.faults)
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), "no two faults at once"
+    assert processes_mentioning(str(out / "nodes")) == []
+    assert [line for line in iptables_save() if history.meta["run_id"] in line] == []
+
+
 def test_ctrl_c_stops_every_node_and_removes_every_rule(tmp_path: Path) -> None:
     out = tmp_path / "run"
     faults = "partition" if PARTITIONS else "pause"
@@ -168,6 +196,44 @@ def test_skewed_node_stamps_versions_with_its_skewed_clock(tmp_path: Path) -> No
         after = time.time_ns() // 1_000_000
         assert before + offset <= written["timestamp"] <= after + offset + 1000
         assert _http("GET", url + "/cluster/status")["hlc"][0] >= before + offset
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_clock_jump_signals_step_the_nodes_clock_forward_and_back(tmp_path: Path) -> None:
+    port = _free_port()
+    jump = 3_600_000
+    cmd = [sys.executable, "-m", "kvs.chaos.skewed_node", "--offset-ms", "0", "--jump-ms", str(jump), "--",
+           "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"), "--node-id", "jumpy"]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                _http("GET", url + "/health")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "node did not start"
+                time.sleep(0.05)
+
+        def offset_ms() -> int:
+            """The node's clock minus ours, read from expires_at (now + ttl): the HLC never goes back."""
+            ttl_ms = 1_000_000
+            return int(_http("PUT", url + "/kv/probe", {"value": 1, "ttl": ttl_ms // 1000})["expires_at"]) \
+                - ttl_ms - time.time_ns() // 1_000_000
+
+        assert abs(offset_ms()) < 60_000
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while abs(offset_ms() - jump) > 60_000:  # the handler runs at the node's next bytecode
+            assert time.monotonic() < deadline, "the clock did not jump forward"
+        proc.send_signal(signal.SIGUSR2)
+        while abs(offset_ms()) > 60_000:
+            assert time.monotonic() < deadline, "the clock did not jump back"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
