@@ -173,6 +173,17 @@ def _http(method: str, url: str, body: Any = None) -> Any:
         return orjson.loads(resp.read())
 
 
+def _wait_until_up(proc: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            _http("GET", url + "/health")
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "node did not start"
+            time.sleep(0.05)
+
+
 def test_skewed_node_stamps_versions_with_its_skewed_clock(tmp_path: Path) -> None:
     """The wrapper's offset reaches the HLC: versions written there carry the skewed time."""
     port = _free_port()
@@ -183,14 +194,7 @@ def test_skewed_node_stamps_versions_with_its_skewed_clock(tmp_path: Path) -> No
                             start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                _http("GET", url + "/health")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "node did not start"
-                time.sleep(0.05)
+        _wait_until_up(proc, url)
         before = time.time_ns() // 1_000_000
         written = _http("PUT", url + "/kv/skew-probe", {"value": 1})
         after = time.time_ns() // 1_000_000
@@ -211,14 +215,7 @@ def test_clock_jump_signals_step_the_nodes_clock_forward_and_back(tmp_path: Path
                             start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                _http("GET", url + "/health")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "node did not start"
-                time.sleep(0.05)
+        _wait_until_up(proc, url)
 
         def offset_ms() -> int:
             """The node's clock minus ours, read from expires_at (now + ttl): the HLC never goes back."""
