@@ -158,6 +158,24 @@ def test_success_through_the_minority_side_fails(tmp_path: Path) -> None:
     assert result.status == "pass" and result.stats["minority_calls"] == 1
 
 
+def test_minority_counts_the_voters_in_force(tmp_path: Path) -> None:
+    """With n3 out of the voters, {n2, n3} holds one voter of two: no majority either."""
+    b = QBuilder()
+    b.fault("voters", ["n3"], 0.2, 9.0, removed="n3")
+    for phase, t in (("in_force", 0.5), ("rejoining", 8.5)):
+        b.records.insert(-1, {"type": "fault", "fault": len(b.records) - 2 - (phase == "rejoining"),
+                              "kind": "voters", "phase": phase, "t": t})
+    b.fault("partition", ["n1", "n2", "n3"], 1.0, 5.0, sides=[["n1"], ["n2", "n3"]])
+    b.records.insert(-1, {"type": "fault", "fault": len(b.records) - 2, "kind": "partition",
+                          "phase": "in_force", "t": 1.1})
+    b.q("n2", "write", 2.0, 2.1, seq=1, value="c2:1", cond={"if_seq": 0})
+    history = b.load(tmp_path)
+    assert quorum.voters_during(history, 2.0, 2.1) == {"n1", "n2"}
+    assert quorum.voters_during(history, 0.3, 0.4) is None  # the removal was under way
+    result = quorum.run(history, shrink_seconds=1)
+    assert result.status == "fail" and "cut off from a majority" in messages(result)
+
+
 def test_quorum_keys_leave_the_per_node_checkers(tmp_path: Path) -> None:
     """The per-node checkers would call a two-node-stamped quorum history a cross-node loss;
     they leave quorum keys to the quorum checker."""

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-FAULTS = ("kill", "pause", "partition", "oneway", "jump", "skew")
+FAULTS = ("kill", "pause", "partition", "oneway", "jump", "voters", "skew")
 WORKLOADS = ("register", "counter", "lease", "putdel")
 CONSISTENCIES = ("local", "quorum", "mixed")
 

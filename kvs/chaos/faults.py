@@ -30,19 +30,25 @@ with a bad clock look like.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kvs.chaos.history import HistoryWriter
+from kvs.cluster import auth
 from kvs.testing import Cluster, KvsNode
 
-FAULT_KINDS = ("kill", "pause", "partition", "oneway", "jump", "skew")
+FAULT_KINDS = ("kill", "pause", "partition", "oneway", "jump", "voters", "skew")
+VOTERS_PATH = "/cluster/voters"
+VOTER_CHANGE_SECONDS = 30.0  # a change under faults may wait for a majority
 NODE_FAULTS = ("kill", "pause", "jump")  # faults of one node: one at a time per node
 CUTS = ("partition", "oneway")  # one at a time: healing flushes the run's whole chain
 CHAIN_PREFIX = "KVSCHAOS-"
@@ -151,19 +157,25 @@ class FaultPlan:
     overlap: int = 1  # faults active at once (besides the skewed node)
 
 
+async def _nothing() -> None:
+    """The heal of a fault that did not take."""
+
+
 class FaultInjector:
     """Runs up to `plan.overlap` faults at a time until told to stop; `heal_all()` ends whatever
     is active. A node takes one node fault at a time, and one cut (partition or one-way) is
     in force at a time; a fault whose turn comes when it cannot be made waits for the next."""
 
     def __init__(self, cluster: Cluster, history: HistoryWriter, plan: FaultPlan,
-                 rng: random.Random, *, firewall: Firewall | None, say: Callable[[str], None]) -> None:
+                 rng: random.Random, *, firewall: Firewall | None, say: Callable[[str], None],
+                 secret: str | None = None) -> None:
         self.cluster = cluster
         self.history = history
         self.plan = plan
         self.rng = rng
         self.firewall = firewall
         self.say = say
+        self.secret = secret  # signs the voter changes
         self.active: dict[int, tuple[str, list[str], dict[str, Any]]] = {}
         self._next = 0
         self.counts: dict[str, int] = {}
@@ -243,6 +255,8 @@ class FaultInjector:
         busy, cut = self._busy()
         if kind in CUTS:
             return None if cut else await self._partition(oneway=kind == "oneway")
+        if kind == "voters":
+            return None if any(k == "voters" for k, _, _ in self.active.values()) else await self._voter_out()
         free = [n for n in self.cluster.nodes if n.name not in busy and (kind != "jump" or n.jump_ms)]
         if not free:
             return None
@@ -262,6 +276,57 @@ class FaultInjector:
                 node.resume()
             self._end(fault)
         return heal
+
+    async def _voter_out(self) -> Callable[[], Awaitable[None]]:
+        """Take a voter out of the voters (POST /cluster/voters through another node) and, at the
+        heal, back in: the reconfiguration runs under load and under the other faults. The
+        fault records `in_force` once the removal answered 200, and `rejoining` when the add
+        is sent; a removal that fails (503 under a partition) ends the fault at once."""
+        out = self.rng.choice(self.cluster.nodes)
+        fault = self._begin("voters", [out.name], removed=out.name)
+        status = await self._change_voters({"remove": out.name}, avoid=out.name)
+        if status != 200:
+            self.active[fault][2]["refused"] = status
+            self._end(fault)
+            return _nothing
+        self.history.event("fault", fault=fault, kind="voters", phase="in_force")
+
+        async def heal() -> None:
+            await self._voter_back(fault)
+        return heal
+
+    async def _voter_back(self, fault: int) -> None:
+        """Add the voter back, retrying until a majority answers (the change must complete)."""
+        name = self.active[fault][1][0]
+        self.history.event("fault", fault=fault, kind="voters", phase="rejoining")
+        deadline = time.monotonic() + VOTER_CHANGE_SECONDS
+        while await self._change_voters({"add": name}, avoid=None) not in (200, 400):
+            if time.monotonic() > deadline:
+                self.say(f"could not make {name} a voter again")
+                break
+            await asyncio.sleep(0.5)
+        self._end(fault)
+
+    async def _change_voters(self, change: dict[str, str], avoid: str | None) -> int | None:
+        """POST the change to a running, unpaused node other than `avoid`; its status (None: no answer)."""
+        nodes = [n for n in self.cluster.nodes if n.name != avoid and n.running and not n.paused]
+        if not nodes:
+            return None
+        url = self.rng.choice(nodes).url
+        body = json.dumps(change).encode()
+        headers = {"Content-Type": "application/json",
+                   **auth.operator_headers(self.secret, "POST", VOTERS_PATH, body)}
+
+        def post() -> int | None:
+            request = urllib.request.Request(f"{url}{VOTERS_PATH}", data=body, method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=VOTER_CHANGE_SECONDS) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as exc:
+                return int(exc.code)
+            except OSError:
+                return None
+        return await asyncio.to_thread(post)
 
     def _jump(self, node: KvsNode) -> Callable[[], Awaitable[None]]:
         """Step the node's clock forward or back by its jump_ms; the heal steps it back."""
@@ -320,6 +385,8 @@ class FaultInjector:
         for fault, (kind, _, _) in list(self.active.items()):
             if kind == "jump":
                 self._jump_back(fault)
+            elif kind == "voters":
+                await self._voter_back(fault)
             elif kind != "skew":  # the skewed node stays skewed until the run ends
                 self._end(fault)
 

@@ -134,7 +134,7 @@ def _short(value: Any) -> str:
 @dataclass
 class Fault:
     id: int
-    kind: str  # kill | pause | partition | oneway | jump | skew
+    kind: str  # kill | pause | partition | oneway | jump | voters | skew
     nodes: list[str]
     begin: float
     end: float | None = None
@@ -281,8 +281,8 @@ def load_history(path: Path | str) -> History:
             if rec["phase"] == "begin":
                 faults[rec["fault"]] = Fault(rec["fault"], rec["kind"], list(rec.get("nodes", [])),
                                              rec["t"], detail=rec.get("detail") or {})
-            elif rec["fault"] in faults and rec["phase"] == "in_force":
-                faults[rec["fault"]].detail["in_force"] = rec["t"]
+            elif rec["fault"] in faults and rec["phase"] in ("in_force", "rejoining"):
+                faults[rec["fault"]].detail[rec["phase"]] = rec["t"]
             elif rec["fault"] in faults:
                 faults[rec["fault"]].end = rec["t"]
         elif kind == "phase":

@@ -123,6 +123,8 @@ class Run:
                          f"{', '.join(dropped)} are left out (workload and checks only)")
             self.faults = []
             return
+        if "voters" in self.faults and (self.o.consistency == "local" or self.o.nodes < 3):
+            self.faults.remove("voters")  # voters matter to quorum keys; and one must stay a majority
         cuts = [f for f in self.faults if f in CUTS]
         if cuts:
             ok, why = partitions_available()
@@ -197,7 +199,8 @@ class Run:
             self.injector = FaultInjector(
                 self.cluster, history,
                 FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration, self.o.overlap),
-                random.Random(f"{self.seed}:faults"), firewall=self.firewall, say=self.say)
+                random.Random(f"{self.seed}:faults"), firewall=self.firewall, say=self.say,
+                secret=self.o.cluster_secret)
             for node in self.cluster.nodes:
                 if node.skew_ms:
                     self.injector.mark_skew(node)

@@ -362,33 +362,55 @@ def two_holders(history: History, quorum_keys: set[str], clock_offsets: float) -
     return sum(map(len, by_key.values())), out
 
 
+def voters_during(history: History, t0: float, t1: float) -> set[str] | None:
+    """The voters in force from t0 to t1, or None if a voter change may have been under way.
+    Every node starts a voter; a `voters` fault takes one out from `in_force` (its removal
+    answered) until `rejoining` (its add was sent). A removal that was refused may still be
+    completed by the next change, so from then on nothing is certain."""
+    voters = set(history.nodes)
+    for f in history.faults:
+        if f.kind != "voters":
+            continue
+        if "in_force" not in f.detail:
+            if t1 >= f.begin:
+                return None
+            continue
+        out, end = f.detail["in_force"], f.end or INF
+        back = f.detail.get("rejoining", end)
+        if (t0 <= out and t1 >= f.begin) or (t0 <= end and t1 >= back):
+            return None  # overlaps the removal or the add
+        if out < t0 and t1 < back:
+            voters -= set(f.nodes)
+    return voters
+
+
 def minority_successes(history: History) -> tuple[int, int, list[Violation]]:
-    """(quorum calls through a minority side while cut off, those answered 503, those that
-    succeeded). A one-way cut isolates only its first side: its packets to the other side are
-    dropped, not the other way round."""
-    voters = len(history.nodes)
+    """(quorum calls through a side cut off from a majority of the voters, those answered 503,
+    those that succeeded). A one-way cut isolates only its first side: its packets to the
+    other side are dropped, not the other way round."""
     cut: list[tuple[float, float, set[str]]] = []
     for f in history.faults:
         if f.kind not in ("partition", "oneway") or f.end is None:
             continue
         start = f.detail.get("in_force", f.begin + CUT_MARGIN)
         sides = f.detail.get("sides", [])
-        for side in sides[:1] if f.kind == "oneway" else sides:
-            if len(side) * 2 <= voters:
-                cut.append((start, f.end, set(side)))
+        cut += [(start, f.end, set(side)) for side in (sides[:1] if f.kind == "oneway" else sides)]
     seen, refused, bad = 0, 0, []
     for op in history.calls:
         if not op.quorum or op.tag == "final":
             continue
         for start, end, side in cut:
             if op.node in side and op.inv > start and (op.end or INF) < end:
+                voters = voters_during(history, op.inv, op.end or INF)
+                if voters is None or len(side & voters) * 2 > len(voters):
+                    continue  # this side may reach a majority
                 seen += 1
                 refused += op.status == 503
                 if op.ok:
                     bad.append(Violation(NAME, f"{op.node} answered a quorum call with success while cut off "
                                          "from a majority of the voters", op.node, op.key, [op.id],
-                                         [op.describe(), f"partition {start:.3f}-{end:.3f}: {sorted(side)} "
-                                          f"of {voters} voters"], op.comp))
+                                         [op.describe(), f"cut {start:.3f}-{end:.3f}: {sorted(side)}, "
+                                          f"voters {sorted(voters)}"], op.comp))
                 break
     return seen, refused, bad
 
