@@ -1,4 +1,5 @@
-"""Faults: kill -9 + restart, SIGSTOP/SIGCONT, network partitions, and a clock-skewed node.
+"""Faults: kill -9 + restart, SIGSTOP/SIGCONT, network partitions (two-way and one-way),
+clock jumps, voter changes, and a clock-skewed node; up to --overlap of them at once.
 
 Partitions on one host. Every node and every client talks to 127.0.0.1, so addresses
 cannot tell a node's packets from another's. Ports can, together with the sender: each
