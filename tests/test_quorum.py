@@ -17,22 +17,10 @@ import pytest
 from kvs.model import new_version_id
 from kvs.node import Node
 from kvs.paxos import Register
-from tests.cluster import FAST, heal, partition
+from tests.cluster import QUORUM, heal, partition, three
 from tests.conftest import Api, NodeFactory, eventually
 
-Q = {"consistency": "quorum"}
-
-
-async def three(make_node: NodeFactory, **overrides: Any) -> list[Node]:
-    ids = ["qa", "qb", "qc"]
-    settings = {**FAST, "initial_voters": ids, **overrides}
-    first = await make_node(node_id=ids[0], **settings)
-    nodes = [first]
-    for node_id in ids[1:]:
-        nodes.append(await make_node(node_id=node_id, seed_nodes=[first.address], **settings))
-    await eventually(lambda: all(len(x.membership.alive_peers()) == 2 for x in nodes),
-                     what="3 nodes to see each other alive")
-    return nodes
+Q = QUORUM
 
 
 async def test_single_node_quorum_put_get_delete_and_seq(api: Api, node: Node) -> None:

@@ -40,6 +40,7 @@ from kvs.watch import Watchers
 # Keys the server writes itself (the service registry): readable through /kv, and
 # watchable with blocking queries, but written only through /services.
 RESERVED_PREFIX = "_services/"
+INTERNAL_PREFIX = "_kvs/"  # kvs's own keys: the register that serialises voter changes
 DEFAULT_WAIT_SECONDS = 300
 OP_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})  # a PUT's, a txn op's
 PUT_FIELDS = OP_FIELDS | {"consistency", "if_seq"}
@@ -325,6 +326,9 @@ def writable(key: str) -> None:
     if key.startswith(RESERVED_PREFIX):
         raise BadRequest(f"keys under {RESERVED_PREFIX!r} are the service registry's; "
                          "write them through /services")
+    if key.startswith(INTERNAL_PREFIX):
+        raise BadRequest(f"keys under {INTERNAL_PREFIX!r} are kvs's own (the voters of quorum "
+                         "keys); readable, written only by the node (POST /cluster/voters)")
 
 
 def write_result(v: Version) -> dict[str, Any]:
