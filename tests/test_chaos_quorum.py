@@ -39,7 +39,7 @@ class QBuilder(Builder):
 
 
 def check(b: Builder, tmp_path: Path) -> Any:
-    return quorum.run(b.load(tmp_path), shrink_seconds=2)
+    return quorum.run(b.load(tmp_path))
 
 
 def messages(result: Any) -> str:
@@ -172,7 +172,7 @@ def test_minority_counts_the_voters_in_force(tmp_path: Path) -> None:
     history = b.load(tmp_path)
     assert quorum.voters_during(history, 2.0, 2.1) == {"n1", "n2"}
     assert quorum.voters_during(history, 0.3, 0.4) is None  # the removal was under way
-    result = quorum.run(history, shrink_seconds=1)
+    result = quorum.run(history)
     assert result.status == "fail" and "cut off from a majority" in messages(result)
 
 

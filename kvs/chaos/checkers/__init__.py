@@ -30,7 +30,7 @@ def run_all(history: History, *, shrink_seconds: float = linearizability.SHRINK_
         loss.run(history),
         counters.run(history),
         leases.run(history),
-        quorum.run(history, shrink_seconds=shrink_seconds),
+        quorum.run(history),
     ]
     if table.conflicts:
         results.append(CheckResult(

@@ -27,7 +27,7 @@ optional step with no deadline. A 503 `quorum_unavailable` says nothing was writ
 it is no step at all: if its value shows up later, no order explains it.
 
 The search is the Wing-Gong/Lowe search of the per-node checker (linearizability.py),
-with this model; on failure the history is shrunk the same way. The seqs of the
+with this model; on failure it shows where it got stuck. The seqs of the
 acknowledged writes fix their relative order up front (seq only grows), which keeps the
 search small even with many writes of unknown outcome.
 
@@ -52,14 +52,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvs.chaos.checkers import leases, linearizability
+from kvs.chaos.checkers import leases
 from kvs.chaos.checkers.base import CheckResult, Violation, verdict
-from kvs.chaos.checkers.linearizability import INF, Step, clock_offsets, search, shrink
+from kvs.chaos.checkers.linearizability import INF, Step, clock_offsets, search
 from kvs.chaos.history import Call, History
 from kvs.conditions import json_equal
 
 NAME = "quorum"
 EXPIRY_SLACK = 0.05
+CONTEXT_SECONDS, CONTEXT_CALLS = 1.0, 12  # what a search failure shows
 CUT_MARGIN = 1.0  # seconds after a partition's begin record its rules surely hold (older histories)
 PRESUMING = ("if_value", "if_version", "if_timestamp")
 
@@ -175,21 +176,24 @@ def problem(ops: Sequence[Call], clock_offsets: float = 0.0) -> tuple[list[QStep
     return steps, QuorumModel(writers, versions)
 
 
-def check_key(key: str, ops: Sequence[Call], clock_offsets: float = 0.0, *,
-              shrink_seconds: float = linearizability.SHRINK_SECONDS) -> tuple[bool | None, Violation | None]:
+def check_key(key: str, ops: Sequence[Call], clock_offsets: float = 0.0
+              ) -> tuple[bool | None, Violation | None]:
+    """The search's verdict on one key. No shrinking: every step names a seq, so a sub-history
+    without the writes before it fails for that alone; the report shows where the search got
+    stuck and the calls around it instead (the seq chain's violations name the cause)."""
     steps, model = problem(ops, clock_offsets)
     result = search(steps, model)
     if result.ok is not False:
         return result.ok, None
-    minimal, exact = shrink(list(steps), model, shrink_seconds)
-    minimal.sort(key=lambda s: s.call)
-    kind = "minimal" if exact else "reduced"
-    lines = [f"{kind} violating sub-history, {len(minimal)} of {len(steps)} steps (all nodes):"]
-    lines += ["  " + s.label() for s in minimal]
-    ops_in = sorted({s.op.id for s in minimal if s.op is not None})
-    stuck_at = min((s.ret for s in minimal if s.ret < INF), default=None)
+    stuck = steps[result.stuck] if result.stuck is not None else None
+    around = sorted((s for s in steps if stuck is not None and s.kind != "expire"
+                     and stuck.call - CONTEXT_SECONDS <= s.call <= stuck.ret), key=lambda s: s.call)
+    lines = ["the search got stuck at: " + (stuck.label() if stuck else "?"),
+             f"calls in the {CONTEXT_SECONDS:.0f} s before it (of {len(steps)} steps):"]
+    lines += ["  " + s.label() for s in around[-CONTEXT_CALLS:]]
+    ids = [s.op.id for s in around[-CONTEXT_CALLS:] if s.op is not None]
     return False, Violation(NAME, "no linearization of this quorum key's register across the cluster",
-                            None, key, ops_in, lines, stuck_at)
+                            None, key, ids, lines, stuck.ret if stuck and stuck.ret < INF else None)
 
 
 # -- the seq chain -----------------------------------------------------------------------------
@@ -415,8 +419,7 @@ def minority_successes(history: History) -> tuple[int, int, list[Violation]]:
     return seen, refused, bad
 
 
-def run(history: History, *, shrink_seconds: float = linearizability.SHRINK_SECONDS,
-        max_reported: int = 20) -> CheckResult:
+def run(history: History) -> CheckResult:
     quorum = history.quorum_keys()
     by_key = {k: ops for k, ops in history.calls_by_key().items() if k in quorum}
     if not by_key:
@@ -427,8 +430,7 @@ def run(history: History, *, shrink_seconds: float = linearizability.SHRINK_SECO
     started = time.monotonic()
     for key in sorted(by_key):
         ops = by_key[key]
-        budget = shrink_seconds if len(violations) < max_reported else 0.0
-        ok, violation = check_key(key, ops, offsets, shrink_seconds=budget)
+        ok, violation = check_key(key, ops, offsets)
         steps_total += sum(op.quorum for op in ops)
         inconclusive += ok is None
         violations += [v for v in (violation, lost_increments(key, ops)) if v is not None]
