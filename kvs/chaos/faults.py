@@ -287,7 +287,7 @@ class FaultInjector:
         fault = self._begin("voters", [out.name], removed=out.name)
         status = await self._change_voters({"remove": out.name}, avoid=out.name)
         if status != 200:
-            self.active[fault][2]["refused"] = status
+            self.history.event("fault", fault=fault, kind="voters", phase="refused", status=status)
             self._end(fault)
             return _nothing
         self.history.event("fault", fault=fault, kind="voters", phase="in_force")

@@ -9,6 +9,7 @@
     {"type": "fail", "id": 10, ..., "status": 404, "error": "not_found", "seq": 4}   quorum: the key's seq
     {"type": "fault", "fault": 3, "kind": "partition", "phase": "begin", "nodes": [...], "t": ...}
     {"type": "fault", "fault": 3, "kind": "partition", "phase": "in_force", "t": ...}  rules in place
+    {"type": "fault", "fault": 4, "kind": "voters", "phase": "refused", "status": 503, "t": ...}
     {"type": "phase", "phase": "healed", "t": ...}
     {"type": "converge", "t": ..., "roots": {"n1": "ab12..."}, "equal": true}
     {"type": "dump", "node": "n1", "key": ..., "versions": [...]}     one per key and node
@@ -283,6 +284,8 @@ def load_history(path: Path | str) -> History:
                                              rec["t"], detail=rec.get("detail") or {})
             elif rec["fault"] in faults and rec["phase"] in ("in_force", "rejoining"):
                 faults[rec["fault"]].detail[rec["phase"]] = rec["t"]
+            elif rec["fault"] in faults and rec["phase"] == "refused":
+                faults[rec["fault"]].detail["refused"] = rec.get("status")
             elif rec["fault"] in faults:
                 faults[rec["fault"]].end = rec["t"]
         elif kind == "phase":
