@@ -114,10 +114,13 @@ class Call:
                              f"idx={res.get('modify_index')}")
             else:
                 parts.append(f"-> ok {_short(res.get('version'))} idx={res.get('modify_index')}")
+            if res.get("seq") is not None:
+                parts.append(f"seq={res['seq']}")
         elif self.outcome == "fail":
             cur = self.current or {}
             extra = f" current={_short(cur.get('version'))} idx={cur.get('modify_index')}" if cur else ""
-            parts.append(f"-> fail {self.error}{extra}")
+            seq = f" seq={self.fail_seq}" if self.fail_seq is not None else ""
+            parts.append(f"-> fail {self.error}{extra}{seq}")
         else:
             parts.append(f"-> unknown ({self.error})")
         comp = "?" if self.comp is None else f"{self.comp:.3f}"
