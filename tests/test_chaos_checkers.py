@@ -455,6 +455,41 @@ def test_lease_taken_after_expiry_or_release_passes(tmp_path: Path) -> None:
     assert leases.run(b.load(tmp_path)).status == "pass"
 
 
+def test_lease_keys_are_in_the_per_node_linearizability_check(tmp_path: Path) -> None:
+    """A second `cas: 0` acquire on one node while the first version cannot have expired yet."""
+    b = Builder()
+    lease_write(b, "n1", "c1", 1, 0.0, "acquire", "c1:1")
+    lease_write(b, "n1", "c2", 2, 1.0, "acquire", "c2:2")
+    result = lin(b.load(tmp_path))
+    assert result.status == "fail" and result.violations[0].key == LKEY
+
+
+def test_lease_expiry_in_the_register_model(tmp_path: Path) -> None:
+    """After the ttl the key reads as absent: acquire holds, the old holder's renew and release 404."""
+    b = Builder()
+    lease_write(b, "n1", "c1", 1, 0.0, "acquire", "c1:1")
+    lease_write(b, "n1", "c2", 2, 3.1, "acquire", "c2:2")
+    b.conflict("n1", 3.2, 3.21, "c1:1", {"if_value": "c1:1"}, version(2, key=LKEY, value="c2:2"), key=LKEY,
+               tag="renew", ttl=3.0, workload="lease", client="c1")
+    b.read("n1", 6.5, 6.51, None, key=LKEY, workload="lease")  # c2's version expired too
+    b.call("n1", "delete", 6.6, 6.61, "fail", key=LKEY, cond={"if_value": "c2:2"}, error="not_found",
+           tag="release", workload="lease", client="c2")
+    assert lin(b.load(tmp_path)).status == "pass"
+    early = Builder()
+    lease_write(early, "n1", "c1", 1, 0.0, "acquire", "c1:1")
+    early.read("n1", 2.0, 2.01, None, key=LKEY, workload="lease")  # gone a second early
+    (tmp_path / "e").mkdir()
+    assert lin(early.load(tmp_path / "e")).status == "fail"
+
+
+def test_renew_succeeding_after_another_holder_took_over_fails(tmp_path: Path) -> None:
+    b = Builder()
+    lease_write(b, "n1", "c1", 1, 0.0, "acquire", "c1:1")
+    lease_write(b, "n1", "c2", 2, 3.1, "acquire", "c2:2")
+    lease_write(b, "n1", "c1", 3, 3.5, "renew", "c1:1")
+    assert lin(b.load(tmp_path)).status == "fail"
+
+
 def test_lease_overlap_across_nodes_is_reported_as_expected(tmp_path: Path) -> None:
     b = Builder()
     b.fault("partition", ["n1", "n2"], 0.5, 4.0, sides=[["n1"], ["n2"]])

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-FAULTS = ("kill", "pause", "partition", "skew")
+FAULTS = ("kill", "pause", "partition", "oneway", "jump", "voters", "skew")
 WORKLOADS = ("register", "counter", "lease", "putdel")
+CONSISTENCIES = ("local", "quorum", "mixed")
 
 
 def _list(choices: tuple[str, ...], allow_none: bool = True) -> Any:
@@ -60,6 +61,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, help="random seed (default random; printed and saved)")
     p.add_argument("--workload", type=_list(WORKLOADS, allow_none=False), default=list(WORKLOADS),
                    help=f"comma-separated subset of {','.join(WORKLOADS)}, or all (all)")
+    p.add_argument("--consistency", choices=CONSISTENCIES, default="local",
+                   help="local keys (as always), quorum keys (consistency=quorum, CAS by if_seq, checked "
+                        "as one register across the cluster), or mixed: some keys of each kind (local)")
     p.add_argument("--faults", type=_list(FAULTS), default=list(FAULTS),
                    help=f"comma-separated subset of {','.join(FAULTS)}, all, or none (all)")
     p.add_argument("--out", type=Path, help="output dir (default ./chaos-YYYYmmdd-HHMMSS)")
@@ -71,9 +75,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--history-limit", type=int, default=1000,
                    help="revision_history_limit of the nodes started (1000)")
     p.add_argument("--lease-ttl", type=float, default=3.0, help="lease TTL in seconds (3)")
-    p.add_argument("--op-timeout", type=float, default=1.0, help="client request timeout in seconds (1)")
+    p.add_argument("--op-timeout", type=float,
+                   help="client request timeout in seconds (1; 5 with quorum keys, longer than a "
+                        "node's quorum rounds and their retries, so a minority side's 503 is seen)")
     p.add_argument("--skew-ms", type=int, default=2500,
                    help="clock offset of the skewed node, sign from the seed (2500)")
+    p.add_argument("--jump-ms", type=int, default=2000,
+                   help="how far the jump fault steps a node's clock, forward or back (2000)")
+    p.add_argument("--overlap", type=int, default=1,
+                   help="faults active at once, e.g. a partition while a node is paused (1)")
     p.add_argument("--fault-every", type=_pair, default=(1.0, 3.0), metavar="MIN,MAX",
                    help="quiet seconds between faults (1,3)")
     p.add_argument("--fault-length", type=_pair, default=(2.0, 5.0), metavar="MIN,MAX",
@@ -82,6 +92,8 @@ def add_parser(sub: Any) -> None:
                    help="seconds allowed for Merkle roots to agree after healing (60)")
     p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                    help="extra node setting, e.g. --set sync_interval_ms=1000 (repeat)")
+    p.add_argument("--sync-writes", action="store_true",
+                   help="nodes acknowledge a write only after an fsync covers it (sync_writes: true)")
     p.add_argument("--base-port", type=int, help="first node port (default: free ports)")
     p.add_argument("--cluster-secret", help="cluster_secret of the nodes (given to the nodes started; "
                    "with --url, used to sign the dump requests)")
@@ -98,17 +110,22 @@ def add_parser(sub: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from kvs.chaos.runner import Options, execute
 
-    if args.nodes < 1 or args.clients < 1 or args.duration <= 0 or args.keys < 1:
-        print("kvs chaos: --nodes, --clients, --keys must be >= 1 and --duration > 0", file=sys.stderr)
+    if args.nodes < 1 or args.clients < 1 or args.duration <= 0 or args.keys < 1 or args.overlap < 1:
+        print("kvs chaos: --nodes, --clients, --keys, --overlap must be >= 1 and --duration > 0",
+              file=sys.stderr)
         return 2
     out = args.out or Path(time.strftime("chaos-%Y%m%d-%H%M%S"))
     options = Options(
         nodes=args.nodes, clients=args.clients, duration=args.duration, seed=args.seed,
-        workloads=args.workload, faults=args.faults, out=out, urls=args.url, keys=args.keys,
+        workloads=args.workload, consistency=args.consistency, faults=args.faults, out=out, urls=args.url,
+        keys=args.keys,
         key_budget=args.key_budget, history_limit=args.history_limit, lease_ttl=args.lease_ttl,
-        op_timeout=args.op_timeout, skew_ms=args.skew_ms, fault_quiet=args.fault_every,
+        op_timeout=args.op_timeout or (1.0 if args.consistency == "local" else 5.0),
+        skew_ms=args.skew_ms, jump_ms=args.jump_ms, overlap=args.overlap,
+        fault_quiet=args.fault_every,
         fault_duration=args.fault_length, converge_timeout=args.converge_timeout,
-        settings=dict(args.set), base_port=args.base_port, progress=args.progress,
+        settings={**({"sync_writes": "true"} if args.sync_writes else {}), **dict(args.set)},
+        base_port=args.base_port, progress=args.progress,
         cluster_secret=args.cluster_secret)
     return execute(options, say=lambda line: print(line, flush=True))
 

@@ -5,7 +5,11 @@ How an answer becomes an outcome (history.py explains why these three):
     200                          ok        (result: the body)
     404, 409, other 4xx          fail      (error: the body's code; 409 keeps `current`)
     connection refused           fail      ("unavailable": the request never reached the node)
-    timeout, reset, 5xx          unknown   (it may have been applied, now or later)
+    503 quorum_unavailable       fail      (fewer than a majority of voters answered: nothing
+                                            was written, the contract says; the checkers hold
+                                            the node to it)
+    timeout, reset, other 5xx    unknown   (it may have been applied, now or later; this
+                                            includes 503 quorum_indeterminate)
     cancelled by the run ending  unknown   ("cancelled")
 
 The invoke is written before the request leaves and the completion after the answer is
@@ -93,24 +97,32 @@ class NodeClient:
             path += "?" + urllib.parse.urlencode(query)
         return URL(self.url + path, encoded=True)
 
-    async def read(self, key: str, *, tag: str | None = None) -> Outcome:
-        return await self._call("GET", key, None, op=dict(f="read", key=key, tag=tag))
+    async def read(self, key: str, *, tag: str | None = None, consistency: str | None = None) -> Outcome:
+        query = {"consistency": consistency} if consistency else None
+        return await self._call("GET", key, None, query=query,
+                                op=dict(f="read", key=key, tag=tag, consistency=consistency))
 
     async def write(self, key: str, value: Any, *, cond: dict[str, Any] | None = None,
-                    ttl: float | None = None, tag: str | None = None, op_id: int | None = None) -> Outcome:
+                    ttl: float | None = None, tag: str | None = None, op_id: int | None = None,
+                    consistency: str | None = None) -> Outcome:
         body: dict[str, Any] = {"value": value, **(cond or {})}
         if ttl is not None:
             body["ttl"] = ttl
+        if consistency:
+            body["consistency"] = consistency
         return await self._call("PUT", key, body, op_id=op_id,
                                 op=dict(f="write", key=key, value=value, cond=cond or None, ttl=ttl,
-                                        tag=tag))
+                                        tag=tag, consistency=consistency))
 
     async def delete(self, key: str, *, cond: dict[str, Any] | None = None,
-                     tag: str | None = None) -> Outcome:
+                     tag: str | None = None, consistency: str | None = None) -> Outcome:
         query = {k: (orjson.dumps(v).decode() if k == "if_value" else str(v))
                  for k, v in (cond or {}).items()}
+        if consistency:
+            query["consistency"] = consistency
         return await self._call("DELETE", key, None, query=query,
-                                op=dict(f="delete", key=key, cond=cond or None, tag=tag))
+                                op=dict(f="delete", key=key, cond=cond or None, tag=tag,
+                                        consistency=consistency))
 
     async def _call(self, method: str, key: str, body: Any, *, op: dict[str, Any],
                     query: dict[str, str] | None = None, op_id: int | None = None) -> Outcome:
@@ -143,10 +155,11 @@ class NodeClient:
             parsed = None
         if status == 200:
             return self._done(op_id, inv, "ok", status=status, body=parsed)
-        if 400 <= status < 500:
-            code = parsed.get("error") if isinstance(parsed, dict) else f"http_{status}"
-            return self._done(op_id, inv, "fail", status=status, body=parsed, error=code)
-        return self._done(op_id, inv, "unknown", status=status, body=parsed, error=f"http_{status}")
+        code = parsed.get("error") if isinstance(parsed, dict) else None
+        if 400 <= status < 500 or code == "quorum_unavailable":
+            return self._done(op_id, inv, "fail", status=status, body=parsed, error=code or f"http_{status}")
+        return self._done(op_id, inv, "unknown", status=status, body=parsed,
+                          error=f"http_{status}" + (f" {code}" if code else ""))
 
     def _done(self, op_id: int, inv: float, kind: str, *, status: int | None = None, body: Any = None,
               error: str | None = None) -> Outcome:
@@ -157,7 +170,7 @@ class NodeClient:
             fields["result"] = body
         if error is not None:
             fields["error"] = error
-        if kind == "fail" and isinstance(body, dict) and "current" in body:
-            fields["current"] = body["current"]
+        if kind == "fail" and isinstance(body, dict):
+            fields.update({k: body[k] for k in ("current", "seq") if k in body})
         self.history.complete(op_id, kind, **fields)
         return Outcome(op_id, kind, inv, status, body, error)

@@ -1,4 +1,5 @@
-"""Faults: kill -9 + restart, SIGSTOP/SIGCONT, network partitions, and a clock-skewed node.
+"""Faults: kill -9 + restart, SIGSTOP/SIGCONT, network partitions (two-way and one-way),
+clock jumps, voter changes, and a clock-skewed node; up to --overlap of them at once.
 
 Partitions on one host. Every node and every client talks to 127.0.0.1, so addresses
 cannot tell a node's packets from another's. Ports can, together with the sender: each
@@ -30,19 +31,27 @@ with a bad clock look like.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kvs.chaos.history import HistoryWriter
+from kvs.cluster import auth
 from kvs.testing import Cluster, KvsNode
 
-FAULT_KINDS = ("kill", "pause", "partition", "skew")
+FAULT_KINDS = ("kill", "pause", "partition", "oneway", "jump", "voters", "skew")
+VOTERS_PATH = "/cluster/voters"
+VOTER_CHANGE_SECONDS = 30.0  # a change under faults may wait for a majority
+NODE_FAULTS = ("kill", "pause", "jump")  # faults of one node: one at a time per node
+CUTS = ("partition", "oneway")  # one at a time: healing flushes the run's whole chain
 CHAIN_PREFIX = "KVSCHAOS-"
 COMMENT_PREFIX = "kvs-chaos:"
 
@@ -146,19 +155,28 @@ class FaultPlan:
     kinds: list[str]
     quiet: tuple[float, float] = (1.0, 3.0)  # seconds between faults
     duration: tuple[float, float] = (2.0, 5.0)  # seconds a fault lasts
+    overlap: int = 1  # faults active at once (besides the skewed node)
+
+
+async def _nothing() -> None:
+    """The heal of a fault that did not take."""
 
 
 class FaultInjector:
-    """Runs one fault at a time until told to stop; `heal_all()` ends whatever is active."""
+    """Runs up to `plan.overlap` faults at a time until told to stop; `heal_all()` ends whatever
+    is active. A node takes one node fault at a time, and one cut (partition or one-way) is
+    in force at a time; a fault whose turn comes when it cannot be made waits for the next."""
 
     def __init__(self, cluster: Cluster, history: HistoryWriter, plan: FaultPlan,
-                 rng: random.Random, *, firewall: Firewall | None, say: Callable[[str], None]) -> None:
+                 rng: random.Random, *, firewall: Firewall | None, say: Callable[[str], None],
+                 secret: str | None = None) -> None:
         self.cluster = cluster
         self.history = history
         self.plan = plan
         self.rng = rng
         self.firewall = firewall
         self.say = say
+        self.secret = secret  # signs the voter changes
         self.active: dict[int, tuple[str, list[str], dict[str, Any]]] = {}
         self._next = 0
         self.counts: dict[str, int] = {}
@@ -166,8 +184,11 @@ class FaultInjector:
     def describe_active(self) -> str:
         out = []
         for kind, nodes, detail in self.active.values():
-            if kind == "partition":
-                out.append("partition(" + " | ".join(",".join(side) for side in detail["sides"]) + ")")
+            if kind in CUTS:
+                joint = " -/-> " if kind == "oneway" else " | "
+                out.append(f"{kind}(" + joint.join(",".join(side) for side in detail["sides"]) + ")")
+            elif kind == "jump":
+                out.append(f"jump({nodes[0]} {detail['offset_ms']:+d} ms)")
             else:
                 out.append(f"{kind}({','.join(nodes)})")
         return ", ".join(out) or "-"
@@ -189,30 +210,60 @@ class FaultInjector:
         return self._begin("skew", [node.name], offset_ms=node.skew_ms)
 
     async def run(self, until: float) -> None:
-        """Inject faults until monotonic time `until`. The last one is left active: `heal_all()`
-        ends it after the workload, so convergence is measured from a real fault, not from calm."""
+        """Inject faults until monotonic time `until`. The last ones are left active: `heal_all()`
+        ends them after the workload, so convergence is measured from real faults, not from calm."""
         kinds = [k for k in self.plan.kinds if k != "skew"]
         if not kinds:
             return
         queue: list[str] = []
-        while True:
-            await asyncio.sleep(self.rng.uniform(*self.plan.quiet))
-            if time.monotonic() >= until:
-                return
-            if not queue:  # every kind once per round, in a random order: the mix stays even
-                queue = self.rng.sample(kinds, len(kinds))
-            length = self.rng.uniform(*self.plan.duration)
-            heal = await self._inject(queue.pop())
-            if time.monotonic() + length + 0.5 > until:
-                return  # open-ended: healed with everything else after the workload
-            await asyncio.sleep(length)  # cancelled (Ctrl-C): the runner's cleanup stops everything
-            await heal()
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await asyncio.sleep(self.rng.uniform(*self.plan.quiet))
+                if time.monotonic() >= until:
+                    break
+                if not queue:  # every kind once per round, in a random order: the mix stays even
+                    queue = self.rng.sample(kinds, len(kinds))
+                heal = await self._inject(queue[-1])
+                if heal is None:
+                    continue  # its nodes are taken by other faults: its turn comes again
+                queue.pop()
+                length = self.rng.uniform(*self.plan.duration)
+                running.add(asyncio.create_task(self._last(heal, length, until)))
+                if len(running) >= self.plan.overlap:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+            await asyncio.gather(*running)
+        finally:
+            for task in running:
+                task.cancel()
 
-    async def _inject(self, kind: str) -> Callable[[], Awaitable[None]]:
-        """Begin a fault; returns the coroutine function that ends it."""
-        if kind == "partition":
-            return await self._partition()
-        node = self.rng.choice(self.cluster.nodes)
+    async def _last(self, heal: Callable[[], Awaitable[None]], length: float, until: float) -> None:
+        """Keep a fault for `length` seconds, then heal it, unless the workload ends first."""
+        if time.monotonic() + length + 0.5 > until:
+            return  # open-ended: healed with everything else after the workload
+        await asyncio.sleep(length)  # cancelled (Ctrl-C): the runner's cleanup stops everything
+        await heal()
+
+    def _busy(self) -> tuple[set[str], bool]:
+        """(nodes under a node fault, whether a cut is in force)."""
+        nodes = {n for kind, names, _ in self.active.values() if kind in NODE_FAULTS for n in names}
+        return nodes, any(kind in CUTS for kind, _, _ in self.active.values())
+
+    async def _inject(self, kind: str) -> Callable[[], Awaitable[None]] | None:
+        """Begin a fault; returns the coroutine function that ends it (None: cannot be made now)."""
+        busy, cut = self._busy()
+        if kind in CUTS:
+            return None if cut else await self._partition(oneway=kind == "oneway")
+        if kind == "voters":
+            return None if any(k == "voters" for k, _, _ in self.active.values()) else await self._voter_out()
+        free = [n for n in self.cluster.nodes if n.name not in busy and (kind != "jump" or n.jump_ms)]
+        if not free:
+            return None
+        node = self.rng.choice(free)
+        if kind == "jump":
+            return self._jump(node)
         fault = self._begin(kind, [node.name])
         if kind == "kill":
             await asyncio.to_thread(node.kill)
@@ -227,11 +278,80 @@ class FaultInjector:
             self._end(fault)
         return heal
 
+    async def _voter_out(self) -> Callable[[], Awaitable[None]]:
+        """Take a voter out of the voters (POST /cluster/voters through another node) and, at the
+        heal, back in: the reconfiguration runs under load and under the other faults. The
+        fault records `in_force` once the removal answered 200, and `rejoining` when the add
+        is sent; a removal that fails (503 under a partition) ends the fault at once."""
+        out = self.rng.choice(self.cluster.nodes)
+        fault = self._begin("voters", [out.name], removed=out.name)
+        status = await self._change_voters({"remove": out.name}, avoid=out.name)
+        if status != 200:
+            self.history.event("fault", fault=fault, kind="voters", phase="refused", status=status)
+            self._end(fault)
+            return _nothing
+        self.history.event("fault", fault=fault, kind="voters", phase="in_force")
+
+        async def heal() -> None:
+            await self._voter_back(fault)
+        return heal
+
+    async def _voter_back(self, fault: int) -> None:
+        """Add the voter back, retrying until a majority answers (the change must complete)."""
+        name = self.active[fault][1][0]
+        self.history.event("fault", fault=fault, kind="voters", phase="rejoining")
+        deadline = time.monotonic() + VOTER_CHANGE_SECONDS
+        while await self._change_voters({"add": name}, avoid=None) not in (200, 400):
+            if time.monotonic() > deadline:
+                self.say(f"could not make {name} a voter again")
+                break
+            await asyncio.sleep(0.5)
+        self._end(fault)
+
+    async def _change_voters(self, change: dict[str, str], avoid: str | None) -> int | None:
+        """POST the change to a running, unpaused node other than `avoid`; its status (None: no answer)."""
+        nodes = [n for n in self.cluster.nodes if n.name != avoid and n.running and not n.paused]
+        if not nodes:
+            return None
+        url = self.rng.choice(nodes).url
+        body = json.dumps(change).encode()
+        headers = {"Content-Type": "application/json",
+                   **auth.operator_headers(self.secret, "POST", VOTERS_PATH, body)}
+
+        def post() -> int | None:
+            request = urllib.request.Request(f"{url}{VOTERS_PATH}", data=body, method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=VOTER_CHANGE_SECONDS) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as exc:
+                return int(exc.code)
+            except OSError:
+                return None
+        return await asyncio.to_thread(post)
+
+    def _jump(self, node: KvsNode) -> Callable[[], Awaitable[None]]:
+        """Step the node's clock forward or back by its jump_ms; the heal steps it back."""
+        forward = self.rng.random() < 0.5
+        fault = self._begin("jump", [node.name], offset_ms=node.jump_ms * (1 if forward else -1))
+        node.jump_clock(forward)
+
+        async def heal() -> None:
+            self._jump_back(fault)
+        return heal
+
+    def _jump_back(self, fault: int) -> None:
+        _, names, detail = self.active[fault]
+        self.cluster.by_name(names[0]).jump_clock(detail["offset_ms"] < 0)
+        self._end(fault)
+
     async def _restart(self, node: KvsNode) -> None:
         if not node.running:
             await node.astart()
 
-    async def _partition(self) -> Callable[[], Awaitable[None]]:
+    async def _partition(self, oneway: bool = False) -> Callable[[], Awaitable[None]]:
+        """Split the nodes in two sides (the first the smaller); one-way: only the first side's
+        packets to the second are dropped (the second still reaches the first, and hears its
+        answers on the connections it opened)."""
         assert self.firewall is not None
         firewall = self.firewall
         names = [n.name for n in self.cluster.nodes]
@@ -243,9 +363,11 @@ class FaultInjector:
             for b_name in sides[1]:
                 a, b = self.cluster.by_name(a_name), self.cluster.by_name(b_name)
                 assert a.gid is not None and b.gid is not None
-                pairs += [(a.gid, b.port), (b.gid, a.port)]
-        fault = self._begin("partition", sorted(names), sides=sides)
+                pairs += [(a.gid, b.port)] if oneway else [(a.gid, b.port), (b.gid, a.port)]
+        kind = "oneway" if oneway else "partition"
+        fault = self._begin(kind, sorted(names), sides=sides)
         await asyncio.to_thread(firewall.cut, pairs)
+        self.history.event("fault", fault=fault, kind=kind, phase="in_force")
 
         async def heal() -> None:
             await asyncio.to_thread(firewall.heal)
@@ -262,7 +384,11 @@ class FaultInjector:
         for node in self.cluster.nodes:
             await self._restart(node)
         for fault, (kind, _, _) in list(self.active.items()):
-            if kind != "skew":  # the skewed node stays skewed until the run ends
+            if kind == "jump":
+                self._jump_back(fault)
+            elif kind == "voters":
+                await self._voter_back(fault)
+            elif kind != "skew":  # the skewed node stays skewed until the run ends
                 self._end(fault)
 
     def end_all(self) -> None:

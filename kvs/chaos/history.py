@@ -6,7 +6,10 @@
     {"type": "ok", "id": 7, "t": 1712.53, "status": 200, "result": {"version": ..., "modify_index": 41}}
     {"type": "fail", "id": 8, "t": ..., "status": 409, "error": "cas_conflict", "current": {...}}
     {"type": "unknown", "id": 9, "t": ..., "error": "timeout after 2.0s"}
+    {"type": "fail", "id": 10, ..., "status": 404, "error": "not_found", "seq": 4}   quorum: the key's seq
     {"type": "fault", "fault": 3, "kind": "partition", "phase": "begin", "nodes": [...], "t": ...}
+    {"type": "fault", "fault": 3, "kind": "partition", "phase": "in_force", "t": ...}  rules in place
+    {"type": "fault", "fault": 4, "kind": "voters", "phase": "refused", "status": 503, "t": ...}
     {"type": "phase", "phase": "healed", "t": ...}
     {"type": "converge", "t": ..., "roots": {"n1": "ab12..."}, "equal": true}
     {"type": "dump", "node": "n1", "key": ..., "versions": [...]}     one per key and node
@@ -64,6 +67,19 @@ class Call:
     result: dict[str, Any] | None = None
     error: str | None = None
     current: dict[str, Any] | None = None
+    consistency: str | None = None  # quorum | local when the call named one (local by default)
+    fail_seq: int | None = None  # a failed quorum call: the key's seq the node answered with
+
+    @property
+    def quorum(self) -> bool:
+        return self.consistency == "quorum"
+
+    @property
+    def answer_seq(self) -> int | None:
+        """The key's cluster-wide seq a quorum answer carried (after an ok write: the new one)."""
+        if self.outcome == "ok" and self.result:
+            return self.result.get("seq")
+        return self.fail_seq if self.outcome == "fail" else None
 
     @property
     def is_write(self) -> bool:
@@ -98,10 +114,13 @@ class Call:
                              f"idx={res.get('modify_index')}")
             else:
                 parts.append(f"-> ok {_short(res.get('version'))} idx={res.get('modify_index')}")
+            if res.get("seq") is not None:
+                parts.append(f"seq={res['seq']}")
         elif self.outcome == "fail":
             cur = self.current or {}
             extra = f" current={_short(cur.get('version'))} idx={cur.get('modify_index')}" if cur else ""
-            parts.append(f"-> fail {self.error}{extra}")
+            seq = f" seq={self.fail_seq}" if self.fail_seq is not None else ""
+            parts.append(f"-> fail {self.error}{extra}{seq}")
         else:
             parts.append(f"-> unknown ({self.error})")
         comp = "?" if self.comp is None else f"{self.comp:.3f}"
@@ -119,16 +138,17 @@ def _short(value: Any) -> str:
 @dataclass
 class Fault:
     id: int
-    kind: str  # kill | pause | partition | skew
+    kind: str  # kill | pause | partition | oneway | jump | voters | skew
     nodes: list[str]
     begin: float
     end: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        if self.kind == "partition" and self.detail.get("sides"):
-            return "partition(" + " | ".join(",".join(side) for side in self.detail["sides"]) + ")"
-        if self.kind == "skew":
+        if self.kind in ("partition", "oneway") and self.detail.get("sides"):
+            joint = " -/-> " if self.kind == "oneway" else " | "
+            return f"{self.kind}(" + joint.join(",".join(side) for side in self.detail["sides"]) + ")"
+        if self.kind in ("skew", "jump"):
             return f"skew({','.join(self.nodes)} {self.detail.get('offset_ms', 0):+d} ms)"
         return f"{self.kind}({','.join(self.nodes)})"
 
@@ -152,6 +172,10 @@ class History:
         for call in self.calls:
             out.setdefault(call.key, []).append(call)
         return out
+
+    def quorum_keys(self) -> set[str]:
+        """Keys written or read with consistency=quorum: the quorum checker's, not the per-node ones'."""
+        return {call.key for call in self.calls if call.quorum}
 
     def has_dump(self, node: str) -> bool:
         return node in self.dump_info
@@ -243,7 +267,8 @@ def load_history(path: Path | str) -> History:
             calls[rec["id"]] = Call(
                 id=rec["id"], client=rec["client"], node=rec["node"], workload=rec["workload"],
                 f=rec["f"], key=rec["key"], inv=rec["t"], value=rec.get("value"),
-                cond=rec.get("cond"), ttl=rec.get("ttl"), tag=rec.get("tag"))
+                cond=rec.get("cond"), ttl=rec.get("ttl"), tag=rec.get("tag"),
+                consistency=rec.get("consistency"))
         elif kind in OUTCOMES:
             call = calls.get(rec["id"])
             if call is None:
@@ -255,10 +280,15 @@ def load_history(path: Path | str) -> History:
             call.result = rec.get("result")
             call.error = rec.get("error")
             call.current = rec.get("current")
+            call.fail_seq = rec.get("seq")
         elif kind == "fault":
             if rec["phase"] == "begin":
                 faults[rec["fault"]] = Fault(rec["fault"], rec["kind"], list(rec.get("nodes", [])),
                                              rec["t"], detail=rec.get("detail") or {})
+            elif rec["fault"] in faults and rec["phase"] in ("in_force", "rejoining"):
+                faults[rec["fault"]].detail[rec["phase"]] = rec["t"]
+            elif rec["fault"] in faults and rec["phase"] == "refused":
+                faults[rec["fault"]].detail["refused"] = rec.get("status")
             elif rec["fault"] in faults:
                 faults[rec["fault"]].end = rec["t"]
         elif kind == "phase":

@@ -172,6 +172,8 @@ MARKS: dict[str, tuple[str, dict[str, str]]] = {
     "side-a": ("partition side A", {"fill": "#0072B2", "fill-opacity": "0.25"}),
     "side-b": ("partition side B", {"fill": "#F0E442", "fill-opacity": "0.6"}),
     "skew": ("clock skew", {"fill": "#56B4E9"}),
+    "jump": ("clock jump", {"fill": "#D55E00", "fill-opacity": "0.35"}),
+    "voters": ("out of the voters", {"fill": "#000000", "fill-opacity": "0.15"}),
     "hold": ("lease hold", {"fill": "#555555"}),
     "violation": ("violation", {"fill": "#8B0000", "stroke": "#FFFFFF", "stroke-width": "1"}),
 }
@@ -435,7 +437,7 @@ def _times(f: Fault, scale: _Scale) -> str:
 
 def _band_nodes(f: Fault) -> list[tuple[str, str]]:
     """(node, mark) for every lane a fault's band covers."""
-    if f.kind == "partition":
+    if f.kind in ("partition", "oneway"):  # a one-way cut drops side A's packets to side B
         return [(n, ("side-a", "side-b")[i % 2]) for i, side in enumerate(f.detail.get("sides", []))
                 for n in side]
     return [(n, f.kind) for n in f.nodes if f.kind in MARKS]

@@ -34,7 +34,7 @@ from kvs.chaos import report
 from kvs.chaos.checkers import run_all
 from kvs.chaos.client import NodeClient, no_resend, sent_trace
 from kvs.chaos.cluster import ClusterError, get_json, remote_nodes
-from kvs.chaos.faults import FAULT_KINDS, FaultInjector, FaultPlan, Firewall, partitions_available
+from kvs.chaos.faults import CUTS, FAULT_KINDS, FaultInjector, FaultPlan, Firewall, partitions_available
 from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
 from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
 from kvs.cluster import auth
@@ -52,6 +52,7 @@ class Options:
     duration: float = 30.0
     seed: int | None = None
     workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
+    consistency: str = "local"  # local | quorum | mixed (some keys of each kind)
     faults: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
     out: Path = Path("chaos-out")
     urls: list[str] = field(default_factory=list)
@@ -61,6 +62,8 @@ class Options:
     lease_ttl: float = 3.0
     op_timeout: float = 1.0
     skew_ms: int = 2500
+    jump_ms: int = 2000  # how far the "jump" fault steps a node's clock
+    overlap: int = 1  # faults active at once
     converge_timeout: float = 60.0
     fault_quiet: tuple[float, float] = (1.0, 3.0)
     fault_duration: tuple[float, float] = (2.0, 5.0)
@@ -91,7 +94,7 @@ class Run:
         self.nodes: list[Any] = []
         self.firewall: Firewall | None = None
         self.injector: FaultInjector | None = None
-        self.keys = KeySpace(f"chaos-{self.run_id}", options.keys, options.key_budget)
+        self.keys = KeySpace(f"chaos-{self.run_id}", options.keys, options.key_budget, options.consistency)
         self.faults = list(options.faults)
         self.t0 = time.time()
 
@@ -120,13 +123,15 @@ class Run:
                          f"{', '.join(dropped)} are left out (workload and checks only)")
             self.faults = []
             return
-        if "partition" in self.faults:
+        if "voters" in self.faults and (self.o.consistency == "local" or self.o.nodes < 3):
+            self.faults.remove("voters")  # voters matter to quorum keys; and one must stay a majority
+        cuts = [f for f in self.faults if f in CUTS]
+        if cuts:
             ok, why = partitions_available()
             if not ok:
                 self.say(f"note: {why}")
-                self.faults.remove("partition")
-        if "partition" in self.faults and self.o.nodes < 2:
-            self.faults.remove("partition")
+            if not ok or self.o.nodes < 2:
+                self.faults = [f for f in self.faults if f not in CUTS]
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -135,11 +140,13 @@ class Run:
                **{f"KVS_{k.upper()}": v for k, v in self.o.settings.items()}}
         if self.o.cluster_secret:
             env["KVS_CLUSTER_SECRET"] = self.o.cluster_secret
+        if self.o.consistency != "local":  # every node started is a voter of the quorum keys
+            env["KVS_INITIAL_VOTERS"] = ",".join(f"n{i + 1}" for i in range(self.o.nodes))
         if self.o.urls:
             self.nodes = await remote_nodes(session, self.o.urls)
         else:
             gids = None
-            if "partition" in self.faults:
+            if any(f in CUTS for f in self.faults):
                 base = GID_BASE + (os.getpid() % 1000) * 16
                 gids = [base + i for i in range(self.o.nodes)]
             skews = {}
@@ -147,8 +154,9 @@ class Run:
                 skews[f"n{self.o.nodes}"] = self.o.skew_ms * self.rng.choice((1, -1))
             base = self.o.base_port
             ports = range(base, base + self.o.nodes) if base else free_ports(self.o.nodes)
+            jump_ms = self.o.jump_ms if "jump" in self.faults else 0
             self.cluster = Cluster(self.out / "nodes", [f"n{i + 1}" for i in range(self.o.nodes)],
-                                   ports=ports, env=env, gids=gids, skews=skews)
+                                   ports=ports, env=env, gids=gids, skews=skews, jump_ms=jump_ms)
             self.nodes = self.cluster.nodes
         self.history = HistoryWriter(self.out / HISTORY_FILE)
         self.history.write({
@@ -161,7 +169,7 @@ class Run:
             self.say(f"starting {self.o.nodes} nodes under {self.out / 'nodes'} "
                      f"(cas_enabled, revision_history_limit={self.o.history_limit})")
             await self.cluster.astart_all()
-        if "partition" in self.faults:
+        if any(f in CUTS for f in self.faults):
             self.firewall = Firewall(self.run_id)
             await asyncio.to_thread(self.firewall.setup)
         for node in self.nodes:
@@ -180,7 +188,8 @@ class Run:
             ctx = ClientContext(name, home, clients, random.Random(f"{self.seed}:{name}"), self.keys, stop,
                                 history.next_id, think=self.o.think, lease_ttl=self.o.lease_ttl)
             contexts.append((workload, ctx))
-        self.say(f"running {self.o.clients} clients ({', '.join(self.o.workloads)}) for "
+        self.say(f"running {self.o.clients} clients ({', '.join(self.o.workloads)}; "
+                 f"{self.o.consistency} consistency) for "
                  f"{self.o.duration:.0f}s; faults: {', '.join(self.faults) or 'none'}; seed {self.seed}")
         history.event("phase", phase="workload")
         tasks = [asyncio.create_task(CLIENTS[w](ctx), name=ctx.name) for w, ctx in contexts]
@@ -188,8 +197,10 @@ class Run:
         fault_task = None
         if self.cluster is not None:
             self.injector = FaultInjector(
-                self.cluster, history, FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration),
-                random.Random(f"{self.seed}:faults"), firewall=self.firewall, say=self.say)
+                self.cluster, history,
+                FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration, self.o.overlap),
+                random.Random(f"{self.seed}:faults"), firewall=self.firewall, say=self.say,
+                secret=self.o.cluster_secret)
             for node in self.cluster.nodes:
                 if node.skew_ms:
                     self.injector.mark_skew(node)
@@ -268,7 +279,7 @@ class Run:
             for key, workload in sorted(self.keys.touched.items()):
                 client = NodeClient(session, history, client="final", node=node.name, url=node.url,
                                     workload=workload, timeout=10.0)
-                await client.read(key, tag="final")
+                await client.read(key, tag="final", consistency=self.keys.consistency(key))
 
         history = self.history
         await asyncio.gather(*(read_all(node) for node in self.nodes))
@@ -317,7 +328,7 @@ def execute(options: Options, say: Callable[[str], None] = print) -> int:
         say("interrupted: stopping every node and removing every rule this run created")
     except Exception as exc:
         failed = exc
-        say(f"chaos run failed: {exc}")
+        say(f"chaos run failed: {exc}" + (f" ({exc.__cause__!r})" if exc.__cause__ else ""))
     finally:
         run.cleanup()
         atexit.unregister(run.cleanup)

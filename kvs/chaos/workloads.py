@@ -1,7 +1,7 @@
 """The four workloads. Each client is an asyncio task with its own seeded random stream.
 
-    register  read / put / CAS with if_version / CAS with the modify index (cas: N, or
-              cas: 0 when the key is absent) over a small hot key set
+    register  read / put / CAS with if_version / if_timestamp / the modify index (cas: N,
+              or cas: 0 when the key is absent) over a small hot key set
     counter   read-modify-CAS increments {"n": n + 1, "w": <op id>} with retry on 409;
               an increment whose CAS outcome is unknown is never retried (it may count)
     lease     acquire (cas: 0 + ttl), renew (if_value: token + ttl), release (delete if_value)
@@ -15,6 +15,16 @@ nothing elsewhere. A lease holder renews and releases through the node it acquir
 
 Every written value is unique in the run (it carries the op id), so a checker can tell
 which operation wrote a version even when the operation's answer was lost.
+
+Consistency (--consistency): with `local` every key is a local key, exactly as above;
+with `quorum` every key is a quorum key; with `mixed` the even slots of every workload
+are quorum keys and the odd ones local (two lease slots at least, so both kinds have
+one). A key keeps its kind for its whole life (a local write to a quorum key is a 409).
+On a quorum key every call says `consistency: quorum`, and the conditions are those of
+a cluster-wide register: register CAS by `if_seq` (the seq the client last saw), by
+`if_version`, or `cas: 0` when it saw the key absent; counter increments by `if_seq`; a
+lease acquires with `cas: 0` + ttl, renews with `if_seq` (the seq of its last write: the
+fencing token) + ttl, and releases with `DELETE ?if_seq=`.
 
 Key rotation: a key's whole revision set is kept (the chaos cluster runs with a high
 revision_history_limit), and the no-loss checker needs every version to stay. Each key
@@ -35,6 +45,7 @@ from typing import Any
 from kvs.chaos.client import NodeClient, Outcome
 
 WORKLOADS = ("register", "counter", "lease", "putdel")
+CONSISTENCIES = ("local", "quorum", "mixed")
 OTHER_NODE_SHARE = 0.2
 AVOID_SECONDS = 2.0
 _UNKNOWN = object()
@@ -43,11 +54,13 @@ _UNKNOWN = object()
 class KeySpace:
     """Hot keys per workload, renamed to a new generation when their write budget is spent."""
 
-    def __init__(self, prefix: str, slots: int, budget: int) -> None:
+    def __init__(self, prefix: str, slots: int, budget: int, consistency: str = "local") -> None:
         self.prefix = prefix
         # Leader election wants contention: a third as many lease keys as other keys.
-        self.slots = {w: max(1, slots // 3) if w == "lease" else slots for w in WORKLOADS}
+        self.slots = {w: max(2 if consistency == "mixed" else 1, slots // 3) if w == "lease" else slots
+                      for w in WORKLOADS}
         self.budget = budget
+        self.mode = consistency
         self._gen: dict[tuple[str, int], int] = {}
         self._writes: dict[str, int] = {}
         self.touched: dict[str, str] = {}  # every key used -> its workload
@@ -56,6 +69,13 @@ class KeySpace:
         name = f"{self.prefix}/{workload}/{slot}@{self._gen.get((workload, slot), 0)}"
         self.touched.setdefault(name, workload)
         return name
+
+    def consistency(self, key: str) -> str | None:
+        """"quorum" for a quorum key, None for a local one (the request then names none)."""
+        if self.mode == "local":
+            return None
+        slot = int(key[len(self.prefix) + 1:].split("/", 1)[1].split("@", 1)[0])
+        return "quorum" if self.mode == "quorum" or slot % 2 == 0 else None
 
     def pick(self, workload: str, rng: random.Random) -> str:
         return self.key(workload, rng.randrange(self.slots[workload]))
@@ -109,43 +129,75 @@ class ClientContext:
 
 
 async def register_client(ctx: ClientContext) -> None:
-    known: dict[tuple[str, str], Any] = {}  # (node, key) -> (version, index), None: absent
+    known: dict[tuple[str, str], Any] = {}  # (node, key) -> (version, index, timestamp), None: absent
+    seqs: dict[str, int] = {}  # quorum key -> the seq last answered
     rng = ctx.rng
     while not ctx.stop.is_set():
         client = ctx.node()
         key = ctx.keys.pick("register", rng)
+        consistency = ctx.keys.consistency(key)
         state = known.get((client.node, key), _UNKNOWN)
         roll = rng.random()
-        if state is _UNKNOWN or roll < 0.3:
-            out = ctx.noted(client, await client.read(key))
+        if state is _UNKNOWN or roll < 0.3 or (consistency and key not in seqs):
+            out = ctx.noted(client, await client.read(key, consistency=consistency))
         else:
             op_id = ctx.next_id()
             value = f"{ctx.name}:{op_id}"
-            if roll < 0.45:
-                cond = None
-            elif state is None:
-                cond = {"cas": 0}
-            elif roll < 0.72:
-                cond = {"if_version": state[0]}
-            else:
-                cond = {"cas": state[1]}
+            cond = (_quorum_condition(state, seqs[key], roll) if consistency
+                    else _local_condition(state, roll))
             ctx.keys.note_write(key)
-            out = ctx.noted(client, await client.write(key, value, cond=cond, op_id=op_id))
+            out = ctx.noted(client, await client.write(key, value, cond=cond, op_id=op_id,
+                                                       consistency=consistency))
         known[(client.node, key)] = _learn(out, state)
+        _learn_seq(seqs, key, out)
         await ctx.pause()
+
+
+def _local_condition(state: Any, roll: float) -> dict[str, Any] | None:
+    if roll < 0.45:
+        return None
+    if state is None:
+        return {"cas": 0}
+    if roll < 0.62:
+        return {"if_version": state[0]}
+    if roll < 0.72:
+        return {"if_timestamp": state[2]}
+    return {"cas": state[1]}
+
+
+def _quorum_condition(state: Any, seq: int, roll: float) -> dict[str, Any] | None:
+    """Mostly `if_seq`; `if_version` (or `cas: 0` on an absent key) sometimes, a blind put rarely."""
+    if roll < 0.4:
+        return None
+    if roll < 0.55:
+        return {"cas": 0} if state is None else {"if_version": state[0]}
+    return {"if_seq": seq}
+
+
+def _learn_seq(seqs: dict[str, int], key: str, out: Outcome) -> None:
+    """The cluster-wide seq a quorum answer carried (any node's answer: seq is per key)."""
+    body = out.body if out.kind in ("ok", "fail") and isinstance(out.body, dict) else {}
+    if isinstance(body.get("seq"), int):
+        seqs[key] = body["seq"]
+    elif out.kind == "unknown":
+        seqs.pop(key, None)  # it may have moved on: read again first
 
 
 def _learn(out: Outcome, before: Any) -> Any:
     """What a client believes about the key's current version after an answer."""
     if out.ok and isinstance(out.body, dict):
-        return out.body["version"], out.body["modify_index"]
+        return _key_state(out.body)
     if out.kind == "fail" and out.error == "not_found":
         return None
     if out.kind == "fail" and out.current is not None:
-        return out.current["version"], out.current["modify_index"]
+        return _key_state(out.current)
     if out.kind == "fail" and out.error == "unavailable":
         return before
     return _UNKNOWN
+
+
+def _key_state(version: dict[str, Any]) -> tuple[str, int, int]:
+    return version["version"], version["modify_index"], version["timestamp"]
 
 
 async def counter_client(ctx: ClientContext, max_attempts: int = 5) -> None:
@@ -153,22 +205,24 @@ async def counter_client(ctx: ClientContext, max_attempts: int = 5) -> None:
     while not ctx.stop.is_set():
         client = ctx.node()
         key = ctx.keys.pick("counter", rng)
+        consistency = ctx.keys.consistency(key)
         for _ in range(max_attempts):
             if ctx.stop.is_set():
                 break
-            read = ctx.noted(client, await client.read(key, tag="incr-read"))
+            read = ctx.noted(client, await client.read(key, tag="incr-read", consistency=consistency))
             if read.ok:
                 n = read.body["value"]["n"]
-                cond = ({"if_version": read.body["version"]} if rng.random() < 0.5
+                cond = ({"if_seq": read.body["seq"]} if consistency
+                        else {"if_version": read.body["version"]} if rng.random() < 0.5
                         else {"cas": read.body["modify_index"]})
             elif read.kind == "fail" and read.error == "not_found":
-                n, cond = 0, {"cas": 0}
+                n, cond = 0, ({"if_seq": read.body.get("seq", 0)} if consistency else {"cas": 0})
             else:
                 break  # node unreachable: try again later, nothing was written
             op_id = ctx.next_id()
             ctx.keys.note_write(key)
             out = ctx.noted(client, await client.write(key, {"n": n + 1, "w": op_id}, cond=cond, tag="incr",
-                                                       op_id=op_id))
+                                                       op_id=op_id, consistency=consistency))
             if out.kind != "fail" or out.error == "unavailable":
                 break  # ok, or unknown: a retry could count the same increment twice
         await ctx.pause()
@@ -179,37 +233,48 @@ async def lease_client(ctx: ClientContext) -> None:
     while not ctx.stop.is_set():
         client = ctx.node()
         key = ctx.keys.pick("lease", rng)
+        consistency = ctx.keys.consistency(key)
         op_id = ctx.next_id()
         token = f"{ctx.name}:{op_id}"
         ctx.keys.note_write(key)
         out = ctx.noted(client, await client.write(key, token, cond={"cas": 0}, ttl=ttl, tag="acquire",
-                                                   op_id=op_id))
+                                                   op_id=op_id, consistency=consistency))
         if not out.ok:
             await ctx.pause(rng.uniform(0.05, ttl / 3))
             continue
-        await _hold(ctx, client, key, token, out.inv)
+        await _hold(ctx, client, key, token, out)
 
 
-async def _hold(ctx: ClientContext, client: NodeClient, key: str, token: str, since: float) -> None:
+def _lease_condition(token: str, answer: Outcome) -> dict[str, Any]:
+    """Renew or release on the holder's own version: by its seq (the fencing token) on a quorum
+    key, by the token on a local one."""
+    seq = answer.body.get("seq") if isinstance(answer.body, dict) else None
+    return {"if_seq": seq} if isinstance(seq, int) else {"if_value": token}
+
+
+async def _hold(ctx: ClientContext, client: NodeClient, key: str, token: str, acquired: Outcome) -> None:
     """Renew every ttl/3 through the same node, then release; stop at the first failed renew."""
     rng, ttl = ctx.rng, ctx.lease_ttl
+    consistency = ctx.keys.consistency(key)
     renewals = rng.randint(1, 5)
-    valid_until = since + ttl  # the lease may be ours until then, counted from the invoke
+    valid_until = acquired.inv + ttl  # the lease may be ours until then, counted from the invoke
+    last = acquired
     while True:
         await ctx.pause(ttl / 3 * rng.uniform(0.7, 1.0))
         if time.time() > valid_until - 0.2:
             return  # too late to renew safely: consider it lost (it expires by itself)
         if ctx.stop.is_set() or renewals == 0 or not ctx.keys.current(key):
             ctx.keys.note_write(key)
-            ctx.noted(client, await client.delete(key, cond={"if_value": token}, tag="release"))
+            ctx.noted(client, await client.delete(key, cond=_lease_condition(token, last), tag="release",
+                                                  consistency=consistency))
             return
         renewals -= 1
         ctx.keys.note_write(key)
-        out = ctx.noted(client, await client.write(key, token, cond={"if_value": token}, ttl=ttl,
-                                                   tag="renew"))
+        out = ctx.noted(client, await client.write(key, token, cond=_lease_condition(token, last), ttl=ttl,
+                                                   tag="renew", consistency=consistency))
         if not out.ok:
             return
-        valid_until = out.inv + ttl
+        valid_until, last = out.inv + ttl, out
 
 
 async def putdel_client(ctx: ClientContext) -> None:
@@ -217,16 +282,18 @@ async def putdel_client(ctx: ClientContext) -> None:
     while not ctx.stop.is_set():
         client = ctx.node()
         key = ctx.keys.pick("putdel", rng)
+        consistency = ctx.keys.consistency(key)
         roll = rng.random()
         if roll < 0.55:
             op_id = ctx.next_id()
             ctx.keys.note_write(key)
-            ctx.noted(client, await client.write(key, f"{ctx.name}:{op_id}", op_id=op_id))
+            ctx.noted(client, await client.write(key, f"{ctx.name}:{op_id}", op_id=op_id,
+                                                 consistency=consistency))
         elif roll < 0.8:
             ctx.keys.note_write(key)
-            ctx.noted(client, await client.delete(key))
+            ctx.noted(client, await client.delete(key, consistency=consistency))
         else:
-            ctx.noted(client, await client.read(key))
+            ctx.noted(client, await client.read(key, consistency=consistency))
         await ctx.pause()
 
 

@@ -168,7 +168,7 @@ class KvsNode(ManagedProcess):
                  port: int | None = 0, node_id: str | None = None,
                  seeds: Sequence[str | KvsNode] = (), args: Sequence[str] = (),
                  env: Mapping[str, str | None] | None = None, keep_kvs_env: bool = False,
-                 gid: int | None = None, skew_ms: int = 0, launcher: Sequence[str] = (),
+                 gid: int | None = None, skew_ms: int = 0, jump_ms: int = 0, launcher: Sequence[str] = (),
                  root: Path = REPO_ROOT, cwd: Path | None = None, die_with_parent: bool = False,
                  ca: Path | None = None) -> None:
         """`port` None: no --port flag (the config decides). `node_id` None: whatever the node
@@ -185,12 +185,18 @@ class KvsNode(ManagedProcess):
         self.seeds = list(seeds)
         self.args = list(args)
         self.skew_ms = skew_ms
+        self.jump_ms = jump_ms  # > 0: the clock can jump by this much (jump_clock)
         self.launcher = list(launcher)
         self.tls = client_context(str(ca)) if ca is not None else None
         self.url: str | None = f"{'https' if ca else 'http'}://127.0.0.1:{port}" if port else None
         self._banner_seen = False
         self._deadline = 0.0
         self._respawn_at: float | None = None
+
+    def jump_clock(self, forward: bool) -> None:
+        """Step the node's wall clock by jump_ms, forward or back (a node started with jump_ms)."""
+        assert self.jump_ms and self.proc is not None, f"{self.name} cannot jump its clock"
+        os.kill(self.proc.pid, signal.SIGUSR1 if forward else signal.SIGUSR2)
 
     @property
     def address(self) -> str:
@@ -210,8 +216,9 @@ class KvsNode(ManagedProcess):
         for seed in self.seeds:
             serve += ["--seed", seed.address if isinstance(seed, KvsNode) else seed]
         serve += self.args
-        if self.skew_ms:
-            python = [sys.executable, "-m", "kvs.chaos.skewed_node", "--offset-ms", str(self.skew_ms), "--"]
+        if self.skew_ms or self.jump_ms:
+            python = [sys.executable, "-m", "kvs.chaos.skewed_node", "--offset-ms", str(self.skew_ms),
+                      "--jump-ms", str(self.jump_ms), "--"]
         else:
             python = kvs_command()
         return [*self.launcher, *python, *serve]

@@ -6,11 +6,14 @@ of them runs the same on a live run and on a saved history: `kvs chaos check DIR
     no-silent-loss   every acknowledged write on every node; nothing no client wrote
     counters         the converged value against the acknowledged increments, exactly
     leases           no two holders through one node; cross-node overlaps attributed
+    quorum           quorum keys: one linearizable register per key across every node; quorum
+                     counters lose no acknowledged increment; never two holders of a quorum
+                     lease; no success through a node cut off from a majority of the voters
 """
 
 from __future__ import annotations
 
-from kvs.chaos.checkers import convergence, counters, leases, linearizability, loss
+from kvs.chaos.checkers import convergence, counters, leases, linearizability, loss, quorum
 from kvs.chaos.checkers.base import FAIL, INCONCLUSIVE, PASS, SKIPPED, CheckResult, Violation
 from kvs.chaos.checkers.versions import build_table
 from kvs.chaos.history import History
@@ -27,6 +30,7 @@ def run_all(history: History, *, shrink_seconds: float = linearizability.SHRINK_
         loss.run(history),
         counters.run(history),
         leases.run(history),
+        quorum.run(history),
     ]
     if table.conflicts:
         results.append(CheckResult(

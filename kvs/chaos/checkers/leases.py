@@ -83,7 +83,8 @@ def holds(history: History) -> list[Hold]:
 
 
 def run(history: History) -> CheckResult:
-    all_holds = holds(history)
+    quorum = history.quorum_keys()  # never two holders at all: the quorum checker's
+    all_holds = [h for h in holds(history) if h.key not in quorum]
     by_key: dict[str, list[Hold]] = {}
     for h in all_holds:
         by_key.setdefault(h.key, []).append(h)
@@ -140,6 +141,10 @@ def _explain_same_node(history: History, p: Hold, q: Hold, writes: list[Call]) -
     """Why P and Q could both hold through one node, or None if nothing explains it."""
     node = p.node
     acquire = q.calls[0]
+    if any(f.kind == "jump" and node in f.nodes and f.detail.get("offset_ms", 0) > 0
+           and f.begin <= (acquire.comp or 0) and (f.end is None or f.end >= p.start)
+           for f in history.faults):
+        return "the node's clock jumped forward while P held the lease (it expired early there)"
     if history.has_dump(node):
         applied = sorted(history.dumps[node].get(p.key, []), key=lambda v: v["modify_index"])
         position = {v["version"]: i for i, v in enumerate(applied)}
@@ -163,12 +168,12 @@ def _cause(faults: list[Fault], p: Hold, q: Hold, overlap: tuple[float, float]) 
         f_end = f.end if f.end is not None else float("inf")
         if f.begin > end + 5 or f_end < start - 5:  # a fault shortly before still delays replication
             continue
-        if f.kind == "partition":
+        if f.kind in ("partition", "oneway"):
             sides = f.detail.get("sides", [])
             if any(p.node in side and q.node not in side for side in sides):
                 found.append((0, "during a partition between their nodes"))
         elif f.kind in ("pause", "kill") and (p.node in f.nodes or q.node in f.nodes):
             found.append((1, f"with a {f.kind}ed node" if f.kind == "kill" else "with a paused node"))
-        elif f.kind == "skew" and (p.node in f.nodes or q.node in f.nodes):
-            found.append((2, "with a clock-skewed node"))
+        elif f.kind in ("skew", "jump") and (p.node in f.nodes or q.node in f.nodes):
+            found.append((2, "with a clock-skewed node" if f.kind == "skew" else "with a clock that jumped"))
     return min(found)[1] if found else "by concurrent acquires before replication"

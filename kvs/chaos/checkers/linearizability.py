@@ -35,6 +35,16 @@ Two ways to know the extra writer:
 Unknown outcomes: an op that timed out is optional, with no deadline (it may take
 effect long after the client gave up) -- unless the dump settles it.
 
+TTLs (lease keys): a version written with a ttl stays current but reads as absent once
+the node's clock passes its expires_at. Each such version gets an optional "expire"
+step, after which the register reads as absent (a 404, `cas: 0` holds, `if_value`
+answers 404) until a newer version arrives. The step may come no earlier than the
+expiry time seen through the node's clock, less every clock offset of the run and a
+small slack (expires_at is stamped by the version's origin with its own clock), and
+has no deadline: a paused node expires late. So a lease that reads as absent too early,
+or an acquire (`cas: 0`) that succeeds while the holder's version cannot have expired,
+is caught; a lease that lives too long is left to the lease checker.
+
 The search is WGL as in Lowe's "Testing for linearizability" / porcupine: a linked list
 of call and return events; take the first call whose op can be linearized now, lift
 it, restart; at a return whose op is not yet linearized, backtrack. Configurations
@@ -55,7 +65,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kvs.chaos.checkers.base import CheckResult, Violation, verdict
 from kvs.chaos.checkers.versions import MISSING, VersionTable, synthetic_id
@@ -64,18 +74,21 @@ from kvs.conditions import json_equal
 
 NAME = "linearizability"
 INF = math.inf
-CHECKED_WORKLOADS = ("register", "counter", "putdel")
+CHECKED_WORKLOADS = ("register", "counter", "putdel", "lease")
+EXPIRY_SLACK = 0.05  # seconds: ms rounding of expires_at and of the node's clock reads
+EXPIRED = "x:"  # state prefix: the version after it is current on the node but has expired
 SEARCH_BUDGET = 2_000_000
 SHRINK_SECONDS = 20.0
 
-State = str | None  # id of the node's current version (tombstones included), None: never written
+State = str | None  # id of the node's current version (tombstones included; EXPIRED + id once its
+#                     ttl ran out), None: never written
 
 
 @dataclass(eq=False)
 class Step:
     """One thing the search places in the register's sequential order."""
 
-    kind: str  # read | write | fail | apply
+    kind: str  # read | write | fail | apply | expire
     call: float
     ret: float  # INF: no deadline
     required: bool
@@ -92,19 +105,36 @@ class Step:
         if self.op is not None and self.kind != "apply":
             return self.op.describe()
         origin = f" written by {self.op.describe()}" if self.op is not None else " (no known writer)"
+        if self.kind == "expire":
+            return f"{(self.version or '?')[:8]} expires (not before {self.call:.3f});{origin}"
         where = f" at position {self.seq}" if self.seq is not None else ""
         return f"replication applies {(self.version or '?')[:8]}{where};{origin}"
 
 
+class Model(Protocol):
+    """A sequential specification the search can check steps against (the per-node register
+    here, the cluster-wide quorum register in quorum.py). States must be hashable."""
+
+    start: Any  # the state before any step
+
+    def step(self, state: Any, s: Step) -> list[Any]:
+        """The states `s` may lead to from `state`; none if `s` cannot happen there."""
+        ...
+
+
 class RegisterModel:
     """The sequential specification of one key's register on one node."""
+
+    start: State = None
 
     def __init__(self, node: str, table: VersionTable) -> None:
         self.node = node
         self.table = table
 
     def live(self, state: State) -> str | None:
-        return None if state is None or self.table.deleted(state) else state
+        if state is None or state.startswith(EXPIRED) or self.table.deleted(state):
+            return None
+        return state
 
     def outcomes(self, cond: dict[str, Any] | None, current: str | None, delete: bool = False
                  ) -> set[str]:
@@ -151,10 +181,12 @@ class RegisterModel:
             return [state]
         if s.kind == "write":
             return [s.version] if "holds" in self.outcomes(s.cond, self.live(state), s.delete) else []
+        if s.kind == "expire":
+            return [EXPIRED + state] if state == s.version else []
         assert s.kind == "apply" and s.version is not None
         if state is None or state == s.version:
             return [s.version]
-        order = self.table.compare(s.version, state)
+        order = self.table.compare(s.version, state.removeprefix(EXPIRED))
         if order > 0:
             return [s.version]
         if order < 0:
@@ -201,7 +233,7 @@ class SearchResult:
     order: list[int] = field(default_factory=list)  # a linearization, when ok
 
 
-def search(steps: Sequence[Step], model: RegisterModel, budget: int = SEARCH_BUDGET) -> SearchResult:
+def search(steps: Sequence[Step], model: Model, budget: int = SEARCH_BUDGET) -> SearchResult:
     """Is there a sequential order of `steps` that the model accepts and real time allows?"""
     events = []
     for i, s in enumerate(steps):
@@ -224,15 +256,15 @@ def search(steps: Sequence[Step], model: RegisterModel, budget: int = SEARCH_BUD
     rank = {i: r for r, (_, i) in enumerate(ranked)}
     returns_left = sum(1 for s in steps if s.required)
     next_rank = 0
-    state: State = None
+    state: Any = model.start
     bits = 0
-    stack: list[tuple[_Entry, State, list[State]]] = []
-    cache: set[tuple[int, State]] = set()
+    stack: list[tuple[_Entry, Any, list[Any]]] = []
+    cache: set[tuple[int, Any]] = set()
     explored = 0
     deepest, stuck = -1, None
     entry = head.next
 
-    def take(e: _Entry, alternatives: list[State]) -> None:
+    def take(e: _Entry, alternatives: list[Any]) -> None:
         nonlocal state, bits, returns_left, next_rank, entry
         i = e.index
         new_state = alternatives.pop(0)
@@ -285,7 +317,7 @@ def search(steps: Sequence[Step], model: RegisterModel, budget: int = SEARCH_BUD
     return SearchResult(True, explored, order=[e.index for e, _, _ in stack])
 
 
-def brute_force(steps: Sequence[Step], model: RegisterModel) -> bool:
+def brute_force(steps: Sequence[Step], model: Model) -> bool:
     """Every subset of the optional steps, every order: the reference for small histories."""
     required = [i for i, s in enumerate(steps) if s.required]
     optional = [i for i, s in enumerate(steps) if not s.required]
@@ -308,8 +340,8 @@ def _legal_order(steps: Sequence[Step], order: Sequence[int]) -> bool:
     return True
 
 
-def _accepts(steps: Sequence[Step], order: Sequence[int], model: RegisterModel) -> bool:
-    states: set[State] = {None}
+def _accepts(steps: Sequence[Step], order: Sequence[int], model: Model) -> bool:
+    states: set[Any] = {model.start}
     for i in order:
         states = {n for s in states for n in model.step(s, steps[i])}
         if not states:
@@ -363,8 +395,34 @@ def _client_steps(ops: Iterable[Call], node: str, table: VersionTable) -> list[S
 
 
 def build_problem(node: str, key: str, ops: Sequence[Call], table: VersionTable,
-                  dump: list[dict[str, Any]] | None) -> Problem:
-    """`ops`: every op on `key` through any node; `dump`: node's final revision set of key, if any."""
+                  dump: list[dict[str, Any]] | None, clock_offsets: float = 0.0) -> Problem:
+    """`ops`: every op on `key` through any node; `dump`: node's final revision set of key, if any;
+    `clock_offsets`: the sum of every node's clock offset in seconds (bounds early expiry)."""
+    problem = _build_problem(node, key, ops, table, dump)
+    problem.steps += _expiries(problem.steps, table, clock_offsets)
+    return problem
+
+
+def _expiries(steps: Sequence[Step], table: VersionTable, clock_offsets: float) -> list[Step]:
+    """An optional expire step for each version installed with a ttl (see the module docstring)."""
+    out = []
+    for s in steps:
+        if s.kind not in ("write", "apply") or s.version is None:
+            continue
+        expires_at = table.get(s.version).expires_at
+        if isinstance(expires_at, int | float):
+            earliest = expires_at / 1000
+        elif s.op is not None and s.op.ttl is not None:
+            earliest = s.op.inv + s.op.ttl
+        else:
+            continue
+        out.append(Step("expire", earliest - clock_offsets - EXPIRY_SLACK, INF, False, s.op,
+                        version=s.version, needs=frozenset({s.version})))
+    return out
+
+
+def _build_problem(node: str, key: str, ops: Sequence[Call], table: VersionTable,
+                   dump: list[dict[str, Any]] | None) -> Problem:
     local = [op for op in ops if op.node == node]
     steps = _client_steps(local, node, table)
     issues: list[Violation] = []
@@ -484,7 +542,7 @@ def _closed(steps: Sequence[Step]) -> list[Step]:
         current = kept
 
 
-def shrink(steps: list[Step], model: RegisterModel, seconds: float = SHRINK_SECONDS
+def shrink(steps: list[Step], model: Model, seconds: float = SHRINK_SECONDS
            ) -> tuple[list[Step], bool]:
     """A violating sub-history as small as the budget allows; (steps, True if 1-minimal)."""
     deadline = time.monotonic() + seconds
@@ -547,19 +605,32 @@ def check_problem(problem: Problem, table: VersionTable, *, shrink_seconds: floa
                             ops, lines, stuck_at)
 
 
+def clock_offsets(history: History) -> float:
+    """Seconds: the sum of every node's largest clock offset, fixed skew plus jumps (bounds how
+    early a ttl can run out)."""
+    jumps: dict[str, int] = {}
+    for f in history.faults:
+        if f.kind == "jump":
+            jumps[f.nodes[0]] = max(jumps.get(f.nodes[0], 0), abs(f.detail.get("offset_ms", 0)))
+    skews = sum(abs(info.get("skew_ms") or 0) for info in history.meta.get("nodes", {}).values())
+    return (skews + sum(jumps.values())) / 1000
+
+
 def run(history: History, table: VersionTable, *, shrink_seconds: float = SHRINK_SECONDS,
         max_reported: int = 20) -> CheckResult:
     violations: list[Violation] = []
     checked = steps_total = inconclusive = with_dump = shrunk = 0
     by_key = history.calls_by_key()
+    offsets = clock_offsets(history)
+    quorum = history.quorum_keys()  # one register across the cluster: the quorum checker's
     for key in sorted(by_key):
         ops = by_key[key]
         workloads = {op.workload for op in ops}
-        if not workloads <= set(CHECKED_WORKLOADS):
-            continue  # lease keys carry TTLs: the lease checker covers them
+        if key in quorum or not workloads <= set(CHECKED_WORKLOADS):
+            continue
         for node in sorted({op.node for op in ops}):
             dump = history.dumps[node].get(key, []) if history.has_dump(node) else None
-            problem = build_problem(node, key, ops, table, dump)
+            problem = build_problem(node, key, ops, table, dump, offsets)
             violations += problem.issues
             checked += 1
             steps_total += len(problem.steps)

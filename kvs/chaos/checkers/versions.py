@@ -88,6 +88,8 @@ class VersionTable:
             self.conflicts.append(f"version {info.id}: {attr} seen as {old!r} and as {value!r}")
 
     def _set_index(self, info: VInfo, node: str, index: int) -> None:
+        if index == 0:
+            return  # a quorum answer from a node that does not hold the version yet: no index
         self._by_index = None
         old = info.index.get(node)
         if old is None:
