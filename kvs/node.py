@@ -57,6 +57,7 @@ class Node:
         self.transport: HttpTransport | None = None
         self.membership: Membership | None = None
         self.replicator: Replicator | None = None
+        self.locks: consul.Locks | None = None
         self.port: int | None = None
         self.app: web.Application | None = None
         self.left = asyncio.Event()  # set after POST /cluster/leave: the process should exit
@@ -93,6 +94,7 @@ class Node:
         stack.callback(self._close_storage)
         storage.ensure_identity(config.node_id, now_ms())
         self.engine = engine = Engine(config, storage, now_ms)
+        self.locks = consul.Locks(engine)
         # Bind first, so the address peers must use is known before membership starts.
         sock = _bind(config.bind_address, config.port)
         stack.callback(sock.close)  # a no-op once the server has taken and closed it
@@ -121,6 +123,8 @@ class Node:
         stack.push_async_callback(self.membership.stop)
         self._spawn(stack, self.replicator.run(), "anti-entropy")
         self._spawn(stack, self._every(config.ttl_sweep_interval_ms, self._sweep), "sweeper")
+        self._spawn(stack, self._every(config.ttl_sweep_interval_ms, self._sweep_locks),
+                    "consul-lock-sweeper")
         self._spawn(stack, self._every(config.storage_retry_interval_ms, self._heal_storage),
                     "storage-recovery")
         log.info("event=started node=%s url=%s data_dir=%s cas_enabled=%s seeds=%s tls=%s",
@@ -136,7 +140,7 @@ class Node:
         membership.add_listener(replicator.on_member)
 
     def _app(self) -> web.Application:
-        assert self.engine and self.membership and self.replicator
+        assert self.engine and self.membership and self.replicator and self.locks
         config, engine = self.config, self.engine
         metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections)
         kv = KVApi(config, engine, self.watchers)
@@ -151,7 +155,7 @@ class Node:
             *SnapshotApi(config, engine).routes(),
             web.get("/openapi.json", openapi.handle),
             *index.routes(engine.node_id),
-            *consul.routes(config, engine, self.membership, kv.block),
+            *consul.routes(config, engine, self.membership, kv.block, self.locks),
             *ui.routes(),
         ]
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
@@ -181,6 +185,14 @@ class Node:
         expired, purged = await self.engine.sweep()
         if expired or purged:
             log.debug("event=sweep expired=%d purged=%d", expired, purged)
+
+    async def _sweep_locks(self) -> None:
+        """Free the Consul locks of sessions that are gone (kvs/http/consul/locks.py)."""
+        assert self.engine is not None and self.locks is not None
+        if self.engine.storage_fault is None:
+            freed = await self.locks.sweep()
+            if freed:
+                log.info("event=consul_locks_freed count=%d", freed)
 
     async def _heal_storage(self) -> None:
         assert self.engine is not None

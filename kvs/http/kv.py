@@ -15,7 +15,7 @@ from aiohttp import web
 from kvs.conditions import Conditions
 from kvs.config import Config
 from kvs.engine import Engine, Op
-from kvs.errors import BadRequest, Overloaded, TooLarge
+from kvs.errors import BadRequest, NotFound, Overloaded, TooLarge
 from kvs.http.toolkit import (
     ANY_ORIGIN,
     body_conditions,
@@ -38,6 +38,11 @@ from kvs.watch import Watchers
 # Keys the server writes itself (the service registry): readable through /kv, and
 # watchable with blocking queries, but written only through /services.
 RESERVED_PREFIX = "_services/"
+# Keys the server keeps for itself and shows nowhere (the Consul API's sessions and lock
+# records, kvs/http/consul/locks.py): a read finds nothing, a listing skips them, a write
+# is refused and a recursive delete skips them. Replicated like any key.
+HIDDEN_PREFIXES: tuple[str, ...] = ("_consul/",)
+NOT_DELETED_BY_PREFIX = (RESERVED_PREFIX, *HIDDEN_PREFIXES)
 DEFAULT_WAIT_SECONDS = 300
 PUT_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})
 GET_PARAMS = frozenset({"raw", "version", "history", "recurse", "keys", "separator", "limit",
@@ -82,7 +87,7 @@ class KVApi:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         if not request.query_string:  # the common read: the current version, no options
-            body = self.engine.get(path_key(request)).json_bytes()
+            body = self.engine.get(readable(path_key(request))).json_bytes()
             return web.Response(body=body, content_type="application/json")
         query = request.query
         check_params(query, GET_PARAMS)
@@ -95,6 +100,8 @@ class KVApi:
                 goes_with = "keys=true" if misplaced[0] == "separator" else "recurse=true or keys=true"
                 raise BadRequest(f"{misplaced[0]} goes with {goes_with}")
         key = path_key(request, prefix=listing)
+        if not listing:
+            readable(key)
         wait = query_duration(query, "wait", DEFAULT_WAIT_SECONDS)
         if "index" in query:
             await self.block(key, listing, query_uint(query, "index"), wait)
@@ -131,6 +138,8 @@ class KVApi:
         more = False
         for version in self.engine.live(prefix, after):
             name = version.key
+            if hidden(name):
+                continue
             if separator:
                 cut = name.find(separator, len(prefix))
                 name = name[: cut + len(separator)] if cut >= 0 else name
@@ -200,8 +209,8 @@ class KVApi:
             prefix = path_key(request, prefix=True)
             if set(query) - {"recurse"}:
                 raise BadRequest("conditions do not combine with recurse=true")
-            writable(prefix)  # a prefix covering the reserved one skips it instead
-            tombstones = await self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
+            writable(prefix)  # a prefix covering the reserved ones skips them instead
+            tombstones = await self.engine.delete_prefix(prefix, skip=NOT_DELETED_BY_PREFIX)
             body = {"prefix": prefix, "deleted": [t.key for t in tombstones],
                     "modify_index": self.engine.index}
             return own_write(body, tombstones) if tombstones else json_response(body)
@@ -244,6 +253,20 @@ def writable(key: str) -> None:
     if key.startswith(RESERVED_PREFIX):
         raise BadRequest(f"keys under {RESERVED_PREFIX!r} are the service registry's; "
                          "write them through /services")
+    if hidden(key):
+        raise BadRequest(f"keys under {key[:key.index('/') + 1]!r} are reserved for kvs's own "
+                         "records (Consul sessions and locks)")
+
+
+def hidden(key: str) -> bool:
+    return key.startswith(HIDDEN_PREFIXES)
+
+
+def readable(key: str) -> str:
+    """The key, unless it is hidden: then it is not found, as if it did not exist."""
+    if hidden(key):
+        raise NotFound(f"key {key!r} not found")
+    return key
 
 
 def write_result(v: Version) -> dict[str, Any]:

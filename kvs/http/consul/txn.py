@@ -39,7 +39,8 @@ from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, CASConflict, NotFound, TooLarge
 from kvs.http.consul.common import entry, quoted, to_native
-from kvs.http.kv import RESERVED_PREFIX, writable
+from kvs.http.consul.locks import Locks
+from kvs.http.kv import NOT_DELETED_BY_PREFIX, hidden, readable, writable
 from kvs.http.toolkit import json_response
 from kvs.keys import validate_key
 from kvs.model import MAX_U64, Version
@@ -72,9 +73,10 @@ class Step:
 
 
 class ConsulTxn:
-    def __init__(self, config: Config, engine: Engine) -> None:
+    def __init__(self, config: Config, engine: Engine, locks: Locks) -> None:
         self.config = config
         self.engine = engine
+        self.locks = locks
 
     def routes(self) -> list[web.RouteDef]:
         return [web.put("/v1/txn", self.txn)]
@@ -91,7 +93,7 @@ class ConsulTxn:
             return conflict([failure(steps[f["index"]], f.get("current")) for f in exc.extra["failed"]])
         return json_response({"Results": [
             {"KV": entry(result.to_json() if isinstance(result, Version) else result,
-                         with_value=step.shows == "entry")}
+                         self.locks.view(step.op.key), with_value=step.shows == "entry")}
             for step, result in zip(steps, results, strict=True) if step.shows and result
         ], "Errors": None})
 
@@ -126,6 +128,7 @@ class ConsulTxn:
             validate_key(key, prefix=verb in PREFIX_VERBS)
             if verb in WRITE_VERBS:
                 writable(key)
+            readable(key)
         except BadRequest as exc:
             raise BadRequest(f"operation {at}: {exc.message}") from None
         value = _value(at, fields.get("value"))
@@ -194,7 +197,7 @@ class Plan:
         return True
 
     def under(self, prefix: str) -> list[str]:
-        stored = {v.key for v in self.engine.live(prefix)}
+        stored = {v.key for v in self.engine.live(prefix) if not hidden(v.key)}
         written = {k for k in self.present if k.startswith(prefix)}
         return sorted(k for k in stored | written if self.exists(k))
 
@@ -240,7 +243,7 @@ class Plan:
 
     def _delete_tree(self, at: int, op: KVOp) -> None:
         for key in self.under(op.key):
-            if not key.startswith(RESERVED_PREFIX):
+            if not key.startswith(NOT_DELETED_BY_PREFIX):
                 self.step(at, op, "delete", key)
 
     def _delete_cas(self, at: int, op: KVOp) -> None:

@@ -1,0 +1,181 @@
+"""Consul sessions and the locks they hold, kept in the replicated store.
+
+    _consul/session/<id>   the session: {"ID", "Name", "Node", "LockDelay" (ns), "Behavior",
+                           "TTL"}; written with an engine TTL of twice its own TTL
+                           (Consul's grace), so it expires on every node by itself
+    _consul/lock/<key>     the lock state of <key>: {"Session" (null when free),
+                           "LockIndex", "Behavior", "LockDelay" (ms), "DelayUntil" (ms)}
+
+Both are under a hidden prefix (kvs/http/kv.py: HIDDEN_PREFIXES): no API shows or
+writes them, and they replicate as any key does, so every node sees every session.
+
+Every change of a lock (acquire, release, invalidation) goes through one function,
+Locks.swap: a write of the lock record conditional on the record being what was read,
+in one engine transaction with the key's own write. It is a node-local CAS: two
+clients on two nodes can both acquire one lock while their writes have not met (the
+record is last-writer-wins between nodes). The cluster-wide quorum CAS is meant to
+take its place in swap when there is more than one voter (docs/consul.md says so).
+
+Invalidation is leaderless and idempotent: any node that sees a lock held by a session
+that is gone (destroyed, or expired past its grace) frees it with the same CAS, "only
+if the record is still the one held by that session"; a second node doing the same
+finds the record changed and does nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kvs.conditions import Conditions
+from kvs.engine import Engine, Op
+from kvs.errors import CASConflict, NotFound
+from kvs.model import Version
+
+SESSION_PREFIX = "_consul/session/"
+LOCK_PREFIX = "_consul/lock/"
+# A lock whose session this node has never seen (not even its tombstone) is freed only
+# after this long: the session may simply not have replicated here yet.
+ORPHAN_GRACE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class LockState:
+    """The lock of one key. Pure: the rules of acquire and release are its methods."""
+
+    session: str | None = None
+    lock_index: int = 0
+    behavior: str = "release"
+    lock_delay_ms: int = 0
+    delay_until_ms: int = 0
+
+    @classmethod
+    def of(cls, value: Any) -> LockState:
+        if not isinstance(value, dict):
+            return cls()
+        return cls(value.get("Session"), value.get("LockIndex", 0), value.get("Behavior", "release"),
+                   value.get("LockDelay", 0), value.get("DelayUntil", 0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Session": self.session, "LockIndex": self.lock_index, "Behavior": self.behavior,
+                "LockDelay": self.lock_delay_ms, "DelayUntil": self.delay_until_ms}
+
+    def acquired(self, session: dict[str, Any], now_ms: int) -> LockState | None:
+        """The state after `session` acquires, or None when refused: another session
+        holds it, or it is within the lock delay of an invalidated holder. The holder
+        acquiring again keeps its LockIndex, as in Consul."""
+        if self.session == session["ID"]:
+            return self
+        if self.session is not None or now_ms < self.delay_until_ms:
+            return None
+        return LockState(session["ID"], self.lock_index + 1, session["Behavior"],
+                         session["LockDelay"] // 1_000_000)
+
+    def released(self, session_id: str) -> LockState | None:
+        """The state after the holder releases (no lock delay, as in Consul); None when
+        `session_id` does not hold it."""
+        if self.session is None or self.session != session_id:
+            return None
+        return replace(self, session=None)
+
+    def invalidated(self, now_ms: int) -> LockState:
+        """The state once the holder's session is gone: free, and not to be taken again
+        before the session's lock delay has passed."""
+        return replace(self, session=None, delay_until_ms=now_ms + self.lock_delay_ms)
+
+
+class Locks:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def session(self, session_id: str) -> Version | None:
+        """The live session's version, or None (never created, destroyed or expired)."""
+        try:
+            return self.engine.get(SESSION_PREFIX + session_id)
+        except NotFound:
+            return None
+
+    def sessions(self) -> list[Version]:
+        return list(self.engine.live(SESSION_PREFIX))
+
+    def lock(self, key: str) -> tuple[Version | None, LockState]:
+        """The lock record of `key` (None if it never had one) and its state."""
+        try:
+            record = self.engine.get(LOCK_PREFIX + key)
+        except NotFound:
+            return None, LockState()
+        return record, LockState.of(record.value)
+
+    def view(self, key: str) -> LockState:
+        return self.lock(key)[1]
+
+    def _gone(self, session_id: str, record: Version, now_ms: int) -> bool:
+        """Is the session that holds `record` gone? Destroyed or expired: its key's newest
+        version here is dead. Never seen here: only once the lock is old enough that
+        replication would have brought the session."""
+        versions = self.engine.storage.read(SESSION_PREFIX + session_id)
+        if versions:
+            return not versions[0].is_live(now_ms)
+        return now_ms - record.timestamp > ORPHAN_GRACE_MS
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def swap(self, key: str, record: Version | None, after: LockState,
+                   write: Op | None = None) -> bool:
+        """The one door for every lock change: the lock record becomes `after`, and
+        `write` (the key's own set or delete) is applied with it, only if the record is
+        still `record` (absent for None). False when it changed since it was read."""
+        guard = Conditions(cas=record.modify_index if record else 0)
+        ops = [Op("set", LOCK_PREFIX + key, after.to_json(), cond=guard)]
+        if write is not None:
+            ops.append(write)
+        try:
+            await self.engine.txn(ops, internal=True)
+        except CASConflict:
+            return False
+        return True
+
+    async def acquire(self, key: str, session: dict[str, Any], write: Op) -> bool:
+        record, state = self.lock(key)
+        if not self._exists(key):
+            state = replace(state, session=None)  # a deleted key's lock: free for anyone
+        after = state.acquired(session, self.engine.now_ms())
+        return after is not None and await self.swap(key, record, after, write)
+
+    async def release(self, key: str, session_id: str, write: Op) -> bool:
+        record, state = self.lock(key)
+        after = state.released(session_id)
+        return after is not None and await self.swap(key, record, after, write)
+
+    async def invalidate(self, session_id: str) -> int:
+        """Free every lock `session_id` holds (or delete its keys, by its Behavior)."""
+        freed = 0
+        for record in list(self.engine.live(LOCK_PREFIX)):
+            if LockState.of(record.value).session == session_id:
+                freed += await self._free(record)
+        return freed
+
+    async def sweep(self) -> int:
+        """Free the locks whose session is gone: what every node does every sweep."""
+        now = self.engine.now_ms()
+        freed = 0
+        for record in list(self.engine.live(LOCK_PREFIX)):
+            holder = LockState.of(record.value).session
+            if holder is not None and self._gone(holder, record, now):
+                freed += await self._free(record)
+        return freed
+
+    async def _free(self, record: Version) -> bool:
+        key = record.key.removeprefix(LOCK_PREFIX)
+        state = LockState.of(record.value)
+        write = Op("delete", key) if state.behavior == "delete" and self._exists(key) else None
+        return await self.swap(key, record, state.invalidated(self.engine.now_ms()), write)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.engine.get(key)
+        except NotFound:
+            return False
+        return True
