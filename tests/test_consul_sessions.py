@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from consul.aio import Consul
+from consul.exceptions import ClientError
 from consul.exceptions import NotFound as ConsulNotFound
 
 from kvs.node import Node
@@ -200,3 +201,35 @@ async def test_a_lock_taken_through_one_node_is_refused_on_another(
     async def b_holds_on_a() -> bool:
         return await holder(http, a, "shared") == on_b
     await eventually(b_holds_on_a, what="a to see b's lock")
+
+
+async def test_txn_lock_unlock_check_session(consul: Consul, node: Node) -> None:
+    sid, other = await consul.session.create(lock_delay=0), await consul.session.create(lock_delay=0)
+    result = await consul.txn.put([
+        {"KV": {"Verb": "lock", "Key": "t/l", "Value": "", "Session": sid}},
+        {"KV": {"Verb": "check-session", "Key": "t/l", "Session": sid}},
+    ])
+    assert result["Errors"] is None
+    assert [(r["KV"]["Key"], r["KV"]["Session"], r["KV"]["LockIndex"]) for r in result["Results"]] \
+        == [("t/l", sid, 1)]
+    index = node.engine.index
+    for ops, what in [
+        ([{"KV": {"Verb": "set", "Key": "t/x", "Value": ""}},
+          {"KV": {"Verb": "lock", "Key": "t/l", "Session": other}}],
+         'failed to lock key "t/l", lock is already held'),
+        ([{"KV": {"Verb": "unlock", "Key": "t/l", "Session": other}}],
+         'failed to unlock key "t/l", lock isn\'t held, or is held by another session'),
+        ([{"KV": {"Verb": "check-session", "Key": "t/l", "Session": other}}],
+         f'failed session check for key "t/l", current session "{sid}" != "{other}"'),
+        ([{"KV": {"Verb": "lock", "Key": "t/m", "Session": "nope"}}],
+         'failed to lock key "t/m": invalid session "nope"'),
+    ]:
+        with pytest.raises(ClientError) as failed:
+            await consul.txn.put(ops)
+        status, _, body = str(failed.value).partition(" ")
+        assert status == "409" and json.loads(body)["Errors"][-1]["What"] == what
+    assert node.engine.index == index  # the failing transactions wrote nothing
+    result = await consul.txn.put([{"KV": {"Verb": "unlock", "Key": "t/l", "Session": sid}}])
+    assert "Session" not in result["Results"][0]["KV"]
+    assert (await consul.kv.put("t/l", "o", acquire=other)) is True
+    assert (await consul.kv.get("t/l"))[1]["LockIndex"] == 2

@@ -10,7 +10,8 @@ Both are under a hidden prefix (kvs/http/kv.py: HIDDEN_PREFIXES): no API shows o
 writes them, and they replicate as any key does, so every node sees every session.
 
 Every change of a lock (acquire, release, invalidation) goes through one function,
-Locks.swap: a write of the lock record conditional on the record being what was read,
+Locks.swap (a /v1/txn lock or unlock adds the same guarded write, `guarded`, to its
+transaction): a write of the lock record conditional on the record being what was read,
 in one engine transaction with the key's own write. It is a node-local CAS: two
 clients on two nodes can both acquire one lock while their writes have not met (the
 record is last-writer-wins between nodes). The cluster-wide quorum CAS is meant to
@@ -84,6 +85,13 @@ class LockState:
         return replace(self, session=None, delay_until_ms=now_ms + self.lock_delay_ms)
 
 
+def guarded(key: str, record: Version | None, after: LockState) -> Op:
+    """The write of a lock record, conditional on the record still being `record`: what
+    Locks.swap applies, and what a /v1/txn lock or unlock op adds to its transaction."""
+    return Op("set", LOCK_PREFIX + key, after.to_json(),
+              cond=Conditions(cas=record.modify_index if record else 0))
+
+
 class Locks:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -127,8 +135,7 @@ class Locks:
         """The one door for every lock change: the lock record becomes `after`, and
         `write` (the key's own set or delete) is applied with it, only if the record is
         still `record` (absent for None). False when it changed since it was read."""
-        guard = Conditions(cas=record.modify_index if record else 0)
-        ops = [Op("set", LOCK_PREFIX + key, after.to_json(), cond=guard)]
+        ops = [guarded(key, record, after)]
         if write is not None:
             ops.append(write)
         try:
