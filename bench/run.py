@@ -49,6 +49,7 @@ from bench.targets import (
     Target,
     have_taskset,
     pinned,
+    wait_until,
 )
 from kvs.testing import stop_all
 
@@ -86,6 +87,11 @@ OPS: dict[str, OpSpec] = {
     "cas_hot": OpSpec(f"CAS contended ({HOT_KEYS} keys)", {"kvs": "kvs_cas.lua", "etcd": "etcd_cas.lua"},
                       ("mode=index", f"hot={HOT_KEYS}", f"value_bytes={VALUE_BYTES}"), cas=True,
                       fresh_prefix=True),
+    "qcas": OpSpec("quorum CAS by seq", {"kvs": "kvs_cas.lua"},
+                   ("mode=seq", f"value_bytes={VALUE_BYTES}"), cas=True, fresh_prefix=True),
+    "qcas_hot": OpSpec(f"quorum CAS contended ({HOT_KEYS} keys)", {"kvs": "kvs_cas.lua"},
+                       ("mode=seq", f"hot={HOT_KEYS}", f"value_bytes={VALUE_BYTES}"), cas=True,
+                       fresh_prefix=True),
     "txn4": OpSpec("txn of 4 ops", {"bare": "kvs_txn4.lua", "kvs": "kvs_txn4.lua", "etcd": "etcd_txn4.lua"},
                    ("prefix=bench/t", f"keys={RANDOM_KEYS}", f"value_bytes={VALUE_BYTES}")),
 }
@@ -135,8 +141,10 @@ def plan(full: bool) -> list[TargetSpec]:
         TargetSpec(ETCD, lambda d, c: EtcdTarget(ETCD, d, c), ("put_one", "put_random",
                                                                *extra(("cas_index", "txn4"))),
                    needs_etcd=True, what="etcd single node, defaults (fsync; matches kvs sync_writes)"),
-        TargetSpec(KVS3, lambda d, c: KvsTarget(KVS3, d, c, nodes=3), ("get", "put_one", "put_random"),
-                   cluster=True, what="kvs 3 nodes on loopback (load on node 1), defaults"),
+        TargetSpec(KVS3, lambda d, c: KvsTarget(KVS3, d, c, nodes=3),
+                   ("get", "put_one", "put_random", "cas_index", "qcas", "qcas_hot"), cluster=True,
+                   what="kvs 3 nodes on loopback (load on node 1), defaults; quorum CAS: the "
+                        "3 nodes are the voters"),
         TargetSpec(ETCD3_NOFSYNC, lambda d, c: EtcdTarget(ETCD3_NOFSYNC, d, c, nodes=3, no_fsync=True),
                    ("get", "put_one", "put_random"), needs_etcd=True, cluster=True,
                    what="etcd 3 members --unsafe-no-fsync (load on the leader)"),
@@ -692,8 +700,8 @@ class Runner:
             if isinstance(target, KvsTarget):
                 # Let the eager-push backlog of the load drain first: measure an idle cluster.
                 t0 = time.perf_counter()
-                figures.wait_until(lambda: len(target.merkle_roots()) == 1, 120,
-                                   f"{spec.name} to converge after the load", target.procs, interval=0.2)
+                wait_until(lambda: len(target.merkle_roots()) == 1, 120,
+                           f"{spec.name} to converge after the load", target.procs, interval=0.2)
                 self.say(f"{spec.name}: Merkle roots equal {time.perf_counter() - t0:.1f} s after the load")
             self.fig["write_to_visible"][spec.name] = figures.write_to_visible(
                 target, self.s.w2v_trials, self.say)

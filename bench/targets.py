@@ -212,7 +212,10 @@ class KvsTarget(Target):
 
     def start(self) -> None:
         """Node 1 first, the others seeded with it; until every node sees all of them alive."""
-        cluster = Cluster(self.dir, [f"node{i}" for i in range(1, self.nodes + 1)], env=self.env,
+        names = [f"node{i}" for i in range(1, self.nodes + 1)]
+        # Every node is a voter of quorum keys (as under `kvs cluster up`).
+        env = {"KVS_INITIAL_VOTERS": ",".join(names), **self.env}
+        cluster = Cluster(self.dir, names, env=env,
                           launcher=pinned([], self.cpus), root=self.root,
                           ca=Path(self.ca) if self.ca else None)
         self.procs = [*cluster.nodes]

@@ -271,6 +271,9 @@ def cmd_members(c: Client, args: argparse.Namespace) -> Any:
         return members
     _table([("ID", "ADDRESS", "STATE", "INCARNATION", "LAST SEEN")]
            + [(m.id, m.address, m.state, m.incarnation, _ms_ago(m.last_seen)) for m in members])
+    voters = c.status().voters
+    print(f"voters (epoch {voters['epoch']}): {', '.join(voters['ids'])}" if voters
+          else "voters: none known to this node yet")
     return None
 
 

@@ -314,6 +314,7 @@ class Status:
     merkle_root: str
     hlc: list[int] = field(default_factory=list)
     last_rounds: list[AntiEntropyRound] = field(default_factory=list)
+    voters: dict[str, Any] | None = None  # {"epoch", "ids"}: the voters of quorum keys
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

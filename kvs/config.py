@@ -22,6 +22,7 @@ from kvs.errors import ConfigError
 
 COMPRESSIONS = ("none", "zstd", "lz4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+CONSISTENCIES = ("local", "quorum")
 ENV_PREFIX = "KVS_"
 TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 # KVS_ variables that the client commands read (`kvs get --ca`), not node settings: a shell
@@ -42,6 +43,13 @@ class Config:
     cluster_secret: str | None = None
     # Conditional writes are opt-in: with it off, any condition answers 501.
     cas_enabled: bool = False
+    # What a KV read or write without a `consistency` parameter uses: "local" (this node
+    # alone, always available) or "quorum" (linearizable, needs a majority of voters).
+    default_consistency: str = "local"
+    # Node ids of the voters of quorum keys when this node first starts (epoch 1): the
+    # same list on every node of a new cluster, like etcd's initial-cluster. Empty: a node
+    # without seed_nodes votes alone; one with seeds learns the voters from its peers.
+    initial_voters: tuple[str, ...] = ()
     revision_history_enabled: bool = True
     # Versions kept per key, the current one included. Must be equal on all nodes,
     # or Merkle roots of nodes with different limits never agree.
@@ -194,6 +202,19 @@ def _seeds(raw: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _node_ids(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    items = [s.strip() for s in raw.split(",") if s.strip()] if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(
+            isinstance(i, str) and i and i.isprintable() and not any(c.isspace() for c in i)
+            for i in items):
+        raise ConfigError(f"expected a list of node ids, got {raw!r}")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"a node id is listed twice in {raw!r}")
+    return tuple(items)
+
+
 def _validate(key: str, raw: Any) -> Any:
     """The typed value of one setting; a ConfigError says what is wrong, the caller says where."""
     if key in ("node_id", "cluster_secret"):
@@ -209,6 +230,12 @@ def _validate(key: str, raw: Any) -> Any:
     if key in ("bind_address", "data_dir", *TLS_FILES):
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"expected a non-empty string, got {raw!r}")
+        return raw
+    if key == "initial_voters":
+        return _node_ids(raw)
+    if key == "default_consistency":
+        if raw not in CONSISTENCIES:
+            raise ConfigError(f"expected one of {', '.join(CONSISTENCIES)}, got {raw!r}")
         return raw
     if key == "compression":
         if raw not in COMPRESSIONS:

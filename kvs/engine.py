@@ -33,10 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from kvs import keys as K
+from kvs import paxos
+from kvs import paxos_wire as W
 from kvs.clock import HLC, ClockMonitor, wall_ms
 from kvs.conditions import NONE, Conditions, check, failures
 from kvs.config import Config
-from kvs.errors import CASConflict, CASDisabled, ClockSkew, NotFound, StorageFailed
+from kvs.errors import CASConflict, CASDisabled, ClockSkew, NotFound, QuorumKey, StorageFailed
 from kvs.merkle import MerkleTree
 from kvs.model import Version, add_newest, new_version_id, resolve, wins
 from kvs.store import snapshot
@@ -88,6 +93,7 @@ class _Mutation:
         self.purged_through: int | None = None
         self.index = 0
         self.ticket = 0  # the staged batch to wait for; 0: nothing was staged
+        self.records: dict[bytes, bytes] = {}  # beside the revision sets: Paxos state
 
     def __enter__(self) -> _Mutation:
         engine = self.engine
@@ -108,10 +114,10 @@ class _Mutation:
 
     def _stage(self) -> None:
         changes = self.changes()
-        if changes or self.expired or self.purged_through is not None:
+        if changes or self.expired or self.purged_through is not None or self.records:
             self.ticket = self.engine.storage.stage(
                 changes, index=self.index, hlc=self.engine.hlc.last, now=self.now,
-                purged_through=self.purged_through, expired=self.expired)
+                purged_through=self.purged_through, expired=self.expired, records=self.records)
 
     def read(self, key: str) -> list[Version]:
         if key not in self.sets:
@@ -229,6 +235,12 @@ class Engine:
         # tombstone_gc_seconds), or None. Set by replication, which is what can tell; the
         # API shows it in /health and flags answers with it.
         self.stale_reason: str | None = None
+        # The newest voter configuration this node knows (quorum keys), None before it
+        # learns one; and the floor below which its proposer's ballot counters stay.
+        raw_voters = storage.record(K.META_VOTERS)
+        self.voters = W.config_from(orjson.loads(raw_voters)) if raw_voters else None
+        raw_floor = storage.record(K.META_BALLOTS)
+        self.ballot_floor = int.from_bytes(raw_floor, "big") if raw_floor else 0
 
     @property
     def node_id(self) -> str:
@@ -308,6 +320,8 @@ class Engine:
             "merkle_root": f"{storage.tree.root():016x}",
             "hlc": list(self.hlc.last),
             "clock": self.clocks.report(),
+            "voters": ({"epoch": self.voters.epoch, "ids": sorted(self.voters.voters)}
+                       if self.voters else None),
         }
 
     def snapshot(self, work: Path) -> Iterator[bytes]:
@@ -447,6 +461,7 @@ class Engine:
 
     def _new_version(self, m: _Mutation, key: str, value: Any, ts: int, logical: int,
                      flags: int, expires_at: int | None, deleted: bool) -> Version:
+        self._require_local(key)
         previous = m.read(key)
         version = Version(
             key=key, value=value, version=new_version_id(), timestamp=ts, logical=logical,
@@ -458,6 +473,14 @@ class Engine:
         assert applied, "a fresh local version always becomes current"
         return version
 
+    def _require_local(self, key: str) -> None:
+        """A local write must not fork a key that is written with consistency=quorum: its
+        version would sit beside the Paxos chain, invisible to quorum reads."""
+        if self.is_quorum_key(key):
+            raise QuorumKey(f"this key is written with consistency=quorum; {key!r} takes only "
+                            "quorum writes (add \"consistency\": \"quorum\" to the write, or "
+                            "?consistency=quorum to a DELETE). Nothing was written.", key=key)
+
     def _check(self, cond: Conditions, current: Version | None) -> None:
         if not cond:
             return
@@ -467,6 +490,15 @@ class Engine:
             self.stats.cas_conflict += 1
             raise
         self.stats.cas_success += 1
+
+    def check_writable(self, cond: Conditions, *, conditional: bool = False) -> None:
+        """What a quorum write must pass before its round, as a local write does:
+        conditions need cas_enabled (`conditional`: it has one besides `cond`), and this
+        node's clock must be in range (its HLC stamps the version)."""
+        if conditional and not self.config.cas_enabled:
+            raise CASDisabled()
+        self._require_cas(cond)
+        self._require_clock()
 
     def _require_cas(self, *conds: Conditions) -> None:
         if not self.config.cas_enabled and any(conds):
@@ -616,6 +648,69 @@ class Engine:
         if m.expired:
             self._notify(self.expiry_listeners, [key for _, key in m.expired])
         return len(m.expired), purged
+
+    # -- quorum keys: this node as a Paxos acceptor (kvs/paxos.py) ------------------------
+
+    def is_quorum_key(self, key: str) -> bool:
+        """This node accepted a quorum value of the key. A promise alone does not count: a
+        quorum read of a key nobody wrote in quorum mode leaves promises, and must not turn
+        a local key into a quorum one."""
+        raw = self.storage.record(K.acceptor_key(key))
+        return raw is not None and W.state_from(orjson.loads(raw)).accepted is not None
+
+    def acceptor_state(self, key: str) -> paxos.AcceptorState:
+        raw = self.storage.record(K.acceptor_key(key))
+        return W.state_from(orjson.loads(raw)) if raw is not None else paxos.AcceptorState()
+
+    async def paxos_step(self, key: str, message: paxos.Prepare | paxos.Accept) -> paxos.Reply:
+        """One acceptor step for one key, answered only once what it keeps is fsynced.
+
+        The state and an accepted version are staged in one batch (a crash keeps both or
+        neither); the accepted version joins the revision set like a replicated one (a
+        write-back's same id is a duplicate). The wait covers every earlier batch too: a
+        repeated prepare changes nothing, yet its answer relies on a promise staged before.
+        """
+        with self._mutation() as m:
+            state = self.acceptor_state(key)
+            step = paxos.receive(self.node_id, self.voters, state, message)
+            self._keep_voters(m, step.config)
+            if step.state != state:
+                m.records[K.acceptor_key(key)] = orjson.dumps(W.state_json(step.state))
+                accepted = step.state.accepted
+                if accepted is not None and accepted != state.accepted and accepted.value:
+                    version: Version = accepted.value.value
+                    self.hlc.observe((version.timestamp, version.logical))
+                    m.apply(dataclasses.replace(version))
+        await self.storage.settle_durable()
+        return step.reply
+
+    def bootstrap_voters(self, config: paxos.Config) -> None:
+        """The first configuration of a node that has none, written before it serves."""
+        assert self.voters is None, "a stored configuration is only changed by install"
+        self.storage.write_record(K.META_VOTERS, orjson.dumps(W.config_json(config)))
+        self.voters = config
+
+    async def install_voters(self, config: paxos.Config) -> paxos.Installed | paxos.Stale:
+        """Adopt a newer voter configuration (one a proposer was told of by an acceptor)."""
+        with self._mutation() as m:
+            kept, reply = paxos.install(self.node_id, self.voters, config)
+            self._keep_voters(m, kept)
+        await self.storage.settle_durable()
+        return reply
+
+    def _keep_voters(self, m: _Mutation, config: paxos.Config | None) -> None:
+        if config is not None and config != self.voters:
+            m.records[K.META_VOTERS] = orjson.dumps(W.config_json(config))
+            self.voters = config
+
+    async def reserve_ballots(self, floor: int) -> None:
+        """Persist a new ballot counter floor: after a restart this node's proposer starts
+        above it, so it never uses a ballot twice (with two values)."""
+        with self._mutation() as m:
+            if floor > self.ballot_floor:
+                m.records[K.META_BALLOTS] = K.u64(floor)
+                self.ballot_floor = floor
+        await self.storage.settle_durable()
 
     # -- the critical section and what follows it ----------------------------------------
 

@@ -7,12 +7,15 @@
     ├── NotFound            404   key absent / deleted / expired
     ├── RequestTimeout      408   the request body did not arrive in time
     ├── CASConflict         409   a condition did not hold; carries `current` or `failed`
+    ├── QuorumKey           409   a local write to a key that is written with consistency=quorum
     ├── TooLarge            413   value or body over the limit
     ├── CASDisabled         501   a condition was sent while cas_enabled is false
     ├── StorageFailed       503   a RocksDB write or fsync failed: writes refused until it heals
     │   └── StorageFull     507   the same, because the disk is full
     ├── ClockSkew           503   this node's clock is off from its peers': writes refused
-    └── Overloaded          503   a per-node limit is reached: retry after Retry-After seconds
+    ├── Overloaded          503   a per-node limit is reached: retry after Retry-After seconds
+    ├── QuorumUnavailable   503   no majority of voters answered; nothing was written
+    └── QuorumIndeterminate 503   a quorum write may or may not have been applied
 
 A broken invariant is not a KVSError: it is a bug and fails loudly.
 """
@@ -61,6 +64,11 @@ class NotFound(KVSError):
 class CASConflict(KVSError):
     status = 409
     code = "cas_conflict"
+
+
+class QuorumKey(KVSError):
+    status = 409
+    code = "quorum_key"
 
 
 class TooLarge(KVSError):
@@ -112,3 +120,13 @@ class Overloaded(KVSError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class QuorumUnavailable(KVSError):
+    status = 503
+    code = "quorum_unavailable"
+
+
+class QuorumIndeterminate(KVSError):
+    status = 503
+    code = "quorum_indeterminate"

@@ -9,6 +9,7 @@ big-endian so that byte order is numeric order and range scans come out sorted:
     g<purge_at:8><key>       purge index: tombstones and expired versions, by purge time
     s<segment:4><key>        Merkle leaf: the key's set digest (8 bytes)
     t<segment:4>             Merkle segment hash (8 bytes), so start-up needs no full scan
+    q<key>                   a quorum key's Paxos acceptor state (kvs/paxos_wire.py)
 
 User keys contain no control characters, so b"\\x00" never occurs inside one.
 """
@@ -27,12 +28,15 @@ META_NODE_ID = b"mnode_id"
 META_JOINED_AT = b"mjoined_at"
 META_PURGED = b"mpurged"
 META_LIVE = b"mlive"
+META_VOTERS = b"mvoters"  # the voter configuration this node knows (newest epoch)
+META_BALLOTS = b"mballots"  # the proposer's ballot counter floor (u64)
 
 VERSIONS = b"v"
 EXPIRY = b"x"
 PURGE = b"g"
 LEAF = b"s"
 SEGMENT = b"t"
+ACCEPTOR = b"q"
 
 
 def validate_key(key: str, *, prefix: bool = False) -> str:
@@ -75,6 +79,10 @@ def purge_key(purge_at: int, key: str) -> bytes:
 
 def leaf_key(segment: int, key: str) -> bytes:
     return LEAF + segment.to_bytes(4, "big") + key.encode()
+
+
+def acceptor_key(key: str) -> bytes:
+    return ACCEPTOR + key.encode()
 
 
 def segment_key(segment: int) -> bytes:

@@ -153,7 +153,9 @@ def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: s
     ca, envs = _tls_settings(Path(directory).absolute() / TLS_DIR, names) if tls else (None, {})
     cluster = Cluster(Path(directory), names,
                       ports=range(base_port, base_port + nodes), output=term.prefixed,
-                      env={"KVS_CAS_ENABLED": cas, "KVS_CLUSTER_SECRET": secret}, envs=envs,
+                      env={"KVS_CAS_ENABLED": cas, "KVS_CLUSTER_SECRET": secret,
+                           # Every node starts with the same epoch-1 voters: all of them.
+                           "KVS_INITIAL_VOTERS": ",".join(names)}, envs=envs,
                       keep_kvs_env=True, args=args, die_with_parent=True, ca=ca)
     try:
         if not _start(cluster, stop, term):

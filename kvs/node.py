@@ -23,6 +23,7 @@ from functools import partial
 from aiohttp import web
 
 from kvs.clock import wall_ms
+from kvs.cluster.quorum import Quorum, bootstrap_voters
 from kvs.cluster.replication import Replicator
 from kvs.cluster.swim.membership import Membership
 from kvs.cluster.transport import HttpTransport
@@ -57,6 +58,7 @@ class Node:
         self.transport: HttpTransport | None = None
         self.membership: Membership | None = None
         self.replicator: Replicator | None = None
+        self.quorum: Quorum | None = None
         self.locks: consul.Locks | None = None
         self.port: int | None = None
         self.app: web.Application | None = None
@@ -94,7 +96,7 @@ class Node:
         stack.callback(self._close_storage)
         storage.ensure_identity(config.node_id, now_ms())
         self.engine = engine = Engine(config, storage, now_ms)
-        self.locks = consul.Locks(engine)
+        bootstrap_voters(engine, config)
         # Bind first, so the address peers must use is known before membership starts.
         sock = _bind(config.bind_address, config.port)
         stack.callback(sock.close)  # a no-op once the server has taken and closed it
@@ -109,6 +111,8 @@ class Node:
                                      sync_interval_ms=config.sync_interval_ms,
                                      eager_push=config.eager_push, data_dir=config.data_path)
         stack.push_async_callback(self.replicator.stop)
+        self.quorum = Quorum(engine, self.transport, self.membership)
+        self.locks = consul.Locks(engine)
         self._wire(engine, self.membership, self.replicator)
         self.app = self._app()
         runner = connections.runner(self.app)
@@ -140,16 +144,17 @@ class Node:
         membership.add_listener(replicator.on_member)
 
     def _app(self) -> web.Application:
-        assert self.engine and self.membership and self.replicator and self.locks
+        assert self.engine and self.membership and self.replicator and self.quorum and self.locks
         config, engine = self.config, self.engine
         metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections)
-        kv = KVApi(config, engine, self.watchers)
+        kv = KVApi(config, engine, self.watchers, self.quorum)
         routes = [
             *kv.routes(),
             *TxnApi(config, engine).routes(),
             *ClusterApi(engine, self.membership, self.replicator, self.left.set).routes(),
             *self.membership.routes(),
             *self.replicator.routes(),
+            *self.quorum.routes(),
             web.get("/metrics", metrics.handle),
             *ServiceApi(config, engine).routes(),
             *SnapshotApi(config, engine).routes(),

@@ -64,6 +64,7 @@ def test_members_and_status(node: KvsNode) -> None:
     table = ok(kvs(node, "members")).splitlines()
     assert table[0].split() == ["ID", "ADDRESS", "STATE", "INCARNATION", "LAST", "SEEN"]
     assert node.node_id in table[1] and "alive" in table[1]
+    assert table[-1] == f"voters (epoch 1): {node.node_id}"  # a node without seeds votes alone
     [member] = json.loads(ok(kvs(node, "members", "--json")))
     assert member["id"] == node.node_id and member["state"] == "alive"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import random
 import select
@@ -219,6 +220,24 @@ def test_nodes_share_a_generated_secret_kept_in_the_cluster_dir(
         assert refused.value.code == 401
         up.signal(signal.SIGINT)
         assert up.finish(20) == 0, up.text
+
+
+def test_cluster_up_nodes_are_the_voters_of_quorum_keys(cluster_up: StartClusterUp,
+                                                        tmp_path: Path) -> None:
+    up = cluster_up(tmp_path / "cluster")
+    up.read(time.monotonic() + 30, stop_at=UP_LINE)
+    assert UP_LINE in up.output, up.text
+    names = [f"node-{i}" for i in range(NODES)]
+    for i in range(NODES):
+        with urllib.request.urlopen(f"http://127.0.0.1:{up.base_port + i}/cluster/status",
+                                    timeout=5) as answer:
+            assert json.load(answer)["voters"] == {"epoch": 1, "ids": names}
+    put = urllib.request.Request(f"http://127.0.0.1:{up.base_port}/kv/q", method="PUT",
+                                 data=b'{"value": 1, "consistency": "quorum"}')
+    with urllib.request.urlopen(put, timeout=10) as answer:
+        assert json.load(answer)["seq"] == 1
+    up.signal(signal.SIGINT)
+    assert up.finish(20) == 0, up.text
 
 
 def test_cluster_up_tls_speaks_only_tls_and_the_cli_connects_with_its_ca(

@@ -1,5 +1,6 @@
 """Property: correctly signed but malicious /internal/ requests never get a 5xx and change
-nothing (issue 12: "peer input is validated as strictly as client input").
+nothing (issue 12: "peer input is validated as strictly as client input"), Paxos messages
+(issue 14) included.
 
 One real node (real RocksDB, real aiohttp, a cluster secret) runs in a background
 thread's event loop for the whole module; Hypothesis builds requests from valid ones
@@ -146,6 +147,44 @@ def forged_member(draw: st.DrawFn) -> dict[str, Any]:
     return record
 
 
+CONFIG = {"epoch": 1, "voters": ["mallory"], "prepare_quorum": 1, "accept_quorum": 1}
+PAXOS_HOSTILE: dict[str, st.SearchStrategy[Any]] = {
+    "key": st.sampled_from(["", "\x00", "k" * 600, 5, None, ["k"]]),
+    "ballot": st.sampled_from([[-1, "m"], [1.5, "m"], ["1", "m"], [1], [1, ""], [1, 5], None,
+                               "b", [True, "m"]]),
+    "config": st.sampled_from([
+        {**CONFIG, "epoch": 0}, {**CONFIG, "voters": []}, {**CONFIG, "prepare_quorum": 0},
+        {**CONFIG, "voters": ["a", "b", "c"]}, {**CONFIG, "voters": [f"n{i}" for i in range(99)]},
+        {**CONFIG, "extra": 1}, {**CONFIG, "epoch": "1"}, {**CONFIG, "voters": "mallory"},
+        {**CONFIG, "accept_quorum": 2}, "x", None]),
+    "value": st.sampled_from([
+        {"seq": 0, "version": None}, {"seq": -1}, {"seq": 1}, {"seq": "1", "version": None},
+        {"seq": 1, "version": Version("other", 1, new_version_id(), 1, 0, "m", 1).to_wire()},
+        {"seq": 1, "version": Version("seed/0", "v" * (MAX_VALUE_BYTES + 1), new_version_id(),
+                                      1, 0, "m", 1).to_wire()},
+        {"seq": 1, "version": Version("seed/0", 1, "x", 1, 0, "m", 1).to_wire()},
+        {"seq": 1, "version": Version("seed/0", 1, new_version_id(), now_ms() + 20 * YEAR_MS, 0,
+                                      "m", 1).to_wire()},
+        {"seq": 1, "version": [], "more": 1}, 7]),
+    "next": st.sampled_from([[1, "m"], [0, "a"], [-1, "m"], "n", [1.5, "m"]]),
+}
+
+
+@st.composite
+def forged_paxos(draw: st.DrawFn) -> tuple[str, bytes]:
+    accept = draw(st.booleans())
+    message: dict[str, Any] = {"key": "seed/0", "ballot": [1, "mallory"], "config": CONFIG}
+    if accept:
+        version = Version("seed/0", "v", new_version_id(), now_ms(), 0, "mallory", 1)
+        message.update(value={"seq": 1, "version": version.to_wire()}, next=None)
+    fields = list(PAXOS_HOSTILE) if accept else ["key", "ballot", "config"]
+    for name in draw(st.lists(st.sampled_from(fields), min_size=1, max_size=2, unique=True)):
+        message[name] = draw(PAXOS_HOSTILE[name])
+    if draw(st.booleans()):
+        message["surplus"] = 1
+    return f"/internal/paxos/{'accept' if accept else 'prepare'}", _body(message)
+
+
 def _body(payload: Any) -> bytes:
     return orjson.dumps(payload)
 
@@ -166,7 +205,9 @@ REQUESTS = st.one_of(
         lambda segments: ("/internal/sync/leaves", _body(segments))),
     st.lists(st.sampled_from(["", "\x00", "k" * 600, 5, None]), min_size=1, max_size=4).map(
         lambda keys: ("/internal/sync/fetch", _body(keys))),
-    st.tuples(st.sampled_from(["/internal/push", "/internal/swim/join", "/internal/sync/fetch"]),
+    forged_paxos(),
+    st.tuples(st.sampled_from(["/internal/push", "/internal/swim/join", "/internal/sync/fetch",
+                               "/internal/paxos/prepare", "/internal/paxos/accept"]),
               st.sampled_from([b"", b"{", b"[1e999]", b"[" + b"9" * 30 + b"]", b"\xff\xfe",
                                b"[NaN]", b"null", b'"x"'])),
 )

@@ -1,7 +1,8 @@
 -- Compare-and-swap loop on kvs, one connection per wrk thread (run with -t N -c N, so
 -- request() and response() of a thread strictly alternate and pair up).
 --
--- args: mode=index|version  prefix=<unique per run>  hot=0|N  value_bytes=64
+-- args: mode=index|version|seq  prefix=<unique per run>  hot=0|N  value_bytes=64
+--   mode=seq  quorum CAS: "consistency":"quorum" with if_seq (the key's cluster-wide seq)
 --   hot=0  every connection owns one key and chains CAS writes on it: the write's own
 --          answer carries the new modify_index / version, so no re-read is needed and
 --          every attempt should succeed (a conflict here would be a bug).
@@ -33,8 +34,13 @@ function request()
       cond = '"cas":0'
    elseif mode == "index" then
       cond = '"cas":' .. k
+   elseif mode == "seq" then
+      cond = '"if_seq":' .. k
    else
       cond = '"if_version":"' .. k .. '"'
+   end
+   if mode == "seq" then
+      cond = cond .. ',"consistency":"quorum"'
    end
    return wrk.format("PUT", "/kv/" .. key, JSON, '{"value":' .. value .. ',' .. cond .. '}')
 end
@@ -43,6 +49,9 @@ local function learn(text)
    if text == nil then return nil end
    if mode == "index" then
       return text:match('"modify_index":(%d+)')
+   end
+   if mode == "seq" then
+      return text:match('"seq":(%d+)')
    end
    return text:match('"version":"([^"]+)"')
 end

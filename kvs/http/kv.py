@@ -12,8 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from kvs.cluster.quorum import Quorum, quorum_json
 from kvs.conditions import Conditions
-from kvs.config import Config
+from kvs.config import CONSISTENCIES, Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, NotFound, Overloaded, TooLarge
 from kvs.http.toolkit import (
@@ -33,6 +34,7 @@ from kvs.http.toolkit import (
     uint,
 )
 from kvs.model import Version
+from kvs.paxos import Register
 from kvs.watch import Watchers
 
 # Keys the server writes itself (the service registry): readable through /kv, and
@@ -44,17 +46,23 @@ RESERVED_PREFIX = "_services/"
 HIDDEN_PREFIXES: tuple[str, ...] = ("_consul/",)
 NOT_DELETED_BY_PREFIX = (RESERVED_PREFIX, *HIDDEN_PREFIXES)
 DEFAULT_WAIT_SECONDS = 300
-PUT_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})
+OP_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})  # a PUT's, a txn op's
+PUT_FIELDS = OP_FIELDS | {"consistency", "if_seq"}
 GET_PARAMS = frozenset({"raw", "version", "history", "recurse", "keys", "separator", "limit",
-                        "after", "index", "wait"})
-DELETE_PARAMS = frozenset({"recurse", *Conditions.FIELDS})
+                        "after", "index", "wait", "consistency"})
+DELETE_PARAMS = frozenset({"recurse", "consistency", "if_seq", *Conditions.FIELDS})
+CAS_IN_QUORUM = ("cas compares a node-local index; with consistency=quorum use if_seq (the "
+                 "key's cluster-wide sequence number, in every quorum answer as `seq`)")
+IF_SEQ_LOCAL = ("if_seq needs consistency=quorum (seq is the cluster-wide number of quorum "
+                "keys); a local write's conditions are cas, if_version, if_timestamp, if_value")
 
 
 class KVApi:
-    def __init__(self, config: Config, engine: Engine, watchers: Watchers) -> None:
+    def __init__(self, config: Config, engine: Engine, watchers: Watchers, quorum: Quorum) -> None:
         self.config = config
         self.engine = engine
         self.watchers = watchers
+        self.quorum = quorum
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -86,11 +94,19 @@ class KVApi:
     # -- GET -----------------------------------------------------------------------------
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        if not request.query_string:  # the common read: the current version, no options
+        quorum = self.config.default_consistency == "quorum"
+        if not request.query_string and not quorum:  # the common read: current version, no options
             body = self.engine.get(readable(path_key(request))).json_bytes()
             return web.Response(body=body, content_type="application/json")
         query = request.query
         check_params(query, GET_PARAMS)
+        if consistency(query.get("consistency"), self.config) == "quorum":
+            plain = set(query) <= {"consistency", "raw"}
+            if plain or "consistency" in query:
+                if not plain:
+                    raise BadRequest("consistency=quorum reads the current value (raw=true "
+                                     "allowed); history, version, listings and index are local")
+                return await self._quorum_get(readable(path_key(request)), flag(query, "raw"))
         # Every flag is parsed, also those this mode ignores: a malformed one is a 400.
         flags = {name: flag(query, name) for name in ("raw", "history", "recurse", "keys")}
         listing = flags["recurse"] or flags["keys"]
@@ -117,6 +133,37 @@ class KVApi:
         if flags["raw"]:
             return self._raw(current)
         return json_response(current.to_json())
+
+    async def _quorum_get(self, key: str, raw: bool) -> web.Response:
+        register = await self.quorum.read(key)
+        live = register.value if register and register.value.is_live(self.engine.now_ms()) else None
+        seq = register.seq if register else 0
+        if live is None:
+            hint = "" if register else (" among the voters (a key written with consistency=local "
+                                        "is read with consistency=local)")
+            raise NotFound(f"key {key!r} not found{hint}", seq=seq)
+        if raw:
+            return self._raw(live)
+        return json_response(quorum_json(self._local(live), seq))
+
+    def _local(self, version: Version) -> Version:
+        """This node's copy of a committed version (with its indexes), if it holds one."""
+        try:
+            return self.engine.get_version(version.key, version.version)
+        except NotFound:
+            return version
+
+    async def _quorum_write(self, key: str, cond: Conditions, if_seq: int | None, *,
+                            value: Any = None, flags: int = 0, ttl_ms: int | None = None,
+                            deleted: bool = False) -> Register:
+        if cond.cas not in (None, 0):
+            raise BadRequest(CAS_IN_QUORUM)
+        self.engine.check_writable(cond, conditional=if_seq is not None)
+        quorum = self.quorum
+        make = quorum.new_version(key, value, flags=flags, ttl_ms=ttl_ms, deleted=deleted)
+        register = await quorum.change(key, quorum.write(key, cond, if_seq, make))
+        assert register is not None, "a write's change always makes a register"
+        return register
 
     def _raw(self, current: Version) -> web.Response:
         if isinstance(current.value, str):
@@ -198,13 +245,37 @@ class KVApi:
         body = await json_body(request)
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object like {\"value\": ...}")
+        given = "consistency" in body
+        mode = consistency(body.pop("consistency", None), self.config, given=given)
+        if_seq = uint("if_seq", body.pop("if_seq")) if "if_seq" in body else None
         writable(key)
-        version = await self.engine.put(parse_op(body, "set", key, PUT_FIELDS, self.config))
+        op = parse_op(body, "set", key, OP_FIELDS, self.config)
+        if mode == "quorum":
+            register = await self._quorum_write(key, op.cond, if_seq, value=op.value,
+                                                flags=op.flags, ttl_ms=op.ttl_ms)
+            version = self._local(register.value)
+            return json_response({**write_result(version), "seq": register.seq})
+        if if_seq is not None:
+            raise BadRequest(IF_SEQ_LOCAL)
+        version = await self.engine.put(op)
         return own_write(write_result(version), [version])
 
     async def delete(self, request: web.Request) -> web.Response:
         query = request.query
         check_params(query, DELETE_PARAMS)
+        mode = consistency(query.get("consistency"), self.config)
+        if_seq = query_uint(query, "if_seq") if "if_seq" in query else None
+        if mode == "quorum" and not flag(query, "recurse"):
+            key = path_key(request)
+            writable(key)
+            register = await self._quorum_write(key, query_conditions(query), if_seq, deleted=True)
+            return json_response({**delete_result(self._local(register.value)),
+                                  "seq": register.seq})
+        if "consistency" in query and mode == "quorum":
+            raise BadRequest("recurse=true deletes on this node (consistency=local); a quorum "
+                             "delete names one key")
+        if if_seq is not None:
+            raise BadRequest(IF_SEQ_LOCAL)
         if flag(query, "recurse"):
             prefix = path_key(request, prefix=True)
             if set(query) - {"recurse"}:
@@ -218,6 +289,16 @@ class KVApi:
         writable(key)
         tombstone = await self.engine.delete(key, query_conditions(query))
         return own_write(delete_result(tombstone), [tombstone])
+
+
+def consistency(raw: Any, config: Config, *, given: bool | None = None) -> str:
+    """The consistency a request asks for (`given`: whether it named one; by default,
+    whether `raw` is not None), else default_consistency."""
+    if not (raw is not None if given is None else given):
+        return config.default_consistency
+    if raw not in CONSISTENCIES:
+        raise BadRequest(f"consistency must be one of {', '.join(CONSISTENCIES)}, got {raw!r}")
+    return raw  # type: ignore[no-any-return]
 
 
 def storage_problems(engine: Engine) -> list[dict[str, Any]]:

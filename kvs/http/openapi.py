@@ -62,6 +62,15 @@ CONDITION_FIELDS: dict[str, Schema] = {
     "if_value": {**ANY, "description": "the current value equals it (JSON equality)"},
 }
 
+CONSISTENCY = {"type": "string", "enum": ["local", "quorum"],
+               "description": "local: this node alone (always available); quorum: linearizable "
+                              "across the cluster, needs a majority of voters (default: the "
+                              "node's default_consistency)"}
+IF_SEQ = {**U64, "description": "consistency=quorum only: the key's cluster-wide seq is N "
+                                "(0: no quorum state)"}
+SEQ = {"seq": {**U64, "description": "consistency=quorum answers: the key's cluster-wide "
+                                     "sequence number (its fencing token)"}}
+
 VERSION_META_FIELDS: dict[str, Schema] = {
     "key": STR, "version": UUID, "timestamp": INT, "logical": INT, "origin": STR,
     "origin_joined_at": INT, "flags": U64, "expires_at": _null(INT), "deleted": BOOL,
@@ -73,25 +82,27 @@ SCHEMAS: dict[str, Schema] = {
         {"error": {"type": "string", "enum": [
             "bad_request", "unauthorized", "not_found", "method_not_allowed", "cas_conflict",
             "too_large", "cas_disabled", "storage_failed", "storage_full", "not_removable",
-            "http_error"]},
+            "http_error", "quorum_key", "quorum_unavailable", "quorum_indeterminate"]},
          "message": STR},
         {"current": _null(_ref("VersionMeta")),
-         "failed": {"type": "array", "items": _ref("TxnFailure")}},
+         "failed": {"type": "array", "items": _ref("TxnFailure")}, **SEQ,
+         "answered": INT, "voters": INT, "needed": INT},
         closed=False, description="Every error: a code and a human message. A 409 from a "
         "single write carries `current`, from a transaction `failed`."),
-    "Version": _obj({**VERSION_META_FIELDS, "value": ANY},
+    "Version": _obj({**VERSION_META_FIELDS, "value": ANY}, SEQ,
                     description="One version of a key (docs/api.md#versions)."),
-    "VersionMeta": _obj(VERSION_META_FIELDS, description="A version without its value."),
+    "VersionMeta": _obj(VERSION_META_FIELDS, SEQ, description="A version without its value."),
     "History": _obj({"key": STR, "revisions": {"type": "array", "items": _ref("Version")}},
                     description="history=true: current and past versions, newest first."),
     "Listing": _obj({"prefix": STR, "items": {"type": "array", "items": _ref("Version")},
                      "next": _null(STR)}, description="recurse=true: live versions in key order."),
     "KeyListing": _obj({"prefix": STR, "keys": {"type": "array", "items": STR}, "next": _null(STR)},
                        description="keys=true: key names (or separator groups) in key order."),
-    "PutBody": _obj({"value": ANY}, {"ttl": TTL, "flags": U64, **CONDITION_FIELDS}),
+    "PutBody": _obj({"value": ANY}, {"ttl": TTL, "flags": U64, **CONDITION_FIELDS,
+                                     "consistency": CONSISTENCY, "if_seq": IF_SEQ}),
     "WriteResult": _obj({"key": STR, "version": UUID, "timestamp": INT, "modify_index": INT,
-                         "create_index": INT, "expires_at": _null(INT)}),
-    "DeleteResult": _obj({"key": STR, "version": UUID, "modify_index": INT}),
+                         "create_index": INT, "expires_at": _null(INT)}, SEQ),
+    "DeleteResult": _obj({"key": STR, "version": UUID, "modify_index": INT}, SEQ),
     "PrefixDeleteResult": _obj({"prefix": STR, "deleted": {"type": "array", "items": STR},
                                 "modify_index": INT}),
     "TxnOp": _obj({"op": {"type": "string", "enum": ["set", "delete", "check", "get"]}, "key": STR},
@@ -143,6 +154,9 @@ SCHEMAS: dict[str, Schema] = {
         "clock": _ref("ClockReport"),
         "incompatible_peers": {"type": "array", "items": _ref("IncompatiblePeer")},
         "stale": _null(STR), "last_contact": INT,
+        "voters": _null(_obj({"epoch": INT, "ids": {"type": "array", "items": STR}},
+                             description="The voters of quorum keys and their configuration's "
+                             "epoch; null while this node knows none.")),
     }),
     "IncompatiblePeer": _obj({"address": STR, "node": STR, "message": STR, "at": INT},
                              description="A peer refused (or refusing us) because settings "
@@ -181,14 +195,18 @@ ERROR_TEXT = {
     401: "unauthorized: the node has a cluster_secret and the request was not signed with it, "
          "or was replayed",
     404: "not_found: absent, deleted or expired (or a condition other than cas=0 on an absent key)",
-    409: "cas_conflict: a condition did not hold; nothing was written",
+    409: "cas_conflict: a condition did not hold; nothing was written. quorum_key: a local "
+         "write to a key written with consistency=quorum; nothing was written",
     413: "too_large: value over max_value_bytes, or body over the node's limit",
     501: "cas_disabled: a condition was sent while cas_enabled is false; nothing was written",
     503: "storage_failed: the disk failed a write; the node refuses writes (reads go on) until "
          "it heals by itself. `nothing was written`, or, for the writes of the batch that "
          "failed, `outcome is unknown`: kept in memory and written once the disk heals. "
          "clock_skew: this node's clock is off from its peers' by more than "
-         "max_clock_offset_ms; nothing was written, use another node",
+         "max_clock_offset_ms; nothing was written, use another node. quorum_unavailable: "
+         "fewer than a majority of voters answered (`answered`, `voters`, `needed`); nothing "
+         "was written. quorum_indeterminate: the quorum write may or may not be applied; read "
+         "with consistency=quorum",
     507: "storage_full: as storage_failed, because the disk is full; writes are accepted again "
          "once space is freed",
 }
@@ -248,6 +266,8 @@ KV_GET_PARAMS = [
     _query("index", U64, "blocking query: wait until the key's (prefix's) modify_index exceeds it"),
     _query("wait", WAIT, f"blocking query: longest wait (30s, 500ms, 5m; default 300s, max "
                          f"{MAX_WAIT_SECONDS // 60}m)"),
+    _query("consistency", CONSISTENCY, "quorum: a linearizable read of the current value "
+                                       "(with raw only; the answer carries seq)"),
 ]
 KV_DELETE_PARAMS = [
     KEY_PARAM,
@@ -256,6 +276,8 @@ KV_DELETE_PARAMS = [
     _query("if_version", UUID, "only if the current version is this one"),
     _query("if_timestamp", U64, "only if the current timestamp is this one"),
     _query("if_value", STR, "only if the current value equals this JSON text (quote strings)"),
+    _query("consistency", CONSISTENCY, "quorum: a linearizable delete of one key"),
+    _query("if_seq", IF_SEQ, "only if the key's seq is this one (consistency=quorum)"),
 ]
 
 

@@ -13,12 +13,12 @@ from aiohttp import web
 from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest
-from kvs.http.kv import PUT_FIELDS, delete_result, parse_op, readable, writable, write_result
+from kvs.http.kv import OP_FIELDS, delete_result, parse_op, readable, writable, write_result
 from kvs.http.toolkit import check_params, json_body, json_response, own_write
 from kvs.keys import validate_key
 from kvs.model import Version
 
-TXN_FIELDS = PUT_FIELDS | {"op", "key"}
+TXN_FIELDS = OP_FIELDS | {"op", "key"}
 
 
 class TxnApi:
@@ -32,6 +32,9 @@ class TxnApi:
     async def txn(self, request: web.Request) -> web.Response:
         check_params(request.query, frozenset())
         body = await json_body(request)
+        if _asks_quorum(body):
+            raise BadRequest("transactions are local (they run on this node, under its lock); "
+                             "consistency=quorum is for single-key PUT, GET and DELETE")
         if not isinstance(body, dict) or set(body) != {"ops"} or not isinstance(body["ops"], list):
             raise BadRequest("body must be {\"ops\": [...]}")
         raw_ops = body["ops"]
@@ -68,3 +71,11 @@ class TxnApi:
             return parse_op(raw, kind, validate_key(key), allowed, self.config)
         except BadRequest as exc:
             raise BadRequest(f"ops[{index}]: {exc.message}") from None
+
+
+def _asks_quorum(body: Any) -> bool:
+    if not isinstance(body, dict):
+        return False
+    ops = body.get("ops")
+    return body.get("consistency") == "quorum" or (isinstance(ops, list) and any(
+        isinstance(op, dict) and op.get("consistency") == "quorum" for op in ops))

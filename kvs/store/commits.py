@@ -53,6 +53,8 @@ class Commits:
         self._fault_started = 0.0
         self._scheduled = False
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (ticket, until settled)
+        # (ticket, until fsynced) whatever sync_writes says: Paxos acceptors' answers.
+        self._durable: list[tuple[int, asyncio.Future[None]]] = []
         self._sync_task: asyncio.Task[None] | None = None
 
     @property
@@ -109,7 +111,7 @@ class Commits:
         self.written = self.issued
         if not self._sync_acks:
             self._release()
-        elif self._waiters and self._sync_task is None:
+        if self._needs_sync() and self._sync_task is None:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync())
 
     def resume(self) -> bool:
@@ -170,19 +172,34 @@ class Commits:
 
     async def wait(self, ticket: int) -> None:
         """Wait until `ticket` is settled."""
-        if ticket <= self.settled_through:
-            return
+        if ticket > self.settled_through:
+            await self._queue(ticket, self._waiters, sync=self._sync_acks)
+
+    async def wait_durable(self, ticket: int) -> None:
+        """Wait until `ticket` is fsynced, whatever sync_writes says: a Paxos acceptor's
+        promise must survive power loss before its answer leaves. It shares the group
+        commit: one fsync covers every waiter whose batch was written before it began."""
+        if ticket > self.synced:
+            await self._queue(ticket, self._durable, sync=True)
+
+    async def _queue(self, ticket: int, waiters: list[tuple[int, asyncio.Future[None]]], *,
+                     sync: bool) -> None:
         if self._cause is not None:
             raise self._unknown_outcome()
         future = asyncio.get_running_loop().create_future()
-        self._waiters.append((ticket, future))
-        if self._sync_acks and ticket <= self.written and self._sync_task is None:
+        waiters.append((ticket, future))
+        if sync and ticket <= self.written and self._sync_task is None:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync())
         await future
 
+    def _needs_sync(self) -> bool:
+        """Someone waits for an fsync of a batch already written."""
+        return any(ticket <= self.written for ticket, _ in self._durable) or (
+            self._sync_acks and any(ticket <= self.written for ticket, _ in self._waiters))
+
     async def _sync(self) -> None:
         try:
-            while self._cause is None and any(ticket <= self.written for ticket, _ in self._waiters):
+            while self._cause is None and self._needs_sync():
                 target = self.written
                 try:
                     await asyncio.to_thread(self._fsync)
@@ -197,17 +214,22 @@ class Commits:
 
     def _release(self) -> None:
         """Wake the waiters whose tickets are settled; during a fault, all the others too."""
+        self._waiters = self._wake(self._waiters, self.settled_through)
+        self._durable = self._wake(self._durable, self.synced)
+
+    def _wake(self, waiters: list[tuple[int, asyncio.Future[None]]], through: int
+              ) -> list[tuple[int, asyncio.Future[None]]]:
         still = []
-        for ticket, future in self._waiters:
+        for ticket, future in waiters:
             if future.done():
                 continue
-            if ticket <= self.settled_through:
+            if ticket <= through:
                 future.set_result(None)
             elif self._cause is not None:
                 future.set_exception(self._unknown_outcome())
             else:
                 still.append((ticket, future))
-        self._waiters = still
+        return still
 
 
 def _cause(exc: BaseException, data_dir: str) -> tuple[type[StorageFailed], str]:

@@ -224,6 +224,7 @@ class Storage:
         self, changes: list[Change], *, index: int, hlc: Stamp, now: int,
         purged_through: int | None = None,
         expired: list[tuple[int, str]] = (),  # type: ignore[assignment]
+        records: dict[bytes, bytes] | None = None,
     ) -> int:
         """Stage one mutation (changes and sweeper expiries) with the index counter and
         HLC stamp it reached; returns its ticket (see `settle`).
@@ -243,6 +244,8 @@ class Storage:
             staged[K.purge_key(expires_at + self.gc_ms, key)] = b""
             cached.append((key, [], 0, 0))  # a dead set would only crowd out live ones
             live -= 1
+        if records:  # records beside the revision sets (Paxos acceptor state), same batch
+            staged.update(records)
         self._pending.update(staged)
         for key, versions, size, digest in cached:
             self._cache.put(key, versions, size, digest)
@@ -332,6 +335,22 @@ class Storage:
         sync_writes fsynced: then no crash can take it back. Returns at once if it is.
         """
         await self.commits.wait(self.commits.issued if ticket is None else ticket)
+
+    async def settle_durable(self) -> None:
+        """Return once everything staged so far is written and fsynced, whatever
+        sync_writes says (see Commits.wait_durable)."""
+        await self.commits.wait_durable(self.commits.issued)
+
+    def write_record(self, raw_key: bytes, value: bytes) -> None:
+        """Write and fsync one record at once, outside the batches: for start-up, before
+        any mutation (as the node's identity is written)."""
+        self.flush()
+        self.db.put(raw_key, value)
+        self.db.flush_wal(True)
+
+    def record(self, raw_key: bytes) -> bytes | None:
+        """One record beside the revision sets (staged ones included)."""
+        return self._get(raw_key)
 
     def checkpoint(self, path: Path) -> None:
         """A consistent copy of everything written so far in `path` (hard links where it

@@ -1,0 +1,378 @@
+"""Quorum CAS: this node as the CASPaxos proposer of the requests it receives, and the
+internal routes through which the other voters' proposers reach it as an acceptor.
+
+The decisions are kvs/paxos.py's (pure); this module does the I/O around one `Round`:
+
+    change(key, f) ─► per-key queue ─► Round.start() ─► Prepare/Accept to every voter
+        (this node: Engine.paxos_step; peers: POST /internal/paxos/{prepare,accept})
+        ◄─ replies fed to Round.receive() until an outcome, or Round.expire() at timeout
+        Rejected ─► again (bounded, with jitter); Indeterminate ─► an identity round tells
+        whether the value was chosen; the answer maps the outcome to a result or an error
+
+A key's value is `Register(seq, Version)`. Before a promise's version is looked at by the
+change, the proposer's HLC observes its stamp, so the version it stamps next wins the
+conflict order over every version it was promised: ballot order and conflict order agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from kvs import paxos
+from kvs import paxos_wire as W
+from kvs.cluster.swim.membership import Membership
+from kvs.cluster.transport import HttpTransport, TransportError
+from kvs.conditions import Conditions, failures
+from kvs.config import Config
+from kvs.engine import Engine
+from kvs.errors import (
+    BadRequest,
+    CASConflict,
+    KVSError,
+    NotFound,
+    QuorumIndeterminate,
+    QuorumUnavailable,
+    TooLarge,
+)
+from kvs.http.toolkit import encoded_size, json_body, json_response
+from kvs.keys import validate_key
+from kvs.model import Version, new_version_id
+from kvs.paxos import Register
+
+PREPARE_PATH = "/internal/paxos/prepare"
+ACCEPT_PATH = "/internal/paxos/accept"
+ROUND_TIMEOUT = 2.0  # seconds one round waits for its replies; then Round.expire()
+ATTEMPTS = 8  # rounds one change may take when they meet higher ballots (contention)
+BACKOFF_S = 0.002  # first retry's jitter bound; doubles with each attempt
+BALLOT_BLOCK = 1 << 20  # ballot counters reserved (persisted) at a time
+
+Change = Callable[[Register | None], Register | None]
+
+
+class _FloorReached(Exception):
+    """The next ballot would pass the persisted floor: reserve more, then start again."""
+
+
+class _Proposer(paxos.Proposer):
+    """A Proposer that never hands out a ballot above `floor`, the counter this node has
+    durably reserved: after a restart it starts above every ballot it used before."""
+
+    floor = 0
+
+    def next_ballot(self) -> paxos.Ballot:
+        if self.counter + 1 > self.floor:
+            raise _FloorReached
+        return super().next_ballot()
+
+
+class _Recorded:
+    """A change that remembers what it made last: the value its round sent to accept."""
+
+    def __init__(self, change: Change) -> None:
+        self.change = change
+        self.last: Register | None = None
+
+    def __call__(self, current: Register | None) -> Register | None:
+        self.last = self.change(current)
+        return self.last
+
+
+class Quorum:
+    def __init__(self, engine: Engine, transport: HttpTransport, membership: Membership,
+                 *, timeout: float = ROUND_TIMEOUT) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.membership = membership
+        self.timeout = timeout
+        self._proposer: _Proposer | None = None
+        self._keys: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(PREPARE_PATH, self._handle_prepare),
+                web.post(ACCEPT_PATH, self._handle_accept)]
+
+    # -- the changes kvs makes ------------------------------------------------------------
+
+    async def read(self, key: str) -> Register | None:
+        """The key's register as of a point inside this call (linearizable)."""
+        return await self.change(key, paxos.identity)
+
+    def write(self, key: str, cond: Conditions, if_seq: int | None,
+              make: Callable[[Version | None, Register | None], Version]) -> Change:
+        """A change: the conditions and `if_seq` against the current register, then the
+        next register with the version `make(live current, register)` builds."""
+        engine = self.engine
+
+        def change(current: Register | None) -> Register:
+            seq = current.seq if current else 0
+            live = current.value if current and current.value.is_live(engine.now_ms()) else None
+            try:
+                problems = failures(cond, live)
+            except NotFound as absent:
+                raise NotFound(absent.message, seq=seq) from None
+            if if_seq is not None and if_seq != seq:
+                problems.append(f"if_seq expected {if_seq}, actual {seq}")
+            if problems:
+                raise CASConflict("; ".join(problems), current=quorum_json(live, seq, meta=True),
+                                  seq=seq)
+            return Register(seq + 1, make(live, current))
+        return change
+
+    def new_version(self, key: str, value: Any, *, flags: int = 0, ttl_ms: int | None = None,
+                    deleted: bool = False) -> Callable[[Version | None, Register | None], Version]:
+        """What `write` stores: a version stamped by this node's HLC when the round runs."""
+        engine = self.engine
+
+        def make(live: Version | None, current: Register | None) -> Version:
+            if deleted and live is None:
+                raise NotFound(f"key {key!r} not found", seq=current.seq if current else 0)
+            ts, logical = engine.hlc.tick()
+            expires_at = engine.now_ms() + ttl_ms if ttl_ms is not None else None
+            return Version(key=key, value=value, version=new_version_id(), timestamp=ts,
+                           logical=logical, origin=engine.node_id,
+                           origin_joined_at=engine.joined_at, flags=flags,
+                           expires_at=expires_at, deleted=deleted,
+                           parent=current.value.version if current else None)
+        return make
+
+    async def change(self, key: str, change: Change) -> Register | None:
+        """Run `change` on the key until it commits; raise what the outcome says otherwise.
+
+        At most one round per key at a time on this node (the one-round-trip cache
+        belongs to one round). An indeterminate write that an identity round shows was
+        not chosen (and never will be) is run again: its conditions are checked anew.
+        """
+        async with self._one_round(key):
+            for _ in range(ATTEMPTS):
+                recorded = _Recorded(change)
+                outcome = await self._attempts(key, recorded)
+                if not isinstance(outcome, paxos.Indeterminate):
+                    return _result(outcome)
+                if change is not paxos.identity and self._chosen(
+                        key, recorded.last, await self._resolve(key)):
+                    return recorded.last
+            # Every round ended without a quorum, and none of them was chosen (or it was a read).
+            raise QuorumUnavailable(
+                f"{ATTEMPTS} rounds in a row ended without a quorum of acceptors (other nodes "
+                "changing the key at the same time, or voters failing); nothing was written, "
+                "retry", contended=True)
+
+    async def _resolve(self, key: str) -> Register | None:
+        """The chosen register after an indeterminate write: whatever stops this read
+        leaves the write's outcome unknown, and the answer must say so."""
+        try:
+            return _result(await self._attempts(key, paxos.identity))
+        except (QuorumUnavailable, QuorumIndeterminate):
+            raise QuorumIndeterminate(
+                "the change may or may not be applied: its round ended without a quorum of "
+                "acceptors, and reading the key to learn the outcome failed too; read with "
+                "consistency=quorum") from None
+
+    def _chosen(self, key: str, ours: Register | None, chosen: Register | None) -> bool:
+        """True if `ours` is on the chain that ends at `chosen`; False if it is not, and so
+        never will be (a later round chose without it; the change may run again);
+        QuorumIndeterminate if this node cannot tell (the versions between them have left
+        its history)."""
+        if ours is None or chosen is None or chosen.seq < ours.seq:
+            return False
+        try:
+            versions = {v.version: v for v in self.engine.history(key)}
+        except NotFound:
+            versions = {}
+        walk: Version | None = chosen.value
+        for _ in range(chosen.seq - ours.seq - 1):  # to the version right above ours
+            walk = versions.get(walk.parent) if walk is not None and walk.parent else None
+        if walk is None:
+            raise QuorumIndeterminate(
+                "the change may or may not be applied: later changes of the key followed and "
+                "this node's history no longer shows whether they descend from it; read with "
+                "consistency=quorum", seq=chosen.seq)
+        return (walk.version if chosen.seq == ours.seq else walk.parent) == ours.value.version
+
+    # -- rounds ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _one_round(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._keys.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._keys[key]
+
+    async def _attempts(self, key: str, change: Change) -> paxos.Outcome:
+        """Rounds until one is not Rejected (a higher ballot or a newer epoch was met)."""
+        outcome: paxos.Outcome = paxos.Rejected(None, None)
+        for attempt in range(ATTEMPTS):
+            proposer = await self._ready_proposer()
+            try:
+                outcome = await self._run(proposer.begin(key, change))
+            except _FloorReached:
+                proposer.forget(key)
+                continue
+            finally:
+                await self._share_config(proposer)
+            if not isinstance(outcome, paxos.Rejected):
+                return outcome
+            await asyncio.sleep(random.uniform(0, BACKOFF_S * 2 ** attempt))
+        return outcome
+
+    async def _ready_proposer(self) -> _Proposer:
+        engine = self.engine
+        if engine.voters is None:
+            raise QuorumUnavailable(
+                "this node knows no voters for quorum keys yet (set initial_voters, or send "
+                "the request to a voter)", answered=0, voters=0, needed=1)
+        proposer = self._proposer
+        if proposer is None:
+            # Above the persisted floor and the persisted HLC: both survive restarts.
+            counter = max(engine.ballot_floor, engine.hlc.last[0])
+            proposer = self._proposer = _Proposer(engine.node_id, engine.voters, counter=counter)
+        if engine.voters.epoch > proposer.config.epoch:
+            proposer.config = engine.voters
+        if proposer.counter + 2 > engine.ballot_floor:  # a round takes at most two ballots
+            await engine.reserve_ballots(proposer.counter + BALLOT_BLOCK)
+        proposer.floor = engine.ballot_floor
+        return proposer
+
+    async def _share_config(self, proposer: _Proposer) -> None:
+        """A newer configuration the proposer was told of is this node's too."""
+        known = self.engine.voters
+        if known is not None and proposer.config.epoch > known.epoch:
+            await self.engine.install_voters(proposer.config)
+
+    async def _run(self, round_: paxos.Round) -> paxos.Outcome:
+        replies: asyncio.Queue[paxos.Reply | None] = asyncio.Queue()
+        tasks: list[asyncio.Task[None]] = []
+
+        def send(sends: list[paxos.Send]) -> int:
+            for to, message in sends:
+                tasks.append(asyncio.create_task(self._deliver(round_.key, to, message, replies)))
+            return len(sends)
+
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        try:
+            waiting = send(round_.start())
+            while round_.outcome is None and waiting:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        reply = await replies.get()
+                except TimeoutError:
+                    break
+                waiting -= 1
+                if reply is not None:
+                    self._observe(reply)
+                    waiting += send(round_.receive(reply))
+        finally:
+            for task in tasks:
+                task.cancel()
+        return round_.outcome or round_.expire()
+
+    def _observe(self, reply: paxos.Reply) -> None:
+        """Our HLC passes every version we were promised, before the change stamps one."""
+        if isinstance(reply, paxos.Promise) and reply.accepted and reply.accepted.value:
+            version: Version = reply.accepted.value.value
+            self.engine.hlc.observe((version.timestamp, version.logical))
+
+    async def _deliver(self, key: Any, to: str, message: Any,
+                       replies: asyncio.Queue[paxos.Reply | None]) -> None:
+        """One message to one voter; its reply, or None for no usable answer."""
+        reply: paxos.Reply | None = None
+        try:
+            if to == self.engine.node_id:
+                reply = await self.engine.paxos_step(key, message)
+            else:
+                reply = await self._call(key, to, message)
+        except KVSError:
+            pass  # a storage fault here: this voter did not answer
+        replies.put_nowait(reply)
+
+    async def _call(self, key: str, to: str, message: paxos.Prepare | paxos.Accept
+                    ) -> paxos.Reply | None:
+        member = self.membership.member(to)
+        if member is None:
+            return None
+        path = ACCEPT_PATH if isinstance(message, paxos.Accept) else PREPARE_PATH
+        try:
+            raw = await self.transport.call(member.address, path, W.message_json(key, message),
+                                            self.timeout)
+            reply = W.reply_from(raw)
+        except (TransportError, ValueError):
+            return None
+        return reply if reply.voter == to else None  # another node at that address
+
+    # -- this node as an acceptor ------------------------------------------------------------
+
+    async def _handle_prepare(self, request: web.Request) -> web.Response:
+        return await self._handle(request, accept=False)
+
+    async def _handle_accept(self, request: web.Request) -> web.Response:
+        return await self._handle(request, accept=True)
+
+    async def _handle(self, request: web.Request, *, accept: bool) -> web.Response:
+        try:
+            key, message = W.message_from(await json_body(request, dict), accept=accept)
+        except ValueError as exc:
+            raise BadRequest(f"malformed paxos message: {exc}") from None
+        validate_key(key)
+        if isinstance(message, paxos.Accept) and message.value is not None:
+            self._check_version(message.value.value)
+        reply = await self.engine.paxos_step(key, message)
+        return json_response(W.reply_json(reply))
+
+    def _check_version(self, version: Version) -> None:
+        """What a replicated version must pass, and no stamp from beyond our clock's reach
+        (it would drag this node's HLC, persisted, into the future)."""
+        engine = self.engine
+        size = encoded_size("value", version.value)
+        if size > engine.config.max_value_bytes:
+            raise TooLarge(f"value is {size} bytes encoded; max_value_bytes is "
+                           f"{engine.config.max_value_bytes}")
+        if version.timestamp > engine.now_ms() + engine.max_offset_ms:
+            raise BadRequest("the version's timestamp is more than max_clock_offset_ms ahead "
+                             "of this node's clock")
+
+
+def quorum_json(version: Version | None, seq: int, *, meta: bool = False) -> dict[str, Any] | None:
+    """A version as quorum answers show it: with the key's `seq`."""
+    if version is None:
+        return None
+    return {**(version.meta() if meta else version.to_json()), "seq": seq}
+
+
+def _result(outcome: paxos.Outcome) -> Register | None:
+    if isinstance(outcome, paxos.Committed):
+        return outcome.value  # type: ignore[no-any-return]
+    if isinstance(outcome, paxos.Conflict):
+        raise outcome.error
+    if isinstance(outcome, paxos.Unavailable):
+        raise QuorumUnavailable(
+            f"{outcome.answered} of {outcome.voters} voters answered; {outcome.needed} needed. "
+            "Nothing was written.", answered=outcome.answered, voters=outcome.voters,
+            needed=outcome.needed)
+    if isinstance(outcome, paxos.Rejected):
+        raise QuorumUnavailable(
+            f"{ATTEMPTS} rounds in a row met a higher ballot (other nodes changing the key at "
+            "the same time); nothing was written, retry", contended=True)
+    raise QuorumIndeterminate(
+        "the change may or may not be applied: its round ended without a quorum of "
+        "acceptors; read with consistency=quorum")
+
+
+def bootstrap_voters(engine: Engine, config: Config) -> None:
+    """The epoch-1 configuration of a node that has none: `initial_voters`, or itself
+    alone when it starts a new cluster (no seeds)."""
+    if engine.voters is not None:
+        return
+    ids = config.initial_voters or (() if config.seed_nodes else (engine.node_id,))
+    if ids:
+        engine.bootstrap_voters(paxos.Config.majority(1, ids))

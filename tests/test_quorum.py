@@ -1,0 +1,265 @@
+"""Quorum CAS through the HTTP API (issue 14): real nodes, real RocksDB, real HTTP.
+
+A single node votes alone; three nodes with `initial_voters` form one epoch-1 voter set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kvs.model import new_version_id
+from kvs.node import Node
+from kvs.paxos import Register
+from tests.cluster import FAST, heal, partition
+from tests.conftest import Api, NodeFactory, eventually
+
+Q = {"consistency": "quorum"}
+
+
+async def three(make_node: NodeFactory, **overrides: Any) -> list[Node]:
+    ids = ["qa", "qb", "qc"]
+    settings = {**FAST, "initial_voters": ids, **overrides}
+    first = await make_node(node_id=ids[0], **settings)
+    nodes = [first]
+    for node_id in ids[1:]:
+        nodes.append(await make_node(node_id=node_id, seed_nodes=[first.address], **settings))
+    await eventually(lambda: all(len(x.membership.alive_peers()) == 2 for x in nodes),
+                     what="3 nodes to see each other alive")
+    return nodes
+
+
+async def test_single_node_quorum_put_get_delete_and_seq(api: Api, node: Node) -> None:
+    created = await api.put("k", {"value": 1, **Q})
+    assert created.status == 200, created.body
+    assert created.body["seq"] == 1
+    read = await api.get("k", consistency="quorum")
+    assert (read.status, read.body["value"], read.body["seq"]) == (200, 1, 1)
+    assert read.body["version"] == created.body["version"]
+    # The accepted value is an ordinary version: a local GET and history see it.
+    assert (await api.get("k")).body["version"] == created.body["version"]
+    changed = await api.put("k", {"value": 2, "if_seq": 1, **Q})
+    assert (changed.status, changed.body["seq"]) == (200, 2)
+    stale = await api.put("k", {"value": 3, "if_seq": 1, **Q})
+    assert stale.status == 409 and stale.body["error"] == "cas_conflict"
+    assert stale.body["current"]["seq"] == 2 and stale.body["current"]["version"] == changed.body["version"]
+    deleted = await api.delete("k", consistency="quorum")
+    assert (deleted.status, deleted.body["seq"]) == (200, 3)
+    gone = await api.get("k", consistency="quorum")
+    assert (gone.status, gone.body["seq"]) == (404, 3)
+    # A delete is a change: re-creating the key continues the sequence.
+    again = await api.put("k", {"value": 4, "cas": 0, **Q})
+    assert (again.status, again.body["seq"]) == (200, 4)
+    status = await api.request("GET", "/cluster/status")
+    assert status.body["voters"] == {"epoch": 1, "ids": [node.engine.node_id]}
+
+
+async def test_local_writes_to_a_quorum_key_are_refused(api: Api, node: Node) -> None:
+    assert (await api.put("q", {"value": 1, **Q})).status == 200
+    for reply in (await api.put("q", {"value": 2}),
+                  await api.delete("q"),
+                  await api.txn([{"op": "set", "key": "q", "value": 3}]),
+                  await api.request("DELETE", "/kv/", params={"recurse": "true"})):
+        assert reply.status == 409 and reply.body["error"] == "quorum_key", reply.body
+    assert (await api.get("q")).body["value"] == 1
+    # Local reads and local keys are untouched, also by a quorum read (it leaves promises).
+    assert (await api.put("plain", {"value": 1})).status == 200
+    missing = await api.get("plain", consistency="quorum")
+    assert missing.status == 404 and "read with consistency=local" in missing.body["message"]
+    assert (await api.put("plain", {"value": 2})).status == 200
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"value": 1, "consistency": "strong"}, "consistency must be one of local, quorum"),
+    ({"value": 1, "consistency": 1}, "consistency must be one of"),
+    ({"value": 1, "consistency": None}, "consistency must be one of"),
+    ({"value": 1, "cas": 3, **Q}, "with consistency=quorum use if_seq"),
+    ({"value": 1, "if_seq": -1, **Q}, "if_seq must be an integer"),
+    ({"value": 1, "if_seq": 10**30, **Q}, "does not fit in 64 bits"),
+    ({"value": 1, "if_seq": "1", **Q}, "if_seq must be an integer"),
+    ({"value": 1, "if_seq": True, **Q}, "if_seq must be an integer"),
+    ({"value": 1, "if_seq": 0}, "if_seq needs consistency=quorum"),
+])
+async def test_bad_quorum_input_is_a_400_that_changes_nothing(api: Api, node: Node,
+                                                              body: dict[str, Any], words: str) -> None:
+    reply = await api.request("PUT", "/kv/bad", data=json.dumps(body).encode())
+    assert reply.status == 400 and words in reply.body["message"], reply.body
+    assert (await api.get("bad")).status == 404
+    assert not node.engine.is_quorum_key("bad")
+
+
+async def test_bad_quorum_query_parameters(api: Api, node: Node) -> None:
+    for params, words in (({"consistency": "Quorum"}, "consistency must be one of"),
+                          ({"consistency": "quorum", "history": "true"}, "history, version"),
+                          ({"consistency": "quorum", "if_seq": "x"}, "if_seq must be"),
+                          ({"if_seq": "1"}, "if_seq needs consistency=quorum")):
+        method = "DELETE" if "if_seq" in params else "GET"
+        reply = await api.request(method, "/kv/k", params=params)
+        assert reply.status == 400 and words in reply.body["message"], (params, reply.body)
+    txn = await api.request("POST", "/txn", json={"ops": [{"op": "get", "key": "k"}], **Q})
+    assert txn.status == 400 and "transactions are local" in txn.body["message"]
+
+
+async def test_ttl_on_a_quorum_key_expires_and_seq_continues(api: Api, node: Node) -> None:
+    assert (await api.put("lease", {"value": "me", "ttl": 1, "cas": 0, **Q})).body["seq"] == 1
+    renewed = await api.put("lease", {"value": "me", "ttl": 1, "if_value": "me", **Q})
+    assert renewed.body["seq"] == 2 and renewed.body["expires_at"] is not None
+    await eventually(lambda: node.engine.now_ms() > renewed.body["expires_at"], what="expiry")
+    expired = await api.get("lease", consistency="quorum")
+    assert (expired.status, expired.body["seq"]) == (404, 2)
+    taken = await api.put("lease", {"value": "you", "cas": 0, **Q})
+    assert (taken.status, taken.body["seq"]) == (200, 3)
+
+
+async def test_default_consistency_quorum_applies_to_plain_requests(make_node: NodeFactory,
+                                                                   http: aiohttp.ClientSession) -> None:
+    node = await make_node(default_consistency="quorum")
+    api = Api(http, node.url)
+    assert (await api.put("d", {"value": 1})).body["seq"] == 1
+    assert (await api.get("d")).body["seq"] == 1
+    assert (await api.put("d", {"value": 2, "consistency": "local"})).status == 409
+
+
+async def test_three_nodes_concurrent_increments_lose_nothing(make_node: NodeFactory,
+                                                             http: aiohttp.ClientSession) -> None:
+    nodes = await three(make_node)
+    apis = [Api(http, n.url) for n in nodes]
+    assert (await apis[0].put("counter", {"value": 0, **Q})).status == 200
+    successes = maybe = 0
+
+    async def increment(worker: int) -> None:
+        nonlocal successes, maybe
+        api = apis[worker % 3]
+        while True:
+            read = await api.get("counter", consistency="quorum")
+            if read.status != 200:
+                continue  # 503 under contention: nothing changed, read again
+            wrote = await api.put("counter", {"value": read.body["value"] + 1,
+                                              "if_seq": read.body["seq"], **Q})
+            if wrote.status == 200:
+                successes += 1
+                return
+            assert wrote.status in (409, 503), wrote.body
+            if wrote.body["error"] == "quorum_indeterminate":
+                maybe += 1  # may have been applied: the only answer that may hide an increment
+            await asyncio.sleep(random.uniform(0, 0.01))
+
+    await asyncio.wait_for(asyncio.gather(*(increment(i) for i in range(32))), 120)
+    final = await apis[1].get("counter", consistency="quorum")
+    assert successes == 32
+    assert successes <= final.body["value"] <= successes + maybe
+    assert final.body["seq"] == final.body["value"] + 1
+
+
+async def test_minority_gets_503_and_changes_nothing(make_node: NodeFactory,
+                                                    http: aiohttp.ClientSession) -> None:
+    nodes = await three(make_node)
+    apis = [Api(http, n.url) for n in nodes]
+    assert (await apis[0].put("m", {"value": "before", **Q})).status == 200
+    partition(nodes[2:], nodes[:2])
+    refused = await apis[2].put("m", {"value": "minority", **Q})
+    assert refused.status == 503 and refused.body["error"] == "quorum_unavailable", refused.body
+    assert (refused.body["answered"], refused.body["voters"], refused.body["needed"]) == (1, 3, 2)
+    assert "1 of 3 voters answered; 2 needed" in refused.body["message"]
+    read = await apis[2].get("m", consistency="quorum")
+    assert read.status == 503
+    majority = await apis[1].put("m", {"value": "majority", **Q})
+    assert (majority.status, majority.body["seq"]) == (200, 2)
+    heal(nodes)
+    for api in apis:
+        after = await api.get("m", consistency="quorum")
+        assert (after.body["value"], after.body["seq"]) == ("majority", 2)
+    assert "minority" not in str(nodes[2].engine.history("m"))
+
+
+async def test_a_cut_off_node_that_just_wrote_the_key_cannot_say_nothing_was_written(
+        make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
+    """Its one-round-trip path sends the next change straight to accept, and its own
+    acceptor takes it: that value may still be chosen by a later round, so the answer is
+    quorum_indeterminate (never a success, never "nothing was written"); a later request
+    without the cache fails in the prepare phase: quorum_unavailable."""
+    nodes = await three(make_node)
+    api = Api(http, nodes[0].url)
+    assert (await api.put("f", {"value": 1, **Q})).status == 200
+    partition(nodes[:1], nodes[1:])
+    first = await api.put("f", {"value": 2, **Q})
+    assert (first.status, first.body["error"]) == (503, "quorum_indeterminate"), first.body
+    again = await api.put("f", {"value": 3, **Q})
+    assert (again.status, again.body["error"]) == (503, "quorum_unavailable"), again.body
+    heal(nodes)
+    after = await Api(http, nodes[1].url).get("f", consistency="quorum")
+    assert after.body["value"] in (1, 2) and after.body["value"] != 3
+
+
+async def test_acceptor_state_survives_a_restart(make_node: NodeFactory,
+                                                 http: aiohttp.ClientSession, tmp_path: Any) -> None:
+    node = await make_node(data_dir=str(tmp_path / "durable"))
+    api = Api(http, node.url)
+    await api.put("k", {"value": 1, **Q})
+    await api.put("k", {"value": 2, **Q})
+    state = node.engine.acceptor_state("k")
+    floor = node.engine.ballot_floor
+    await node.stop()
+    again = await make_node(data_dir=str(tmp_path / "durable"))
+    assert again.engine.acceptor_state("k") == state
+    assert again.engine.ballot_floor == floor
+    api = Api(http, again.url)
+    assert (await api.put("k", {"value": 3, "if_seq": 2, **Q})).body["seq"] == 3
+    assert state.promised is not None
+    assert again.engine.acceptor_state("k").promised.counter > state.promised.counter
+
+
+async def test_replicated_versions_of_a_quorum_key_accept_nothing(make_node: NodeFactory,
+                                                                  http: aiohttp.ClientSession) -> None:
+    """One voter (qa) of three nodes: a quorum write proposed by a non-voter is chosen by qa
+    alone; the other nodes get its version by replication, as an ordinary version, and
+    hold no acceptor state for it."""
+    nodes = await three(make_node, initial_voters=["qa"])
+    voter, _, proposer = nodes
+    wrote = await Api(http, proposer.url).put("r", {"value": "v", **Q})
+    assert (wrote.status, wrote.body["seq"]) == (200, 1), wrote.body
+    for node in nodes[1:]:
+        await eventually(lambda node=node: bool(node.storage.read("r")), what="replication")
+        assert node.engine.get("r").version == wrote.body["version"]
+        assert not node.engine.is_quorum_key("r")
+        assert node.engine.acceptor_state("r").accepted is None
+    assert voter.engine.acceptor_state("r").accepted is not None
+    status = await Api(http, proposer.url).request("GET", "/cluster/status")
+    assert status.body["voters"] == {"epoch": 1, "ids": ["qa"]}
+
+
+async def test_paxos_answers_wait_for_an_fsync_even_without_sync_writes(api: Api, node: Node) -> None:
+    commits = node.storage.commits
+    assert (await api.put("local", {"value": 1})).status == 200
+    assert commits.syncs == 0  # sync_writes is false: a local write is not fsynced
+    assert (await api.put("quorum", {"value": 1, **Q})).status == 200
+    assert commits.syncs >= 1 and commits.synced == commits.issued
+
+
+async def test_an_indeterminate_write_is_committed_only_if_the_chain_passes_through_it(
+        api: Api, node: Node) -> None:
+    """How the proposer resolves Indeterminate: the register chosen later either is its
+    value, or descends from it through the versions' parents, or the write never happened."""
+    quorum, engine = node.quorum, node.engine
+    assert quorum is not None
+
+    async def register(value: int) -> Register:
+        assert (await api.put("i", {"value": value, **Q})).status == 200
+        accepted = engine.acceptor_state("i").accepted
+        assert accepted is not None
+        return accepted.value  # type: ignore[no-any-return]
+
+    first, second, third = await register(1), await register(2), await register(3)
+    assert quorum._chosen("i", first, first)
+    assert quorum._chosen("i", first, third)  # two changes later, through `second`
+    assert quorum._chosen("i", second, third)
+    rival = Register(2, dataclasses.replace(second.value, version=new_version_id()))
+    assert not quorum._chosen("i", rival, third)  # another value took its place on the chain
+    assert not quorum._chosen("i", third, second)  # the chain has not reached it: never will
+    assert not quorum._chosen("i", first, None)
