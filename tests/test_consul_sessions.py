@@ -7,6 +7,7 @@ Expiry is tested with consul_session_min_ttl_seconds lowered to 1 (Consul's boun
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,10 +21,11 @@ from consul.exceptions import NotFound as ConsulNotFound
 from kvs.node import Node
 from tests.cluster import start_cluster
 from tests.conftest import NodeFactory, eventually
+from tests.test_quorum import three
 
 pytestmark = pytest.mark.filterwarnings("ignore:ssl_context is deprecated:DeprecationWarning")
 
-FAST = {"consul_session_min_ttl_seconds": 1, "ttl_sweep_interval_ms": 100}
+SHORT_TTL = {"consul_session_min_ttl_seconds": 1, "ttl_sweep_interval_ms": 100}
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ async def test_lock_acquire_and_release_through_two_clients(node: Node) -> None:
 
 
 async def test_session_expiry_releases_its_lock(make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
-    node = await make_node(**FAST)
+    node = await make_node(**SHORT_TTL)
     sid = await create(http, node, TTL="1s", LockDelay="0s")
     async with Consul(host="127.0.0.1", port=node.port) as one, \
             Consul(host="127.0.0.1", port=node.port) as two:
@@ -121,7 +123,7 @@ def _negate(check: Any) -> Any:
 
 async def test_destroy_with_behavior_delete_deletes_and_lock_delay_holds(
         make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
-    node = await make_node(**FAST)
+    node = await make_node(**SHORT_TTL)
     doomed = await create(http, node, Behavior="delete", LockDelay="0s")
     delayed = await create(http, node, LockDelay="1s")
     other = await create(http, node, LockDelay="0s")
@@ -178,11 +180,34 @@ async def test_bad_session_input_is_a_plain_text_400_and_writes_nothing(
     assert (await raw(http, node, "GET", "/v1/session/list")) == (200, b"[]")
 
 
+async def test_with_three_voters_a_lock_taken_through_a_is_refused_on_b_at_once(
+        make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
+    """Replication is off (no eager push, anti-entropy rare), so b learns of a's lock only
+    through the quorum CAS on the lock record: a node-local CAS would grant it on b."""
+    a, b, c = await three(make_node, eager_push=False, sync_interval_ms=600_000)
+    sessions = [await create(http, n, LockDelay="0s") for n in (a, b, c)]
+    assert (await raw(http, a, "PUT", f"/v1/kv/leader?acquire={sessions[0]}", b"a")) == (200, b"true")
+    assert (await raw(http, b, "PUT", f"/v1/kv/leader?acquire={sessions[1]}", b"b")) == (200, b"false")
+    assert (await raw(http, c, "PUT", f"/v1/kv/leader?release={sessions[2]}", b"c")) == (200, b"false")
+    # Racing acquires of another lock through the three nodes: exactly one wins.
+    answers = await asyncio.gather(*[raw(http, n, "PUT", f"/v1/kv/race?acquire={sid}", b"x")
+                                     for n, sid in zip((a, b, c), sessions, strict=True)])
+    assert sorted(body for _, body in answers) == [b"false", b"false", b"true"], answers
+    # Destroyed through a, the session's lock is free for b's session through b.
+    assert (await raw(http, a, "PUT", f"/v1/session/destroy/{sessions[0]}")) == (200, b"true")
+    assert (await raw(http, b, "PUT", f"/v1/kv/leader?acquire={sessions[1]}", b"b")) == (200, b"true")
+    assert await holder(http, b, "leader") == sessions[1]
+    status, body = await raw(http, a, "PUT", "/v1/txn", json.dumps(
+        [{"KV": {"Verb": "lock", "Key": "t", "Session": sessions[0]}}]).encode())
+    assert status == 400 and b"more than one voter" in body
+
+
 async def test_a_lock_taken_through_one_node_is_refused_on_another(
         make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
-    """Once the lock has replicated. Two acquires racing on two nodes before they meet
-    can both win: that needs the quorum CAS (docs/consul.md)."""
-    a, b = await start_cluster(make_node, 2, **FAST)
+    """One voter (the first node alone): once the lock has replicated. Two acquires
+    racing on two nodes before they meet can both win here; with more than one voter
+    the quorum CAS settles it (the test above)."""
+    a, b = await start_cluster(make_node, 2, **SHORT_TTL)
     on_a = await create(http, a, LockDelay="0s")
     on_b = await create(http, b, LockDelay="0s")
     assert (await raw(http, a, "PUT", f"/v1/kv/shared?acquire={on_a}", b"a")) == (200, b"true")

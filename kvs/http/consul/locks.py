@@ -10,12 +10,14 @@ Both are under a hidden prefix (kvs/http/kv.py: HIDDEN_PREFIXES): no API shows o
 writes them, and they replicate as any key does, so every node sees every session.
 
 Every change of a lock (acquire, release, invalidation) goes through one function,
-Locks.swap (a /v1/txn lock or unlock adds the same guarded write, `guarded`, to its
-transaction): a write of the lock record conditional on the record being what was read,
-in one engine transaction with the key's own write. It is a node-local CAS: two
-clients on two nodes can both acquire one lock while their writes have not met (the
-record is last-writer-wins between nodes). The cluster-wide quorum CAS is meant to
-take its place in swap when there is more than one voter (docs/consul.md says so).
+Locks.change, given a rule (the lock's next state from its current one, LockState's
+methods). With one voter it is a node-local CAS: the lock record's write, guarded by
+the record's modify index, in one engine transaction with the key's own write (a
+/v1/txn lock or unlock adds the same guarded write, `guarded`, to its transaction).
+With more than one voter the rule runs inside a quorum CAS round on the lock record
+(kvs/cluster/quorum.py), so a lock acquired through one node is refused through every
+other, even before replication; the key's own write follows, locally, once the round
+committed (the two are not one atomic step then).
 
 Invalidation is leaderless and idempotent: any node that sees a lock held by a session
 that is gone (destroyed, or expired past its grace) frees it with the same CAS, "only
@@ -25,13 +27,17 @@ finds the record changed and does nothing.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kvs.cluster.quorum import Quorum
 from kvs.conditions import Conditions
 from kvs.engine import Engine, Op
 from kvs.errors import CASConflict, NotFound
 from kvs.model import Version
+from kvs.paxos import Register
 
 SESSION_PREFIX = "_consul/session/"
 LOCK_PREFIX = "_consul/lock/"
@@ -85,6 +91,10 @@ class LockState:
         return replace(self, session=None, delay_until_ms=now_ms + self.lock_delay_ms)
 
 
+# A lock's change: its next state from its current one, or None to refuse (nothing written).
+Rule = Callable[[LockState], LockState | None]
+
+
 def guarded(key: str, record: Version | None, after: LockState) -> Op:
     """The write of a lock record, conditional on the record still being `record`: what
     Locks.swap applies, and what a /v1/txn lock or unlock op adds to its transaction."""
@@ -93,8 +103,9 @@ def guarded(key: str, record: Version | None, after: LockState) -> Op:
 
 
 class Locks:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, quorum: Quorum) -> None:
         self.engine = engine
+        self.quorum = quorum
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -130,31 +141,72 @@ class Locks:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def swap(self, key: str, record: Version | None, after: LockState,
-                   write: Op | None = None) -> bool:
-        """The one door for every lock change: the lock record becomes `after`, and
-        `write` (the key's own set or delete) is applied with it, only if the record is
-        still `record` (absent for None). False when it changed since it was read."""
+    @property
+    def quorum_mode(self) -> bool:
+        """More than one voter: lock records change only by quorum CAS."""
+        voters = self.engine.voters
+        return voters is not None and len(voters.voters) > 1
+
+    async def change(self, key: str, rule: Rule, write: Op | None = None) -> bool:
+        """The one door for every lock change (acquire, release, invalidation): the lock
+        record of `key` becomes what `rule` makes of its current state, and then `write`
+        (the key's own set or delete) is applied; False, with nothing written, when the
+        rule refuses (None).
+
+        One voter: `rule` sees this node's record, and the record's write (guarded by
+        the record's modify index) and `write` commit in one engine transaction. More
+        than one voter: `rule` runs inside a quorum CAS round on the record, against
+        the value the voters chose, so two nodes cannot both hand out one lock; `write`
+        follows locally once the round committed."""
+        if self.quorum_mode:
+            return await self._quorum_change(key, rule, write)
+        record, state = self.lock(key)
+        after = rule(state)
+        if after is None:
+            return False
         ops = [guarded(key, record, after)]
         if write is not None:
             ops.append(write)
         try:
             await self.engine.txn(ops, internal=True)
-        except CASConflict:
+        except CASConflict:  # not reachable from one event loop: no await since the read
             return False
         return True
 
+    async def _quorum_change(self, key: str, rule: Rule, write: Op | None) -> bool:
+        quorum, lock_key, now = self.quorum, LOCK_PREFIX + key, self.engine.now_ms()
+
+        def change(current: Register | None) -> Register:
+            live = current.value if current and current.value.is_live(now) else None
+            after = rule(LockState.of(live.value if live else None))
+            if after is None:
+                raise CASConflict("the lock's state refuses the change")  # nothing written
+            return Register((current.seq if current else 0) + 1,
+                            quorum.new_version(lock_key, after.to_json())(live, current))
+
+        try:
+            await quorum.change(lock_key, change)
+        except CASConflict:
+            return False
+        if write is not None:
+            await self._apply(write)
+        return True
+
+    async def _apply(self, write: Op) -> None:
+        if write.op == "set":
+            await self.engine.put(write)
+        else:
+            with contextlib.suppress(NotFound):  # gone already: nothing to delete
+                await self.engine.delete(write.key)
+
     async def acquire(self, key: str, session: dict[str, Any], write: Op) -> bool:
-        record, state = self.lock(key)
-        if not self._exists(key):
-            state = replace(state, session=None)  # a deleted key's lock: free for anyone
-        after = state.acquired(session, self.engine.now_ms())
-        return after is not None and await self.swap(key, record, after, write)
+        """A lock outlives a delete of its key (it is in its own record): the session
+        keeps it until it releases it or ends."""
+        now = self.engine.now_ms()
+        return await self.change(key, lambda state: state.acquired(session, now), write)
 
     async def release(self, key: str, session_id: str, write: Op) -> bool:
-        record, state = self.lock(key)
-        after = state.released(session_id)
-        return after is not None and await self.swap(key, record, after, write)
+        return await self.change(key, lambda state: state.released(session_id), write)
 
     async def invalidate(self, session_id: str) -> int:
         """Free every lock `session_id` holds (or delete its keys, by its Behavior)."""
@@ -175,10 +227,14 @@ class Locks:
         return freed
 
     async def _free(self, record: Version) -> bool:
+        """Idempotent: only if the lock is still held by the session `record` shows."""
         key = record.key.removeprefix(LOCK_PREFIX)
-        state = LockState.of(record.value)
+        state, now = LockState.of(record.value), self.engine.now_ms()
         write = Op("delete", key) if state.behavior == "delete" and self._exists(key) else None
-        return await self.swap(key, record, state.invalidated(self.engine.now_ms()), write)
+
+        def rule(current: LockState) -> LockState | None:
+            return current.invalidated(now) if current.session == state.session else None
+        return await self.change(key, rule, write)
 
     def _exists(self, key: str) -> bool:
         try:

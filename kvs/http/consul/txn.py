@@ -260,6 +260,7 @@ class Plan:
 
 
     def _lock(self, at: int, op: KVOp) -> None:
+        self._local_locks(at, op)
         session = self.locks.session(op.session)
         if session is None:
             self.fail(at, f"failed to lock key {quoted(op.key)}: invalid session {quoted(op.session)}")
@@ -272,6 +273,7 @@ class Plan:
             self._locked(at, op, record, after)
 
     def _unlock(self, at: int, op: KVOp) -> None:
+        self._local_locks(at, op)
         record, state = self.locks.lock(op.key)
         after = state.released(op.session)
         if after is None:
@@ -279,6 +281,14 @@ class Plan:
                           "by another session")
         else:
             self._locked(at, op, record, after)
+
+    def _local_locks(self, at: int, op: KVOp) -> None:
+        """A transaction is one node's; with more than one voter locks change only by
+        quorum CAS, one key at a time (Locks.change), which no transaction can join."""
+        if self.locks.quorum_mode:
+            raise BadRequest(f"operation {at}: verb {op.verb!r} in a transaction is node-local, and "
+                             "this cluster has more than one voter: use PUT /v1/kv/{key}?acquire= "
+                             "or ?release=; nothing was written")
 
     def _locked(self, at: int, op: KVOp, record: Version | None, after: LockState) -> None:
         """The key's write and its lock record's guarded write (locks.guarded), together."""
