@@ -155,6 +155,9 @@ async def test_sessions_and_locks_are_invisible_to_kv(
     assert (await raw(http, node, "DELETE", "/v1/kv/?recurse"))[0] == 200
     assert (await consul.session.info(sid))[1]["ID"] == sid  # a delete-all spares sessions
     assert (await raw(http, node, "PUT", "/kv/_consul/session/x", b'{"value": 1}'))[0] == 400
+    for op, status in (({"op": "get"}, 404), ({"op": "set", "value": 1}, 400)):
+        body = json.dumps({"ops": [{**op, "key": "_consul/lock/a"}]}).encode()
+        assert (await raw(http, node, "POST", "/txn", body))[0] == status, op  # neither reads nor writes
 
 
 async def test_bad_session_input_is_a_plain_text_400_and_writes_nothing(

@@ -28,6 +28,7 @@ finds the record changed and does nothing.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -35,9 +36,11 @@ from typing import Any
 from kvs.cluster.quorum import Quorum
 from kvs.conditions import Conditions
 from kvs.engine import Engine, Op
-from kvs.errors import CASConflict, NotFound
+from kvs.errors import CASConflict, NotFound, QuorumIndeterminate, QuorumUnavailable
 from kvs.model import Version
 from kvs.paxos import Register
+
+log = logging.getLogger("kvs.http.consul")
 
 SESSION_PREFIX = "_consul/session/"
 LOCK_PREFIX = "_consul/lock/"
@@ -223,7 +226,10 @@ class Locks:
         for record in list(self.engine.live(LOCK_PREFIX)):
             holder = LockState.of(record.value).session
             if holder is not None and self._gone(holder, record, now):
-                freed += await self._free(record)
+                try:
+                    freed += await self._free(record)
+                except (QuorumUnavailable, QuorumIndeterminate) as exc:  # the next sweep retries
+                    log.debug("event=consul_lock_not_freed key=%s reason=%s", record.key, exc.message)
         return freed
 
     async def _free(self, record: Version) -> bool:
