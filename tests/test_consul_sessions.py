@@ -18,6 +18,9 @@ from consul.aio import Consul
 from consul.exceptions import ClientError
 from consul.exceptions import NotFound as ConsulNotFound
 
+from kvs.errors import BadRequest
+from kvs.http.consul.locks import LockState
+from kvs.http.consul.sessions import parse_session, session_ttl, ttl_ms
 from kvs.node import Node
 from tests.cluster import start_cluster
 from tests.conftest import NodeFactory, eventually
@@ -261,3 +264,41 @@ async def test_txn_lock_unlock_check_session(consul: Consul, node: Node) -> None
     assert "Session" not in result["Results"][0]["KV"]
     assert (await consul.kv.put("t/l", "o", acquire=other)) is True
     assert (await consul.kv.get("t/l"))[1]["LockIndex"] == 2
+
+
+# -- the pure parts, directly ----------------------------------------------------------------------
+
+def test_lock_state_rules() -> None:
+    one = {"ID": "s1", "Behavior": "delete", "LockDelay": 2_000_000_000}
+    two = {"ID": "s2", "Behavior": "release", "LockDelay": 0}
+    held = LockState().acquired(one, now_ms=100)
+    assert held == LockState("s1", 1, "delete", 2000, 0)
+    assert held.acquired(one, 100) == held  # the holder again: same LockIndex
+    assert held.acquired(two, 100) is None and held.released("s2") is None
+    released = held.released("s1")
+    assert released is not None and released.session is None and released.delay_until_ms == 0
+    assert released.acquired(two, 100) == LockState("s2", 2, "release", 0, 0)
+    gone = held.invalidated(now_ms=100)
+    assert gone.session is None and gone.delay_until_ms == 2100
+    assert gone.acquired(two, 2099) is None and gone.acquired(two, 2100) is not None
+    assert LockState.of(held.to_json()) == held and LockState.of(None) == LockState()
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b"", {"Name": "", "Node": "n1", "LockDelay": 15_000_000_000, "Behavior": "release", "TTL": ""}),
+    (b'{"name": "x", "ttl": "1m", "lockdelay": "0s", "behavior": "delete", "node": "n2"}',
+     {"Name": "x", "Node": "n2", "LockDelay": 0, "Behavior": "delete", "TTL": "1m"}),
+    (b'{"TTL": "0s", "LockDelay": 3, "Checks": ["serfHealth"]}',
+     {"Name": "", "Node": "n1", "LockDelay": 3_000_000_000, "Behavior": "release", "TTL": ""}),
+    (b'{"LockDelay": 5000000000, "Unknown": 1}',
+     {"Name": "", "Node": "n1", "LockDelay": 5_000_000_000, "Behavior": "release", "TTL": ""}),
+])
+def test_parse_session(body: bytes, expected: dict[str, Any]) -> None:
+    assert parse_session(body, "n1", 10) == expected
+
+
+def test_session_ttl_bounds_and_grace() -> None:
+    assert session_ttl("1s", 1) == "1s"
+    with pytest.raises(BadRequest, match="between"):
+        session_ttl("1s", 10)
+    assert ttl_ms({"TTL": "10s"}) == 20_000 and ttl_ms({"TTL": ""}) is None
