@@ -20,9 +20,9 @@ other, even before replication; the key's own write follows, locally, once the r
 committed (the two are not one atomic step then).
 
 Invalidation is leaderless and idempotent: any node that sees a lock held by a session
-that is gone (destroyed, or expired past its grace) frees it with the same CAS, "only
-if the record is still the one held by that session"; a second node doing the same
-finds the record changed and does nothing.
+that is gone (destroyed, or expired past its grace) frees it through Locks.change with
+the rule "only if the lock is still held by that session"; a second node doing the
+same finds it free already and writes nothing.
 """
 
 from __future__ import annotations
