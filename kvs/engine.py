@@ -658,6 +658,10 @@ class Engine:
         raw = self.storage.record(K.acceptor_key(key))
         return raw is not None and W.state_from(orjson.loads(raw)).accepted is not None
 
+    def quorum_keys(self) -> list[str]:
+        """Every key this node holds acceptor state for (what a voter change rescans)."""
+        return list(self.storage.record_keys(K.ACCEPTOR))
+
     def acceptor_state(self, key: str) -> paxos.AcceptorState:
         raw = self.storage.record(K.acceptor_key(key))
         return W.state_from(orjson.loads(raw)) if raw is not None else paxos.AcceptorState()

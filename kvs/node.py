@@ -27,6 +27,7 @@ from kvs.cluster.quorum import Quorum, bootstrap_voters
 from kvs.cluster.replication import Replicator
 from kvs.cluster.swim.membership import Membership
 from kvs.cluster.transport import HttpTransport
+from kvs.cluster.voters import VoterChanges
 from kvs.config import Config
 from kvs.engine import Engine
 from kvs.errors import ConfigError, StorageFailed
@@ -144,17 +145,21 @@ class Node:
         membership.add_listener(replicator.on_member)
 
     def _app(self) -> web.Application:
-        assert self.engine and self.membership and self.replicator and self.quorum and self.locks
+        assert (self.engine and self.membership and self.replicator and self.quorum
+                and self.transport and self.locks)
         config, engine = self.config, self.engine
-        metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections)
+        metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections,
+                          self.quorum.rounds)
         kv = KVApi(config, engine, self.watchers, self.quorum)
+        voters = VoterChanges(self.quorum, self.transport, self.membership)
         routes = [
             *kv.routes(),
             *TxnApi(config, engine).routes(),
-            *ClusterApi(engine, self.membership, self.replicator, self.left.set).routes(),
+            *ClusterApi(engine, self.membership, self.replicator, self.left.set, voters).routes(),
             *self.membership.routes(),
             *self.replicator.routes(),
             *self.quorum.routes(),
+            *voters.routes(),
             web.get("/metrics", metrics.handle),
             *ServiceApi(config, engine).routes(),
             *SnapshotApi(config, engine).routes(),

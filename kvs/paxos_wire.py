@@ -20,6 +20,7 @@ from kvs.paxos import (
     Ack,
     Ballot,
     Config,
+    Installed,
     Nack,
     Prepare,
     Promise,
@@ -192,3 +193,20 @@ def reply_from(raw: Any) -> Reply:
             raise ValueError("a nack names the ballot promised")
         return Nack(voter, ballot, promised, of_accept, ballot_from(body.get("accepted")))
     raise ValueError("reply type must be promise, ack, nack or stale")
+
+
+def installed_json(reply: Installed | Stale) -> dict[str, Any]:
+    if isinstance(reply, Installed):
+        return {"type": "installed", "voter": reply.voter, "epoch": reply.epoch}
+    return reply_json(reply)
+
+
+def installed_from(raw: Any) -> Installed | Stale:
+    body = _dict(raw, "install reply", {"type", "voter", "epoch", "ballot", "config", "of_accept",
+                                        "accepted"})
+    if body.get("type") == "installed":
+        return Installed(_node(body.get("voter")), _uint("epoch", body.get("epoch"), 1))
+    reply = reply_from(raw)
+    if not isinstance(reply, Stale):
+        raise ValueError("an install is answered installed or stale")
+    return reply

@@ -10,6 +10,7 @@ from tests.conftest import NodeFactory, eventually
 
 FAST = {"gossip_interval_ms": 50, "probe_timeout_ms": 150, "sync_interval_ms": 200,
         "ttl_sweep_interval_ms": 100}
+QUORUM = {"consistency": "quorum"}  # in a PUT body, or as GET/DELETE parameters
 
 
 async def start_cluster(make_node: NodeFactory, n: int, **overrides: Any) -> list[Node]:
@@ -19,6 +20,19 @@ async def start_cluster(make_node: NodeFactory, n: int, **overrides: Any) -> lis
         nodes.append(await make_node(**{**FAST, "seed_nodes": [first.address], **overrides}))
     await eventually(lambda: all(len(x.membership.alive_peers()) == n - 1 for x in nodes),
                      what=f"{n} nodes to see each other alive")
+    return nodes
+
+
+async def three(make_node: NodeFactory, **overrides: Any) -> list[Node]:
+    """Nodes qa, qb, qc, the three voters of quorum keys (initial_voters)."""
+    ids = ["qa", "qb", "qc"]
+    settings = {**FAST, "initial_voters": ids, **overrides}
+    first = await make_node(node_id=ids[0], **settings)
+    nodes = [first]
+    for node_id in ids[1:]:
+        nodes.append(await make_node(node_id=node_id, seed_nodes=[first.address], **settings))
+    await eventually(lambda: all(len(x.membership.alive_peers()) == 2 for x in nodes),
+                     what="3 nodes to see each other alive")
     return nodes
 
 

@@ -22,9 +22,8 @@ from kvs.errors import BadRequest
 from kvs.http.consul.locks import LockState
 from kvs.http.consul.sessions import parse_session, session_ttl, ttl_ms
 from kvs.node import Node
-from tests.cluster import start_cluster
+from tests.cluster import start_cluster, three
 from tests.conftest import NodeFactory, eventually
-from tests.test_quorum import three
 
 pytestmark = pytest.mark.filterwarnings("ignore:ssl_context is deprecated:DeprecationWarning")
 

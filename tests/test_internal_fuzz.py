@@ -206,8 +206,10 @@ REQUESTS = st.one_of(
     st.lists(st.sampled_from(["", "\x00", "k" * 600, 5, None]), min_size=1, max_size=4).map(
         lambda keys: ("/internal/sync/fetch", _body(keys))),
     forged_paxos(),
+    PAXOS_HOSTILE["config"].map(lambda config: ("/internal/paxos/install", _body(config))),
     st.tuples(st.sampled_from(["/internal/push", "/internal/swim/join", "/internal/sync/fetch",
-                               "/internal/paxos/prepare", "/internal/paxos/accept"]),
+                               "/internal/paxos/prepare", "/internal/paxos/accept",
+                               "/internal/paxos/install", "/internal/paxos/keys"]),
               st.sampled_from([b"", b"{", b"[1e999]", b"[" + b"9" * 30 + b"]", b"\xff\xfe",
                                b"[NaN]", b"null", b'"x"'])),
 )

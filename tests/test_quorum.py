@@ -17,22 +17,10 @@ import pytest
 from kvs.model import new_version_id
 from kvs.node import Node
 from kvs.paxos import Register
-from tests.cluster import FAST, heal, partition
+from tests.cluster import QUORUM, heal, partition, three
 from tests.conftest import Api, NodeFactory, eventually
 
-Q = {"consistency": "quorum"}
-
-
-async def three(make_node: NodeFactory, **overrides: Any) -> list[Node]:
-    ids = ["qa", "qb", "qc"]
-    settings = {**FAST, "initial_voters": ids, **overrides}
-    first = await make_node(node_id=ids[0], **settings)
-    nodes = [first]
-    for node_id in ids[1:]:
-        nodes.append(await make_node(node_id=node_id, seed_nodes=[first.address], **settings))
-    await eventually(lambda: all(len(x.membership.alive_peers()) == 2 for x in nodes),
-                     what="3 nodes to see each other alive")
-    return nodes
+Q = QUORUM
 
 
 async def test_single_node_quorum_put_get_delete_and_seq(api: Api, node: Node) -> None:
@@ -263,3 +251,33 @@ async def test_an_indeterminate_write_is_committed_only_if_the_chain_passes_thro
     assert not quorum._chosen("i", rival, third)  # another value took its place on the chain
     assert not quorum._chosen("i", third, second)  # the chain has not reached it: never will
     assert not quorum._chosen("i", first, None)
+
+
+async def test_a_stale_one_round_trip_cache_never_wins_over_another_nodes_write(
+        make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
+    """Node A commits (and caches a promise for its next change); node B changes the key;
+    A's next changes must build on B's: its cached accept is refused, and the change runs
+    again on the current value (no lost update, seq without gaps or repeats)."""
+    nodes = await three(make_node)
+    a, b = Api(http, nodes[0].url), Api(http, nodes[1].url)
+    assert (await a.put("c", {"value": "a1", **Q})).body["seq"] == 1
+    assert (await b.put("c", {"value": "b2", **Q})).body["seq"] == 2
+    stale = await a.put("c", {"value": "a-stale", "if_value": "a1", **Q})
+    assert (stale.status, stale.body["current"]["seq"]) == (409, 2), stale.body
+    b3 = await b.put("c", {"value": "b3", **Q})
+    assert b3.body["seq"] == 3
+    blind = await a.put("c", {"value": "a4", **Q})
+    assert (blind.status, blind.body["seq"]) == (200, 4), blind.body
+    read = await b.get("c", consistency="quorum")
+    assert (read.body["value"], read.body["seq"], read.body["parent"]) == ("a4", 4, b3.body["version"])
+    chain = [v["value"] for v in (await a.get("c", history="true")).body["revisions"]]
+    assert chain[0] == "a4" and "a-stale" not in chain
+
+
+async def test_quorum_rounds_are_counted_by_outcome(api: Api, node: Node) -> None:
+    assert (await api.put("m", {"value": 1, **Q})).status == 200
+    assert (await api.put("m", {"value": 2, "if_seq": 5, **Q})).status == 409
+    text = (await api.request("GET", "/metrics")).body
+    assert 'kvs_quorum_rounds_total{outcome="committed"} 1.0' in text
+    assert 'kvs_quorum_rounds_total{outcome="conflict"} 1.0' in text
+    assert 'kvs_quorum_rounds_total{outcome="unavailable"} 0.0' in text

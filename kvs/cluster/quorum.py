@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -92,6 +93,9 @@ class Quorum:
         self.timeout = timeout
         self._proposer: _Proposer | None = None
         self._keys: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # Rounds this node proposed, by outcome (committed, conflict, rejected,
+        # unavailable, indeterminate): /metrics.
+        self.rounds: Counter[str] = Counter()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(PREPARE_PATH, self._handle_prepare),
@@ -221,6 +225,7 @@ class Quorum:
                 continue
             finally:
                 await self._share_config(proposer)
+            self.rounds[type(outcome).__name__.lower()] += 1
             if not isinstance(outcome, paxos.Rejected):
                 return outcome
             await asyncio.sleep(random.uniform(0, BACKOFF_S * 2 ** attempt))

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from kvs.cluster.replication import Replicator
 from kvs.cluster.swim.membership import Membership
+from kvs.cluster.voters import VoterChanges
 from kvs.engine import Engine
 from kvs.http.toolkit import ANY_ORIGIN, json_response
 
@@ -23,8 +24,9 @@ DUMP_PATH = "/internal/dump"
 
 class ClusterApi:
     def __init__(self, engine: Engine, membership: Membership, replicator: Replicator,
-                 on_leave: Callable[[], None]) -> None:
+                 on_leave: Callable[[], None], voters: VoterChanges) -> None:
         self.engine = engine
+        self.voters = voters
         self.membership = membership
         self.replicator = replicator
         self.on_leave = on_leave
@@ -47,8 +49,13 @@ class ClusterApi:
                               **self.membership.status()}, headers=ANY_ORIGIN)
 
     async def remove(self, request: web.Request) -> web.StreamResponse:
-        """Remove a dead or left member now (Consul's force-leave -prune); it may rejoin."""
-        member = self.membership.remove(request.match_info["id"])
+        """Remove a dead or left member now (Consul's force-leave -prune); it may rejoin.
+        A voter of quorum keys stops being one first (a 503 there leaves the member in)."""
+        member_id = request.match_info["id"]
+        if self.membership.member(member_id) is not None:
+            self.membership.check_removable(member_id)
+            await self._unvote(member_id)
+        member = self.membership.remove(member_id)
         return json_response({"removed": member.id, "address": member.address,
                               "incarnation": member.incarnation})
 
@@ -59,9 +66,17 @@ class ClusterApi:
         a leave half done (membership stopped, yet the node never shutting down).
         """
         if self._leaving is None:
+            await self._unvote(self.engine.node_id)  # a 503 here: the node stays
             self._leaving = asyncio.create_task(self._leave(), name="leave")
         await asyncio.shield(self._leaving)
         return json_response({"status": "left", "node": self.engine.node_id})
+
+    async def _unvote(self, node_id: str) -> None:
+        """A voter that goes is removed from the voters first, unless it is the last one
+        (then quorum keys stay unavailable until it is back)."""
+        voters = self.engine.voters
+        if voters is not None and node_id in voters.voters and len(voters.voters) > 1:
+            await self.voters.change(remove=node_id)
 
     async def _leave(self) -> None:
         await self.membership.leave()

@@ -40,11 +40,12 @@ from kvs.watch import Watchers
 # Keys the server writes itself (the service registry): readable through /kv, and
 # watchable with blocking queries, but written only through /services.
 RESERVED_PREFIX = "_services/"
+INTERNAL_PREFIX = "_kvs/"  # kvs's own keys: the register that serialises voter changes
 # Keys the server keeps for itself and shows nowhere (the Consul API's sessions and lock
 # records, kvs/http/consul/locks.py): a read finds nothing, a listing skips them, a write
 # is refused and a recursive delete skips them. Replicated like any key.
 HIDDEN_PREFIXES: tuple[str, ...] = ("_consul/",)
-NOT_DELETED_BY_PREFIX = (RESERVED_PREFIX, *HIDDEN_PREFIXES)
+NOT_DELETED_BY_PREFIX = (RESERVED_PREFIX, INTERNAL_PREFIX, *HIDDEN_PREFIXES)
 DEFAULT_WAIT_SECONDS = 300
 OP_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})  # a PUT's, a txn op's
 PUT_FIELDS = OP_FIELDS | {"consistency", "if_seq"}
@@ -334,6 +335,9 @@ def writable(key: str) -> None:
     if key.startswith(RESERVED_PREFIX):
         raise BadRequest(f"keys under {RESERVED_PREFIX!r} are the service registry's; "
                          "write them through /services")
+    if key.startswith(INTERNAL_PREFIX):
+        raise BadRequest(f"keys under {INTERNAL_PREFIX!r} are kvs's own (the voters of quorum "
+                         "keys); readable, written only by the node (POST /cluster/voters)")
     if hidden(key):
         raise BadRequest(f"keys under {key[:key.index('/') + 1]!r} are reserved for kvs's own "
                          "records (Consul sessions and locks)")

@@ -9,7 +9,7 @@ counter is a dict the wrapper around every route (kvs/node.py) increments.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import Any
 
 from aiohttp import web
@@ -24,13 +24,15 @@ from kvs.engine import Engine
 from kvs.http.connections import ConnectionLimit
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+QUORUM_OUTCOMES = ("committed", "conflict", "rejected", "unavailable", "indeterminate")
 
 
 class _NodeCollector(Collector):
     def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
                  watchers: Sized | None, connections: ConnectionLimit | None,
-                 requests: dict[tuple[str, int], int]) -> None:
+                 requests: dict[tuple[str, int], int], quorum_rounds: Mapping[str, int]) -> None:
         self.engine = engine
+        self.quorum_rounds = quorum_rounds
         self.connections = connections
         self.replicator = replicator
         self.membership = membership
@@ -72,6 +74,11 @@ class _NodeCollector(Collector):
         for (method, status), count in sorted(self.requests.items()):
             requests.add_metric([method, str(status)], count)
         yield requests
+        rounds = CounterMetricFamily("kvs_quorum_rounds", "Paxos rounds this node proposed for "
+                                     "consistency=quorum requests, by outcome", labels=["outcome"])
+        for outcome in QUORUM_OUTCOMES:
+            rounds.add_metric([outcome], self.quorum_rounds.get(outcome, 0))
+        yield rounds
         status = self.engine.status()
         yield GaugeMetricFamily("kvs_keys", "Live keys on this node", value=status["keys"])
         yield GaugeMetricFamily("kvs_index", "This node's index counter", value=status["index"])
@@ -110,13 +117,15 @@ def _clock_metrics(clock: dict[str, Any]) -> Iterator[Metric]:
 
 class Metrics:
     def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
-                 watchers: Sized | None = None, connections: ConnectionLimit | None = None) -> None:
+                 watchers: Sized | None = None, connections: ConnectionLimit | None = None,
+                 quorum_rounds: Mapping[str, int] | None = None) -> None:
         self.registry = CollectorRegistry()
         # (method, status) -> answered requests; a plain dict, as prometheus-client's Counter
         # takes a lock and builds a label key on every request.
         self.requests: Counter[tuple[str, int]] = Counter()
         self.registry.register(_NodeCollector(engine, replicator, membership, watchers,
-                                              connections, self.requests))
+                                              connections, self.requests,
+                                              {} if quorum_rounds is None else quorum_rounds))
 
     def count(self, method: str, status: int) -> None:
         """Count one answered request (called by the wrapper around every route)."""

@@ -381,6 +381,14 @@ def build() -> dict[str, Any]:
             "/cluster/status": {"get": _op(
                 "This node: id, key count, index, Merkle root, last anti-entropy rounds",
                 _responses(_ref("ClusterStatus"), "node status", ()), tag="operations")},
+            "/cluster/voters": {"post": _op(
+                "Add or remove one voter of quorum keys (a new configuration epoch), then "
+                "rescan every quorum key; with a cluster_secret the request must be signed",
+                {**_responses(_obj({"epoch": INT, "ids": {"type": "array", "items": STR}}),
+                              "the new voters, in force everywhere", (400, 401, 409, 503))},
+                tag="operations", body=_obj({}, {"add": STR, "remove": STR},
+                                            description="exactly one of add, remove"),
+                **{"x-kvs-destructive": True})},
             "/cluster/leave": {"post": _op(
                 "Leave the cluster gracefully; the node then shuts down",
                 _responses(_ref("Left"), "peers were told; the node stops", (401,)),

@@ -348,6 +348,11 @@ class Storage:
         self.db.put(raw_key, value)
         self.db.flush_wal(True)
 
+    def record_keys(self, prefix: bytes) -> Iterator[str]:
+        """The user keys of the records under a one-byte prefix (e.g. acceptor state)."""
+        for raw_key, _ in self._scan(prefix):
+            yield raw_key[len(prefix):].decode()
+
     def record(self, raw_key: bytes) -> bytes | None:
         """One record beside the revision sets (staged ones included)."""
         return self._get(raw_key)

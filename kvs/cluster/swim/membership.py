@@ -216,15 +216,25 @@ class Membership:
         """What GET /cluster/status shows of membership: the peers refused, and why."""
         return {"incompatible_peers": [r.to_json() for r in self._refusals.values()]}
 
+    def check_removable(self, member_id: str) -> None:
+        """Raise the NotRemovable that `remove` would (this node, alive or suspect), changing
+        nothing: a caller does its part first (a voter change) only for a removable member."""
+        if member_id == self.node_id:
+            raise NotRemovable("this is the node you are talking to; to take it out of the "
+                               "cluster, POST /cluster/leave on it")
+        member = self._table.members.get(member_id)
+        if member is not None and member.state in (ALIVE, SUSPECT):
+            raise NotRemovable(f"member {member_id!r} is {member.state}: only dead or left "
+                               "members can be removed; stop it, or make it leave (POST "
+                               "/cluster/leave on it), first")
+
     def remove(self, member_id: str) -> Member:
         """Remove a dead or left member from the table at once, and tell the cluster.
 
         NotFound if unknown here; NotRemovable if it is this node, alive or suspect.
         It can rejoin later: a restart, or its refutation, outbids the removal.
         """
-        if member_id == self.node_id:
-            raise NotRemovable("this is the node you are talking to; to take it out of the "
-                               "cluster, POST /cluster/leave on it")
+        self.check_removable(member_id)
         previous = self._table.members.get(member_id)
         try:
             record = self._table.remove(member_id, self._now())
