@@ -189,7 +189,7 @@ async def test_with_three_voters_a_lock_taken_through_a_is_refused_on_b_at_once(
         make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
     """Replication is off (no eager push, anti-entropy rare), so b learns of a's lock only
     through the quorum CAS on the lock record: a node-local CAS would grant it on b."""
-    a, b, c = await three(make_node, eager_push=False, sync_interval_ms=600_000)
+    a, b, c = await three(make_node, eager_push=False, sync_interval_ms=600_000, **SHORT_TTL)
     sessions = [await create(http, n, LockDelay="0s") for n in (a, b, c)]
     assert (await raw(http, a, "PUT", f"/v1/kv/leader?acquire={sessions[0]}", b"a")) == (200, b"true")
     assert (await raw(http, b, "PUT", f"/v1/kv/leader?acquire={sessions[1]}", b"b")) == (200, b"false")
@@ -205,6 +205,16 @@ async def test_with_three_voters_a_lock_taken_through_a_is_refused_on_b_at_once(
     status, body = await raw(http, a, "PUT", "/v1/txn", json.dumps(
         [{"KV": {"Verb": "lock", "Key": "t", "Session": sessions[0]}}]).encode())
     assert status == 400 and b"more than one voter" in body
+    # A session that expires on c (the only node that has it) is invalidated by c's sweep,
+    # through the quorum: b's session gets its lock.
+    short = await create(http, c, TTL="1s", LockDelay="0s")
+    assert (await raw(http, c, "PUT", f"/v1/kv/expiring?acquire={short}", b"c")) == (200, b"true")
+    assert (await raw(http, b, "PUT", f"/v1/kv/expiring?acquire={sessions[1]}", b"b")) == (200, b"false")
+
+    async def expired_for_b() -> bool:
+        answer = await raw(http, b, "PUT", f"/v1/kv/expiring?acquire={sessions[1]}", b"b")
+        return answer == (200, b"true")
+    await eventually(expired_for_b, timeout=15, interval=0.2, what="c's expired session's lock freed")
 
 
 async def test_a_lock_taken_through_one_node_is_refused_on_another(
