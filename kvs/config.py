@@ -68,6 +68,9 @@ class Config:
     # (docs/design.md#long-partitions-stale-nodes); keep it longer than any partition.
     tombstone_gc_seconds: int = 86_400
     ttl_sweep_interval_ms: int = 1000
+    # The shortest TTL a Consul session may have (/v1/session/create). 10 is Consul's
+    # bound; lower it only to test session expiry quickly.
+    consul_session_min_ttl_seconds: int = 10
     # RocksDB block compression; invisible to clients and to the Merkle hash.
     compression: str = "none"
     # Acknowledge a write only after an fsync covers it (group commit).
@@ -154,7 +157,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _POSITIVE = {
     "revision_history_limit", "max_value_bytes", "max_txn_ops", "gossip_interval_ms",
     "probe_timeout_ms", "suspicion_multiplier", "sync_interval_ms", "tombstone_gc_seconds",
-    "ttl_sweep_interval_ms", "max_clock_offset_ms", "reap_after_seconds", "reap_left_after_seconds",
+    "ttl_sweep_interval_ms", "consul_session_min_ttl_seconds", "max_clock_offset_ms",
+    "reap_after_seconds", "reap_left_after_seconds",
     "http_header_timeout_seconds", "http_body_timeout_seconds",
     "http_keepalive_seconds", "max_connections", "max_blocking_queries",
     "storage_retry_interval_ms",

@@ -381,8 +381,9 @@ class Engine:
         await self._settled(m)
         return tombstone
 
-    async def delete_prefix(self, prefix: str, *, skip: str | None = None) -> list[Version]:
-        """Tombstone every live key under `prefix`, except those under `skip`."""
+    async def delete_prefix(self, prefix: str, *,
+                            skip: str | tuple[str, ...] | None = None) -> list[Version]:
+        """Tombstone every live key under `prefix`, except those under `skip` (prefixes)."""
         self._require_clock()
         with self._mutation() as m:
             keys = [v.key for v in self.live(prefix) if skip is None or not v.key.startswith(skip)]
@@ -390,15 +391,16 @@ class Engine:
         await self._settled(m)
         return tombstones
 
-    async def txn(self, ops: list[Op]) -> list[Any]:
+    async def txn(self, ops: list[Op], *, internal: bool = False) -> list[Any]:
         """All-or-nothing: a failing condition raises CASConflict with `failed`, nothing written.
 
         Ops run in order against the transaction's own overlay, so a later op sees
         an earlier op's write (as in Consul); conditions are all checked before
-        anything is committed.
+        anything is committed. `internal`: the conditions are the server's own (a Consul
+        lock's guard on its lock record), so they hold even with cas_enabled false.
         """
         conditional = any(op.cond for op in ops)
-        if conditional:
+        if conditional and not internal:
             self._require_cas(*[op.cond for op in ops])
         if any(op.op in ("set", "delete") for op in ops):
             self._require_clock()

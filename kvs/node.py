@@ -60,6 +60,7 @@ class Node:
         self.membership: Membership | None = None
         self.replicator: Replicator | None = None
         self.quorum: Quorum | None = None
+        self.locks: consul.Locks | None = None
         self.port: int | None = None
         self.app: web.Application | None = None
         self.left = asyncio.Event()  # set after POST /cluster/leave: the process should exit
@@ -112,6 +113,7 @@ class Node:
                                      eager_push=config.eager_push, data_dir=config.data_path)
         stack.push_async_callback(self.replicator.stop)
         self.quorum = Quorum(engine, self.transport, self.membership)
+        self.locks = consul.Locks(engine, self.quorum)
         self._wire(engine, self.membership, self.replicator)
         self.app = self._app()
         runner = connections.runner(self.app)
@@ -126,6 +128,8 @@ class Node:
         stack.push_async_callback(self.membership.stop)
         self._spawn(stack, self.replicator.run(), "anti-entropy")
         self._spawn(stack, self._every(config.ttl_sweep_interval_ms, self._sweep), "sweeper")
+        self._spawn(stack, self._every(config.ttl_sweep_interval_ms, self._sweep_locks),
+                    "consul-lock-sweeper")
         self._spawn(stack, self._every(config.storage_retry_interval_ms, self._heal_storage),
                     "storage-recovery")
         log.info("event=started node=%s url=%s data_dir=%s cas_enabled=%s seeds=%s tls=%s",
@@ -141,7 +145,8 @@ class Node:
         membership.add_listener(replicator.on_member)
 
     def _app(self) -> web.Application:
-        assert self.engine and self.membership and self.replicator and self.quorum and self.transport
+        assert (self.engine and self.membership and self.replicator and self.quorum
+                and self.transport and self.locks)
         config, engine = self.config, self.engine
         metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections,
                           self.quorum.rounds)
@@ -160,7 +165,7 @@ class Node:
             *SnapshotApi(config, engine).routes(),
             web.get("/openapi.json", openapi.handle),
             *index.routes(engine.node_id),
-            *consul.routes(config, engine, self.membership, kv.block),
+            *consul.routes(config, engine, self.membership, kv.block, self.locks),
             *ui.routes(),
         ]
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
@@ -190,6 +195,14 @@ class Node:
         expired, purged = await self.engine.sweep()
         if expired or purged:
             log.debug("event=sweep expired=%d purged=%d", expired, purged)
+
+    async def _sweep_locks(self) -> None:
+        """Free the Consul locks of sessions that are gone (kvs/http/consul/locks.py)."""
+        assert self.engine is not None and self.locks is not None
+        if self.engine.storage_fault is None:
+            freed = await self.locks.sweep()
+            if freed:
+                log.info("event=consul_locks_freed count=%d", freed)
 
     async def _heal_storage(self) -> None:
         assert self.engine is not None

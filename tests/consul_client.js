@@ -104,12 +104,61 @@ async function transactions() {
   assert.equal((await consul.kv.get("js/t/a")).Value, "A");
 }
 
+async function sessions() {
+  const { ID: id } = await consul.session.create({ name: "js-session", ttl: "30s", lockdelay: "0s" });
+  const info = await consul.session.info(id);
+  assert.equal(info.ID, id);
+  assert.equal(info.Name, "js-session");
+  assert.equal(info.TTL, "30s");
+  assert.equal(info.LockDelay, 0);
+  assert.equal(info.Behavior, "release");
+  assert.ok((await consul.session.list()).some((s) => s.ID === id));
+  assert.deepEqual((await consul.session.node(info.Node)).map((s) => s.ID).includes(id), true);
+  const [renewed] = await consul.session.renew(id);
+  assert.equal(renewed.ID, id);
+  await consul.session.destroy(id); // the client hands back nothing (utils.empty)
+  assert.equal(await consul.session.info(id), undefined);
+  await assert.rejects(consul.session.renew(id), (err) => err.statusCode === 404);
+  await assert.rejects(consul.session.create({ ttl: "10x" }),
+    (err) => err.statusCode === 400 && /invalid TTL/.test(String(err.response.body)));
+}
+
+async function locks() {
+  const { ID: one } = await consul.session.create({ lockdelay: "0s" });
+  const { ID: two } = await consul.session.create({ lockdelay: "0s" });
+  assert.equal(await consul.kv.set({ key: "js/lock", value: "one", acquire: one }), true);
+  refused(await consul.kv.set({ key: "js/lock", value: "two", acquire: two }));
+  let item = await consul.kv.get("js/lock");
+  assert.equal(item.Session, one);
+  assert.equal(item.LockIndex, 1);
+  assert.equal(item.Value, "one");
+  refused(await consul.kv.set({ key: "js/lock", value: "two", release: two }));
+  assert.equal(await consul.kv.set({ key: "js/lock", value: "free", release: one }), true);
+  assert.equal(await consul.kv.set({ key: "js/lock", value: "two", acquire: two }), true);
+  item = await consul.kv.get("js/lock");
+  assert.equal(item.Session, two);
+  assert.equal(item.LockIndex, 2);
+  await assert.rejects(consul.kv.set({ key: "js/lock", value: "x", acquire: "no-such-session" }),
+    (err) => err.statusCode === 400 && /invalid session/.test(String(err.response.body)));
+  // A session that is not renewed expires (TTL plus Consul's grace) and its lock is released.
+  const { ID: short } = await consul.session.create({ ttl: "1s", lockdelay: "0s" });
+  assert.equal(await consul.kv.set({ key: "js/expiring", value: "v", acquire: short }), true);
+  const deadline = Date.now() + 15000;
+  while ((await consul.kv.get("js/expiring")).Session === short) {
+    assert.ok(Date.now() < deadline, "the expired session's lock was not released");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.equal(await consul.kv.set({ key: "js/expiring", value: "w", acquire: one }), true);
+}
+
 async function main() {
   await putGetDelete();
   await cas();
   await listings();
   await blocking();
   await transactions();
+  await sessions();
+  await locks();
   console.log("ok");
 }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kvs.node import Node
+from tests.conftest import NodeFactory
 
 SCRIPT = Path(__file__).with_name("consul_client.js")
 INSTALL_TIMEOUT = 300
@@ -40,10 +40,14 @@ def node_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return where / "node_modules"
 
 
-async def test_npm_consul_client_kv_cases(node: Node, node_modules: Path) -> None:
+async def test_npm_consul_client_kv_and_session_cases(make_node: NodeFactory, node_modules: Path) -> None:
     """put/get/delete, binary and raw values, flags, cas success and failure, recurse, keys
     with a separator, a blocking get that wakes on a write and one that times out, a
-    txn that succeeds and a failing one that writes nothing."""
+    txn that succeeds and a failing one that writes nothing; sessions (create, info,
+    list, node, renew, destroy, a bad TTL), a lock through two sessions, an unknown
+    session refused, and a 1s session expiring with its lock released (the node allows
+    TTLs under Consul's 10s for it)."""
+    node = await make_node(consul_session_min_ttl_seconds=1, ttl_sweep_interval_ms=100)
     proc = await asyncio.create_subprocess_exec(
         "node", str(SCRIPT), env={**os.environ, "KVS_PORT": str(node.port), "NODE_PATH": str(node_modules)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)

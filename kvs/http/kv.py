@@ -41,6 +41,11 @@ from kvs.watch import Watchers
 # watchable with blocking queries, but written only through /services.
 RESERVED_PREFIX = "_services/"
 INTERNAL_PREFIX = "_kvs/"  # kvs's own keys: the register that serialises voter changes
+# Keys the server keeps for itself and shows nowhere (the Consul API's sessions and lock
+# records, kvs/http/consul/locks.py): a read finds nothing, a listing skips them, a write
+# is refused and a recursive delete skips them. Replicated like any key.
+HIDDEN_PREFIXES: tuple[str, ...] = ("_consul/",)
+NOT_DELETED_BY_PREFIX = (RESERVED_PREFIX, INTERNAL_PREFIX, *HIDDEN_PREFIXES)
 DEFAULT_WAIT_SECONDS = 300
 OP_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})  # a PUT's, a txn op's
 PUT_FIELDS = OP_FIELDS | {"consistency", "if_seq"}
@@ -92,7 +97,7 @@ class KVApi:
     async def get(self, request: web.Request) -> web.StreamResponse:
         quorum = self.config.default_consistency == "quorum"
         if not request.query_string and not quorum:  # the common read: current version, no options
-            body = self.engine.get(path_key(request)).json_bytes()
+            body = self.engine.get(readable(path_key(request))).json_bytes()
             return web.Response(body=body, content_type="application/json")
         query = request.query
         check_params(query, GET_PARAMS)
@@ -102,7 +107,7 @@ class KVApi:
                 if not plain:
                     raise BadRequest("consistency=quorum reads the current value (raw=true "
                                      "allowed); history, version, listings and index are local")
-                return await self._quorum_get(path_key(request), flag(query, "raw"))
+                return await self._quorum_get(readable(path_key(request)), flag(query, "raw"))
         # Every flag is parsed, also those this mode ignores: a malformed one is a 400.
         flags = {name: flag(query, name) for name in ("raw", "history", "recurse", "keys")}
         listing = flags["recurse"] or flags["keys"]
@@ -112,6 +117,8 @@ class KVApi:
                 goes_with = "keys=true" if misplaced[0] == "separator" else "recurse=true or keys=true"
                 raise BadRequest(f"{misplaced[0]} goes with {goes_with}")
         key = path_key(request, prefix=listing)
+        if not listing:
+            readable(key)
         wait = query_duration(query, "wait", DEFAULT_WAIT_SECONDS)
         if "index" in query:
             await self.block(key, listing, query_uint(query, "index"), wait)
@@ -179,6 +186,8 @@ class KVApi:
         more = False
         for version in self.engine.live(prefix, after):
             name = version.key
+            if hidden(name):
+                continue
             if separator:
                 cut = name.find(separator, len(prefix))
                 name = name[: cut + len(separator)] if cut >= 0 else name
@@ -272,8 +281,8 @@ class KVApi:
             prefix = path_key(request, prefix=True)
             if set(query) - {"recurse"}:
                 raise BadRequest("conditions do not combine with recurse=true")
-            writable(prefix)  # a prefix covering the reserved one skips it instead
-            tombstones = await self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
+            writable(prefix)  # a prefix covering the reserved ones skips them instead
+            tombstones = await self.engine.delete_prefix(prefix, skip=NOT_DELETED_BY_PREFIX)
             body = {"prefix": prefix, "deleted": [t.key for t in tombstones],
                     "modify_index": self.engine.index}
             return own_write(body, tombstones) if tombstones else json_response(body)
@@ -329,6 +338,20 @@ def writable(key: str) -> None:
     if key.startswith(INTERNAL_PREFIX):
         raise BadRequest(f"keys under {INTERNAL_PREFIX!r} are kvs's own (the voters of quorum "
                          "keys); readable, written only by the node (POST /cluster/voters)")
+    if hidden(key):
+        raise BadRequest(f"keys under {key[:key.index('/') + 1]!r} are reserved for kvs's own "
+                         "records (Consul sessions and locks)")
+
+
+def hidden(key: str) -> bool:
+    return key.startswith(HIDDEN_PREFIXES)
+
+
+def readable(key: str) -> str:
+    """The key, unless it is hidden: then it is not found, as if it did not exist."""
+    if hidden(key):
+        raise NotFound(f"key {key!r} not found")
+    return key
 
 
 def write_result(v: Version) -> dict[str, Any]:

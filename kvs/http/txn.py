@@ -13,7 +13,7 @@ from aiohttp import web
 from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest
-from kvs.http.kv import OP_FIELDS, delete_result, parse_op, writable, write_result
+from kvs.http.kv import OP_FIELDS, delete_result, parse_op, readable, writable, write_result
 from kvs.http.toolkit import check_params, json_body, json_response, own_write
 from kvs.keys import validate_key
 from kvs.model import Version
@@ -66,6 +66,7 @@ class TxnApi:
         try:
             if kind in ("set", "delete"):
                 writable(key)
+            readable(key)
             allowed = TXN_FIELDS if kind == "set" else TXN_FIELDS - {"value", "ttl", "flags"}
             return parse_op(raw, kind, validate_key(key), allowed, self.config)
         except BadRequest as exc:

@@ -7,6 +7,8 @@ and what differs.
 
     kv.py       GET/PUT/DELETE /v1/kv/{key}, blocking queries through KVApi.block
     txn.py      PUT /v1/txn, all-or-nothing through Engine.txn
+    sessions.py /v1/session/*: create, renew, destroy, info, list, node
+    locks.py    sessions and locks in the store; acquire, release, invalidation (one CAS)
     probes.py   status, agent, catalog and health reads
     common.py   the dialect (plain-text errors, X-Consul-* headers), parameters, values
 
@@ -22,15 +24,20 @@ from kvs.config import Config
 from kvs.engine import Engine
 from kvs.http.consul.common import DIALECT
 from kvs.http.consul.kv import Block, ConsulKV
+from kvs.http.consul.locks import Locks
 from kvs.http.consul.probes import ConsulProbes
+from kvs.http.consul.sessions import ConsulSessions
 from kvs.http.consul.txn import ConsulTxn
 
 PREFIX = "/v1/"
 
-__all__ = ["DIALECT", "PREFIX", "routes"]
+__all__ = ["DIALECT", "PREFIX", "Locks", "routes"]
 
 
-def routes(config: Config, engine: Engine, membership: Membership, block: Block) -> list[web.RouteDef]:
-    kv = ConsulKV(config, engine, block)
-    return [*kv.routes(), *ConsulTxn(config, engine).routes(),
+def routes(config: Config, engine: Engine, membership: Membership, block: Block,
+           locks: Locks) -> list[web.RouteDef]:
+    """`locks`: the node's, whose sweep (Node runs it) frees the locks of gone sessions."""
+    kv = ConsulKV(config, engine, block, locks)
+    return [*kv.routes(), *ConsulTxn(config, engine, locks).routes(),
+            *ConsulSessions(config, engine, locks, kv).routes(),
             *ConsulProbes(engine, membership, kv).routes()]

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from kvs.engine import Engine
 from kvs.errors import BadRequest, KVSError
+from kvs.http.consul.locks import LockState
 from kvs.http.server import Dialect
 from kvs.model import MAX_U64
 
@@ -159,15 +160,19 @@ def to_bytes(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def entry(version: Mapping[str, Any], *, with_value: bool = True) -> dict[str, Any]:
-    """A version (as Version.to_json() has it) as Consul's KV entry. An empty value is
-    null, as Consul shows it; `with_value` False blanks it (a txn write's result)."""
+def entry(version: Mapping[str, Any], lock: LockState, *, with_value: bool = True) -> dict[str, Any]:
+    """A version (as Version.to_json() has it) and its lock as Consul's KV entry. An empty
+    value is null, as Consul shows it; `with_value` False blanks it (a txn write's
+    result). `Session` is there only while a session holds the lock, as in Consul."""
     raw = to_bytes(version["value"]) if with_value else b""
-    return {
-        "LockIndex": 0, "Key": version["key"], "Flags": version["flags"],
+    shown = {
+        "LockIndex": lock.lock_index, "Key": version["key"], "Flags": version["flags"],
         "Value": base64.b64encode(raw).decode("ascii") if raw else None,
         "CreateIndex": version["create_index"], "ModifyIndex": version["modify_index"],
     }
+    if lock.session is not None:
+        shown["Session"] = lock.session
+    return shown
 
 
 def quoted(text: str) -> str:

@@ -7,6 +7,8 @@
     GET    /v1/kv/app/db?raw         the value's bytes
     GET    ...&index=9&wait=30s      blocks until something newer than 9 (KVApi.block)
     PUT    /v1/kv/app/db?cas=9&flags=3   body: the value's bytes -> true | false
+    PUT    /v1/kv/app/db?acquire=<session>    take the lock (and write) -> true | false
+    PUT    /v1/kv/app/db?release=<session>    let it go (and write) -> true | false
     DELETE /v1/kv/app/?recurse       true;  DELETE /v1/kv/app/db?cas=9 -> true | false
 
 Unknown parameters are ignored, as Consul ignores them; `dc`, `stale`, `consistent`,
@@ -29,13 +31,16 @@ from kvs.http.consul.common import (
     entry,
     flag,
     index_param,
+    quoted,
     to_bytes,
     to_native,
     uint_param,
     wait_param,
 )
-from kvs.http.kv import RESERVED_PREFIX, writable
+from kvs.http.consul.locks import Locks
+from kvs.http.kv import NOT_DELETED_BY_PREFIX, hidden, readable, writable
 from kvs.http.toolkit import json_response, path_key
+from kvs.model import Version
 
 # KVApi.block: hold a request until the key's (or prefix's) modify index exceeds an index.
 Block = Callable[[str, bool, int, float], Awaitable[None]]
@@ -49,10 +54,11 @@ def consul_key(request: web.Request, *, prefix: bool = False) -> str:
 
 
 class ConsulKV:
-    def __init__(self, config: Config, engine: Engine, block: Block) -> None:
+    def __init__(self, config: Config, engine: Engine, block: Block, locks: Locks) -> None:
         self.config = config
         self.engine = engine
         self.block = block
+        self.locks = locks
 
     def routes(self) -> list[web.RouteDef]:
         path = r"/v1/kv/{key:[\s\S]*}"
@@ -79,17 +85,20 @@ class ConsulKV:
             names = self._names(key, query.get("separator") or query.get("seperator") or "")
             return json_response(names) if names or not key else web.Response(status=404)
         if recurse:
-            entries = [entry(v.to_json()) for v in self.engine.live(key)]
+            entries = [self.entry(v) for v in self.engine.live(key) if not hidden(v.key)]
             return json_response(entries) if entries else web.Response(status=404)
         try:
-            current = self.engine.get(key)
+            current = self.engine.get(readable(key))
         except NotFound:
             return web.Response(status=404)
         if flag(query, "raw"):
             return web.Response(body=to_bytes(current.value), content_type="text/plain",
                                 headers={"X-Content-Type-Options": "nosniff",
                                          "Content-Security-Policy": "sandbox"})
-        return json_response([entry(current.to_json())])
+        return json_response([self.entry(current)])
+
+    def entry(self, version: Version) -> dict[str, Any]:
+        return entry(version.to_json(), self.locks.view(version.key))
 
     def _names(self, prefix: str, separator: str) -> list[str]:
         """Live keys under the prefix, each cut after the first separator past the prefix
@@ -97,6 +106,8 @@ class ConsulKV:
         names: list[str] = []
         for version in self.engine.live(prefix):
             name = version.key
+            if hidden(name):
+                continue
             cut = name.find(separator, len(prefix)) if separator else -1
             if cut >= 0:
                 name = name[:cut + len(separator)]
@@ -108,7 +119,6 @@ class ConsulKV:
 
     async def put(self, request: web.Request) -> web.Response:
         query = request.query
-        refuse_sessions(query)
         key = consul_key(request)
         writable(key)
         flags = uint_param(query, "flags") or 0
@@ -118,6 +128,8 @@ class ConsulKV:
         if len(body) > limit:
             raise TooLarge(f"Request body({len(body)} bytes) too large, max size: {limit} bytes. "
                            "See max_value_bytes.")
+        if "acquire" in query or "release" in query:
+            return json_response(await self.lock(query, Op("set", key, to_native(body), None, flags)))
         cond = Conditions(cas=cas) if cas is not None else NONE
         try:
             await self.engine.put(Op("set", key, to_native(body), None, flags, cond))
@@ -132,7 +144,7 @@ class ConsulKV:
                 raise BadRequest("Conflicting flags: recurse and cas")
             prefix = consul_key(request, prefix=True)
             writable(prefix)  # a prefix covering the registry's skips it instead
-            await self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
+            await self.engine.delete_prefix(prefix, skip=NOT_DELETED_BY_PREFIX)
             return json_response(True)
         key = consul_key(request)
         writable(key)
@@ -145,10 +157,16 @@ class ConsulKV:
             pass  # already absent: Consul answers true, with or without cas
         return json_response(True)
 
-
-def refuse_sessions(query: Any) -> None:
-    """acquire/release need sessions, which need a quorum CAS kvs does not have yet."""
-    for name in ("acquire", "release"):
-        if name in query:
-            raise BadRequest(f"{name} needs sessions, which this kvs version does not support "
-                             "yet (planned); nothing was written")
+    async def lock(self, query: Any, write: Op) -> bool:
+        """`?acquire=<session>` or `?release=<session>` with the write; as in Consul, `cas`
+        does not apply then. Acquiring needs a live session (400 otherwise)."""
+        if "acquire" in query and "release" in query:
+            raise BadRequest("Conflicting flags: acquire and release")
+        if "release" in query:
+            return await self.locks.release(write.key, query["release"], write)
+        session_id = query["acquire"]
+        session = self.locks.session(session_id)
+        if session is None:
+            raise BadRequest(f"invalid session {quoted(session_id)}: no such session (never "
+                             "created, destroyed or expired); nothing was written")
+        return await self.locks.acquire(write.key, session.value, write)

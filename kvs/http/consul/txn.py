@@ -14,6 +14,8 @@ condition where the verb compares a modify index):
     delete-cas    delete if cas=Index (absent: nothing to do, as in Consul)
     delete-tree   delete, for each key under the prefix (the registry's keys skipped)
     check-not-exists  (the key must not exist)
+    lock / unlock     set, and the lock record's guarded write (kvs/http/consul/locks.py)
+    check-session     (the key must exist, its lock held by Session)
 
 What depends on which keys exist (a get's key, the keys under a prefix) is read while
 planning, with the transaction's own earlier writes laid over the store; the engine
@@ -39,7 +41,8 @@ from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, CASConflict, NotFound, TooLarge
 from kvs.http.consul.common import entry, quoted, to_native
-from kvs.http.kv import RESERVED_PREFIX, writable
+from kvs.http.consul.locks import LOCK_PREFIX, Locks, LockState, guarded
+from kvs.http.kv import NOT_DELETED_BY_PREFIX, hidden, readable, writable
 from kvs.http.toolkit import json_response
 from kvs.keys import validate_key
 from kvs.model import MAX_U64, Version
@@ -47,7 +50,7 @@ from kvs.model import MAX_U64, Version
 MAX_OPS = 64  # Consul's limit
 SESSION_VERBS = frozenset({"lock", "unlock", "check-session"})
 PREFIX_VERBS = frozenset({"get-tree", "delete-tree"})
-WRITE_VERBS = frozenset({"set", "cas", "delete", "delete-tree", "delete-cas"})
+WRITE_VERBS = frozenset({"set", "cas", "delete", "delete-tree", "delete-cas", "lock", "unlock"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class KVOp:
     value: bytes = b""
     flags: int = 0
     index: int = 0
+    session: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,26 +76,29 @@ class Step:
 
 
 class ConsulTxn:
-    def __init__(self, config: Config, engine: Engine) -> None:
+    def __init__(self, config: Config, engine: Engine, locks: Locks) -> None:
         self.config = config
         self.engine = engine
+        self.locks = locks
 
     def routes(self) -> list[web.RouteDef]:
         return [web.put("/v1/txn", self.txn)]
 
     async def txn(self, request: web.Request) -> web.Response:
         ops = self.parse(await request.read())
-        steps, errors = Plan(self.engine).run(ops)
+        steps, errors = Plan(self.engine, self.locks).run(ops)
         if errors:
             return conflict(errors)
+        # The lock records' guards are the server's own; a client's conditions need cas_enabled.
+        internal = not any(s.op.cond for s in steps if not s.op.key.startswith(LOCK_PREFIX))
         # No await between the plan and this call: see the module docstring.
         try:
-            results = await self.engine.txn([step.op for step in steps])
+            results = await self.engine.txn([step.op for step in steps], internal=internal)
         except CASConflict as exc:
             return conflict([failure(steps[f["index"]], f.get("current")) for f in exc.extra["failed"]])
         return json_response({"Results": [
             {"KV": entry(result.to_json() if isinstance(result, Version) else result,
-                         with_value=step.shows == "entry")}
+                         self.locks.view(step.op.key), with_value=step.shows == "entry")}
             for step, result in zip(steps, results, strict=True) if step.shows and result
         ], "Errors": None})
 
@@ -113,9 +120,6 @@ class ConsulTxn:
         fields = _fields(at, item)
         verb = fields.get("verb")
         verb = verb if isinstance(verb, str) else repr(verb)  # a list is not even hashable
-        if verb in SESSION_VERBS:
-            raise BadRequest(f"operation {at}: verb {verb!r} needs sessions, which this kvs version "
-                             "does not support yet (planned); nothing was written")
         if verb not in VERBS:
             raise BadRequest(f"operation {at}: unknown KV verb {verb!r}; supported: "
                              f"{', '.join(sorted(VERBS))}")
@@ -126,13 +130,18 @@ class ConsulTxn:
             validate_key(key, prefix=verb in PREFIX_VERBS)
             if verb in WRITE_VERBS:
                 writable(key)
+            readable(key)
         except BadRequest as exc:
             raise BadRequest(f"operation {at}: {exc.message}") from None
         value = _value(at, fields.get("value"))
         if len(value) > self.config.max_value_bytes:
             raise TooLarge(f"Value for key {quoted(key)} is too large ({len(value)} > "
                            f"{self.config.max_value_bytes} bytes)")
-        return KVOp(verb, key, value, _uint(at, fields, "flags"), _uint(at, fields, "index"))
+        session = fields.get("session") or ""
+        if not isinstance(session, str) or (verb in SESSION_VERBS and not session):
+            raise BadRequest(f"operation {at}: verb {verb!r} needs a Session (a session ID string)"
+                             if verb in SESSION_VERBS else f"operation {at}: Session must be a string")
+        return KVOp(verb, key, value, _uint(at, fields, "flags"), _uint(at, fields, "index"), session)
 
 
 def _fields(at: int, item: Any) -> dict[str, Any]:
@@ -173,8 +182,10 @@ def _uint(at: int, fields: dict[str, Any], name: str) -> int:
 class Plan:
     """Consul ops -> engine steps, against the store with the txn's own writes laid over it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, locks: Locks) -> None:
         self.engine = engine
+        self.locks = locks
+        self.locking: dict[str, LockState] = {}  # the locks this txn takes or lets go
         self.present: dict[str, bool] = {}  # keys this txn wrote: do they exist after it?
         self.steps: list[Step] = []
         self.errors: list[dict[str, Any]] = []
@@ -194,7 +205,7 @@ class Plan:
         return True
 
     def under(self, prefix: str) -> list[str]:
-        stored = {v.key for v in self.engine.live(prefix)}
+        stored = {v.key for v in self.engine.live(prefix) if not hidden(v.key)}
         written = {k for k in self.present if k.startswith(prefix)}
         return sorted(k for k in stored | written if self.exists(k))
 
@@ -240,7 +251,7 @@ class Plan:
 
     def _delete_tree(self, at: int, op: KVOp) -> None:
         for key in self.under(op.key):
-            if not key.startswith(RESERVED_PREFIX):
+            if not key.startswith(NOT_DELETED_BY_PREFIX):
                 self.step(at, op, "delete", key)
 
     def _delete_cas(self, at: int, op: KVOp) -> None:
@@ -248,10 +259,58 @@ class Plan:
             self.step(at, op, "delete", op.key, Conditions(cas=op.index))
 
 
+    def _lock(self, at: int, op: KVOp) -> None:
+        self._local_locks(at, op)
+        session = self.locks.session(op.session)
+        if session is None:
+            self.fail(at, f"failed to lock key {quoted(op.key)}: invalid session {quoted(op.session)}")
+            return
+        record, state = self.locks.lock(op.key)
+        after = state.acquired(session.value, self.engine.now_ms())
+        if after is None:
+            self.fail(at, f"failed to lock key {quoted(op.key)}, lock is already held")
+        else:
+            self._locked(at, op, record, after)
+
+    def _unlock(self, at: int, op: KVOp) -> None:
+        self._local_locks(at, op)
+        record, state = self.locks.lock(op.key)
+        after = state.released(op.session)
+        if after is None:
+            self.fail(at, f"failed to unlock key {quoted(op.key)}, lock isn't held, or is held "
+                          "by another session")
+        else:
+            self._locked(at, op, record, after)
+
+    def _local_locks(self, at: int, op: KVOp) -> None:
+        """A transaction is one node's; with more than one voter locks change only by
+        quorum CAS, one key at a time (Locks.change), which no transaction can join."""
+        if self.locks.quorum_mode:
+            raise BadRequest(f"operation {at}: verb {op.verb!r} in a transaction is node-local, and "
+                             "this cluster has more than one voter: use PUT /v1/kv/{key}?acquire= "
+                             "or ?release=; nothing was written")
+
+    def _locked(self, at: int, op: KVOp, record: Version | None, after: LockState) -> None:
+        """The key's write and its lock record's guarded write (locks.guarded), together."""
+        self.step(at, op, "set", op.key, shows="meta")
+        self.steps.append(Step(guarded(op.key, record, after), at, op.verb))
+        self.locking[op.key] = after
+
+    def _check_session(self, at: int, op: KVOp) -> None:
+        if not self.exists(op.key):
+            self.fail(at, f"failed to check session, key {quoted(op.key)} doesn't exist")
+            return
+        current = (self.locking.get(op.key) or self.locks.view(op.key)).session
+        if current != op.session:
+            self.fail(at, f"failed session check for key {quoted(op.key)}, current session "
+                          f"{quoted(current or '')} != {quoted(op.session)}")
+
+
 PLANNERS = {
     "set": Plan._set, "cas": Plan._cas, "get": Plan._get, "get-tree": Plan._get_tree,
     "check-index": Plan._check_index, "check-not-exists": Plan._check_not_exists,
     "delete": Plan._delete, "delete-tree": Plan._delete_tree, "delete-cas": Plan._delete_cas,
+    "lock": Plan._lock, "unlock": Plan._unlock, "check-session": Plan._check_session,
 }
 VERBS = frozenset(PLANNERS)
 
