@@ -149,20 +149,12 @@ class _Connection(RequestHandler):
             super().connection_lost(exc)
 
     def _head_due(self) -> None:
-        """Bring the keep-alive timer forward to the header deadline.
-
-        A timer that fires by then already stays: firing early, it re-arms itself for
-        the close time. On a busy keep-alive connection that is the previous request's
-        timer, so a request costs no cancel and no new timer (a heap push each).
-        """
+        """Bring the keep-alive timer forward to the header deadline."""
         due = self._loop.time() + self._header_timeout
         if due < self._next_keepalive_close_time:
             self._next_keepalive_close_time = due
-            handle = cast(asyncio.TimerHandle | None, self._keepalive_handle)
-            if handle is not None:
-                if handle.when() <= due:
-                    return
-                handle.cancel()
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
             self._keepalive_handle = self._loop.call_at(due, self._process_keepalive)
 
 
