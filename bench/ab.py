@@ -106,18 +106,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"round {rnd}/{args.reps} done" + (" (warm-up)" if rnd == 0 else ""), flush=True)
         finally:
             stop_all()
-        first = targets[1].name
-        print(f"\n| op | target | req/s (CAS: ok/s) | / {BARE} | / {first} |\n|---|---|---:|---:|---:|")
-        for op in ops:
-            for target in targets:
-                cell = cells.get((target.name, op))
-                if cell is None:
-                    continue
-                vs_bare = paired_ratio(cell.by_round(), _denominator(cells, op).by_round())
-                vs_first = paired_ratio(cell.by_round(), cells[first, op].by_round())
-                print(f"| {OPS[op].label} | {target.name} | {cell.value:,.0f} | {vs_bare or 0:.2f} "
-                      f"| {vs_first or 0:.2f} |")
+        print("\n" + table(cells, [t.name for t in targets], ops))
     return 0
+
+
+def table(cells: dict[tuple[str, str], Cell], names: Sequence[str], ops: Sequence[str]) -> str:
+    """The A/B as markdown: medians of throughput and server CPU µs per request, and the
+    per-round ratios to the bare app and to the first kvs target (`names[1]`)."""
+    first = names[1]
+    lines = [f"| op | target | req/s (CAS: ok/s) | CPU µs/req | / {BARE} | / {first} | CPU / {first} |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for op in ops:
+        for name in names:
+            cell = cells.get((name, op))
+            if cell is None:
+                continue
+            base = cells[first, op]
+            vs_bare = paired_ratio(cell.by_round(), _denominator(cells, op).by_round())
+            vs_first = paired_ratio(cell.by_round(), base.by_round())
+            cpu_first = paired_ratio(cell.cpu_by_round(), base.cpu_by_round())
+            lines.append(f"| {OPS[op].label} | {name} | {cell.value:,.0f} | {_num(cell.cpu_us, '.0f')} "
+                         f"| {_num(vs_bare, '.2f')} | {_num(vs_first, '.2f')} | {_num(cpu_first, '.2f')} |")
+    return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":

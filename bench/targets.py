@@ -108,6 +108,27 @@ def rss_bytes(proc: ManagedProcess) -> int | None:
     return None
 
 
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime, in clock ticks, from the text of /proc/<pid>/stat. The fields are
+    counted after the last ')', as the command name between parentheses may hold spaces."""
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), after pid and comm
+
+
+def cpu_seconds(procs: Sequence[ManagedProcess]) -> float | None:
+    """CPU seconds (user + system) the running processes of `procs` have used so far; None when
+    one of them is gone (a difference across its restart would mean nothing)."""
+    ticks = 0
+    for proc in procs:
+        if proc.pid is None:
+            return None
+        try:
+            ticks += stat_cpu_ticks(Path(f"/proc/{proc.pid}/stat").read_text())
+        except OSError:
+            return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(check: Any, timeout: float, what: str, procs: Sequence[ManagedProcess] = (),
                interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout

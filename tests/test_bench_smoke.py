@@ -4,7 +4,11 @@ is `python -m bench.run` (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
+
+import pytest
 
 from bench import ab, bare_app, cluster_figures, run, targets
 from bench.run import KVS, Cell, Ratio, Rep
@@ -89,7 +93,9 @@ def test_tables_are_aligned_markdown() -> None:
     cells = [Cell("aiohttp", "get", reps=[_rep(12_000)]), Cell(KVS, "cas_index", cas=True,
                                                                reps=[_rep(3000, 3000)]),
              Cell("etcd", "get", problems=["etcd not installed"])]
+    cells[0].reps[0].cpu_s = 0.6  # 50 µs per request
     table = run.throughput_table(cells).splitlines()
+    assert "CPU µs/req" in table[0] and " 50 |" in table[2]
     assert table[0].startswith("| target ") and set(table[1]) <= {"|", "-", ":"}
     assert len({len(line) for line in table}) == 1  # every row padded to the same width
     assert "| 12,000 |" in table[2] and " 0.0% |" in table[3] and "etcd not installed" in table[4]
@@ -124,3 +130,67 @@ def test_ab_compares_cas_with_the_bare_put() -> None:
     cells = {(run.BARE, op): Cell(run.BARE, op, reps=[_rep(100)]) for op in ("get", "put_one")}
     assert ab._denominator(cells, "get") is cells[run.BARE, "get"]
     assert ab._denominator(cells, "cas_index") is cells[run.BARE, "put_one"]
+
+
+def test_cpu_ticks_are_read_after_the_command_name() -> None:
+    # The command name may hold spaces and parentheses: fields count from the last ')'.
+    stat = "4242 (kvs (node) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 31 7 9 20 0 3 0"
+    assert targets.stat_cpu_ticks(stat) == 281
+    mine = targets.stat_cpu_ticks(Path("/proc/self/stat").read_text()) / os.sysconf("SC_CLK_TCK")
+    used = os.times()
+    assert abs(mine - (used.user + used.system)) < 0.05
+
+
+def test_cells_report_cpu_per_request_by_round() -> None:
+    cell = Cell(KVS, "put_one", reps=[_rep(1000), _rep(2000), _rep(4000)])
+    for rnd, (rep, cpu) in enumerate(zip(cell.reps, (0.1, 0.1, None), strict=True), start=1):
+        rep.round, rep.cpu_s = rnd, cpu
+    assert cell.reps[0].cpu_us_per_req == 100 and cell.reps[2].cpu_us_per_req is None
+    assert cell.cpu_by_round() == {1: 100.0, 2: 50.0}
+    assert cell.cpu_us == 75  # median of the measured repetitions only
+    assert Cell(KVS, "get", reps=[_rep(10)]).cpu_us is None
+
+
+def test_ratio_checks_add_the_inverse_cpu_ratio() -> None:
+    ratios = [Ratio("put", ("kvs", "put"), ("etcd", "put"), 1.5),
+              Ratio("get", ("kvs", "get"), ("etcd", "get"), 3)]
+    series = {("kvs", "put"): {1: 300.0}, ("etcd", "put"): {1: 100.0}, ("kvs", "get"): {1: 2.0},
+              ("etcd", "get"): {1: 1.0}}
+    cpu = {("kvs", "put"): {1: 40.0}, ("etcd", "put"): {1: 100.0}}
+    checks = run.ratio_checks(series, ratios, cpu=cpu)
+    assert [(c.value, c.status, c.cpu) for c in checks] == [("3.00x", "pass", "2.50x"), ("2.00x", "FAIL", "")]
+    assert "CPU µs/req ratio" in run.checks_table(checks).splitlines()[0]
+
+
+def test_the_targets_are_those_of_issue_17() -> None:
+    minimum = {(r.num, r.den): r.minimum for r in run.RATIOS}
+    for op in ("put_one", "put_random", "cas_index", "txn4"):
+        assert minimum[(KVS, op), (run.ETCD_NOFSYNC, op)] == 1.5
+    for op in ("put_one", "put_random", "cas_index", "txn4"):
+        assert minimum[(run.KVS_SYNC, op), (run.ETCD, op)] == 1.5
+    for op in ("put_one", "put_random"):
+        assert minimum[(run.KVS3, op), (run.ETCD3_NOFSYNC, op)] == 1.5
+    assert minimum[(KVS, "get"), (run.ETCD_NOFSYNC, "get")] == 3.0
+    assert minimum[(KVS, "put_random"), (KVS, "put_one")] == 0.85
+    assert minimum[(KVS, "get"), (run.BARE, "get")] == 0.85
+    assert minimum[(KVS, "put_one"), (run.BARE, "put_one")] == 0.70
+    assert minimum[(KVS, "cas_index"), (run.BARE, "put_one")] == 0.65
+
+
+def test_ab_table_has_cpu_per_request_and_its_ratio() -> None:
+    cells = {}
+    for name, requests, cpu in ((run.BARE, 2000, 0.1), ("kvs@A", 1000, 0.1), ("kvs@B", 1500, 0.075)):
+        cell = Cell(name, "put_one", reps=[_rep(requests)])
+        cell.reps[0].round, cell.reps[0].cpu_s = 1, cpu
+        cells[name, "put_one"] = cell
+    lines = ab.table(cells, [run.BARE, "kvs@A", "kvs@B"], ["put_one"]).splitlines()
+    assert "CPU µs/req" in lines[0] and "CPU / kvs@A" in lines[0]
+    assert lines[-1] == "| PUT one key | kvs@B | 1,500 | 50 | 0.75 | 1.50 | 0.50 |"
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_a_wrk_run_measures_the_servers_cpu(tmp_path: Path) -> None:
+    with targets.BareTarget(run.BARE, tmp_path, None) as bare:
+        rep = run.run_wrk(bare, "get", 1, "t", connections=2, cpus=None, log_path=tmp_path / "wrk.log")
+    assert rep.requests > 0 and rep.cpu_s is not None
+    assert 0 < rep.cpu_s < 5 and rep.cpu_us_per_req is not None and rep.cpu_us_per_req > 1
