@@ -21,6 +21,7 @@ import os
 import random
 import secrets
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +39,8 @@ from kvs.chaos.faults import FAULT_KINDS, FaultInjector, FaultPlan, Firewall, pa
 from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
 from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
 from kvs.cluster import auth
-from kvs.testing import Cluster, free_ports
+from kvs.testing import Cluster, free_ports, netns
+from kvs.tls import client_context
 
 GID_BASE = 47000
 DUMP_PATH = "/internal/dump"
@@ -66,6 +68,7 @@ class Options:
     fault_duration: tuple[float, float] = (2.0, 5.0)
     settings: dict[str, str] = field(default_factory=dict)  # extra node config as KVS_* env
     cluster_secret: str | None = None  # given to the nodes started; signs the dump requests
+    netns: bool = False  # every node on a host of its own (a network namespace), with TLS
     base_port: int | None = None
     progress: float = 2.0
     think: float = 0.005
@@ -90,6 +93,7 @@ class Run:
         self.cluster: Cluster | None = None
         self.nodes: list[Any] = []
         self.firewall: Firewall | None = None
+        self.network: netns.Network | None = None
         self.injector: FaultInjector | None = None
         self.keys = KeySpace(f"chaos-{self.run_id}", options.keys, options.key_budget)
         self.faults = list(options.faults)
@@ -104,6 +108,8 @@ class Run:
         if self.firewall is not None:
             with contextlib.suppress(Exception):
                 self.firewall.cleanup()
+        if self.network is not None:
+            self.network.close()
         if self.history is not None:
             self.history.close()
 
@@ -120,7 +126,7 @@ class Run:
                          f"{', '.join(dropped)} are left out (workload and checks only)")
             self.faults = []
             return
-        if "partition" in self.faults:
+        if "partition" in self.faults and not self.o.netns:  # --netns checks for itself
             ok, why = partitions_available()
             if not ok:
                 self.say(f"note: {why}")
@@ -128,40 +134,66 @@ class Run:
         if "partition" in self.faults and self.o.nodes < 2:
             self.faults.remove("partition")
 
-    async def start(self, session: aiohttp.ClientSession) -> None:
+    def prepare(self) -> ssl.SSLContext | bool:
+        """Plan the faults and define the cluster (with --netns, make its hosts first); what
+        the run's client session verifies the nodes with (aiohttp's `ssl`)."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._plan_faults()
+        if self.o.urls:
+            return True
         env = {"KVS_CAS_ENABLED": "true", "KVS_REVISION_HISTORY_LIMIT": str(self.o.history_limit),
                **{f"KVS_{k.upper()}": v for k, v in self.o.settings.items()}}
         if self.o.cluster_secret:
             env["KVS_CLUSTER_SECRET"] = self.o.cluster_secret
+        names = [f"n{i + 1}" for i in range(self.o.nodes)]
+        skews = {}
+        if "skew" in self.faults:
+            skews[names[-1]] = self.o.skew_ms * self.rng.choice((1, -1))
+        if self.o.netns:
+            return self._prepare_hosts(names, env, skews)
+        gids = None
+        if "partition" in self.faults:
+            base = GID_BASE + (os.getpid() % 1000) * 16
+            gids = [base + i for i in range(self.o.nodes)]
+        base = self.o.base_port
+        ports = range(base, base + self.o.nodes) if base else free_ports(self.o.nodes)
+        self.cluster = Cluster(self.out / "nodes", names, ports=ports, env=env, gids=gids, skews=skews)
+        self.nodes = self.cluster.nodes
+        return True
+
+    def _prepare_hosts(self, names: list[str], env: dict[str, str],
+                       skews: dict[str, int]) -> ssl.SSLContext:
+        """One network namespace per node (TLS, a cluster secret): see kvs/testing/netns.py."""
+        reason = netns.unavailable()
+        if reason is not None:
+            raise ClusterError(f"--netns: {reason}")
+        try:
+            self.network = netns.Network(names).create()
+        except netns.NetnsError as exc:
+            raise ClusterError(f"--netns: cannot make the hosts: {exc}") from None
+        cluster = netns.NetnsCluster(self.out / "nodes", self.network, env=env, skews=skews,
+                                     port=self.o.base_port or netns.DEFAULT_PORT,
+                                     secret=self.o.cluster_secret)
+        self.o.cluster_secret = cluster.secret  # signs the dump requests
+        self.cluster, self.nodes = cluster, cluster.nodes
+        return client_context(str(cluster.ca_file))
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
         if self.o.urls:
             self.nodes = await remote_nodes(session, self.o.urls)
-        else:
-            gids = None
-            if "partition" in self.faults:
-                base = GID_BASE + (os.getpid() % 1000) * 16
-                gids = [base + i for i in range(self.o.nodes)]
-            skews = {}
-            if "skew" in self.faults:
-                skews[f"n{self.o.nodes}"] = self.o.skew_ms * self.rng.choice((1, -1))
-            base = self.o.base_port
-            ports = range(base, base + self.o.nodes) if base else free_ports(self.o.nodes)
-            self.cluster = Cluster(self.out / "nodes", [f"n{i + 1}" for i in range(self.o.nodes)],
-                                   ports=ports, env=env, gids=gids, skews=skews)
-            self.nodes = self.cluster.nodes
         self.history = HistoryWriter(self.out / HISTORY_FILE)
         self.history.write({
             "type": "meta", "run_id": self.run_id, "seed": self.seed, "t0": self.t0,
             "nodes": {n.name: {"url": n.url, "skew_ms": n.skew_ms,
                                "gid": getattr(n, "gid", None)} for n in self.nodes},
             "faults": self.faults, "options": self.o.to_json(), "argv": sys.argv,
-            "prefix": self.keys.prefix})
+            "prefix": self.keys.prefix, "network": self.network.run_id if self.network else None})
         if self.cluster is not None:
+            hosts = ", each on a host of its own (network namespace), TLS" if self.network else ""
             self.say(f"starting {self.o.nodes} nodes under {self.out / 'nodes'} "
-                     f"(cas_enabled, revision_history_limit={self.o.history_limit})")
+                     f"(cas_enabled, revision_history_limit={self.o.history_limit}{hosts})")
             await self.cluster.astart_all()
-        if "partition" in self.faults:
+        if "partition" in self.faults and self.network is None:
             self.firewall = Firewall(self.run_id)
             await asyncio.to_thread(self.firewall.setup)
         for node in self.nodes:
@@ -189,7 +221,8 @@ class Run:
         if self.cluster is not None:
             self.injector = FaultInjector(
                 self.cluster, history, FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration),
-                random.Random(f"{self.seed}:faults"), firewall=self.firewall, say=self.say)
+                random.Random(f"{self.seed}:faults"), firewall=self.firewall or self.network,
+                say=self.say)
             for node in self.cluster.nodes:
                 if node.skew_ms:
                     self.injector.mark_skew(node)
@@ -293,7 +326,8 @@ class Run:
 
 
 async def _run(run: Run) -> None:
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    tls = await asyncio.wait_for(asyncio.to_thread(run.prepare), timeout=SETUP_SECONDS)
+    connector = aiohttp.TCPConnector(limit=0, force_close=False, ssl=tls)
     async with aiohttp.ClientSession(connector=connector, trace_configs=[sent_trace()]) as session:
         no_resend(session)
         await asyncio.wait_for(run.start(session), timeout=SETUP_SECONDS)

@@ -310,3 +310,5 @@ class NetnsCluster(Cluster):
                          env={**(env or {}), "KVS_CLUSTER_SECRET": self.secret}, envs=envs,
                          launchers={name: host.exec() for name, host in network.hosts.items()},
                          ca=ca.cert_file, **options)
+        for node in self.nodes:  # the address it will have, for whoever records it before start
+            node.url = f"https://{network.hosts[node.name].ip}:{port}"
