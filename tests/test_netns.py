@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from kvs.client import CASConflict, Client, NotFound
+from kvs.testing import node_env, run_kvs
 from kvs.testing.netns import NetnsCluster, NetnsError, Network, drop_rules, pick_subnet, unavailable
 
 NAMES = ["n1", "n2", "n3"]
@@ -171,3 +174,22 @@ def test_a_network_that_fails_half_way_leaves_nothing_behind() -> None:
     with pytest.raises(NetnsError, match="bad/name"):
         network.create()
     assert network.leftovers() == []
+
+
+def test_chaos_cleanup_removes_the_network_of_an_owner_killed_with_sigkill() -> None:
+    _network(["probe"]).close()  # skips where namespaces cannot be made at all
+    script = ("from kvs.testing.netns import Network; import time; "
+              "n = Network(['a', 'b']).create(); print(n.run_id, flush=True); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", script], env=node_env(), stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert owner.stdout is not None
+        run_id = owner.stdout.readline().strip()
+    finally:
+        owner.kill()  # SIGKILL: no atexit hook runs, the network stays
+        owner.wait()
+    left = Network(["a", "b"], run_id=run_id)
+    assert len(left.leftovers()) == 5
+    cleanup = run_kvs("chaos", "cleanup")
+    assert cleanup.returncode == 0 and f"kvs-{owner.pid}-{run_id}-a" in cleanup.stdout, cleanup.stdout
+    assert left.leftovers() == []
