@@ -193,3 +193,13 @@ def test_chaos_cleanup_removes_the_network_of_an_owner_killed_with_sigkill() -> 
     cleanup = run_kvs("chaos", "cleanup")
     assert cleanup.returncode == 0 and f"kvs-{owner.pid}-{run_id}-a" in cleanup.stdout, cleanup.stdout
     assert left.leftovers() == []
+
+
+def test_unavailable_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvs.testing import netns
+
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    assert netns.unavailable() == "network namespaces need root"
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netns.shutil, "which", lambda cmd: None if cmd == "ip" else f"/usr/sbin/{cmd}")
+    assert netns.unavailable() == "network namespaces need the ip command (iproute2, iptables)"
