@@ -8,8 +8,9 @@
           ─► checkers on the saved history ─► summary table, checks.json, report.html
 
 Every phase has a time bound, so the run ends by itself. Cleanup is in `finally`: every
-node process group is killed and the iptables chain removed, also on Ctrl-C, SIGTERM or
-an exception; an atexit hook repeats it if the interpreter exits some other way.
+node process group is killed and the iptables chain removed (with --netns: the hosts'
+namespaces, veths and bridge), also on Ctrl-C, SIGTERM or an exception; an atexit hook
+repeats it if the interpreter exits some other way.
 """
 
 from __future__ import annotations
