@@ -321,3 +321,44 @@ def test_without_root_partitions_are_left_out_with_a_reason(monkeypatch: pytest.
     run._plan_faults()
     assert run.faults == ["kill", "pause"]
     assert any("running without partition faults" in line for line in said)
+
+
+def test_netns_run_puts_every_node_on_a_host_of_its_own_and_removes_the_hosts(tmp_path: Path) -> None:
+    from kvs.testing import netns
+
+    if netns.unavailable() is not None:
+        pytest.skip(str(netns.unavailable()))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        chaos("--netns", "--nodes", "3", "--clients", "6", "--duration", "6", "--faults", "partition,kill",
+              "--fault-every", "0.3,0.6", "--fault-length", "1,1.5", "--out", str(out), "--progress", "5"),
+        env=env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    report = proc.stdout + proc.stderr
+    if "--netns: cannot make the hosts" in report:
+        pytest.skip(report.split("--netns: ", 1)[1].splitlines()[0])
+    assert proc.returncode == 0, report
+    history = load_history(out)
+    assert "partition" in {f.kind for f in history.faults}, report
+    urls = [node["url"] for node in history.meta["nodes"].values()]
+    hosts = {url.split("//")[1].split(":")[0] for url in urls}
+    assert len(hosts) == 3 and all(url.startswith("https://10.") and url.endswith(":8080") for url in urls)
+    # Nothing left behind: no node process, no namespace or link of the run's network.
+    assert processes_mentioning(str(out / "nodes")) == []
+    run = history.meta["network"]
+    left = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    left += subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert run and run not in left
+
+
+def test_netns_mode_refuses_url_and_names_what_it_lacks(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    from kvs.chaos.runner import Options, execute
+    from kvs.testing import netns
+
+    both = subprocess.run(chaos("--netns", "--url", "http://127.0.0.1:1"), env=env(), capture_output=True,
+                          text=True, timeout=60)
+    assert both.returncode == 2 and "cannot be combined with --url" in both.stderr
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    said: list[str] = []
+    assert execute(Options(netns=True, out=tmp_path / "run", duration=1), said.append) == 2
+    assert "chaos run failed: --netns: network namespaces need root" in said

@@ -2,7 +2,9 @@
 
     kvs chaos [--nodes 3 --clients 8 --duration 30 ...]   run, check, report
     kvs chaos check DIR|FILE                              run the checkers on a saved history
-    kvs chaos cleanup                                     remove iptables leftovers of killed runs
+    kvs chaos --netns                                     the nodes on hosts of their own (root)
+    kvs chaos cleanup                                     remove iptables and --netns leftovers of
+                                                          killed runs
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--base-port", type=int, help="first node port (default: free ports)")
     p.add_argument("--cluster-secret", help="cluster_secret of the nodes (given to the nodes started; "
                    "with --url, used to sign the dump requests)")
+    p.add_argument("--netns", action="store_true",
+                   help="run every node on a host of its own: a Linux network namespace with its own "
+                        "address, TLS and a cluster secret; partitions by iptables on the hosts' veths "
+                        "(root only)")
     p.add_argument("--progress", type=float, default=2.0, help="seconds between progress lines (2)")
     p.set_defaults(run=run_command)
     chaos_sub = p.add_subparsers(dest="chaos_command", metavar="{check,cleanup}")
@@ -114,6 +120,9 @@ def run_command(args: argparse.Namespace) -> int:
         print("kvs chaos: --nodes, --clients, --keys, --overlap must be >= 1 and --duration > 0",
               file=sys.stderr)
         return 2
+    if args.netns and args.url:
+        print("kvs chaos: --netns starts its own nodes; it cannot be combined with --url", file=sys.stderr)
+        return 2
     out = args.out or Path(time.strftime("chaos-%Y%m%d-%H%M%S"))
     options = Options(
         nodes=args.nodes, clients=args.clients, duration=args.duration, seed=args.seed,
@@ -126,7 +135,7 @@ def run_command(args: argparse.Namespace) -> int:
         fault_duration=args.fault_length, converge_timeout=args.converge_timeout,
         settings={**({"sync_writes": "true"} if args.sync_writes else {}), **dict(args.set)},
         base_port=args.base_port, progress=args.progress,
-        cluster_secret=args.cluster_secret)
+        cluster_secret=args.cluster_secret, netns=args.netns)
     return execute(options, say=lambda line: print(line, flush=True))
 
 
@@ -142,9 +151,12 @@ def check_command(args: argparse.Namespace) -> int:
 
 def cleanup_command(args: argparse.Namespace) -> int:
     from kvs.chaos.faults import cleanup_all
+    from kvs.testing.netns import cleanup_stale
 
     removed = cleanup_all()
-    for line in removed:
+    hosts = cleanup_stale()
+    for line in removed + hosts:
         print(f"removed: {line}")
-    print(f"{len(removed)} iptables rules/chains removed")
+    print(f"{len(removed)} iptables rules/chains removed, {len(hosts)} network namespaces/links of "
+          "--netns runs removed")
     return 0

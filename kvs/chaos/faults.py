@@ -22,6 +22,12 @@ itself killed -9 left behind (chains named KVSCHAOS-*, jumps commented kvs-chaos
 Without root (or without the iptables command) partitions are left out of the fault mix
 with a message saying why; kill, pause and skew need no privileges.
 
+With `kvs chaos --netns` every node is a host of its own (a network namespace with its
+own address, kvs.testing.netns), and a partition is what it would be between real hosts:
+DROP rules on the veths of one side's hosts for the other side's addresses. The run's
+clients, on the bridge's address, still reach every node. Both kinds make partitions
+through the same two calls (`Partitioner`): split(sides) and heal().
+
 Clock skew: one node runs for the whole run with its wall clock off by --skew-ms (via
 kvs.chaos.skewed_node), across its restarts too. A skew that changed while a node runs
 would make its TTLs jump, which no lease can survive; a fixed one is what real hosts
@@ -39,9 +45,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kvs.chaos.history import HistoryWriter
 from kvs.cluster import auth
@@ -58,6 +64,15 @@ COMMENT_PREFIX = "kvs-chaos:"
 
 class FirewallError(RuntimeError):
     pass
+
+
+class Partitioner(Protocol):
+    """What makes partitions: the gid/port Firewall on loopback, or the namespaces' Network
+    (kvs.testing.netns) where every node is a host of its own."""
+
+    def split(self, sides: Sequence[Sequence[KvsNode]], *, oneway: bool = False) -> None: ...
+
+    def heal(self) -> None: ...
 
 
 def partitions_available() -> tuple[bool, str]:
@@ -95,6 +110,17 @@ class Firewall:
         _iptables("-N", self.chain)
         self.installed = True  # from here on, cleanup() has something to remove
         _iptables("-I", "OUTPUT", "-m", "comment", "--comment", self.comment, "-j", self.chain)
+
+    def split(self, sides: Sequence[Sequence[KvsNode]], *, oneway: bool = False) -> None:
+        """Cut the nodes of the first side off from those of the second: both ways, or
+        one-way (the first side's packets to the second's ports only)."""
+        pairs = []
+        for a in sides[0]:
+            for b in sides[1]:
+                assert a.gid is not None and b.gid is not None, "partitions need a group id per node"
+                assert a.port and b.port
+                pairs += [(a.gid, b.port)] if oneway else [(a.gid, b.port), (b.gid, a.port)]
+        self.cut(pairs)
 
     def cut(self, pairs: list[tuple[int, int]]) -> None:
         """Drop packets from processes of group `gid` to `port`, for each (gid, port)."""
@@ -168,7 +194,7 @@ class FaultInjector:
     in force at a time; a fault whose turn comes when it cannot be made waits for the next."""
 
     def __init__(self, cluster: Cluster, history: HistoryWriter, plan: FaultPlan,
-                 rng: random.Random, *, firewall: Firewall | None, say: Callable[[str], None],
+                 rng: random.Random, *, firewall: Partitioner | None, say: Callable[[str], None],
                  secret: str | None = None) -> None:
         self.cluster = cluster
         self.history = history
@@ -358,15 +384,10 @@ class FaultInjector:
         self.rng.shuffle(names)
         cut = self.rng.randint(1, len(names) // 2)
         sides = [sorted(names[:cut]), sorted(names[cut:])]
-        pairs = []
-        for a_name in sides[0]:
-            for b_name in sides[1]:
-                a, b = self.cluster.by_name(a_name), self.cluster.by_name(b_name)
-                assert a.gid is not None and b.gid is not None
-                pairs += [(a.gid, b.port)] if oneway else [(a.gid, b.port), (b.gid, a.port)]
         kind = "oneway" if oneway else "partition"
         fault = self._begin(kind, sorted(names), sides=sides)
-        await asyncio.to_thread(firewall.cut, pairs)
+        nodes = [[self.cluster.by_name(n) for n in side] for side in sides]
+        await asyncio.to_thread(firewall.split, nodes, oneway=oneway)
         self.history.event("fault", fault=fault, kind=kind, phase="in_force")
 
         async def heal() -> None:

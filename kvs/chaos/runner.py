@@ -8,8 +8,9 @@
           ─► checkers on the saved history ─► summary table, checks.json, report.html
 
 Every phase has a time bound, so the run ends by itself. Cleanup is in `finally`: every
-node process group is killed and the iptables chain removed, also on Ctrl-C, SIGTERM or
-an exception; an atexit hook repeats it if the interpreter exits some other way.
+node process group is killed and the iptables chain removed (with --netns: the hosts'
+namespaces, veths and bridge), also on Ctrl-C, SIGTERM or an exception; an atexit hook
+repeats it if the interpreter exits some other way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import random
 import secrets
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +40,8 @@ from kvs.chaos.faults import CUTS, FAULT_KINDS, FaultInjector, FaultPlan, Firewa
 from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
 from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
 from kvs.cluster import auth
-from kvs.testing import Cluster, free_ports
+from kvs.testing import Cluster, free_ports, netns
+from kvs.tls import client_context
 
 GID_BASE = 47000
 DUMP_PATH = "/internal/dump"
@@ -69,6 +72,7 @@ class Options:
     fault_duration: tuple[float, float] = (2.0, 5.0)
     settings: dict[str, str] = field(default_factory=dict)  # extra node config as KVS_* env
     cluster_secret: str | None = None  # given to the nodes started; signs the dump requests
+    netns: bool = False  # every node on a host of its own (a network namespace), with TLS
     base_port: int | None = None
     progress: float = 2.0
     think: float = 0.005
@@ -93,6 +97,7 @@ class Run:
         self.cluster: Cluster | None = None
         self.nodes: list[Any] = []
         self.firewall: Firewall | None = None
+        self.network: netns.Network | None = None
         self.injector: FaultInjector | None = None
         self.keys = KeySpace(f"chaos-{self.run_id}", options.keys, options.key_budget, options.consistency)
         self.faults = list(options.faults)
@@ -107,6 +112,8 @@ class Run:
         if self.firewall is not None:
             with contextlib.suppress(Exception):
                 self.firewall.cleanup()
+        if self.network is not None:
+            self.network.close()
         if self.history is not None:
             self.history.close()
 
@@ -125,51 +132,77 @@ class Run:
             return
         if "voters" in self.faults and (self.o.consistency == "local" or self.o.nodes < 3):
             self.faults.remove("voters")  # voters matter to quorum keys; and one must stay a majority
-        cuts = [f for f in self.faults if f in CUTS]
-        if cuts:
+        if any(f in CUTS for f in self.faults) and not self.o.netns:  # --netns checks for itself
             ok, why = partitions_available()
             if not ok:
                 self.say(f"note: {why}")
             if not ok or self.o.nodes < 2:
                 self.faults = [f for f in self.faults if f not in CUTS]
 
-    async def start(self, session: aiohttp.ClientSession) -> None:
+    def prepare(self) -> ssl.SSLContext | bool:
+        """Plan the faults and define the cluster (with --netns, make its hosts first); what
+        the run's client session verifies the nodes with (aiohttp's `ssl`)."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._plan_faults()
+        if self.o.urls:
+            return True
         env = {"KVS_CAS_ENABLED": "true", "KVS_REVISION_HISTORY_LIMIT": str(self.o.history_limit),
                **{f"KVS_{k.upper()}": v for k, v in self.o.settings.items()}}
         if self.o.cluster_secret:
             env["KVS_CLUSTER_SECRET"] = self.o.cluster_secret
         if self.o.consistency != "local":  # every node started is a voter of the quorum keys
             env["KVS_INITIAL_VOTERS"] = ",".join(f"n{i + 1}" for i in range(self.o.nodes))
+        names = [f"n{i + 1}" for i in range(self.o.nodes)]
+        skews = {}
+        if "skew" in self.faults:
+            skews[names[-1]] = self.o.skew_ms * self.rng.choice((1, -1))
+        jump_ms = self.o.jump_ms if "jump" in self.faults else 0
+        if self.o.netns:
+            return self._prepare_hosts(names, env, skews, jump_ms)
+        gids = None
+        if any(f in CUTS for f in self.faults):
+            base = GID_BASE + (os.getpid() % 1000) * 16
+            gids = [base + i for i in range(self.o.nodes)]
+        base = self.o.base_port
+        ports = range(base, base + self.o.nodes) if base else free_ports(self.o.nodes)
+        self.cluster = Cluster(self.out / "nodes", names, ports=ports, env=env, gids=gids, skews=skews,
+                               jump_ms=jump_ms)
+        self.nodes = self.cluster.nodes
+        return True
+
+    def _prepare_hosts(self, names: list[str], env: dict[str, str],
+                       skews: dict[str, int], jump_ms: int) -> ssl.SSLContext:
+        """One network namespace per node (TLS, a cluster secret): see kvs/testing/netns.py."""
+        reason = netns.unavailable()
+        if reason is not None:
+            raise ClusterError(f"--netns: {reason}")
+        try:
+            self.network = netns.Network(names).create()
+        except netns.NetnsError as exc:
+            raise ClusterError(f"--netns: cannot make the hosts: {exc}") from None
+        cluster = netns.NetnsCluster(self.out / "nodes", self.network, env=env, skews=skews,
+                                     port=self.o.base_port or netns.DEFAULT_PORT,
+                                     secret=self.o.cluster_secret, jump_ms=jump_ms)
+        self.o.cluster_secret = cluster.secret  # signs the dump requests
+        self.cluster, self.nodes = cluster, cluster.nodes
+        return client_context(str(cluster.ca_file))
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
         if self.o.urls:
             self.nodes = await remote_nodes(session, self.o.urls)
-        else:
-            gids = None
-            if any(f in CUTS for f in self.faults):
-                base = GID_BASE + (os.getpid() % 1000) * 16
-                gids = [base + i for i in range(self.o.nodes)]
-            skews = {}
-            if "skew" in self.faults:
-                skews[f"n{self.o.nodes}"] = self.o.skew_ms * self.rng.choice((1, -1))
-            base = self.o.base_port
-            ports = range(base, base + self.o.nodes) if base else free_ports(self.o.nodes)
-            jump_ms = self.o.jump_ms if "jump" in self.faults else 0
-            self.cluster = Cluster(self.out / "nodes", [f"n{i + 1}" for i in range(self.o.nodes)],
-                                   ports=ports, env=env, gids=gids, skews=skews, jump_ms=jump_ms)
-            self.nodes = self.cluster.nodes
         self.history = HistoryWriter(self.out / HISTORY_FILE)
         self.history.write({
             "type": "meta", "run_id": self.run_id, "seed": self.seed, "t0": self.t0,
             "nodes": {n.name: {"url": n.url, "skew_ms": n.skew_ms,
                                "gid": getattr(n, "gid", None)} for n in self.nodes},
             "faults": self.faults, "options": self.o.to_json(), "argv": sys.argv,
-            "prefix": self.keys.prefix})
+            "prefix": self.keys.prefix, "network": self.network.run_id if self.network else None})
         if self.cluster is not None:
+            hosts = ", each on a host of its own (network namespace), TLS" if self.network else ""
             self.say(f"starting {self.o.nodes} nodes under {self.out / 'nodes'} "
-                     f"(cas_enabled, revision_history_limit={self.o.history_limit})")
+                     f"(cas_enabled, revision_history_limit={self.o.history_limit}{hosts})")
             await self.cluster.astart_all()
-        if any(f in CUTS for f in self.faults):
+        if any(f in CUTS for f in self.faults) and self.network is None:
             self.firewall = Firewall(self.run_id)
             await asyncio.to_thread(self.firewall.setup)
         for node in self.nodes:
@@ -199,8 +232,8 @@ class Run:
             self.injector = FaultInjector(
                 self.cluster, history,
                 FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration, self.o.overlap),
-                random.Random(f"{self.seed}:faults"), firewall=self.firewall, say=self.say,
-                secret=self.o.cluster_secret)
+                random.Random(f"{self.seed}:faults"), firewall=self.firewall or self.network,
+                say=self.say, secret=self.o.cluster_secret)
             for node in self.cluster.nodes:
                 if node.skew_ms:
                     self.injector.mark_skew(node)
@@ -304,7 +337,8 @@ class Run:
 
 
 async def _run(run: Run) -> None:
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    tls = await asyncio.wait_for(asyncio.to_thread(run.prepare), timeout=SETUP_SECONDS)
+    connector = aiohttp.TCPConnector(limit=0, force_close=False, ssl=tls)
     async with aiohttp.ClientSession(connector=connector, trace_configs=[sent_trace()]) as session:
         no_resend(session)
         await asyncio.wait_for(run.start(session), timeout=SETUP_SECONDS)

@@ -402,19 +402,23 @@ class Cluster(NodeGroup):
                  env: Mapping[str, str | None] | None = None, gids: Sequence[int] | None = None,
                  skews: Mapping[str, int] | None = None,
                  envs: Mapping[str, Mapping[str, str | None]] | None = None,
+                 launchers: Mapping[str, Sequence[str]] | None = None,
                  output: Callable[[str], LineSink] | None = None, **options: Any) -> None:
         """`ports`: one per node (default 0: any, read from the banner). `gids`: one group id per
         node. `skews`: clock offset in ms by name. `envs`: settings of one node by name, beside
-        `env` (e.g. its own certificate). `output`: a line sink per node name instead of
+        `env` (e.g. its own certificate). `launchers`: one node's command prefix by name (e.g.
+        the network namespace it runs in). `output`: a line sink per node name instead of
         <directory>/<name>.log. Other options go to every KvsNode."""
         super().__init__(directory, env=env)
         if not names:
             raise ValueError("a cluster needs at least one node")
+        launcher = options.pop("launcher", ())
         for i, name in enumerate(names):
             self.node(name, port=ports[i] if ports else 0, node_id=name,
                       seeds=[self.nodes[0]] if i else [], gid=gids[i] if gids else None,
                       skew_ms=(skews or {}).get(name, 0), log=output(name) if output else None,
-                      env=(envs or {}).get(name), **options)
+                      env=(envs or {}).get(name), launcher=(launchers or {}).get(name, launcher),
+                      **options)
 
     def start_all(self, timeout: float = START_TIMEOUT, *, stop: threading.Event | None = None,
                   on_ready: Callable[[KvsNode], None] | None = None) -> None:
