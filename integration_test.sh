@@ -3,7 +3,7 @@
 #
 # Starts 3 `kvs serve` processes on free loopback ports and checks, over HTTP
 # and through the `kvs` CLI: single-node CRUD, every CAS condition, concurrent
-# CAS, replication, conflict convergence, TTL, history and restart. Every
+# CAS, replication, conflict convergence, TTL, history, quorum CAS and restart. Every
 # process it starts is stopped on exit, success or failure; it exits non-zero
 # on the first failed check. Bounded: each wait has a deadline.
 set -euo pipefail
@@ -60,7 +60,7 @@ start_node() {
   local i=$1 seed=()
   [ "$i" != 0 ] && seed=(--seed "127.0.0.1:${PORTS[0]}")
   KVS_CAS_ENABLED=true KVS_GOSSIP_INTERVAL_MS=100 KVS_PROBE_TIMEOUT_MS=200 KVS_SYNC_INTERVAL_MS=300 \
-  KVS_TTL_SWEEP_INTERVAL_MS=200 \
+  KVS_TTL_SWEEP_INTERVAL_MS=200 KVS_INITIAL_VOTERS=node-0,node-1,node-2 \
     "$PY" -m kvs serve --port "${PORTS[$i]}" --data-dir "$WORK/node$i" --node-id "node-$i" "${seed[@]}" \
     >>"$WORK/node$i.log" 2>&1 &
   PIDS[$i]=$!
@@ -189,6 +189,18 @@ for v in 1 2 3; do curl -sf -X PUT -d "{\"value\": $v}" "$N0/kv/hist" >/dev/null
 n=$(curl -sf "$N0/kv/hist?history=true" | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["revisions"]))')
 [ "$n" = 3 ] || fail "history should hold 3 revisions, has $n"
 pass "3 revisions, newest first"
+
+step "quorum CAS (consistency=quorum): one sequence across the nodes"
+s1=$(kvs put --node "$N0" --consistency quorum q/leader '"a"' | json seq)
+[ "$s1" = 1 ] || fail "the first quorum write should be seq 1, got $s1"
+[ "$(kvs get --node "$(URL 1)" --consistency quorum q/leader | json seq)" = 1 ] || fail "quorum read on node-1"
+kvs cas --node "$(URL 2)" --consistency quorum --if-seq 1 q/leader '"b"' >/dev/null || fail "if_seq 1 on node-2"
+set +e; kvs cas --node "$N0" --consistency quorum --if-seq 1 q/leader '"c"' >/dev/null 2>&1; rc=$?; set -e
+[ "$rc" = 4 ] || fail "a stale if_seq on node-0 should be a CAS conflict (exit 4), got $rc"
+[ "$(kvs get --node "$N0" --consistency quorum --raw q/leader)" = b ] || fail "quorum read after the refused CAS"
+pass "seq 1 -> 2 through three nodes; a stale if_seq refused on another"
+expect_status 409 "a local write to a quorum key" -X PUT -d '{"value": "x"}' "$N0/kv/q/leader"
+expect_status 400 "cas=N with consistency=quorum" -X PUT -d '{"value": "x", "cas": 3, "consistency": "quorum"}' "$N0/kv/q/leader"
 
 step "conflict convergence: concurrent writes on two isolated nodes"
 # Isolate by stopping nodes: node-1 down while node-0 writes, then node-0 down while node-1 writes.
