@@ -277,13 +277,16 @@ class Engine:
             if versions[0].is_live(now):
                 yield versions[0]
 
-    def modify_index(self, key: str, *, prefix: bool = False) -> int:
+    def modify_index(self, key: str, *, prefix: bool = False,
+                     visible: Callable[[str], bool] | None = None) -> int:
         """The modify index of the key's newest version (any state), or the highest under a
-        prefix; 0 if none. What a blocking query compares with."""
+        prefix (of the keys `visible` accepts, if given); 0 if none. What a blocking query
+        compares with."""
         if not prefix:
             versions = self.storage.read(key)
             return versions[0].modify_index if versions else 0
-        return max((s[0].modify_index for s in self.storage.scan_sets(key)), default=0)
+        return max((s[0].modify_index for s in self.storage.scan_sets(key)
+                    if visible is None or visible(s[0].key)), default=0)
 
     @property
     def unsettled(self) -> bool:
@@ -367,8 +370,9 @@ class Engine:
         await self._settled(m)
         return tombstone
 
-    async def delete_prefix(self, prefix: str, *, skip: str | None = None) -> list[Version]:
-        """Tombstone every live key under `prefix`, except those under `skip`."""
+    async def delete_prefix(self, prefix: str, *,
+                            skip: str | tuple[str, ...] | None = None) -> list[Version]:
+        """Tombstone every live key under `prefix`, except those under `skip` (prefixes)."""
         self._require_clock()
         with self._mutation() as m:
             keys = [v.key for v in self.live(prefix) if skip is None or not v.key.startswith(skip)]
@@ -376,15 +380,16 @@ class Engine:
         await self._settled(m)
         return tombstones
 
-    async def txn(self, ops: list[Op]) -> list[Any]:
+    async def txn(self, ops: list[Op], *, internal: bool = False) -> list[Any]:
         """All-or-nothing: a failing condition raises CASConflict with `failed`, nothing written.
 
         Ops run in order against the transaction's own overlay, so a later op sees
         an earlier op's write (as in Consul); conditions are all checked before
-        anything is committed.
+        anything is committed. `internal`: the conditions are the server's own (the ACL
+        bootstrap's create-only guard), so they hold even with cas_enabled false.
         """
         conditional = any(op.cond for op in ops)
-        if conditional:
+        if conditional and not internal:
             self._require_cas(*[op.cond for op in ops])
         if any(op.op in ("set", "delete") for op in ops):
             self._require_clock()
