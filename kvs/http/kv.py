@@ -8,16 +8,19 @@ it is settled; the route wrapper (kvs/http/server.py) then adds X-KVS-Index.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from kvs import acl
 from kvs.conditions import Conditions
 from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, Overloaded, TooLarge
 from kvs.http.toolkit import (
     ANY_ORIGIN,
+    access,
     body_conditions,
     check_params,
     encoded_size,
@@ -30,6 +33,8 @@ from kvs.http.toolkit import (
     query_conditions,
     query_duration,
     query_uint,
+    require,
+    require_prefix,
     uint,
 )
 from kvs.model import Version
@@ -38,6 +43,8 @@ from kvs.watch import Watchers
 # Keys the server writes itself (the service registry): readable through /kv, and
 # watchable with blocking queries, but written only through /services.
 RESERVED_PREFIX = "_services/"
+# Skipped by recursive deletes: the registry's keys, and the ACL's (never visible here).
+NOT_DELETED_BY_PREFIX = (RESERVED_PREFIX, acl.RESERVED)
 DEFAULT_WAIT_SECONDS = 300
 PUT_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})
 GET_PARAMS = frozenset({"raw", "version", "history", "recurse", "keys", "separator", "limit",
@@ -82,7 +89,9 @@ class KVApi:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         if not request.query_string:  # the common read: the current version, no options
-            body = self.engine.get(path_key(request)).json_bytes()
+            key = path_key(request)
+            require(request, acl.READ, key)
+            body = self.engine.get(key).json_bytes()
             return web.Response(body=body, content_type="application/json")
         query = request.query
         check_params(query, GET_PARAMS)
@@ -95,11 +104,14 @@ class KVApi:
                 goes_with = "keys=true" if misplaced[0] == "separator" else "recurse=true or keys=true"
                 raise BadRequest(f"{misplaced[0]} goes with {goes_with}")
         key = path_key(request, prefix=listing)
+        visible = access(request).may_read
+        if not listing:
+            require(request, acl.READ, key)
         wait = query_duration(query, "wait", DEFAULT_WAIT_SECONDS)
         if "index" in query:
-            await self.block(key, listing, query_uint(query, "index"), wait)
+            await self.block(key, listing, query_uint(query, "index"), wait, visible)
         if listing:
-            return json_response(self._list(key, query))
+            return json_response(self._list(key, query, visible))
         if flags["history"]:
             revisions = [v.to_json() for v in self.engine.history(key)]
             return json_response({"key": key, "revisions": revisions})
@@ -116,7 +128,9 @@ class KVApi:
             return web.Response(text=current.value)
         return json_response(current.value)
 
-    def _list(self, prefix: str, query: Any) -> dict[str, Any]:
+    def _list(self, prefix: str, query: Any, visible: Callable[[str], bool]) -> dict[str, Any]:
+        """One page of the keys under `prefix` that the token may read. The others are
+        skipped before the page is counted, so neither its length nor `next` tells of them."""
         # Any limit is fine (a huge one lists everything), as long as it is a number.
         limit = query_uint(query, "limit", maximum=10**20) if "limit" in query else None
         if limit is not None and limit <= 0:
@@ -131,6 +145,8 @@ class KVApi:
         more = False
         for version in self.engine.live(prefix, after):
             name = version.key
+            if not visible(name):
+                continue
             if separator:
                 cut = name.find(separator, len(prefix))
                 name = name[: cut + len(separator)] if cut >= 0 else name
@@ -147,8 +163,12 @@ class KVApi:
         field = "keys" if names_only else "items"
         return {"prefix": prefix, field: items, "next": next_after}
 
-    async def block(self, key: str, prefix: bool, index: int, wait: float) -> None:
+    async def block(self, key: str, prefix: bool, index: int, wait: float,
+                    visible: Callable[[str], bool] = acl.OPEN.may_read) -> None:
         """Hold the request until the key's (or prefix's) modify index exceeds `index`.
+
+        Under a prefix only the keys `visible` accepts count (those the token may read),
+        so a change the token may not see neither ends the wait nor shows in its timing.
 
         Shared by every blocking query: /kv here, /v1/kv and the registry probes of the
         Consul-compatible API (kvs/http/consul/).
@@ -168,7 +188,8 @@ class KVApi:
         with self.watchers.watch(key, prefix=prefix) as watch:
             if self.watchers.closed:
                 return
-            if index < self.engine.index and self.engine.modify_index(key, prefix=prefix) > index:
+            if (index < self.engine.index
+                    and self.engine.modify_index(key, prefix=prefix, visible=visible) > index):
                 return
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
@@ -177,7 +198,8 @@ class KVApi:
                 if news is None or self.watchers.closed:
                     return
                 changed, expired = news
-                if expired or any(self.engine.modify_index(k) > index for k in changed):
+                if expired or any(self.engine.modify_index(k) > index
+                                  for k in changed if visible(k)):
                     return
 
     # -- PUT / DELETE --------------------------------------------------------------------
@@ -190,6 +212,7 @@ class KVApi:
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object like {\"value\": ...}")
         writable(key)
+        require(request, acl.WRITE, key)
         version = await self.engine.put(parse_op(body, "set", key, PUT_FIELDS, self.config))
         return own_write(write_result(version), [version])
 
@@ -200,13 +223,15 @@ class KVApi:
             prefix = path_key(request, prefix=True)
             if set(query) - {"recurse"}:
                 raise BadRequest("conditions do not combine with recurse=true")
-            writable(prefix)  # a prefix covering the reserved one skips it instead
-            tombstones = await self.engine.delete_prefix(prefix, skip=RESERVED_PREFIX)
+            writable(prefix)  # a prefix covering the reserved ones skips them instead
+            require_prefix(request, acl.WRITE, prefix)
+            tombstones = await self.engine.delete_prefix(prefix, skip=NOT_DELETED_BY_PREFIX)
             body = {"prefix": prefix, "deleted": [t.key for t in tombstones],
                     "modify_index": self.engine.index}
             return own_write(body, tombstones) if tombstones else json_response(body)
         key = path_key(request)
         writable(key)
+        require(request, acl.WRITE, key)
         tombstone = await self.engine.delete(key, query_conditions(query))
         return own_write(delete_result(tombstone), [tombstone])
 

@@ -34,13 +34,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kvs import acl
 from kvs.conditions import NONE, Conditions
 from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, CASConflict, NotFound, TooLarge
 from kvs.http.consul.common import entry, quoted, to_native
 from kvs.http.kv import RESERVED_PREFIX, writable
-from kvs.http.toolkit import json_response
+from kvs.http.toolkit import json_response, require, require_prefix
 from kvs.keys import validate_key
 from kvs.model import MAX_U64, Version
 
@@ -81,6 +82,8 @@ class ConsulTxn:
 
     async def txn(self, request: web.Request) -> web.Response:
         ops = self.parse(await request.read())
+        for at, op in enumerate(ops):  # every op, before anything is planned or written
+            authorize(request, at, op)
         steps, errors = Plan(self.engine).run(ops)
         if errors:
             return conflict(errors)
@@ -133,6 +136,20 @@ class ConsulTxn:
             raise TooLarge(f"Value for key {quoted(key)} is too large ({len(value)} > "
                            f"{self.config.max_value_bytes} bytes)")
         return KVOp(verb, key, value, _uint(at, fields, "flags"), _uint(at, fields, "index"))
+
+
+def authorize(request: web.Request, at: int, op: KVOp) -> None:
+    """What the token needs for one op: the tree verbs on every key under the prefix,
+    the other writes write on the key, the reads (check-not-exists too: it tells whether
+    the key exists) read."""
+    action = acl.WRITE if op.verb in WRITE_VERBS else acl.READ
+    try:
+        if op.verb in PREFIX_VERBS:
+            require_prefix(request, action, op.key)
+        else:
+            require(request, action, op.key)
+    except BadRequest as exc:
+        raise BadRequest(f"operation {at}: {exc.message}") from None
 
 
 def _fields(at: int, item: Any) -> dict[str, Any]:
@@ -194,7 +211,7 @@ class Plan:
         return True
 
     def under(self, prefix: str) -> list[str]:
-        stored = {v.key for v in self.engine.live(prefix)}
+        stored = {v.key for v in self.engine.live(prefix) if not v.key.startswith(acl.RESERVED)}
         written = {k for k in self.present if k.startswith(prefix)}
         return sorted(k for k in stored | written if self.exists(k))
 
