@@ -227,6 +227,28 @@ async def test_operator_routes(acl_node: Node, admin: Caller) -> None:
     assert (await admin("POST", "/internal/push", data=b"[]")).status == 401
 
 
+async def test_quorum_routes_follow_the_route_table(acl_node: Node, admin: Caller) -> None:
+    """Quorum keys: the KV rules apply to consistency=quorum reads and writes as to local
+    ones; changing the voters is an operator write; the Paxos messages are peers'."""
+    reader = admin.as_(await admin.token_for("q", [rule("q/", "read")], operator="read"))
+    assert (await admin("PUT", "/kv/q/k", {"value": 1, "consistency": "quorum"})).status == 200
+    assert (await reader("GET", "/kv/q/k?consistency=quorum")).body["value"] == 1
+    assert (await reader("GET", "/kv/other?consistency=quorum")).status == 403
+    assert (await reader("PUT", "/kv/q/k", {"value": 2, "consistency": "quorum"})).status == 403
+    assert (await reader("DELETE", "/kv/q/k?consistency=quorum")).status == 403
+    assert (await admin("GET", "/kv/_kvs/voters?consistency=quorum")).status == 404  # hidden
+    assert (await reader("POST", "/cluster/voters", {})).status == 403
+    assert (await admin.as_(None)("POST", "/cluster/voters", {})).status == 401
+    writer = admin.as_(await admin.token_for("q-w", [], operator="write"))
+    assert (await writer("POST", "/cluster/voters", {})).status == 400  # admitted: the body is bad
+    for path in ("/internal/paxos/prepare", "/internal/paxos/accept", "/internal/paxos/install",
+                 "/internal/paxos/keys"):
+        assert (await admin("POST", path, data=b"{}")).status == 401, path  # no token admits
+        signed = auth.sign(SECRET, "POST", path, b"{}", int(time.time() * 1000))
+        admitted = await admin.as_(None)("POST", path, data=b"{}", headers=signed)
+        assert admitted.status in (200, 400), path  # its handler answered
+
+
 async def test_revoked_and_expired_tokens_stop_working(acl_node: Node, admin: Caller) -> None:
     made = await admin("POST", "/acl/policies", {"name": "all", "rules": [rule("", "read")]})
     assert made.status == 200
