@@ -1185,11 +1185,19 @@ class _Done(NamedTuple):
 _HEADERS = {"Accept": "application/json", "User-Agent": "kvs-client"}
 
 
+TOKEN_VARIABLE = "KVS_TOKEN"  # where the `kvs` commands find the ACL token by default
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The header that carries an ACL token (none without one)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class _Headers:
     """The headers of every request, the ACL token's included (docs/acl.md)."""
 
     def __init__(self, token: str | None) -> None:
-        self.plain = {**_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
+        self.plain = {**_HEADERS, **bearer(token)}
         self.json = {**self.plain, "Content-Type": "application/json"}
 
     def of(self, call: Call[Any]) -> dict[str, str]:
