@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 from consul.aio import Consul
 from consul.exceptions import ACLPermissionDenied
 
 from kvs.cluster import auth
 from kvs.node import Node
-from tests.conftest import NodeFactory, Reply, eventually
+from tests.conftest import Api, NodeFactory, Reply, eventually
 
 SECRET = "s3cret-for-tests"
 
@@ -37,15 +36,8 @@ class Caller:
                        headers: dict[str, str] | None = None, data: bytes | None = None) -> Reply:
         sent = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         sent.update(headers or {})
-        if body is not ...:
-            data = orjson.dumps(body)
-        async with self.session.request(method, self.url + path, data=data, headers=sent) as resp:
-            raw = await resp.read()
-            try:
-                parsed = orjson.loads(raw) if raw else None
-            except orjson.JSONDecodeError:
-                parsed = raw.decode(errors="replace")
-            return Reply(resp.status, parsed, resp.headers)
+        return await Api(self.session, self.url).request(method, path, json=body, data=data,
+                                                         headers=sent)
 
     async def token_for(self, name: str, rules: list[dict[str, str]], **flags: Any) -> str:
         policy = await self("POST", "/acl/policies", {"name": name, "rules": rules, **flags})

@@ -154,9 +154,12 @@ class Tokens:
         digest = acl.hash_secret(secret)
         token = self.by_hash.get(digest)
         if token is None or not hmac.compare_digest(token.secret_hash, digest):
+            problem = acl.malformed_secret(secret)  # only here: a known secret is well formed
+            if problem is not None:
+                raise Unauthorized(f"malformed ACL token: {problem}", cause="malformed")
             raise Unauthorized("the ACL token is not known to this node (unknown, deleted, or "
                                "not replicated here yet)", cause="unknown")
-        if token.expired(self.now_ms()):
+        if token.expires_at is not None and token.expired(self.now_ms()):
             raise Unauthorized(f"the ACL token {token.id} has expired", cause="expired")
         compiled = self._compiled.get(token.id)
         if compiled is None:
@@ -181,8 +184,8 @@ class Gate:
         secret = secret_of(request)
         if secret is None:
             raise Unauthorized("this request needs an ACL token: send Authorization: Bearer "
-                               "<secret> or X-KVS-Token: <secret> (kvs: --token or KVS_TOKEN)",
-                               cause="missing")
+                               "<secret>, X-KVS-Token or X-Consul-Token (kvs: --token or "
+                               "KVS_TOKEN)", cause="missing")
         _, authorizer = self.tokens.resolve(secret)
         if need in (OPERATOR_READ, OPERATOR_WRITE):
             if not authorizer.may_operate(need.removeprefix("operator:")):
@@ -201,23 +204,20 @@ def carries_token(request: web.Request) -> bool:
 
 def secret_of(request: web.Request) -> str | None:
     """The token the request carries: Authorization: Bearer, X-KVS-Token or X-Consul-Token,
-    and on Consul's /v1/ routes ?token= too; None if none. Unauthorized if malformed."""
+    and on Consul's /v1/ routes ?token= too; None if none. Unauthorized for an Authorization
+    header of another scheme; Tokens.resolve tells a malformed token from an unknown one."""
     headers = request.headers
     raw = headers.get("Authorization")
     if raw is not None:
+        if raw.startswith("Bearer "):  # what every client sends: no more parsing than this
+            return raw[7:].strip()
         scheme, _, secret = raw.strip().partition(" ")
         if scheme.lower() != "bearer":
             raise Unauthorized("the Authorization header must be 'Bearer <token>'", cause="malformed")
-        secret = secret.strip()
-    else:
-        secret = next((headers[h] for h in TOKEN_HEADERS if h in headers), None)
-        if secret is None and request.path.startswith(CONSUL_PREFIX) and request.query_string:
-            secret = request.query.get("token")
-        if secret is None:
-            return None
-    problem = acl.malformed_secret(secret)
-    if problem is not None:
-        raise Unauthorized(f"malformed ACL token: {problem}", cause="malformed")
+        return secret.strip()
+    secret = next((headers[h] for h in TOKEN_HEADERS if h in headers), None)
+    if secret is None and request.path.startswith(CONSUL_PREFIX) and request.query_string:
+        secret = request.query.get("token")
     return secret
 
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from kvs.acl import OPEN, Authorizer
 from kvs.cluster import auth
 from kvs.engine import Engine
 from kvs.errors import StorageFailed
@@ -59,6 +60,8 @@ log = logging.getLogger("kvs.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # None: go on; a response: the refusal to send instead (it may also raise a KVSError).
 Admission = Callable[[web.Request], Awaitable[web.Response | None]]
+# The rules of the request's token (raises Unauthorized or Forbidden).
+Rules = Callable[[web.Request], Authorizer]
 CLIENT_GONE = 499  # the status counted for a request whose client left before its answer (nginx's)
 
 
@@ -108,25 +111,30 @@ def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_s
 
 
 def _admission(gate: acl.Gate | None, guard: auth.Guard | None, method: str,
-               path: str | None) -> Admission | None:
-    """What a route checks before its handler runs (step 2 of the module docstring)."""
+               path: str | None) -> tuple[Admission | None, Rules]:
+    """What a route checks before its handler runs (step 2 of the module docstring): an
+    asynchronous check that may answer instead (the signature; it leaves the rules on the
+    request itself), or else the rules of the request's token, found without an await (a
+    KV request, the hot path, pays no extra coroutine)."""
     signed = path is not None and auth.needs_signature(method, path)
     need = acl.PEER if gate is None else gate.need_of(method, path)
-    if need == acl.PEER:
-        return guard.refuse if signed and guard is not None else None
-    if need == acl.PUBLIC:
-        return None
+    if need in (acl.PEER, acl.PUBLIC):
+        return (guard.refuse if signed and guard is not None else None), _open
     assert gate is not None
-    operator = need in (acl.OPERATOR_READ, acl.OPERATOR_WRITE)
+    if need not in (acl.OPERATOR_READ, acl.OPERATOR_WRITE) or guard is None:
+        return None, lambda request: gate.admit(request, need)
 
-    async def admit(request: web.Request) -> web.Response | None:
-        if operator and guard is not None and (
-                auth.SIGNATURE_HEADER in request.headers or (signed and not acl.carries_token(request))):
+    async def operator(request: web.Request) -> web.Response | None:
+        if auth.SIGNATURE_HEADER in request.headers or (signed and not acl.carries_token(request)):
             return await guard.refuse(request)  # signed with the cluster secret: an operator
         request[ACCESS] = gate.admit(request, need)
         return None
 
-    return admit
+    return operator, _open
+
+
+def _open(request: web.Request) -> Authorizer:
+    return OPEN
 
 
 def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: auth.Guard | None,
@@ -139,7 +147,7 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: au
     def around(handler: Handler, method: str, path: str | None) -> Handler:
         """`path`: the route's; None for the fallback route, which matches any path."""
         certified = peer_certificates and path is not None and auth.needs_peer_certificate(path)
-        admission = _admission(gate, guard, method, path)
+        check, rules = _admission(gate, guard, method, path)
         fixed = None if path is None else dialect_of(path)
 
         async def answer(request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -149,8 +157,10 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: au
                     await read_body(request, body_timeout)
                 if certified:
                     auth.require_peer_certificate(request)
-                if admission is not None:
-                    response = await admission(request)
+                if check is not None:
+                    response = await check(request)
+                else:
+                    request[ACCESS] = rules(request)
                 if response is None:
                     response = await handler(request)
             except Exception as exc:
