@@ -558,7 +558,7 @@ def run_wrk(target: Target, op: str, duration: int, tag: str, *, connections: in
     c = str(connections)
     command = pinned(["wrk", "-t", c, "-c", c, "-d", f"{duration}s", "--timeout", "5s",
                       "-s", str(LUA_DIR / spec.scripts[target.kind]), target.url, "--", *args], cpus)
-    env = {**os.environ, "BENCH_LUA_DIR": str(LUA_DIR)}
+    env = {**os.environ, "BENCH_LUA_DIR": str(LUA_DIR), "BENCH_TOKEN": target.token or ""}
     cpu0 = cpu_seconds(target.procs)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True, text=True)
@@ -582,7 +582,7 @@ def run_wrk(target: Target, op: str, duration: int, tag: str, *, connections: in
 
 def prepare(target: Target) -> None:
     """The key the GET cells read."""
-    client = Http(target.url, ca=target.ca)
+    client = Http(target.url, ca=target.ca, token=target.token)
     try:
         target.put(client, "bench/get", "v" * VALUE_BYTES)
     finally:

@@ -50,18 +50,20 @@ def pinned(command: Sequence[str], cpus: str | None) -> list[str]:
 class Http:
     """One keep-alive connection to one server, for set-up writes and latency probes."""
 
-    def __init__(self, url: str, timeout: float = 10.0, ca: str | None = None) -> None:
-        """`ca`: the CA file that verifies an https server."""
+    def __init__(self, url: str, timeout: float = 10.0, ca: str | None = None,
+                 token: str | None = None) -> None:
+        """`ca`: the CA file that verifies an https server; `token`: the ACL token sent."""
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.timeout = timeout
         self.tls = client_context(ca) if parts.scheme == "https" else None
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers = {**self.auth, **({"Content-Type": "application/json"} if data is not None else {})}
         for attempt in (1, 2):  # one retry on a stale keep-alive connection
             if self.conn is None:
                 self.conn = (http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
@@ -163,6 +165,7 @@ class Target:
         self.urls: list[str] = []
         self.load_index = 0  # which node wrk drives
         self.ca: str | None = None  # the CA file of a target serving https
+        self.token: str | None = None  # the ACL token every request carries (ACLs on)
 
     @property
     def url(self) -> str:
@@ -229,6 +232,9 @@ class KvsTarget(Target):
         self.env = {"KVS_CAS_ENABLED": "true", "KVS_SYNC_WRITES": "true" if sync_writes else "false",
                     **(env or {})}
         self.ca = self.env.get("KVS_TLS_CA_FILE")
+        self.acl = self.env.get("KVS_ACL_ENABLED", "").lower() in ("true", "1", "yes", "on")
+        if self.acl:  # the start-up member check signs with it (/cluster/ needs an operator)
+            self.env.setdefault("KVS_CLUSTER_SECRET", "bench-" + os.urandom(8).hex())
         self.node_ids: list[str] = []
 
     def start(self) -> None:
@@ -243,6 +249,8 @@ class KvsTarget(Target):
         cluster.start_all(START_TIMEOUT)
         self.node_ids = [str(node.node_id) for node in cluster.nodes]
         self.urls = [str(node.url) for node in cluster.nodes]
+        if self.acl:
+            self.token = acl_token(self.urls[0])
 
     def members(self, url: str) -> list[dict[str, Any]]:
         client = Http(url, timeout=2.0)
@@ -262,6 +270,33 @@ class KvsTarget(Target):
                 client.close()
             roots.add(str(body.get("merkle_root") if status == 200 and isinstance(body, dict) else None))
         return roots
+
+
+# The policy of the ACL rows (docs/benchmarks.md): 100 prefix rules, among which the bench
+# keys' own (bench/ write) and a deny nested under it, so a lookup walks a real rule set.
+ACL_RULES = ([{"prefix": "", "access": "read"}, {"prefix": "bench/", "access": "write"},
+              {"prefix": "bench/private/", "access": "deny"}]
+             + [{"prefix": f"svc{i:03d}/", "access": ("read", "write", "deny")[i % 3]}
+                for i in range(97)])
+
+
+def acl_token(url: str) -> str:
+    """Bootstrap a fresh node's ACLs and return a token holding one 100-rule policy."""
+    admin = _answer(url, None, "POST", "/acl/bootstrap")
+    _answer(url, admin["secret"], "POST", "/acl/policies", {"name": "bench", "rules": ACL_RULES})
+    return str(_answer(url, admin["secret"], "POST", "/acl/tokens", {"policies": ["bench"]})["secret"])
+
+
+def _answer(url: str, token: str | None, method: str, path: str, body: Any = None) -> Any:
+    """The body of a 200 answer; RuntimeError for any other."""
+    client = Http(url, token=token)
+    try:
+        status, answer = client.request(method, path, body)
+    finally:
+        client.close()
+    if status != 200:
+        raise RuntimeError(f"{method} {url}{path} -> {status} {answer}")
+    return answer
 
 
 class EtcdTarget(Target):

@@ -11,6 +11,8 @@ Exit codes (for scripts):
   6  no node reachable
   7  `kvs lock`: the lock was lost while the command ran (the command was stopped);
      otherwise `kvs lock` exits with the command's own status
+  8  ACLs: no valid token (401; give --token or KVS_TOKEN), or its policies deny
+     the request (403)
 """
 
 from __future__ import annotations
@@ -40,26 +42,41 @@ from kvs import config as configuration
 from kvs.client import (
     CONSISTENCY,
     DEFAULT_NODE,
+    TOKEN_VARIABLE,
+    AclPolicy,
+    AclToken,
     Answer,
     Client,
     Unavailable,
     VersionRecord,
     WatchEvent,
     as_json,
+    bearer,
     error_for,
 )
 from kvs.cluster import auth
-from kvs.errors import BadRequest, CASConflict, CASDisabled, ConfigError, KVSError, NotFound
+from kvs.errors import (
+    BadRequest,
+    CASConflict,
+    CASDisabled,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    KVSError,
+    NotFound,
+    Unauthorized,
+)
 from kvs.keys import validate_key
 from kvs.model import MAX_U64
 from kvs.tls import client_context
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DISABLED, EXIT_UNAVAILABLE = 1, 2, 3, 4, 5, 6
-EXIT_LOCK_LOST = 7
+EXIT_LOCK_LOST, EXIT_DENIED = 7, 8
 CA_ENV = "KVS_CA"
 _EXIT_FOR: list[tuple[type[KVSError], int]] = [
-    (NotFound, EXIT_NOT_FOUND), (CASConflict, EXIT_CONFLICT), (CASDisabled, EXIT_DISABLED),
-    (Unavailable, EXIT_UNAVAILABLE),
+    (NotFound, EXIT_NOT_FOUND), (CASConflict, EXIT_CONFLICT), (Conflict, EXIT_CONFLICT),
+    (CASDisabled, EXIT_DISABLED), (Unavailable, EXIT_UNAVAILABLE), (Unauthorized, EXIT_DENIED),
+    (Forbidden, EXIT_DENIED),
 ]
 T = TypeVar("T")
 
@@ -138,7 +155,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     from kvs.localcluster import run_local_cluster
 
     return run_local_cluster(nodes=args.nodes, base_port=args.base_port, directory=args.dir,
-                             config_file=args.config, tls=args.tls)
+                             config_file=args.config, tls=args.tls, acl=args.acl)
 
 
 # -- client commands ------------------------------------------------------------------------
@@ -299,7 +316,7 @@ def cmd_members_remove(c: Client, args: argparse.Namespace) -> Any:
     """DELETE /cluster/members/ID, signed with the cluster secret if one is given."""
     secret = args.secret or os.environ.get("KVS_CLUSTER_SECRET") or None
     path = "/cluster/members/" + urllib.parse.quote(args.id, safe="")
-    answer = _signed_delete(c, path, secret)
+    answer = _signed_delete(c, path, secret, token_of(args))
     if answer.status != 200:
         raise error_for(answer)
     removed = json.loads(answer.body)
@@ -310,12 +327,13 @@ def cmd_members_remove(c: Client, args: argparse.Namespace) -> Any:
     return None
 
 
-def _signed_delete(c: Client, path: str, secret: str | None) -> Answer:
+def _signed_delete(c: Client, path: str, secret: str | None, token: str | None) -> Answer:
     """One DELETE, to the first of the client's nodes that answers; signed like a peer's
-    request (kvs.cluster.auth) when a secret is given, as a node with a secret requires."""
+    request (kvs.cluster.auth) when a secret is given, as a node with a secret requires,
+    else carrying the ACL token (an operator token takes the signature's place)."""
     failures = []
     for node in c.nodes:
-        headers = auth.operator_headers(secret, "DELETE", path)
+        headers = {**bearer(token), **auth.operator_headers(secret, "DELETE", path)}
         conn = c.connection(node)
         conn.timeout = c.timeout
         try:
@@ -470,6 +488,7 @@ def _lock_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "node that answers (default: quorum when the cluster has more than one "
                         "voter, else local)")
     add_ca_option(p, default=argparse.SUPPRESS)
+    add_token_option(p)
     return p
 
 
@@ -478,7 +497,7 @@ async def _locked(args: argparse.Namespace, command: list[str]) -> int:
     from kvs.coordination import Lock
 
     setup_logging("warning")  # renewal trouble shows up on stderr as it happens
-    async with AsyncClient(args.node, ca=args.ca) as client:
+    async with AsyncClient(args.node, ca=args.ca, token=token_of(args)) as client:
         lock = Lock(client, args.key, ttl=args.ttl, consistency=args.consistency)
         try:
             if not await lock.acquire(timeout=args.timeout):
@@ -540,7 +559,7 @@ def cmd_leave(args: argparse.Namespace) -> int:
     if len(args.node) != 1:
         raise UsageError("leave asks one node: give --node once")
     secret = args.secret or os.environ.get(configuration.ENV_PREFIX + "CLUSTER_SECRET") or None
-    headers = auth.operator_headers(secret, "POST", LEAVE_PATH)
+    headers = {**bearer(token_of(args)), **auth.operator_headers(secret, "POST", LEAVE_PATH)}
     request = urllib.request.Request(args.node[0].rstrip("/") + LEAVE_PATH, data=b"",
                                      method="POST", headers=headers)
     try:
@@ -568,8 +587,18 @@ def _report(exc: KVSError) -> int:
     return next((code for cls, code in _EXIT_FOR if isinstance(exc, cls)), EXIT_ERROR)
 
 
+def token_of(args: argparse.Namespace) -> str | None:
+    """--token, else $KVS_TOKEN, else none."""
+    return getattr(args, "token", None) or os.environ.get(TOKEN_VARIABLE) or None
+
+
+def add_token_option(p: argparse.ArgumentParser, **kwargs: Any) -> None:
+    p.add_argument("--token", metavar="SECRET", **kwargs,
+                   help=f"ACL token secret, for a node with acl_enabled (default: ${TOKEN_VARIABLE})")
+
+
 def _run_client(handler: Callable[[Client, argparse.Namespace], Any], args: argparse.Namespace) -> int:
-    client = Client(args.node, ca=args.ca)
+    client = Client(args.node, ca=args.ca, token=token_of(args))
     try:
         result = handler(client, args)
     except KVSError as exc:
@@ -764,6 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_commands(sub)
     _add_lock(sub)
     _add_services(sub)
+    _add_acl(sub)
     from kvs.snapshot_cli import add_parser as add_snapshot_parser  # `kvs snapshot save|restore`
     add_snapshot_parser(sub)
     return parser
@@ -799,12 +829,15 @@ def _add_cluster(sub: Any) -> None:
                     help="TLS only: make a throwaway CA in DIR/tls and a certificate per node; "
                          "clients then need --ca DIR/tls/ca.pem (the nodes verify each other's "
                          "certificates too)")
+    up.add_argument("--acl", action="store_true",
+                    help="start the nodes with acl_enabled (then: kvs acl bootstrap)")
     up.set_defaults(run=cmd_cluster_up)
 
 
 def _add_node_option(p: argparse.ArgumentParser, **kwargs: Any) -> None:
     p.add_argument("--node", action="append", metavar="URL", **kwargs,
                    help=f"node URL (repeat for failover) (default: {DEFAULT_NODE})")
+    add_token_option(p, **kwargs)
 
 
 def _client_command(sub: Any, name: str, handler: Callable[[Client, argparse.Namespace], Any],
@@ -884,6 +917,7 @@ def _add_client_commands(sub: Any) -> None:
     p.add_argument("--secret", help="the nodes' cluster_secret, to sign the request (default: "
                                     f"{configuration.ENV_PREFIX}CLUSTER_SECRET; none: unsigned)")
     add_ca_option(p)
+    add_token_option(p)
     p.set_defaults(run=cmd_leave)
 
     p = _client_command(sub, "watch", cmd_watch, "print a key (or prefix) and then each change to it")
@@ -951,6 +985,128 @@ def _add_services(sub: Any) -> None:
     p.add_argument("--ttl", type=_seconds, help="new TTL in seconds (default: the registered TTL)")
     p = action("deregister", cmd_services_deregister, "remove a service")
     p.add_argument("--cas", type=_int_in(0), metavar="N", help="only if its modify_index is N")
+
+
+# -- ACLs ---------------------------------------------------------------------------------------
+
+ACL_DESCRIPTION = """\
+Client ACLs (the nodes need acl_enabled: true; `kvs cluster up --acl`). Start with
+`kvs acl bootstrap`, which prints the first management token once; give it to the
+other commands with --token or KVS_TOKEN. Then create policies (prefix rules) and
+tokens that hold them. See docs/acl.md for the model."""
+
+POLICY_CREATE_DESCRIPTION = """\
+Create a policy. Each --rule PREFIX=ACCESS grants read, write or deny on every key
+that starts with PREFIX (an empty PREFIX, `--rule =read`, is every key). For a key,
+the longest matching prefix decides; with none the key is denied. Example:
+
+  kvs acl policy create app --rule app/=write --rule app/secret/=deny --operator read"""
+
+
+def _rule(text: str) -> dict[str, str]:
+    prefix, sep, access = text.rpartition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected PREFIX=ACCESS (read, write or deny), got {text!r}")
+    return {"prefix": prefix, "access": access}
+
+
+def _print_token(token: AclToken, what: str) -> None:
+    print(f"{what} (the secret is shown only now; keep it safe):")
+    _table([("id", token.id), ("secret", token.secret or "-"),
+            ("policies", ",".join(token.policies)), ("expires", _when(token.expires_at))])
+    print(f"\nuse it with: export {TOKEN_VARIABLE}={token.secret}")
+
+
+def cmd_acl_bootstrap(c: Client, args: argparse.Namespace) -> Any:
+    token = c.acl_bootstrap()
+    if args.json:
+        return token
+    _print_token(token, "ACLs bootstrapped: the management token")
+    return None
+
+
+def cmd_acl_policy_create(c: Client, args: argparse.Namespace) -> Any:
+    return c.acl_create_policy(args.name, args.rule or [], operator=args.operator,
+                               management=args.management, description=args.description)
+
+
+def _policy_row(p: AclPolicy) -> tuple[str, ...]:
+    rules = " ".join(f"{r['prefix']}={r['access']}" for r in p.rules)
+    return (p.name, rules or "-", p.operator or "-", "yes" if p.management else "-", p.description)
+
+
+def cmd_acl_policy_list(c: Client, args: argparse.Namespace) -> Any:
+    policies = c.acl_policies()
+    if args.json:
+        return policies
+    _table([("NAME", "RULES", "OPERATOR", "MANAGEMENT", "DESCRIPTION")]
+           + [_policy_row(p) for p in policies])
+    return None
+
+
+def cmd_acl_policy_delete(c: Client, args: argparse.Namespace) -> Any:
+    print(f"deleted policy {c.acl_delete_policy(args.name)}")
+    return None
+
+
+def cmd_acl_token_create(c: Client, args: argparse.Namespace) -> Any:
+    token = c.acl_create_token(args.policy, description=args.description, ttl=args.ttl)
+    if args.json:
+        return token
+    _print_token(token, "token created")
+    return None
+
+
+def cmd_acl_token_list(c: Client, args: argparse.Namespace) -> Any:
+    tokens = c.acl_tokens()
+    if args.json:
+        return tokens
+    _table([("ID", "POLICIES", "EXPIRES", "DESCRIPTION")]
+           + [(t.id, ",".join(t.policies), _when(t.expires_at), t.description) for t in tokens])
+    return None
+
+
+def cmd_acl_token_delete(c: Client, args: argparse.Namespace) -> Any:
+    print(f"deleted token {c.acl_delete_token(args.id)}; it stops working on every node within "
+          "one replication round")
+    return None
+
+
+def _add_acl(sub: Any) -> None:
+    acl = _command(sub, "acl", "client ACLs: bootstrap, policies, tokens", ACL_DESCRIPTION)
+    groups = acl.add_subparsers(dest="acl_command", required=True)
+    p = _client_command(groups, "bootstrap", cmd_acl_bootstrap, "create the first management "
+                        "token (once per cluster) and print it")
+    _add_json_option(p, "print JSON")
+    policy = _command(groups, "policy", "ACL policies: create, list, delete")
+    actions = policy.add_subparsers(dest="action", required=True)
+    p = _client_command(actions, "create", cmd_acl_policy_create, "create a policy",
+                        POLICY_CREATE_DESCRIPTION)
+    p.add_argument("name", metavar="NAME", help="1 to 128 of A-Z a-z 0-9 . _ -")
+    p.add_argument("--rule", action="append", type=_rule, metavar="PREFIX=ACCESS",
+                   help="a prefix rule (repeat for several); ACCESS is read, write or deny")
+    p.add_argument("--operator", choices=("read", "write"),
+                   help="read: /cluster/*, /metrics; write: also members remove, leave, snapshot")
+    p.add_argument("--management", action="store_true", help="ACL administration")
+    p.add_argument("--description", default="", help="free text")
+    p = _client_command(actions, "list", cmd_acl_policy_list, "list the policies")
+    _add_json_option(p)
+    p = _client_command(actions, "delete", cmd_acl_policy_delete, "delete a policy")
+    p.add_argument("name", metavar="NAME",
+                   help="the policy to delete (the tokens that name it lose its rules at once)")
+    token = _command(groups, "token", "ACL tokens: create, list, delete")
+    actions = token.add_subparsers(dest="action", required=True)
+    p = _client_command(actions, "create", cmd_acl_token_create, "create a token and print "
+                        "its secret (only now)")
+    p.add_argument("--policy", action="append", required=True, metavar="NAME",
+                   help="a policy the token holds (repeat for several)")
+    p.add_argument("--description", default="", help="free text")
+    p.add_argument("--ttl", type=_seconds, help="seconds until it expires (default: never)")
+    _add_json_option(p, "print JSON")
+    p = _client_command(actions, "list", cmd_acl_token_list, "list the tokens (never their secrets)")
+    _add_json_option(p)
+    p = _client_command(actions, "delete", cmd_acl_token_delete, "delete (revoke) a token")
+    p.add_argument("id", metavar="ID", help="the token's id, as `kvs acl token list` shows it")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,10 @@ Errors
     ├── CASConflict           409   a condition did not hold; .current: VersionMeta | None
     │                               (what is there now), .failed: list[TxnFailure] for a txn
     ├── QuorumKey             409   a local write to a key written with consistency=quorum
+    ├── Unauthorized          401   ACLs are on and the request has no valid token (missing,
+    │                               unknown, expired, malformed), or ACLs are off (/acl/)
+    ├── Forbidden             403   the token's policies do not allow the request
+    ├── Conflict              409   an ACL bootstrap done already, a policy name taken
     ├── TooLarge              413   value or body larger than the node accepts
     ├── CASDisabled           501   a condition sent to a node with cas_enabled: false;
     │                               nothing was written
@@ -83,11 +87,12 @@ if TYPE_CHECKING:
     import aiohttp
 
 __all__ = [
-    "CONSISTENCY", "AsyncClient", "BadRequest", "CASConflict", "CASDisabled", "CheckResult", "Client",
-    "DeleteResult", "Health", "KVSError", "MemberRecord", "NotFound", "Page", "PrefixDeleteResult",
-    "QuorumIndeterminate", "QuorumKey", "QuorumUnavailable", "ServerError",
-    "Service", "ServiceDeleteResult", "ServiceWriteResult", "Status", "TooLarge",
-    "TxnFailure", "TxnOp", "Unavailable", "Updated", "VersionMeta", "VersionRecord", "WatchEvent",
+    "CONSISTENCY", "AclPolicy", "AclToken", "AsyncClient", "BadRequest", "CASConflict",
+    "CASDisabled", "CheckResult", "Client", "Conflict", "DeleteResult", "Forbidden", "Health",
+    "KVSError", "MemberRecord", "NotFound", "Page", "PrefixDeleteResult", "QuorumIndeterminate",
+    "QuorumKey", "QuorumUnavailable", "ServerError", "Service", "ServiceDeleteResult",
+    "ServiceWriteResult", "Status", "TooLarge", "TxnFailure", "TxnOp", "Unauthorized",
+    "Unavailable", "Updated", "VersionMeta", "VersionRecord", "WatchEvent",
     "WriteResult", "as_json",
 ]
 
@@ -177,6 +182,18 @@ class TooLarge(errors.TooLarge):
     pass
 
 
+class Unauthorized(errors.Unauthorized):
+    pass
+
+
+class Forbidden(errors.Forbidden):
+    pass
+
+
+class Conflict(errors.Conflict):
+    pass
+
+
 class CASDisabled(errors.CASDisabled):
     def __init__(self, message: str, **extra: Any) -> None:
         KVSError.__init__(self, message, **extra)
@@ -202,6 +219,8 @@ _BY_CODE: dict[str, type[KVSError]] = {
     "bad_request": BadRequest, "not_found": NotFound, "cas_conflict": CASConflict,
     "too_large": TooLarge, "cas_disabled": CASDisabled, "quorum_key": QuorumKey,
     "quorum_unavailable": QuorumUnavailable, "quorum_indeterminate": QuorumIndeterminate,
+    "unauthorized": Unauthorized, "acl_disabled": Unauthorized, "forbidden": Forbidden,
+    "conflict": Conflict,
 }
 
 
@@ -413,6 +432,29 @@ def _service_entry(data: Any, _: Answer) -> Service:
 
 def _service_written(data: Any, _: Answer) -> ServiceWriteResult:
     return _build(ServiceWriteResult, {**data, "service": _build(Service, data["service"])})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AclPolicy:
+    """An ACL policy: prefix rules ({"prefix", "access": read | write | deny}) and flags."""
+
+    name: str
+    rules: list[dict[str, str]]
+    operator: str | None = None
+    management: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AclToken:
+    """An ACL token; `secret` only in the answer that created it (the node keeps a hash)."""
+
+    id: str
+    policies: list[str]
+    description: str = ""
+    expires_at: int | None = None
+    created_at: int = 0
+    secret: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -925,6 +967,42 @@ class _Commands:
     def status(self) -> Out[Status]:
         return self._execute(Call("GET", "/cluster/status", None, _reader(_status)))
 
+    # -- ACLs (the node needs acl_enabled; all but bootstrap need a management token) ------
+
+    def acl_bootstrap(self) -> Out[AclToken]:
+        """The first management token, with its secret; Conflict once done."""
+        return self._execute(Call("POST", "/acl/bootstrap", None, _of(AclToken)))
+
+    def acl_policies(self) -> Out[list[AclPolicy]]:
+        return self._execute(Call("GET", "/acl/policies", None, _reader(
+            lambda data, _: [_build(AclPolicy, p) for p in data["policies"]])))
+
+    def acl_create_policy(self, name: str, rules: Sequence[Mapping[str, str]], *,
+                          operator: str | None = None, management: bool = False,
+                          description: str = "") -> Out[AclPolicy]:
+        body = {"name": name, "rules": [dict(r) for r in rules], "operator": operator,
+                "management": management, "description": description}
+        return self._execute(Call("POST", "/acl/policies", _encode(body), _of(AclPolicy)))
+
+    def acl_delete_policy(self, name: str) -> Out[str]:
+        return self._execute(Call("DELETE", "/acl/policies/" + urllib.parse.quote(name, safe=""),
+                                  None, _reader(lambda data, _: data["deleted"])))
+
+    def acl_tokens(self) -> Out[list[AclToken]]:
+        return self._execute(Call("GET", "/acl/tokens", None, _reader(
+            lambda data, _: [_build(AclToken, t) for t in data["tokens"]])))
+
+    def acl_create_token(self, policies: Sequence[str], *, description: str = "",
+                         ttl: float | None = None) -> Out[AclToken]:
+        """A new token holding `policies`, with its secret; with `ttl` (seconds) it expires."""
+        body = {"policies": list(policies), "description": description, **_options(ttl=ttl)}
+        return self._execute(Call("POST", "/acl/tokens", _encode(body), _of(AclToken)))
+
+    def acl_delete_token(self, token_id: str) -> Out[str]:
+        """Revoke the token with this id (accessor), on every node within a replication round."""
+        return self._execute(Call("DELETE", "/acl/tokens/" + urllib.parse.quote(token_id, safe=""),
+                                  None, _reader(lambda data, _: data["deleted"])))
+
     # -- service registry ------------------------------------------------------------------
 
     def register_service(self, name: str, *, address: str | None = None, port: int | None = None,
@@ -1105,7 +1183,25 @@ class _Done(NamedTuple):
 
 
 _HEADERS = {"Accept": "application/json", "User-Agent": "kvs-client"}
-_JSON_HEADERS = {**_HEADERS, "Content-Type": "application/json"}
+
+
+TOKEN_VARIABLE = "KVS_TOKEN"  # where the `kvs` commands find the ACL token by default
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The header that carries an ACL token (none without one)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class _Headers:
+    """The headers of every request, the ACL token's included (docs/acl.md)."""
+
+    def __init__(self, token: str | None) -> None:
+        self.plain = {**_HEADERS, **bearer(token)}
+        self.json = {**self.plain, "Content-Type": "application/json"}
+
+    def of(self, call: Call[Any]) -> dict[str, str]:
+        return self.json if call.body is not None else self.plain
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
@@ -1127,14 +1223,17 @@ class Client(_Commands):
     `timeout` bounds each request (connect and every read), plus the wait of a blocking
     query; `connect_timeout` bounds connecting, so a dead host fails over quickly. `ca`: a
     PEM file of the CA that signed the nodes' certificates, for https URLs (None: the
-    system's CAs).
+    system's CAs). `token`: the ACL token's secret, sent with every request (nodes with
+    acl_enabled need one).
     """
 
     IDLE_SECONDS = 10.0  # drop pooled connections idle longer (the node closes them at 75 s)
 
     def __init__(self, nodes: str | Sequence[str] = DEFAULT_NODE, *, timeout: float = 10.0,
-                 connect_timeout: float = 3.0, ca: str | None = None) -> None:
+                 connect_timeout: float = 3.0, ca: str | None = None,
+                 token: str | None = None) -> None:
         self._nodes = _Nodes(nodes)
+        self._headers = _Headers(token)
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.ca = ca
@@ -1235,7 +1334,7 @@ class Client(_Commands):
                 limit = read_timeout
                 conn.sock.settimeout(read_timeout)
                 conn.request(call.method, base + call.target, body=call.body,
-                             headers=_JSON_HEADERS if call.body is not None else _HEADERS)
+                             headers=self._headers.of(call))
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
@@ -1302,15 +1401,17 @@ class AsyncClient(_Commands):
     `await client.close()`.
 
     `timeout` bounds each request from start to end (plus the wait of a blocking query);
-    `connect_timeout` bounds connecting, so a dead host fails over quickly. `max_connections`
+    `connect_timeout` bounds connecting, so a dead host fails over quickly. `token`: the ACL
+    token's secret, sent with every request. `max_connections`
     (None: unlimited) caps open connections; a watch holds one for its whole wait, so keep it
     above the number of concurrent watches. `ca`: as for `Client`.
     """
 
     def __init__(self, nodes: str | Sequence[str] = DEFAULT_NODE, *, timeout: float = 10.0,
                  connect_timeout: float = 3.0, max_connections: int | None = None,
-                 ca: str | None = None) -> None:
+                 ca: str | None = None, token: str | None = None) -> None:
         self._nodes = _Nodes(nodes)
+        self._headers = _Headers(token)
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.max_connections = max_connections
@@ -1392,7 +1493,7 @@ class AsyncClient(_Commands):
             try:
                 async with session.request(
                         sent.method, URL(node + sent.target, encoded=True), data=sent.body,
-                        headers=_JSON_HEADERS if sent.body is not None else _HEADERS,
+                        headers=self._headers.of(sent),
                         timeout=timeout) as resp:
                     answered = True
                     body = await resp.read()

@@ -25,9 +25,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CONSISTENCIES = ("local", "quorum")
 ENV_PREFIX = "KVS_"
 TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
-# KVS_ variables that the client commands read (`kvs get --ca`), not node settings: a shell
-# that exports them for the CLI must still be able to run `kvs serve`.
-CLIENT_VARIABLES = frozenset({"KVS_CA"})
+# KVS_ variables that the client commands read (`kvs get --ca`, `--token`), not node
+# settings: a shell that exports them for the CLI must still be able to run `kvs serve`.
+CLIENT_VARIABLES = frozenset({"KVS_CA", "KVS_TOKEN"})
+ANONYMOUS_READS = ("health", "metrics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,15 @@ class Config:
     # signed by tls_ca_file (401 without one; one from another CA fails the handshake).
     # Unset: on when tls_ca_file is set. Clients are never asked for one.
     tls_verify_peer: bool | None = None
+    # -- client ACLs (docs/acl.md) --------------------------------------------------------
+    # Every client request needs a token (Authorization: Bearer, X-KVS-Token) whose
+    # policies allow it: 401 without one, 403 when its rules deny. Off: anyone who reaches
+    # the port reads and writes every key. Set it alike on every node.
+    acl_enabled: bool = False
+    # With ACLs on, which of /health and /metrics answer without a token (the others need
+    # an operator token). /health for load balancers; /metrics shows key counts and
+    # traffic, so it needs a token unless listed here.
+    acl_anonymous_read: tuple[str, ...] = ("health",)
 
     @property
     def data_path(self) -> Path:
@@ -215,6 +225,13 @@ def _node_ids(raw: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _names(raw: Any, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    items = [s.strip() for s in raw.split(",") if s.strip()] if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or any(item not in allowed for item in items):
+        raise ConfigError(f"expected a list of {', '.join(allowed)} (possibly empty), got {raw!r}")
+    return tuple(items)
+
+
 def _validate(key: str, raw: Any) -> Any:
     """The typed value of one setting; a ConfigError says what is wrong, the caller says where."""
     if key in ("node_id", "cluster_secret"):
@@ -227,6 +244,8 @@ def _validate(key: str, raw: Any) -> Any:
         return _seeds(raw)
     if key in TLS_FILES and raw is None:
         return None
+    if key == "acl_anonymous_read":
+        return _names(raw, ANONYMOUS_READS)
     if key in ("bind_address", "data_dir", *TLS_FILES):
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"expected a non-empty string, got {raw!r}")

@@ -289,13 +289,16 @@ class Engine:
             if versions[0].is_live(now):
                 yield versions[0]
 
-    def modify_index(self, key: str, *, prefix: bool = False) -> int:
+    def modify_index(self, key: str, *, prefix: bool = False,
+                     visible: Callable[[str], bool] | None = None) -> int:
         """The modify index of the key's newest version (any state), or the highest under a
-        prefix; 0 if none. What a blocking query compares with."""
+        prefix (of the keys `visible` accepts, if given); 0 if none. What a blocking query
+        compares with."""
         if not prefix:
             versions = self.storage.read(key)
             return versions[0].modify_index if versions else 0
-        return max((s[0].modify_index for s in self.storage.scan_sets(key)), default=0)
+        return max((s[0].modify_index for s in self.storage.scan_sets(key)
+                    if visible is None or visible(s[0].key)), default=0)
 
     @property
     def unsettled(self) -> bool:
@@ -397,7 +400,8 @@ class Engine:
         Ops run in order against the transaction's own overlay, so a later op sees
         an earlier op's write (as in Consul); conditions are all checked before
         anything is committed. `internal`: the conditions are the server's own (a Consul
-        lock's guard on its lock record), so they hold even with cas_enabled false.
+        lock's guard on its lock record, the ACL bootstrap's create-only guard), so they hold
+        even with cas_enabled false.
         """
         conditional = any(op.cond for op in ops)
         if conditional and not internal:

@@ -3,11 +3,14 @@
     KVSError                      (base; never raised itself)
     ├── ConfigError               start-up only: bad or unknown setting
     ├── BadRequest          400   malformed body, wrong type, unknown field, bad key
-    ├── Unauthorized        401   /internal/ request without a valid HMAC
+    ├── Unauthorized        401   /internal/ request without a valid HMAC; no valid ACL token
+    ├── ACLDisabled         401   an /acl/ request while acl_enabled is false (as Consul)
+    ├── Forbidden           403   the ACL token's policies do not allow the request
     ├── NotFound            404   key absent / deleted / expired
     ├── RequestTimeout      408   the request body did not arrive in time
     ├── CASConflict         409   a condition did not hold; carries `current` or `failed`
     ├── QuorumKey           409   a local write to a key that is written with consistency=quorum
+    ├── Conflict            409   the request contradicts the state (a second ACL bootstrap)
     ├── TooLarge            413   value or body over the limit
     ├── CASDisabled         501   a condition was sent while cas_enabled is false
     ├── StorageFailed       503   a RocksDB write or fsync failed: writes refused until it heals
@@ -56,6 +59,11 @@ class Unauthorized(KVSError):
     code = "unauthorized"
 
 
+class Forbidden(KVSError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(KVSError):
     status = 404
     code = "not_found"
@@ -69,6 +77,11 @@ class CASConflict(KVSError):
 class QuorumKey(KVSError):
     status = 409
     code = "quorum_key"
+
+
+class Conflict(KVSError):
+    status = 409
+    code = "conflict"
 
 
 class TooLarge(KVSError):
@@ -85,6 +98,15 @@ class CASDisabled(KVSError):
             "conditional writes are disabled on this node; set cas_enabled: true in the "
             "config file (or KVS_CAS_ENABLED=true) and restart it. The write was not applied."
         )
+
+
+class ACLDisabled(KVSError):
+    status = 401
+    code = "acl_disabled"
+
+    def __init__(self) -> None:
+        super().__init__("ACLs are disabled on this node; set acl_enabled: true in the config "
+                         "file (or KVS_ACL_ENABLED=true) on every node and restart them")
 
 
 class StorageFailed(KVSError):

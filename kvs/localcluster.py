@@ -25,6 +25,9 @@ when the cluster starts again) and every node gets a new certificate for 127.0.0
 localhost at every start (kvs/testing/certs.py): each node then speaks only TLS, and the
 nodes verify each other's certificates (mutual TLS) besides signing with the secret.
 
+With `acl` (`kvs cluster up --acl`) the nodes start with acl_enabled: every client
+request then needs a token; it prints how to bootstrap the first one.
+
 Start-up checks the ports first (a port already taken fails at once, naming
 --base-port), and counts a node as up only when its own output has its banner and
 GET /health answers with the id it was given: another cluster on the same ports cannot
@@ -135,7 +138,7 @@ def _tls_settings(directory: Path, names: list[str]) -> tuple[Path, dict[str, di
 
 
 def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: str | None,
-                      tls: bool = False) -> int:
+                      tls: bool = False, acl: bool = False) -> int:
     stop = _StopRequest()  # first: from here on a signal stops whatever has been started
     term = _Terminal()
     if nodes < 1:
@@ -151,12 +154,13 @@ def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: s
     secret = os.environ.get("KVS_CLUSTER_SECRET") or _secret(secret_file)
     names = [f"node-{i}" for i in range(nodes)]
     ca, envs = _tls_settings(Path(directory).absolute() / TLS_DIR, names) if tls else (None, {})
+    # Every node starts with the same epoch-1 voters: all of them.
+    env = {"KVS_CAS_ENABLED": cas, "KVS_CLUSTER_SECRET": secret, "KVS_INITIAL_VOTERS": ",".join(names)}
+    if acl:
+        env["KVS_ACL_ENABLED"] = "true"
     cluster = Cluster(Path(directory), names,
                       ports=range(base_port, base_port + nodes), output=term.prefixed,
-                      env={"KVS_CAS_ENABLED": cas, "KVS_CLUSTER_SECRET": secret,
-                           # Every node starts with the same epoch-1 voters: all of them.
-                           "KVS_INITIAL_VOTERS": ",".join(names)}, envs=envs,
-                      keep_kvs_env=True, args=args, die_with_parent=True, ca=ca)
+                      env=env, envs=envs, keep_kvs_env=True, args=args, die_with_parent=True, ca=ca)
     try:
         if not _start(cluster, stop, term):
             return 128 + stop.signum if stop.signum is not None else EXIT_FAILED
@@ -171,6 +175,10 @@ def run_local_cluster(nodes: int, base_port: int, directory: str, config_file: s
             term.say(f"TLS only; clients verify the nodes with {ca}:\n"
                      f"  kvs get KEY --node {url} --ca {ca}    (or export KVS_CA={ca})\n"
                      f"  curl --cacert {ca} {url}/health")
+        if acl:
+            term.say(f"ACLs are on: every request needs a token. Create the first (management) "
+                     f"token once with `kvs acl bootstrap --node {cluster.nodes[0].url}`, then "
+                     "export KVS_TOKEN=<its secret>")
         return _watch(cluster, stop.event, term)
     finally:
         term.say("stopping the cluster...")

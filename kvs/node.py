@@ -32,6 +32,7 @@ from kvs.config import Config
 from kvs.engine import Engine
 from kvs.errors import ConfigError, StorageFailed
 from kvs.http import connections, consul, index, openapi, ui
+from kvs.http.acl import ACLApi, Gate, Tokens
 from kvs.http.cluster import ClusterApi
 from kvs.http.kv import KVApi
 from kvs.http.metrics import Metrics
@@ -63,6 +64,7 @@ class Node:
         self.locks: consul.Locks | None = None
         self.port: int | None = None
         self.app: web.Application | None = None
+        self.tokens: Tokens | None = None  # ACL tokens and policies, kept in step with the store
         self.left = asyncio.Event()  # set after POST /cluster/leave: the process should exit
         self.tls: NodeTls | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -98,6 +100,8 @@ class Node:
         storage.ensure_identity(config.node_id, now_ms())
         self.engine = engine = Engine(config, storage, now_ms)
         bootstrap_voters(engine, config)
+        self.tokens = Tokens(engine, now_ms)
+        self.tokens.load()
         # Bind first, so the address peers must use is known before membership starts.
         sock = _bind(config.bind_address, config.port)
         stack.callback(sock.close)  # a no-op once the server has taken and closed it
@@ -132,21 +136,26 @@ class Node:
                     "consul-lock-sweeper")
         self._spawn(stack, self._every(config.storage_retry_interval_ms, self._heal_storage),
                     "storage-recovery")
-        log.info("event=started node=%s url=%s data_dir=%s cas_enabled=%s seeds=%s tls=%s",
-                 engine.node_id, self.url, config.data_dir, config.cas_enabled,
-                 ",".join(config.seed_nodes) or "-", _tls_mode(self.tls))
+        log.info("event=started node=%s url=%s data_dir=%s cas_enabled=%s acl_enabled=%s "
+                 "seeds=%s tls=%s", engine.node_id, self.url, config.data_dir,
+                 config.cas_enabled, config.acl_enabled, ",".join(config.seed_nodes) or "-",
+                 _tls_mode(self.tls))
 
     def _wire(self, engine: Engine, membership: Membership, replicator: Replicator) -> None:
-        """Who hears what: committed versions go to blocking queries and eager push, TTL
-        expiries to blocking queries, membership changes to replication."""
+        """Who hears what: committed versions go to the ACL cache, blocking queries and eager
+        push, TTL expiries to the ACL cache and blocking queries, membership changes to
+        replication."""
+        assert self.tokens is not None
+        engine.listeners.append(self.tokens.on_applied)  # first: a revocation applies at once
         engine.listeners.append(self.watchers.notify)
         engine.listeners.append(replicator.on_applied)
+        engine.expiry_listeners.append(self.tokens.on_expired)
         engine.expiry_listeners.append(partial(self.watchers.notify_keys, expired=True))
         membership.add_listener(replicator.on_member)
 
     def _app(self) -> web.Application:
         assert (self.engine and self.membership and self.replicator and self.quorum
-                and self.transport and self.locks)
+                and self.transport and self.locks and self.tokens)
         config, engine = self.config, self.engine
         metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections,
                           self.quorum.rounds)
@@ -167,12 +176,14 @@ class Node:
             *index.routes(engine.node_id),
             *consul.routes(config, engine, self.membership, kv.block, self.locks),
             *ui.routes(),
+            *ACLApi(config, engine, self.tokens).routes(),
         ]
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
                         client_max_size=config.max_value_bytes * 4 + ENVELOPE_BYTES,
                         body_timeout=config.http_body_timeout_seconds,
                         dialects={consul.PREFIX: consul.DIALECT},
-                        peer_certificates=self.tls is not None and self.tls.verify_peer)
+                        peer_certificates=self.tls is not None and self.tls.verify_peer,
+                        gate=Gate(self.tokens, config) if config.acl_enabled else None)
 
     def _spawn(self, stack: contextlib.AsyncExitStack, coro: Awaitable[None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """`kvs snapshot save|restore`: back up one node and build a data dir from the backup.
 
-    kvs snapshot save FILE --node URL [--secret S] [--ca CA]   streamed, checked, renamed to FILE
+    kvs snapshot save FILE --node URL [--secret S | --token T] [--ca CA]   streamed, checked, renamed to FILE
     kvs snapshot restore FILE --data-dir DIR           checked whole before anything is written
 
 A snapshot is one node's state at one instant (docs/design.md#backup-and-restore). A node started on a
@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kvs.cli import add_token_option, token_of
+from kvs.client import bearer
 from kvs.cluster import auth
 from kvs.http.snapshot import SNAPSHOT_PATH
 from kvs.store import snapshot
@@ -42,6 +44,7 @@ def add_parser(sub: Any) -> None:
     save.add_argument("--secret", default=os.environ.get("KVS_CLUSTER_SECRET"),
                       help="the cluster_secret, when the node has one (default: $KVS_CLUSTER_SECRET)")
     add_ca_option(save)
+    add_token_option(save)
     save.set_defaults(run=cmd_save)
     restore = actions.add_parser("restore", help="build a new data dir from a snapshot FILE")
     restore.add_argument("file", metavar="FILE", help="a file written by `kvs snapshot save`")
@@ -56,8 +59,9 @@ def add_parser(sub: Any) -> None:
 def cmd_save(args: argparse.Namespace) -> int:
     target = Path(args.file)
     partial = target.with_name(target.name + ".partial")
-    request = urllib.request.Request(args.node.rstrip("/") + SNAPSHOT_PATH,
-                                     headers=auth.operator_headers(args.secret, "GET", SNAPSHOT_PATH))
+    # An operator token, or (taking precedence on the node) the secret's signature.
+    headers = {**bearer(token_of(args)), **auth.operator_headers(args.secret, "GET", SNAPSHOT_PATH)}
+    request = urllib.request.Request(args.node.rstrip("/") + SNAPSHOT_PATH, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS,
                                     context=client_context(args.ca)) as response, \

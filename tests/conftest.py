@@ -36,10 +36,12 @@ class Api:
         self.url = url
 
     async def request(self, method: str, path: str, *, json: Any = ..., data: bytes | None = None,
-                      params: dict[str, str] | None = None) -> Reply:
+                      params: dict[str, str] | None = None,
+                      headers: dict[str, str] | None = None) -> Reply:
         if json is not ...:
             data = orjson.dumps(json)
-        async with self.session.request(method, self.url + path, data=data, params=params) as resp:
+        async with self.session.request(method, self.url + path, data=data, params=params,
+                                        headers=headers) as resp:
             raw = await resp.read()
             try:
                 body = orjson.loads(raw) if raw else None

@@ -10,7 +10,7 @@ import kvs
 
 ROOT = Path(kvs.__file__).parent
 PURE = {"kvs.errors", "kvs.config", "kvs.clock", "kvs.model", "kvs.keys", "kvs.merkle",
-        "kvs.conditions", "kvs.paxos"}
+        "kvs.conditions", "kvs.paxos", "kvs.acl"}
 # Third-party modules the pure core may use: data formats and hashing, no I/O frameworks.
 PURE_THIRD_PARTY = {"orjson", "xxhash", "yaml"}
 
@@ -56,7 +56,8 @@ def test_the_pure_core_imports_no_io_framework_and_nothing_above_it() -> None:
 
 
 _STDLIB = {"__future__", "dataclasses", "os", "random", "re", "time", "typing", "collections",
-           "pathlib", "uuid", "math", "difflib", "json", "functools", "itertools", "enum"}
+           "pathlib", "uuid", "math", "difflib", "json", "functools", "itertools", "enum",
+           "hashlib", "bisect"}
 
 
 def test_only_the_store_imports_rocksdict_and_only_engine_wiring_and_cli_import_the_store() -> None:

@@ -4,6 +4,7 @@
 -- * Every thread gets a number `id` (1..threads) before init() runs.
 -- * Scripts that define response() count outcomes in the per-thread globals
 --   ok / conflict / other; done() adds them up over all threads.
+-- * With BENCH_TOKEN set, every request carries it as Authorization: Bearer (ACLs).
 -- * done() prints one machine-readable line, "BENCH_JSON {...}", that bench/run.py parses:
 --   request count, duration, wrk's error counters, latency percentiles (microseconds)
 --   and the outcome counters.
@@ -51,6 +52,14 @@ function base64(data)
 end
 
 JSON = { ["Content-Type"] = "application/json" }
+
+-- A node with ACLs on: the harness passes the token in BENCH_TOKEN; every request
+-- (wrk's static one and those built with JSON) carries it.
+local token = os.getenv("BENCH_TOKEN")
+if token and token ~= "" then
+   JSON["Authorization"] = "Bearer " .. token
+   wrk.headers["Authorization"] = "Bearer " .. token
+end
 
 function done(summary, latency, requests)
    local c_ok, c_conflict, c_other = 0, 0, 0

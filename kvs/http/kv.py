@@ -8,10 +8,12 @@ it is settled; the route wrapper (kvs/http/server.py) then adds X-KVS-Index.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from kvs import acl
 from kvs.cluster.quorum import Quorum, quorum_json
 from kvs.conditions import Conditions
 from kvs.config import CONSISTENCIES, Config
@@ -19,6 +21,7 @@ from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, NotFound, Overloaded, TooLarge
 from kvs.http.toolkit import (
     ANY_ORIGIN,
+    access,
     body_conditions,
     check_params,
     encoded_size,
@@ -31,6 +34,8 @@ from kvs.http.toolkit import (
     query_conditions,
     query_duration,
     query_uint,
+    require,
+    require_prefix,
     uint,
 )
 from kvs.model import Version
@@ -40,12 +45,17 @@ from kvs.watch import Watchers
 # Keys the server writes itself (the service registry): readable through /kv, and
 # watchable with blocking queries, but written only through /services.
 RESERVED_PREFIX = "_services/"
-INTERNAL_PREFIX = "_kvs/"  # kvs's own keys: the register that serialises voter changes
-# Keys the server keeps for itself and shows nowhere (the Consul API's sessions and lock
-# records, kvs/http/consul/locks.py): a read finds nothing, a listing skips them, a write
-# is refused and a recursive delete skips them. Replicated like any key.
-HIDDEN_PREFIXES: tuple[str, ...] = ("_consul/",)
-NOT_DELETED_BY_PREFIX = (RESERVED_PREFIX, INTERNAL_PREFIX, *HIDDEN_PREFIXES)
+INTERNAL_PREFIX = "_kvs/"
+# Keys the server keeps for itself and shows nowhere, whatever the token: a read finds
+# nothing, a listing or blocking query skips them, a write is refused and a recursive
+# delete skips them. Replicated like any key. The value says whose they are.
+HIDDEN: dict[str, str] = {
+    acl.RESERVED: "ACL tokens and policies; administer them through /acl/",
+    INTERNAL_PREFIX: "the voters of quorum keys; changed through POST /cluster/voters",
+    "_consul/": "Consul sessions and locks",
+}
+HIDDEN_PREFIXES = tuple(HIDDEN)
+NOT_DELETED_BY_PREFIX = (RESERVED_PREFIX, *HIDDEN_PREFIXES)
 DEFAULT_WAIT_SECONDS = 300
 OP_FIELDS = frozenset({"value", "ttl", "flags", *Conditions.FIELDS})  # a PUT's, a txn op's
 PUT_FIELDS = OP_FIELDS | {"consistency", "if_seq"}
@@ -97,7 +107,7 @@ class KVApi:
     async def get(self, request: web.Request) -> web.StreamResponse:
         quorum = self.config.default_consistency == "quorum"
         if not request.query_string and not quorum:  # the common read: current version, no options
-            body = self.engine.get(readable(path_key(request))).json_bytes()
+            body = self.engine.get(read_key(request, path_key(request))).json_bytes()
             return web.Response(body=body, content_type="application/json")
         query = request.query
         check_params(query, GET_PARAMS)
@@ -107,7 +117,8 @@ class KVApi:
                 if not plain:
                     raise BadRequest("consistency=quorum reads the current value (raw=true "
                                      "allowed); history, version, listings and index are local")
-                return await self._quorum_get(readable(path_key(request)), flag(query, "raw"))
+                return await self._quorum_get(read_key(request, path_key(request)),
+                                             flag(query, "raw"))
         # Every flag is parsed, also those this mode ignores: a malformed one is a 400.
         flags = {name: flag(query, name) for name in ("raw", "history", "recurse", "keys")}
         listing = flags["recurse"] or flags["keys"]
@@ -118,12 +129,13 @@ class KVApi:
                 raise BadRequest(f"{misplaced[0]} goes with {goes_with}")
         key = path_key(request, prefix=listing)
         if not listing:
-            readable(key)
+            read_key(request, key)
+        visible = shown(request)
         wait = query_duration(query, "wait", DEFAULT_WAIT_SECONDS)
         if "index" in query:
-            await self.block(key, listing, query_uint(query, "index"), wait)
+            await self.block(key, listing, query_uint(query, "index"), wait, visible)
         if listing:
-            return json_response(self._list(key, query))
+            return json_response(self._list(key, query, visible))
         if flags["history"]:
             revisions = [v.to_json() for v in self.engine.history(key)]
             return json_response({"key": key, "revisions": revisions})
@@ -171,7 +183,9 @@ class KVApi:
             return web.Response(text=current.value)
         return json_response(current.value)
 
-    def _list(self, prefix: str, query: Any) -> dict[str, Any]:
+    def _list(self, prefix: str, query: Any, visible: Callable[[str], bool]) -> dict[str, Any]:
+        """One page of the keys under `prefix` that the token may read. The others are
+        skipped before the page is counted, so neither its length nor `next` tells of them."""
         # Any limit is fine (a huge one lists everything), as long as it is a number.
         limit = query_uint(query, "limit", maximum=10**20) if "limit" in query else None
         if limit is not None and limit <= 0:
@@ -186,7 +200,7 @@ class KVApi:
         more = False
         for version in self.engine.live(prefix, after):
             name = version.key
-            if hidden(name):
+            if not visible(name):
                 continue
             if separator:
                 cut = name.find(separator, len(prefix))
@@ -204,8 +218,12 @@ class KVApi:
         field = "keys" if names_only else "items"
         return {"prefix": prefix, field: items, "next": next_after}
 
-    async def block(self, key: str, prefix: bool, index: int, wait: float) -> None:
+    async def block(self, key: str, prefix: bool, index: int, wait: float,
+                    visible: Callable[[str], bool] = acl.OPEN.may_read) -> None:
         """Hold the request until the key's (or prefix's) modify index exceeds `index`.
+
+        Under a prefix only the keys `visible` accepts count (those the token may read),
+        so a change the token may not see neither ends the wait nor shows in its timing.
 
         Shared by every blocking query: /kv here, /v1/kv and the registry probes of the
         Consul-compatible API (kvs/http/consul/).
@@ -225,7 +243,8 @@ class KVApi:
         with self.watchers.watch(key, prefix=prefix) as watch:
             if self.watchers.closed:
                 return
-            if index < self.engine.index and self.engine.modify_index(key, prefix=prefix) > index:
+            if (index < self.engine.index
+                    and self.engine.modify_index(key, prefix=prefix, visible=visible) > index):
                 return
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
@@ -234,7 +253,8 @@ class KVApi:
                 if news is None or self.watchers.closed:
                     return
                 changed, expired = news
-                if expired or any(self.engine.modify_index(k) > index for k in changed):
+                if expired or any(self.engine.modify_index(k) > index
+                                  for k in changed if visible(k)):
                     return
 
     # -- PUT / DELETE --------------------------------------------------------------------
@@ -249,7 +269,7 @@ class KVApi:
         given = "consistency" in body
         mode = consistency(body.pop("consistency", None), self.config, given=given)
         if_seq = uint("if_seq", body.pop("if_seq")) if "if_seq" in body else None
-        writable(key)
+        write_key(request, key)
         op = parse_op(body, "set", key, OP_FIELDS, self.config)
         if mode == "quorum":
             register = await self._quorum_write(key, op.cond, if_seq, value=op.value,
@@ -267,8 +287,7 @@ class KVApi:
         mode = consistency(query.get("consistency"), self.config)
         if_seq = query_uint(query, "if_seq") if "if_seq" in query else None
         if mode == "quorum" and not flag(query, "recurse"):
-            key = path_key(request)
-            writable(key)
+            key = write_key(request, path_key(request))
             register = await self._quorum_write(key, query_conditions(query), if_seq, deleted=True)
             return json_response({**delete_result(self._local(register.value)),
                                   "seq": register.seq})
@@ -282,12 +301,12 @@ class KVApi:
             if set(query) - {"recurse"}:
                 raise BadRequest("conditions do not combine with recurse=true")
             writable(prefix)  # a prefix covering the reserved ones skips them instead
+            require_prefix(request, acl.WRITE, prefix)
             tombstones = await self.engine.delete_prefix(prefix, skip=NOT_DELETED_BY_PREFIX)
             body = {"prefix": prefix, "deleted": [t.key for t in tombstones],
                     "modify_index": self.engine.index}
             return own_write(body, tombstones) if tombstones else json_response(body)
-        key = path_key(request)
-        writable(key)
+        key = write_key(request, path_key(request))
         tombstone = await self.engine.delete(key, query_conditions(query))
         return own_write(delete_result(tombstone), [tombstone])
 
@@ -339,8 +358,9 @@ def writable(key: str) -> None:
         raise BadRequest(f"keys under {INTERNAL_PREFIX!r} are kvs's own (the voters of quorum "
                          "keys); readable, written only by the node (POST /cluster/voters)")
     if hidden(key):
-        raise BadRequest(f"keys under {key[:key.index('/') + 1]!r} are reserved for kvs's own "
-                         "records (Consul sessions and locks)")
+        prefix = next(p for p in HIDDEN_PREFIXES if key.startswith(p))
+        raise BadRequest(f"keys under {prefix!r} are reserved for kvs's own records "
+                         f"({HIDDEN[prefix]})", key=key)
 
 
 def hidden(key: str) -> bool:
@@ -352,6 +372,28 @@ def readable(key: str) -> str:
     if hidden(key):
         raise NotFound(f"key {key!r} not found")
     return key
+
+
+def read_key(request: web.Request, key: str) -> str:
+    """The key, once this request may read it: a hidden key is not found (404) whatever
+    the token, so that a token's rules never reveal whether one exists; then the ACL (403)."""
+    require(request, acl.READ, readable(key))
+    return key
+
+
+def write_key(request: web.Request, key: str) -> str:
+    """The key, once this request may write it: never a hidden or registry key (400), then
+    the ACL (403)."""
+    writable(key)
+    require(request, acl.WRITE, key)
+    return key
+
+
+def shown(request: web.Request) -> Callable[[str], bool]:
+    """Which keys a listing or blocking query of this request counts: never a hidden one,
+    and of the others those the token may read."""
+    may_read = access(request).may_read
+    return lambda key: not hidden(key) and may_read(key)
 
 
 def write_result(v: Version) -> dict[str, Any]:

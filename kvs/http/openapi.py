@@ -80,9 +80,10 @@ VERSION_META_FIELDS: dict[str, Schema] = {
 SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
         {"error": {"type": "string", "enum": [
-            "bad_request", "unauthorized", "not_found", "method_not_allowed", "cas_conflict",
-            "too_large", "cas_disabled", "storage_failed", "storage_full", "not_removable",
-            "http_error", "quorum_key", "quorum_unavailable", "quorum_indeterminate"]},
+            "bad_request", "unauthorized", "forbidden", "not_found", "method_not_allowed",
+            "cas_conflict", "conflict", "too_large", "cas_disabled", "acl_disabled",
+            "storage_failed", "storage_full", "not_removable", "http_error", "quorum_key",
+            "quorum_unavailable", "quorum_indeterminate"]},
          "message": STR},
         {"current": _null(_ref("VersionMeta")),
          "failed": {"type": "array", "items": _ref("TxnFailure")}, **SEQ,
@@ -190,10 +191,20 @@ SCHEMAS["ServiceWriteResult"] = _obj(
     {"message": {"type": "string", "enum": ["service registered", "service renewed"]},
      **ENTRY_FIELDS}, description="The registration as written and its new version's identity.")
 
+# The /acl/ routes (docs/acl.md): every answer is a JSON object; these are their errors.
+ACL_ERRORS = {
+    "400": "bad_request: malformed body, unknown field, invalid policy or token id",
+    "401": "unauthorized: no valid ACL token; acl_disabled: acl_enabled is false on this node",
+    "403": "forbidden: the token's policies do not grant ACL management",
+    "404": "not_found: no such policy or token",
+    "409": "conflict: bootstrapped already, or the name exists",
+}
+ACL_BODY = {"type": "object"}
+
 ERROR_TEXT = {
     400: "bad_request: malformed body or query, unknown field or parameter, wrong type, bad key",
     401: "unauthorized: the node has a cluster_secret and the request was not signed with it, "
-         "or was replayed",
+         "or was replayed; or ACLs are on and the request has no valid token",
     404: "not_found: absent, deleted or expired (or a condition other than cas=0 on an absent key)",
     409: "cas_conflict: a condition did not hold; nothing was written. quorum_key: a local "
          "write to a key written with consistency=quorum; nothing was written",
@@ -397,11 +408,41 @@ def build() -> dict[str, Any]:
                 "Prometheus metrics", {"200": {"description": "Prometheus text exposition format",
                                                "content": {"text/plain": {"schema": STR}}}},
                 tag="operations")},
+            **_acl_paths(),
             "/openapi.json": {"get": _op(
                 "This document", _responses({"type": "object"}, "OpenAPI 3.1 document", ()),
                 tag="operations")},
         },
         "components": {"schemas": copy.deepcopy(SCHEMAS)},
+    }
+
+
+def _acl_op(summary: str, *, params: list[Any] | None = None, body: bool = False) -> dict[str, Any]:
+    responses = {"200": _json(ACL_BODY, "done; a created token's secret is shown only here"),
+                 **{status: _json(_ref("Error"), text) for status, text in ACL_ERRORS.items()}}
+    return _op(summary, responses, tag="acl", params=params, body=ACL_BODY if body else None)
+
+
+def _acl_paths() -> dict[str, Any]:
+    name = [{"name": "name", "in": "path", "required": True, "schema": STR,
+             "description": "policy name"}]
+    token = [{"name": "id", "in": "path", "required": True, "schema": STR,
+              "description": "token id (accessor), not its secret"}]
+    return {
+        "/acl/bootstrap": {"post": _op(
+            "Create the first management token, once (no token needed)",
+            {"200": _json(ACL_BODY, "the token, with its secret (shown only here)"),
+             **{s: _json(_ref("Error"), ACL_ERRORS[s]) for s in ("400", "401", "409")}},
+            tag="acl")},
+        "/acl/token/self": {"get": _acl_op("The token this request carries")},
+        "/acl/policies": {"get": _acl_op("List policies"),
+                          "post": _acl_op("Create a policy", body=True)},
+        "/acl/policies/{name}": {"get": _acl_op("One policy", params=name),
+                                 "delete": _acl_op("Delete a policy", params=name)},
+        "/acl/tokens": {"get": _acl_op("List tokens (never their secrets)"),
+                        "post": _acl_op("Create a token for policies", body=True)},
+        "/acl/tokens/{id}": {"get": _acl_op("One token", params=token),
+                             "delete": _acl_op("Delete (revoke) a token", params=token)},
     }
 
 

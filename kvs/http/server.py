@@ -7,8 +7,14 @@ current-app bookkeeping, which a GET noticeably pays for. In order it:
 1. reads and decodes the whole body, if there is one, within the body timeout
    (toolkit.read_body: 408 when late, 400 for a bad Content-Encoding);
 2. refuses /internal/ requests made without a client certificate when peers must present
-   one (mutual TLS, tls_verify_peer), then unsigned or replayed requests to /internal/ and
-   state-changing /cluster/ routes when a cluster secret is set (401, kvs/cluster/auth.py);
+   one (mutual TLS, tls_verify_peer); then admits the request: with ACLs on, resolves its
+   token and checks what the route needs
+   (kvs/http/acl.py: 401 without a valid token, 403 when its policies do not grant it) and
+   leaves the token's compiled rules on the request for the handler's per-key checks; and
+   refuses unsigned or replayed requests to /internal/ and state-changing /cluster/
+   routes when a cluster secret is set (401, kvs/cluster/auth.py). On operator routes a
+   request signed with the cluster secret counts as an operator's, and an operator token
+   takes the place of the signature;
 3. runs the handler and turns any failure into an error answer in the route's dialect
    (kvs's JSON, toolkit.render_error, unless the path's dialect says otherwise); an
    answer sent before the body was read whole closes the connection;
@@ -42,14 +48,20 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from kvs.acl import OPEN, Authorizer
 from kvs.cluster import auth
 from kvs.engine import Engine
 from kvs.errors import StorageFailed
-from kvs.http.toolkit import OWN_WRITE, read_body, render_error
+from kvs.http import acl
+from kvs.http.toolkit import ACCESS, OWN_WRITE, read_body, render_error
 
 log = logging.getLogger("kvs.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# None: go on; a response: the refusal to send instead (it may also raise a KVSError).
+Admission = Callable[[web.Request], Awaitable[web.Response | None]]
+# The rules of the request's token (raises Unauthorized or Forbidden).
+Rules = Callable[[web.Request], Authorizer]
 CLIENT_GONE = 499  # the status counted for a request whose client left before its answer (nginx's)
 
 
@@ -79,34 +91,63 @@ def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_s
              count: Callable[[str, int], None] = lambda method, status: None,
              body_timeout: float | None = None,
              dialects: Mapping[str, Dialect] | None = None,
-             peer_certificates: bool = False) -> web.Application:
+             peer_certificates: bool = False,
+             gate: acl.Gate | None = None) -> web.Application:
     """An Application serving `routes`, each wrapped; a last route answers 404/405.
 
     Without an engine (a membership-only node) there is nothing to settle or index.
     `body_timeout`: seconds a request body may take to arrive (None: no bound).
-    `dialects`: path prefix -> Dialect, beside the native ones.
+    `dialects`: path prefix -> Dialect, beside the native ones. `gate`: ACLs (None: off).
     `peer_certificates`: peers' routes require a client certificate (mutual TLS).
     """
     app = web.Application(client_max_size=client_max_size)
     around = _wrapper(engine, count, auth.Guard(secret) if secret is not None else None,
-                      body_timeout, {**NATIVE_DIALECTS, **(dialects or {})}, peer_certificates)
+                      body_timeout, {**NATIVE_DIALECTS, **(dialects or {})}, peer_certificates,
+                      gate)
     app.add_routes([web.RouteDef(r.method, r.path, around(r.handler, r.method, r.path), r.kwargs)
                     for r in routes])
     app.router.add_route("*", "/{path:.*}", around(_no_route, "*", None))  # last: the fallback
     return app
 
 
+def _admission(gate: acl.Gate | None, guard: auth.Guard | None, method: str,
+               path: str | None) -> tuple[Admission | None, Rules]:
+    """What a route checks before its handler runs (step 2 of the module docstring): an
+    asynchronous check that may answer instead (the signature; it leaves the rules on the
+    request itself), or else the rules of the request's token, found without an await (a
+    KV request, the hot path, pays no extra coroutine)."""
+    signed = path is not None and auth.needs_signature(method, path)
+    need = acl.PEER if gate is None else gate.need_of(method, path)
+    if need in (acl.PEER, acl.PUBLIC):
+        return (guard.refuse if signed and guard is not None else None), _open
+    assert gate is not None
+    if need not in (acl.OPERATOR_READ, acl.OPERATOR_WRITE) or guard is None:
+        return None, lambda request: gate.admit(request, need)
+
+    async def operator(request: web.Request) -> web.Response | None:
+        if auth.SIGNATURE_HEADER in request.headers or (signed and not acl.carries_token(request)):
+            return await guard.refuse(request)  # signed with the cluster secret: an operator
+        request[ACCESS] = gate.admit(request, need)
+        return None
+
+    return operator, _open
+
+
+def _open(request: web.Request) -> Authorizer:
+    return OPEN
+
+
 def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: auth.Guard | None,
-             body_timeout: float | None, dialects: Mapping[str, Dialect], peer_certificates: bool
+             body_timeout: float | None, dialects: Mapping[str, Dialect], peer_certificates: bool,
+             gate: acl.Gate | None
              ) -> Callable[[Handler, str, str | None], Handler]:
     def dialect_of(path: str) -> Dialect:
         return next((d for prefix, d in dialects.items() if path.startswith(prefix)), NATIVE)
 
     def around(handler: Handler, method: str, path: str | None) -> Handler:
         """`path`: the route's; None for the fallback route, which matches any path."""
-        signed = path is not None and auth.needs_signature(method, path)
-        checked_by = guard if signed else None
         certified = peer_certificates and path is not None and auth.needs_peer_certificate(path)
+        check, rules = _admission(gate, guard, method, path)
         fixed = None if path is None else dialect_of(path)
 
         async def answer(request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -116,8 +157,10 @@ def _wrapper(engine: Engine | None, count: Callable[[str, int], None], guard: au
                     await read_body(request, body_timeout)
                 if certified:
                     auth.require_peer_certificate(request)
-                if checked_by is not None:
-                    response = await checked_by.refuse(request)
+                if check is not None:
+                    response = await check(request)
+                else:
+                    request[ACCESS] = rules(request)
                 if response is None:
                     response = await handler(request)
             except Exception as exc:

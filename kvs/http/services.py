@@ -30,22 +30,29 @@ and needs `cas_enabled`. A renewal is different: its `if_version` condition is
 the server's own guard against resurrecting a registration that expired or was
 deregistered meanwhile, not a client CAS, so it works with `cas_enabled: false`.
 The `/kv` API treats the `_services/` prefix as read-only (see kvs.http.kv.RESERVED_PREFIX).
+
+With ACLs on, a registration is governed by the rules on its key: reading `web` needs
+read on `_services/web`, registering, renewing or deregistering it needs write there,
+and a listing shows only the registrations the token may read.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from kvs import acl
 from kvs.conditions import NONE, Conditions
 from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest, NotFound, TooLarge
 from kvs.http.kv import RESERVED_PREFIX
 from kvs.http.toolkit import (
+    access,
     check_params,
     flag,
     json_body,
@@ -54,6 +61,7 @@ from kvs.http.toolkit import (
     parse_ttl,
     query_conditions,
     read_body,
+    require,
     uint,
 )
 from kvs.model import Version
@@ -103,9 +111,10 @@ def _is_registration(value: Any) -> bool:
     return isinstance(value, dict) and isinstance(value.get("name"), str)
 
 
-def live_registrations(engine: Engine) -> list[dict[str, Any]]:
-    """Every live registration, in name order: GET /services, and the Consul catalog."""
-    return [v.value for v in engine.live(PREFIX) if _is_registration(v.value)]
+def live_registrations(engine: Engine, visible: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """Every live registration whose key `visible` accepts, in name order: GET /services,
+    and the Consul catalog."""
+    return [v.value for v in engine.live(PREFIX) if _is_registration(v.value) and visible(v.key)]
 
 
 class ServiceApi:
@@ -141,6 +150,7 @@ class ServiceApi:
             raise TooLarge(f"registration is {size} bytes encoded; max_value_bytes is "
                            f"{self.config.max_value_bytes}")
         name = value["name"]
+        require(request, acl.WRITE, PREFIX + name)
         try:
             version = await self.engine.put(Op("set", PREFIX + name, value, ttl_ms, cond=cond))
         except NotFound:
@@ -150,12 +160,14 @@ class ServiceApi:
 
     async def list_services(self, request: web.Request) -> web.Response:
         check_params(request.query, frozenset())
-        return json_response({"services": live_registrations(self.engine)})
+        return json_response({"services": live_registrations(self.engine, access(request).may_read)})
 
     async def get(self, request: web.Request) -> web.Response:
         check_params(request.query, frozenset({"metadata"}))
         metadata = flag(request.query, "metadata")
-        current = self._current(validate_name(request.match_info["name"]))
+        name = validate_name(request.match_info["name"])
+        require(request, acl.READ, PREFIX + name)
+        current = self._current(name)
         return json_response(_entry(current) if metadata else current.value)
 
     async def renew(self, request: web.Request) -> web.Response:
@@ -167,6 +179,7 @@ class ServiceApi:
         """
         check_params(request.query, frozenset())
         name = validate_name(request.match_info["name"])
+        require(request, acl.WRITE, PREFIX + name)
         ttl: Any = None
         if await read_body(request):
             body = await json_body(request)
@@ -193,6 +206,7 @@ class ServiceApi:
         query = request.query
         check_params(query, frozenset({"cas"}))
         name = validate_name(request.match_info["name"])
+        require(request, acl.WRITE, PREFIX + name)
         cond = query_conditions(query)
         try:
             tombstone = await self.engine.delete(PREFIX + name, cond)

@@ -22,8 +22,9 @@ from urllib.parse import unquote_to_bytes
 import orjson
 from aiohttp import web
 
+from kvs import acl
 from kvs.conditions import MISSING, NONE, Conditions
-from kvs.errors import BadRequest, KVSError, RequestTimeout, TooLarge
+from kvs.errors import BadRequest, Forbidden, KVSError, RequestTimeout, TooLarge
 from kvs.keys import validate_key
 from kvs.model import MAX_TTL_MS, MAX_U64, Version
 
@@ -37,7 +38,7 @@ MAX_VALUE_DEPTH = 128
 _HEADROOM = 254 - MAX_VALUE_DEPTH
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
 _LONG_DIGITS = re.compile(rb"\d{20}")
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "too_large"}
 
 
@@ -97,6 +98,37 @@ def render_error(request: web.Request, exc: Exception) -> web.Response:
         return response
     log.error("event=internal_error method=%s path=%s", request.method, request.path, exc_info=exc)
     return error_response(500, "internal", "internal error; see the node's log")
+
+
+# -- ACLs: what the request's token may do ------------------------------------------------
+
+# The request's compiled ACL rules, set by the route wrapper (kvs/http/server.py) once it
+# has resolved the token; while ACLs are off, acl.OPEN (every key but the reserved ones).
+ACCESS = web.RequestKey("kvs.access", acl.Authorizer)
+
+
+def access(request: web.Request) -> acl.Authorizer:
+    try:
+        return request[ACCESS]
+    except KeyError:  # a route the wrapper does not admit (peers'); it touches no client key
+        return acl.OPEN
+
+
+def require(request: web.Request, action: str, key: str) -> None:
+    """Refuse (403) unless the token may `action` (read, write) `key`. Every route that
+    touches a named key calls this before touching it (after kvs.http.kv's rule for the
+    hidden keys, which answers the same whatever the token)."""
+    if not access(request).may(action, key):
+        raise Forbidden(f"this token may not {action} key {key!r}", key=key)
+
+
+def require_prefix(request: web.Request, action: str, prefix: str) -> None:
+    """Refuse (403) unless the token may `action` every key under `prefix` (a recursive
+    delete, Consul's get-tree): decided from the rules alone, so it tells nothing of
+    which keys exist."""
+    if not access(request).may_prefix(action, prefix):
+        raise Forbidden(f"this token may not {action} every key under {prefix!r} (a rule "
+                        "under that prefix restricts it)", prefix=prefix)
 
 
 # -- bodies --------------------------------------------------------------------------------

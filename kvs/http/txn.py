@@ -1,7 +1,8 @@
 """POST /txn: all-or-nothing transactions on this node.
 
-The ops are validated here (each like a PUT body or a DELETE's conditions), then
-run by the engine under one lock into one storage batch.
+The ops are validated here (each like a PUT body or a DELETE's conditions), and each
+op's key checked against the token's rules (set and delete need write, get and check
+read), all before the engine runs any of them under one lock into one storage batch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from aiohttp import web
 from kvs.config import Config
 from kvs.engine import Engine, Op
 from kvs.errors import BadRequest
-from kvs.http.kv import OP_FIELDS, delete_result, parse_op, readable, writable, write_result
+from kvs.http.kv import OP_FIELDS, delete_result, parse_op, read_key, write_key, write_result
 from kvs.http.toolkit import check_params, json_body, json_response, own_write
 from kvs.keys import validate_key
 from kvs.model import Version
@@ -42,7 +43,7 @@ class TxnApi:
             raise BadRequest("ops must not be empty")
         if len(raw_ops) > self.config.max_txn_ops:
             raise BadRequest(f"{len(raw_ops)} ops; max_txn_ops is {self.config.max_txn_ops}")
-        ops = [self._txn_op(i, raw) for i, raw in enumerate(raw_ops)]
+        ops = [self._txn_op(request, i, raw) for i, raw in enumerate(raw_ops)]
         results = await self.engine.txn(ops)
         body = {"results": [
             write_result(r) if isinstance(r, Version) and not r.deleted
@@ -54,7 +55,7 @@ class TxnApi:
             return own_write(body, written)
         return json_response(body)
 
-    def _txn_op(self, index: int, raw: Any) -> Op:
+    def _txn_op(self, request: web.Request, index: int, raw: Any) -> Op:
         if not isinstance(raw, dict):
             raise BadRequest(f"ops[{index}] must be an object")
         kind = raw.get("op")
@@ -64,9 +65,7 @@ class TxnApi:
         if not isinstance(key, str):
             raise BadRequest(f"ops[{index}].key must be a string")
         try:
-            if kind in ("set", "delete"):
-                writable(key)
-            readable(key)
+            (write_key if kind in ("set", "delete") else read_key)(request, key)
             allowed = TXN_FIELDS if kind == "set" else TXN_FIELDS - {"value", "ttl", "flags"}
             return parse_op(raw, kind, validate_key(key), allowed, self.config)
         except BadRequest as exc:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import kvs
+from kvs.cluster import auth
 from kvs.testing.processes import STOP_GRACE, LineSink, ManagedProcess
 from kvs.tls import client_context
 
@@ -132,11 +133,13 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def _get_json(url: str, timeout: float = 1.0, context: ssl.SSLContext | None = None) -> Any:
+def _get_json(url: str, timeout: float = 1.0, context: ssl.SSLContext | None = None,
+              headers: Mapping[str, str] | None = None) -> Any:
     """The JSON body of a 200 answer; None for anything else (refused, timeout, other status).
     `context` verifies an https node."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=dict(headers or {})),
+                                    timeout=timeout, context=context) as resp:
             return json.loads(resp.read()) if resp.status == 200 else None
     except (OSError, ValueError, http.client.HTTPException):
         return None
@@ -309,8 +312,13 @@ class KvsNode(ManagedProcess):
         return self.start(timeout)
 
     def alive_members(self) -> int:
-        """How many members this node lists as alive (itself included); 0 if it does not answer."""
-        members = _get_json(f"{self.url}/cluster/members", 2.0, self.tls)
+        """How many members this node lists as alive (itself included); 0 if it does not answer.
+
+        Signed with the node's cluster secret, if it has one: with ACLs on, /cluster/ needs
+        an operator, which a request signed with the secret is."""
+        path = "/cluster/members"
+        headers = auth.operator_headers((self.env or {}).get("KVS_CLUSTER_SECRET"), "GET", path)
+        members = _get_json(self.url + path, 2.0, self.tls, headers)
         if not isinstance(members, list):
             return 0
         return sum(1 for m in members if isinstance(m, dict) and m.get("state") == "alive")

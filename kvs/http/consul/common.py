@@ -6,6 +6,8 @@ The dialect (kvs/http/server.py runs every route through it):
                          X-Consul-KnownLeader: true   X-Consul-LastContact: 0
                          X-Consul-Effective-Consistency: stale
     a failure            its status, and Consul's plain-text body ("Invalid wait time")
+    an ACL refusal       403 "Permission denied: ..." (no token, or its policies deny), or
+                         403 "ACL not found: ..." (an unknown, expired or malformed token)
 
 Values: Consul's are bytes, kvs's are JSON. The mapping is lossless for bytes:
 
@@ -28,7 +30,7 @@ import orjson
 from aiohttp import web
 
 from kvs.engine import Engine
-from kvs.errors import BadRequest, KVSError
+from kvs.errors import BadRequest, Forbidden, KVSError, Unauthorized
 from kvs.http.consul.locks import LockState
 from kvs.http.server import Dialect
 from kvs.model import MAX_U64
@@ -53,7 +55,13 @@ def text_response(status: int, message: str) -> web.Response:
 
 
 def render_error(request: web.Request, exc: Exception) -> web.Response:
-    """Consul's error shape: the status and a plain-text reason, never a JSON object."""
+    """Consul's error shape: the status and a plain-text reason, never a JSON object.
+    ACL refusals are Consul's 403s, whose first words its clients look for."""
+    if isinstance(exc, Forbidden) or (isinstance(exc, Unauthorized)
+                                      and exc.extra.get("cause") == "missing"):
+        return text_response(403, f"Permission denied: {exc.message}")
+    if isinstance(exc, Unauthorized):
+        return text_response(403, f"ACL not found: {exc.message}")
     if isinstance(exc, KVSError):
         return text_response(exc.status, exc.message)
     if isinstance(exc, web.HTTPException):

@@ -12,8 +12,10 @@
     DELETE /v1/kv/app/?recurse       true;  DELETE /v1/kv/app/db?cas=9 -> true | false
 
 Unknown parameters are ignored, as Consul ignores them; `dc`, `stale`, `consistent`,
-`ns`, `partition` and `token` (and X-Consul-Token) are accepted and have no effect
-(docs/consul.md says why). A missing key is a 404 with an empty body.
+`ns` and `partition` are accepted and have no effect (docs/consul.md says why). `token`
+(and X-Consul-Token) carry the ACL token when ACLs are on (docs/acl.md): a read needs
+read on the key, a listing shows only readable keys, a write needs write, a recursive
+delete write on every key under the prefix. A missing key is a 404 with an empty body.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kvs import acl
 from kvs.conditions import NONE, Conditions
 from kvs.config import Config
 from kvs.engine import Engine, Op
@@ -38,12 +41,13 @@ from kvs.http.consul.common import (
     wait_param,
 )
 from kvs.http.consul.locks import Locks
-from kvs.http.kv import NOT_DELETED_BY_PREFIX, hidden, readable, writable
-from kvs.http.toolkit import json_response, path_key
+from kvs.http.kv import NOT_DELETED_BY_PREFIX, hidden, readable, shown, writable, write_key
+from kvs.http.toolkit import json_response, path_key, require, require_prefix
 from kvs.model import Version
 
-# KVApi.block: hold a request until the key's (or prefix's) modify index exceeds an index.
-Block = Callable[[str, bool, int, float], Awaitable[None]]
+# KVApi.block: hold a request until the key's (or prefix's) modify index, among the keys
+# the predicate accepts, exceeds an index.
+Block = Callable[[str, bool, int, float, Callable[[str], bool]], Awaitable[None]]
 
 
 def consul_key(request: web.Request, *, prefix: bool = False) -> str:
@@ -64,14 +68,16 @@ class ConsulKV:
         path = r"/v1/kv/{key:[\s\S]*}"
         return [web.get(path, self.get), web.put(path, self.put), web.delete(path, self.delete)]
 
-    async def blocking(self, query: Any, key: str, prefix: bool) -> None:
+    async def blocking(self, query: Any, key: str, prefix: bool,
+                       visible: Callable[[str], bool] = acl.OPEN.may_read) -> None:
         """Consul's blocking query: with `index` N > 0, wait (at most `wait`) until the key
         or prefix changes past N. An N ahead of this node's counter (one that came from
-        another node, or the 1 a fresh node reports) waits for the next change."""
+        another node, or the 1 a fresh node reports) waits for the next change. Under a prefix
+        only the keys `visible` accepts count (see KVApi.block)."""
         wait = wait_param(query)  # parsed even when unused: a malformed one is still a 400
         index = index_param(query)
         if index:
-            await self.block(key, prefix, min(index, self.engine.index), wait)
+            await self.block(key, prefix, min(index, self.engine.index), wait, visible)
 
     # -- GET -----------------------------------------------------------------------------
 
@@ -79,13 +85,16 @@ class ConsulKV:
         query = request.query
         keys, recurse = flag(query, "keys"), flag(query, "recurse")
         key = consul_key(request, prefix=keys or recurse)
-        await self.blocking(query, key, keys or recurse)
+        visible = shown(request)
+        if not (keys or recurse or hidden(key)):  # a hidden key: 404 below, whatever the token
+            require(request, acl.READ, key)
+        await self.blocking(query, key, keys or recurse, visible)
         if keys:
             # Consul still accepts its historical misspelling.
-            names = self._names(key, query.get("separator") or query.get("seperator") or "")
+            names = self._names(key, query.get("separator") or query.get("seperator") or "", visible)
             return json_response(names) if names or not key else web.Response(status=404)
         if recurse:
-            entries = [self.entry(v) for v in self.engine.live(key) if not hidden(v.key)]
+            entries = [self.entry(v) for v in self.engine.live(key) if visible(v.key)]
             return json_response(entries) if entries else web.Response(status=404)
         try:
             current = self.engine.get(readable(key))
@@ -100,13 +109,13 @@ class ConsulKV:
     def entry(self, version: Version) -> dict[str, Any]:
         return entry(version.to_json(), self.locks.view(version.key))
 
-    def _names(self, prefix: str, separator: str) -> list[str]:
-        """Live keys under the prefix, each cut after the first separator past the prefix
-        (so a "directory" is listed once, with its separator)."""
+    def _names(self, prefix: str, separator: str, visible: Callable[[str], bool]) -> list[str]:
+        """Live keys under the prefix that `visible` accepts, each cut after the first
+        separator past the prefix (so a "directory" is listed once, with its separator)."""
         names: list[str] = []
         for version in self.engine.live(prefix):
             name = version.key
-            if hidden(name):
+            if not visible(name):
                 continue
             cut = name.find(separator, len(prefix)) if separator else -1
             if cut >= 0:
@@ -119,8 +128,7 @@ class ConsulKV:
 
     async def put(self, request: web.Request) -> web.Response:
         query = request.query
-        key = consul_key(request)
-        writable(key)
+        key = write_key(request, consul_key(request))
         flags = uint_param(query, "flags") or 0
         cas = uint_param(query, "cas")
         body = await request.read()
@@ -143,11 +151,11 @@ class ConsulKV:
             if "cas" in query:
                 raise BadRequest("Conflicting flags: recurse and cas")
             prefix = consul_key(request, prefix=True)
-            writable(prefix)  # a prefix covering the registry's skips it instead
+            writable(prefix)  # a prefix covering the reserved ones skips them instead
+            require_prefix(request, acl.WRITE, prefix)
             await self.engine.delete_prefix(prefix, skip=NOT_DELETED_BY_PREFIX)
             return json_response(True)
-        key = consul_key(request)
-        writable(key)
+        key = write_key(request, consul_key(request))
         cas = uint_param(query, "cas")
         try:
             await self.engine.delete(key, Conditions(cas=cas) if cas is not None else NONE)

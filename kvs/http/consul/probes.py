@@ -14,7 +14,8 @@ one is gone).
     GET /v1/health/service/{name}    [{"Node", "Service", "Checks"}]
 
 The catalog and health reads are blocking queries too (`index`, `wait`), on the
-registry's keys.
+registry's keys. With ACLs on, status needs no token (as in Consul), agent and catalog
+nodes an operator's, and the services only what the token may read of `_services/`.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from typing import Any
 
 from aiohttp import web
 
-from kvs import __version__
+from kvs import __version__, acl
 from kvs.cluster.swim.membership import Membership
 from kvs.cluster.swim.state import ALIVE
 from kvs.engine import Engine
 from kvs.http.consul.common import DATACENTER
 from kvs.http.consul.kv import ConsulKV
 from kvs.http.services import PREFIX, live_registrations
-from kvs.http.toolkit import json_response
+from kvs.http.toolkit import access, json_response, require
 
 
 def node_uuid(node_id: str) -> str:
@@ -80,15 +81,17 @@ class ConsulProbes:
         return json_response([_node(m["id"], m["address"]) for m in self.alive()])
 
     async def catalog_services(self, request: web.Request) -> web.Response:
-        await self.kv.blocking(request.query, PREFIX, True)
-        return json_response({r["name"]: r.get("tags") or [] for r in live_registrations(self.engine)})
+        await self.kv.blocking(request.query, PREFIX, True, access(request).may_read)
+        registrations = live_registrations(self.engine, access(request).may_read)
+        return json_response({r["name"]: r.get("tags") or [] for r in registrations})
 
     async def health_service(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        require(request, acl.READ, PREFIX + name)
         await self.kv.blocking(request.query, PREFIX + name, False)
         here = _node(self.engine.node_id, self.membership.address)
-        return json_response([_instance(here, r) for r in live_registrations(self.engine)
-                              if r["name"] == name])
+        registrations = live_registrations(self.engine, access(request).may_read)
+        return json_response([_instance(here, r) for r in registrations if r["name"] == name])
 
 
 def _node(node_id: str, address: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kvs import acl
 from kvs.conditions import NONE, Conditions
 from kvs.config import Config
 from kvs.engine import Engine, Op
@@ -43,7 +44,7 @@ from kvs.errors import BadRequest, CASConflict, NotFound, TooLarge
 from kvs.http.consul.common import entry, quoted, to_native
 from kvs.http.consul.locks import LOCK_PREFIX, Locks, LockState, guarded
 from kvs.http.kv import NOT_DELETED_BY_PREFIX, hidden, readable, writable
-from kvs.http.toolkit import json_response
+from kvs.http.toolkit import json_response, require, require_prefix
 from kvs.keys import validate_key
 from kvs.model import MAX_U64, Version
 
@@ -86,6 +87,8 @@ class ConsulTxn:
 
     async def txn(self, request: web.Request) -> web.Response:
         ops = self.parse(await request.read())
+        for at, op in enumerate(ops):  # every op, before anything is planned or written
+            authorize(request, at, op)
         steps, errors = Plan(self.engine, self.locks).run(ops)
         if errors:
             return conflict(errors)
@@ -142,6 +145,20 @@ class ConsulTxn:
             raise BadRequest(f"operation {at}: verb {verb!r} needs a Session (a session ID string)"
                              if verb in SESSION_VERBS else f"operation {at}: Session must be a string")
         return KVOp(verb, key, value, _uint(at, fields, "flags"), _uint(at, fields, "index"), session)
+
+
+def authorize(request: web.Request, at: int, op: KVOp) -> None:
+    """What the token needs for one op: the tree verbs on every key under the prefix,
+    the other writes write on the key, the reads (check-not-exists too: it tells whether
+    the key exists) read."""
+    action = acl.WRITE if op.verb in WRITE_VERBS else acl.READ
+    try:
+        if op.verb in PREFIX_VERBS:
+            require_prefix(request, action, op.key)
+        else:
+            require(request, action, op.key)
+    except BadRequest as exc:
+        raise BadRequest(f"operation {at}: {exc.message}") from None
 
 
 def _fields(at: int, item: Any) -> dict[str, Any]:
