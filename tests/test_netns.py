@@ -1,5 +1,5 @@
 """A kvs cluster across real network hosts: 3 Linux network namespaces on a bridge, each node
-on its own address, with a cluster secret and TLS (certificates naming the addresses).
+on its own address, with a cluster secret, TLS (certificates naming the addresses) and ACLs.
 
 Writes, CAS, TTL and replication cross the bridge; an iptables DROP on one host's veth
 partitions it, both sides take writes, and after healing every node has the same Merkle
@@ -19,13 +19,15 @@ from typing import Any
 
 import pytest
 
-from kvs.client import CASConflict, Client, NotFound
+from kvs.client import CASConflict, Client, NotFound, Unauthorized
 from kvs.testing import node_env, run_kvs
 from kvs.testing.netns import NetnsCluster, NetnsError, Network, drop_rules, pick_subnet, unavailable
 
 NAMES = ["n1", "n2", "n3"]
 DEADLINE = 20.0
-SETTINGS = {"KVS_CAS_ENABLED": "true", "KVS_SYNC_INTERVAL_MS": "500", "KVS_TTL_SWEEP_INTERVAL_MS": "200"}
+SETTINGS = {"KVS_CAS_ENABLED": "true", "KVS_SYNC_INTERVAL_MS": "500", "KVS_TTL_SWEEP_INTERVAL_MS": "200",
+            "KVS_ACL_ENABLED": "true"}
+_tokens: dict[int, str] = {}  # the management token bootstrapped on each cluster, by id()
 
 
 def until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
@@ -78,6 +80,8 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
     cluster = NetnsCluster(tmp_path_factory.mktemp("netns"), network, env=SETTINGS)
     try:
         cluster.start_all()
+        with client(cluster, NAMES[0]) as kv:
+            _tokens[id(cluster)] = kv.acl_bootstrap().secret
         yield cluster
     finally:
         try:
@@ -90,7 +94,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
 def client(cluster: NetnsCluster, name: str) -> Client:
     url = cluster.by_name(name).url
     assert url is not None
-    return Client(url, ca=str(cluster.ca_file), timeout=3.0)
+    return Client(url, ca=str(cluster.ca_file), token=_tokens.get(id(cluster)), timeout=3.0)
 
 
 def roots(cluster: NetnsCluster) -> dict[str, str]:
@@ -119,6 +123,8 @@ def test_each_node_is_its_own_host_with_tls(hosts: NetnsCluster) -> None:
     for node in hosts.nodes:
         host = hosts.network.hosts[node.name]
         assert node.url == f"https://{host.ip}:8080"  # every host on the same port, TLS only
+        with Client(node.url, ca=str(hosts.ca_file), timeout=3.0) as anonymous, pytest.raises(Unauthorized):
+            anonymous.get("hosts/a")  # ACLs on: no token, no data
 
 
 def test_writes_cas_ttl_and_replication_across_hosts(hosts: NetnsCluster) -> None:
