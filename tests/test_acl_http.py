@@ -349,3 +349,24 @@ async def test_bad_administration_requests_are_4xx_and_change_nothing(acl_node: 
         assert (reply.status, words in reply.body["message"]) == (status, True), (path, body, reply.body)
     after = (await admin("GET", "/acl/policies")).body, (await admin("GET", "/acl/tokens")).body
     assert after == before
+
+
+async def test_a_consul_session_is_renewed_or_destroyed_only_by_its_creator(
+        acl_node: Node, admin: Caller) -> None:
+    """Destroying a session releases its locks (or deletes its keys): a token that may only
+    read must not do it to someone else's session."""
+    holder = admin.as_(await admin.token_for("holder", [rule("app/", "write")]))
+    reader = admin.as_(await admin.token_for("reader", [rule("app/", "read")]))
+    created = await holder("PUT", "/v1/session/create", {"TTL": "30s", "Behavior": "delete"})
+    assert created.status == 200, created.body
+    session = created.body["ID"]
+    assert (await holder("PUT", f"/v1/kv/app/lock?acquire={session}", data=b"me")).body is True
+    for verb in ("renew", "destroy"):
+        refused = await reader("PUT", f"/v1/session/{verb}/{session}")
+        assert refused.status == 403, (verb, refused.body)
+    info = await holder("GET", f"/v1/session/info/{session}")
+    assert [s["ID"] for s in info.body] == [session] and "_owner" not in info.body[0]
+    assert (await holder("GET", "/v1/kv/app/lock?raw")).status == 200  # still held, not deleted
+    assert (await holder("PUT", f"/v1/session/renew/{session}")).status == 200
+    assert (await admin("PUT", f"/v1/session/destroy/{session}")).body is True  # management may
+    assert (await holder("GET", f"/v1/session/info/{session}")).body == []

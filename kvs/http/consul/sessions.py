@@ -24,11 +24,11 @@ from aiohttp import web
 from kvs.conditions import Conditions
 from kvs.config import Config
 from kvs.engine import Engine, Op
-from kvs.errors import BadRequest
+from kvs.errors import BadRequest, Forbidden
 from kvs.http.consul.common import go_duration
 from kvs.http.consul.kv import ConsulKV
 from kvs.http.consul.locks import SESSION_PREFIX, Locks
-from kvs.http.toolkit import json_response
+from kvs.http.toolkit import access, json_response
 from kvs.model import Version
 
 MAX_TTL_SECONDS = 86_400  # Consul's bound
@@ -107,9 +107,27 @@ def ttl_ms(record: dict[str, Any]) -> int | None:
     return round(seconds * 2000) if seconds else None
 
 
+OWNER = "_owner"  # the accessor id of the token that created the session (ACLs on)
+
+
 def shown(version: Version) -> dict[str, Any]:
-    return {**version.value, "NodeChecks": [], "ServiceChecks": None,
+    fields = {k: v for k, v in version.value.items() if k != OWNER}
+    return {**fields, "NodeChecks": [], "ServiceChecks": None,
             "CreateIndex": version.create_index, "ModifyIndex": version.modify_index}
+
+
+def check_owner(request: web.Request, session: Version) -> None:
+    """With ACLs on, a session is renewed or destroyed only by the token that created it,
+    or by a management or operator-write token: destroying a session releases its locks
+    or deletes its keys, which a token that may only read must not be able to do. (Consul
+    decides this by `session:write` rules on node names; kvs has no node rules.)"""
+    who = access(request)
+    owner = session.value.get(OWNER)
+    if who.token_id is None or owner in (None, who.token_id) or who.management \
+            or who.may_operate("write"):
+        return
+    raise Forbidden(f"session {session.value['ID']!r} was created by another token: only that "
+                    "token, or a management or operator-write token, may renew or destroy it")
 
 
 class ConsulSessions:
@@ -133,6 +151,8 @@ class ConsulSessions:
         record = parse_session(await request.read(), self.engine.node_id,
                                self.config.consul_session_min_ttl_seconds)
         record = {"ID": str(uuid.uuid4()), **record}
+        if (owner := access(request).token_id) is not None:
+            record[OWNER] = owner
         await self.engine.put(Op("set", SESSION_PREFIX + record["ID"], record, ttl_ms(record)),
                               internal=True)
         return json_response({"ID": record["ID"]})
@@ -142,6 +162,7 @@ class ConsulSessions:
         current = self.locks.session(session_id)
         if current is None:
             return web.Response(status=404, text=f"Session id '{session_id}' not found")
+        check_owner(request, current)
         renewed = await self.engine.put(Op("set", current.key, current.value, ttl_ms(current.value),
                                            cond=Conditions(cas=current.modify_index)), internal=True)
         return json_response([shown(renewed)])
@@ -150,6 +171,7 @@ class ConsulSessions:
         session_id = request.match_info["id"]
         current = self.locks.session(session_id)
         if current is not None:
+            check_owner(request, current)
             await self.engine.delete(current.key)
         await self.locks.invalidate(session_id)
         return json_response(True)
