@@ -332,16 +332,19 @@ class Proposer:
         self.fast = fast
         self._prepared: dict[Hashable, Prepared] = {}
 
-    def begin(self, key: Hashable, change: Callable[[Any], Any]) -> Round:
+    def begin(self, key: Hashable, change: Callable[[Any], Any], *,
+              write_back: bool = False) -> Round:
         """A round applying `change` to the key's current value (None if it has none).
 
         `change` is side-effect free and may run more than once; it refuses by raising a
         KVSError (e.g. a failed CAS condition). Any other exception is a bug and escapes.
+        `write_back`: see Round.
         """
         cached = self._prepared.pop(key, None)
         if cached is not None and cached.config == self.config:
-            return Round(self, key, change, cached.ballot, self.config, fast_base=cached)
-        return Round(self, key, change, self.next_ballot(), self.config)
+            return Round(self, key, change, cached.ballot, self.config, fast_base=cached,
+                         write_back=write_back)
+        return Round(self, key, change, self.next_ballot(), self.config, write_back=write_back)
 
     def next_ballot(self) -> Ballot:
         self.counter += 1
@@ -397,12 +400,19 @@ class Round:
     """One attempt at one change of one key, sans I/O: `start()` and `receive()` return
     the messages to send; the round ends with `outcome` set, or when the caller stops
     waiting and calls `expire()`. Replies for other ballots or from non-voters are ignored.
+
+    `write_back`: accept the value even when a quorum of the promises already holds it.
+    A chosen value read without a write-back does not stop a value that a minority
+    accepted at a higher ballot (an indeterminate round's) from being chosen by a later
+    round; written back at this round's ballot, above it, it does: what this round
+    reports is then the chain's last word on every lower ballot.
     """
 
     def __init__(self, proposer: Proposer, key: Hashable, change: Callable[[Any], Any],
-                 ballot: Ballot, config: Config, fast_base: Prepared | None = None) -> None:
+                 ballot: Ballot, config: Config, fast_base: Prepared | None = None,
+                 *, write_back: bool = False) -> None:
         self.proposer, self.key, self.change = proposer, key, change
-        self.ballot, self.config = ballot, config
+        self.ballot, self.config, self.write_back = ballot, config, write_back
         self.phase = _PREPARE
         self.outcome: Outcome | None = None
         self._fast_base = fast_base
@@ -467,7 +477,7 @@ class Round:
         # no promise holds anything). Then a refusal or a read needs no write-back.
         chosen = highest is None or sum(
             1 for a in promised if a is not None and a.ballot == highest.ballot) >= config.accept_quorum
-        if (refusal is not None or new == current) and chosen:
+        if (refusal is not None or new == current) and chosen and not self.write_back:
             self._finish(Conflict(current, refusal) if refusal is not None
                          else Committed(current, highest.ballot if highest else None))
             return []

@@ -525,10 +525,11 @@ def test_a_stale_epoch_is_refused_with_the_newer_config_and_a_newer_one_is_adopt
 
 
 def _run_calm(proposer: Proposer, acceptors: dict[str, Acceptor], change: Callable[[Any], Any],
-              down: frozenset[str] = frozenset()) -> tuple[Outcome, list[Any]]:
+              down: frozenset[str] = frozenset(), write_back: bool = False
+              ) -> tuple[Outcome, list[Any]]:
     """One round, every message delivered in order except to acceptors that are down;
     returns the outcome and the messages delivered or lost before it."""
-    round_ = proposer.begin(KEY, change)
+    round_ = proposer.begin(KEY, change, write_back=write_back)
     queue, sent = list(round_.start()), []
     while queue and round_.outcome is None:
         to, message = queue.pop(0)
@@ -579,6 +580,26 @@ def test_a_refused_change_reports_the_chosen_value_and_writes_back_one_that_may_
     read, sent = _run_calm(Proposer("r", FIRST, counter=9), acceptors, identity)
     assert read == Committed(Register(1, "x"), Ballot(6, "q"))
     assert not any(isinstance(m, Accept) for m in sent)
+
+
+def test_a_read_that_writes_back_outranks_a_minority_value_for_good() -> None:
+    """x is chosen at (1, p); p's next round left y on a alone (a and b promised (3, p)).
+    A read that only reports x (b and c hold it) leaves y choosable by the next round
+    that hears a; one that writes x back at its own, higher ballot does not: this is how
+    a proposer learns that its indeterminate change was not chosen and never will be."""
+    x, y = Proposal(Ballot(1, "p"), Register(1, "x")), Proposal(Ballot(3, "p"), Register(2, "y"))
+    for write_back, last in ((False, y.value), (True, x.value)):
+        acceptors = {n: Acceptor(FIRST) for n in "abc"}
+        acceptors["a"].state = AcceptorState(y.ballot, y)
+        acceptors["b"].state = AcceptorState(y.ballot, x)
+        acceptors["c"].state = AcceptorState(x.ballot, x)
+        proposer = Proposer("p", FIRST, counter=3)
+        read, _ = _run_calm(proposer, acceptors, identity, down=frozenset("a"),
+                            write_back=write_back)
+        assert isinstance(read, Committed) and read.value == x.value
+        later, _ = _run_calm(Proposer("q", FIRST, counter=9), acceptors, identity,
+                             down=frozenset("c"))
+        assert isinstance(later, Committed) and later.value == last
 
 
 def test_no_majority_is_unavailable_and_nothing_is_written() -> None:

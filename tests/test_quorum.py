@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from kvs import paxos
 from kvs.model import new_version_id
 from kvs.node import Node
 from kvs.paxos import Register
@@ -281,3 +282,38 @@ async def test_quorum_rounds_are_counted_by_outcome(api: Api, node: Node) -> Non
     assert 'kvs_quorum_rounds_total{outcome="committed"} 1.0' in text
     assert 'kvs_quorum_rounds_total{outcome="conflict"} 1.0' in text
     assert 'kvs_quorum_rounds_total{outcome="unavailable"} 0.0' in text
+
+
+async def test_a_write_resolved_as_not_chosen_is_never_chosen_later(
+        make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
+    """An indeterminate round left its value `y` on qa alone (qa and qb promised its
+    ballot, only qa's accept arrived). qb, cut off from qa, resolves it: the chain ends
+    at `x`, so `y` is not chosen and the change may run again. No later round may then
+    choose `y`: qa's prepare quorum {qa, qb} must find `x` above it (the chaos run's CAS
+    409 that showed its own value, and its blind put applied twice)."""
+    qa, qb, qc = await three(make_node)
+    a, b = Api(http, qa.url), Api(http, qb.url)
+    assert (await b.put("r", {"value": "x", **Q})).body["seq"] == 1
+    await eventually(lambda: all(n.engine.acceptor_state("r").accepted is not None
+                                 for n in (qa, qb, qc)), what="x accepted by every voter")
+    x = qa.engine.acceptor_state("r").accepted
+    promised = qa.engine.acceptor_state("r").promised
+    assert x is not None and promised is not None and qa.engine.voters is not None
+    y = Register(2, dataclasses.replace(x.value.value, value="y", version=new_version_id(),
+                                        parent=x.value.value.version))
+    ballot, config = paxos.Ballot(promised.counter, "qz"), qa.engine.voters
+    for node in (qa, qb):
+        assert isinstance(await node.engine.paxos_step("r", paxos.Prepare(ballot, config)),
+                          paxos.Promise)
+    assert isinstance(await qa.engine.paxos_step("r", paxos.Accept(ballot, y, config)), paxos.Ack)
+
+    partition([qa], [qb, qc])
+    assert qb.quorum is not None
+    chosen = await qb.quorum._resolve("r")
+    assert chosen is not None and chosen.seq == 1
+    assert not qb.quorum._chosen("r", y, chosen)
+
+    heal([qa, qb, qc])
+    partition([qc], [qa, qb])
+    read = await a.get("r", consistency="quorum")
+    assert (read.status, read.body["value"], read.body["seq"]) == (200, "x", 1), read.body

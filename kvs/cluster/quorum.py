@@ -169,9 +169,12 @@ class Quorum:
 
     async def _resolve(self, key: str) -> Register | None:
         """The chosen register after an indeterminate write: whatever stops this read
-        leaves the write's outcome unknown, and the answer must say so."""
+        leaves the write's outcome unknown, and the answer must say so. The read writes
+        its value back at a ballot above the write's: without that, a value a minority
+        accepted could still be chosen by a later round after `_chosen` said it never
+        will be, and the change would run twice."""
         try:
-            return _result(await self._attempts(key, paxos.identity))
+            return _result(await self._attempts(key, paxos.identity, write_back=True))
         except (QuorumUnavailable, QuorumIndeterminate):
             raise QuorumIndeterminate(
                 "the change may or may not be applied: its round ended without a quorum of "
@@ -213,13 +216,14 @@ class Quorum:
             if not users[0]:
                 del self._keys[key]
 
-    async def _attempts(self, key: str, change: Change) -> paxos.Outcome:
+    async def _attempts(self, key: str, change: Change, *, write_back: bool = False
+                        ) -> paxos.Outcome:
         """Rounds until one is not Rejected (a higher ballot or a newer epoch was met)."""
         outcome: paxos.Outcome = paxos.Rejected(None, None)
         for attempt in range(ATTEMPTS):
             proposer = await self._ready_proposer()
             try:
-                outcome = await self._run(proposer.begin(key, change))
+                outcome = await self._run(proposer.begin(key, change, write_back=write_back))
             except _FloorReached:
                 proposer.forget(key)
                 continue
