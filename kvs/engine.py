@@ -448,10 +448,15 @@ class Engine:
         if not checked:
             self._check(op.cond, current)
         ts, logical = self.hlc.tick()
-        # From the wall clock, never the HLC: an HLC that observed a peer's fast clock must
-        # not make a lease outlive its TTL.
-        expires_at = m.now + op.ttl_ms if op.ttl_ms is not None else None
+        expires_at = self.expiry(ts, op.ttl_ms)
         return self._new_version(m, op.key, op.value, ts, logical, op.flags, expires_at, False)
+
+    def expiry(self, ts: int, ttl_ms: int | None) -> int | None:
+        """When a version stamped `ts` with a TTL expires: `ttl_ms` after its stamp, or after
+        the wall clock where the HLC runs ahead of it (an HLC that observed a peer's fast
+        clock must not make a lease outlive its TTL). Read after the stamp, so the wall
+        clock has reached it unless the HLC is ahead."""
+        return None if ttl_ms is None else min(ts, self.now_ms()) + ttl_ms
 
     def _delete(self, m: _Mutation, key: str, cond: Conditions, *,
                 checked: bool = False) -> Version | None:

@@ -169,3 +169,22 @@ async def test_status_and_sync_view_describe_the_same_data(open_engine: Callable
     assert [sets[0].key for sets in engine.sync.dump()] == ["k/0", "k/1", "k/2"]
     assert [v.key for v in engine.sync.revisions(["k/1"])] == ["k/1"]
     assert engine.modify_index("k/", prefix=True) == 3 and engine.modify_index("k/0") == 1
+
+
+async def test_a_ttl_counts_from_the_stamp_or_from_the_wall_clock_when_the_hlc_runs_ahead(
+        open_engine: Callable[..., Engine], clock: Clock) -> None:
+    engine = open_engine()
+    ticking = engine.now_ms
+
+    def one_ms_per_read() -> int:  # a loaded machine: a millisecond passes between any two reads
+        clock.now += 1
+        return ticking()
+
+    engine.now_ms = engine.hlc.now_ms = one_ms_per_read  # type: ignore[method-assign]
+    lease = await engine.put(put("lease", 1, ttl_ms=60_000))
+    assert lease.expires_at == lease.timestamp + 60_000
+    ahead = clock.now + 400  # a peer's clock 400 ms fast, within the allowed offset
+    engine.hlc.observe((ahead, 0))
+    fast = await engine.put(put("fast", 1, ttl_ms=1_000))
+    assert fast.timestamp >= ahead and fast.expires_at is not None
+    assert fast.expires_at <= clock.now + 1_000 < fast.timestamp + 1_000  # the wall clock's TTL

@@ -137,7 +137,7 @@ class Quorum:
             if deleted and live is None:
                 raise NotFound(f"key {key!r} not found", seq=current.seq if current else 0)
             ts, logical = engine.hlc.tick()
-            expires_at = engine.now_ms() + ttl_ms if ttl_ms is not None else None
+            expires_at = engine.expiry(ts, ttl_ms)
             return Version(key=key, value=value, version=new_version_id(), timestamp=ts,
                            logical=logical, origin=engine.node_id,
                            origin_joined_at=engine.joined_at, flags=flags,
