@@ -52,6 +52,8 @@ ROUND_TIMEOUT = 2.0  # seconds one round waits for its replies; then Round.expir
 ATTEMPTS = 8  # rounds one change may take when they meet higher ballots (contention)
 BACKOFF_S = 0.002  # first retry's jitter bound; doubles with each attempt
 BALLOT_BLOCK = 1 << 20  # ballot counters reserved (persisted) at a time
+CAS_IN_QUORUM = ("cas compares a node-local index; with consistency=quorum use if_seq (the "
+                 "key's cluster-wide sequence number, in every quorum answer as `seq`)")
 
 Change = Callable[[Register | None], Register | None]
 
@@ -144,6 +146,36 @@ class Quorum:
                            expires_at=expires_at, deleted=deleted,
                            parent=current.value.version if current else None)
         return make
+
+    async def put(self, key: str, cond: Conditions, if_seq: int | None, *, value: Any = None,
+                  flags: int = 0, ttl_ms: int | None = None, deleted: bool = False) -> Register:
+        """A quorum write (a delete with `deleted`): the conditions and `if_seq` checked
+        against the chosen register, then the next register committed."""
+        if cond.cas not in (None, 0):
+            raise BadRequest(CAS_IN_QUORUM)
+        self.engine.check_writable(cond, conditional=if_seq is not None)
+        make = self.new_version(key, value, flags=flags, ttl_ms=ttl_ms, deleted=deleted)
+        register = await self.change(key, self.write(key, cond, if_seq, make))
+        assert register is not None, "a write's change always makes a register"
+        return register
+
+    def local_seq(self, version: Version) -> int | None:
+        """The `seq` of this node's copy of a quorum key's version, without a round: the
+        register this node accepted last, plus the versions above it on the version's
+        parent chain (every quorum version's parent is the register before it). None if
+        the chain does not lead there (history trimmed). Like any local read it may be
+        stale, or show a value a minority accepted that is never chosen."""
+        accepted = self.engine.acceptor_state(version.key).accepted
+        if accepted is None or accepted.value is None:
+            return None
+        register: Register = accepted.value
+        parents = {v.version: v.parent for v in self.engine.history(version.key)}
+        walk: str | None = version.version
+        for steps in range(len(parents) + 1):
+            if walk == register.value.version:
+                return register.seq + steps
+            walk = parents.get(walk) if walk is not None else None
+        return None
 
     async def change(self, key: str, change: Change) -> Register | None:
         """Run `change` on the key until it commits; raise what the outcome says otherwise.

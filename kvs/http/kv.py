@@ -39,7 +39,6 @@ from kvs.http.toolkit import (
     uint,
 )
 from kvs.model import Version
-from kvs.paxos import Register
 from kvs.watch import Watchers
 
 # Keys the server writes itself (the service registry): readable through /kv, and
@@ -62,8 +61,6 @@ PUT_FIELDS = OP_FIELDS | {"consistency", "if_seq"}
 GET_PARAMS = frozenset({"raw", "version", "history", "recurse", "keys", "separator", "limit",
                         "after", "index", "wait", "consistency"})
 DELETE_PARAMS = frozenset({"recurse", "consistency", "if_seq", *Conditions.FIELDS})
-CAS_IN_QUORUM = ("cas compares a node-local index; with consistency=quorum use if_seq (the "
-                 "key's cluster-wide sequence number, in every quorum answer as `seq`)")
 IF_SEQ_LOCAL = ("if_seq needs consistency=quorum (seq is the cluster-wide number of quorum "
                 "keys); a local write's conditions are cas, if_version, if_timestamp, if_value")
 
@@ -166,18 +163,6 @@ class KVApi:
         except NotFound:
             return version
 
-    async def _quorum_write(self, key: str, cond: Conditions, if_seq: int | None, *,
-                            value: Any = None, flags: int = 0, ttl_ms: int | None = None,
-                            deleted: bool = False) -> Register:
-        if cond.cas not in (None, 0):
-            raise BadRequest(CAS_IN_QUORUM)
-        self.engine.check_writable(cond, conditional=if_seq is not None)
-        quorum = self.quorum
-        make = quorum.new_version(key, value, flags=flags, ttl_ms=ttl_ms, deleted=deleted)
-        register = await quorum.change(key, quorum.write(key, cond, if_seq, make))
-        assert register is not None, "a write's change always makes a register"
-        return register
-
     def _raw(self, current: Version) -> web.Response:
         if isinstance(current.value, str):
             return web.Response(text=current.value)
@@ -272,8 +257,8 @@ class KVApi:
         write_key(request, key)
         op = parse_op(body, "set", key, OP_FIELDS, self.config)
         if mode == "quorum":
-            register = await self._quorum_write(key, op.cond, if_seq, value=op.value,
-                                                flags=op.flags, ttl_ms=op.ttl_ms)
+            register = await self.quorum.put(key, op.cond, if_seq, value=op.value,
+                                            flags=op.flags, ttl_ms=op.ttl_ms)
             version = self._local(register.value)
             return json_response({**write_result(version), "seq": register.seq})
         if if_seq is not None:
@@ -288,7 +273,7 @@ class KVApi:
         if_seq = query_uint(query, "if_seq") if "if_seq" in query else None
         if mode == "quorum" and not flag(query, "recurse"):
             key = write_key(request, path_key(request))
-            register = await self._quorum_write(key, query_conditions(query), if_seq, deleted=True)
+            register = await self.quorum.put(key, query_conditions(query), if_seq, deleted=True)
             return json_response({**delete_result(self._local(register.value)),
                                   "seq": register.seq})
         if "consistency" in query and mode == "quorum":

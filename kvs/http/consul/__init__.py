@@ -9,6 +9,7 @@ and what differs.
     txn.py      PUT /v1/txn, all-or-nothing through Engine.txn
     sessions.py /v1/session/*: create, renew, destroy, info, list, node
     locks.py    sessions and locks in the store; acquire, release, invalidation (one CAS)
+    writes.py   where a value write goes: local, or quorum CAS for quorum keys
     probes.py   status, agent, catalog and health reads
     common.py   the dialect (plain-text errors, X-Consul-* headers), parameters, values
 
@@ -28,10 +29,11 @@ from kvs.http.consul.locks import Locks
 from kvs.http.consul.probes import ConsulProbes
 from kvs.http.consul.sessions import ConsulSessions
 from kvs.http.consul.txn import ConsulTxn
+from kvs.http.consul.writes import Writes
 
 PREFIX = "/v1/"
 
-__all__ = ["DIALECT", "PREFIX", "Locks", "routes"]
+__all__ = ["DIALECT", "PREFIX", "Locks", "Writes", "routes"]
 
 
 def routes(config: Config, engine: Engine, membership: Membership, block: Block,

@@ -4,7 +4,7 @@ The dialect (kvs/http/server.py runs every route through it):
 
     every /v1/ answer    X-Consul-Index: <this node's index counter, at least 1>
                          X-Consul-KnownLeader: true   X-Consul-LastContact: 0
-                         X-Consul-Effective-Consistency: stale
+                         X-Consul-Effective-Consistency: stale (consistent: a quorum read)
     a failure            its status, and Consul's plain-text body ("Invalid wait time")
     an ACL refusal       403 "Permission denied: ..." (no token, or its policies deny), or
                          403 "ACL not found: ..." (an unknown, expired or malformed token)
@@ -77,14 +77,14 @@ def render_error(request: web.Request, exc: Exception) -> web.Response:
 
 def stamp(response: web.StreamResponse, index: int, engine: Engine) -> None:
     """Consul's query metadata. The index is the node's counter: it never goes back on one
-    node (restarts included), and is at least 1, as Consul's is. Every node serves every
-    read from its own replica, so the leader is known and contacted, and the
-    consistency is what Consul calls stale."""
+    node (restarts included), and is at least 1, as Consul's is. Every node serves
+    reads, so the leader is known and contacted; a read from this node's replica is what
+    Consul calls stale, a quorum read of a quorum key (kvs/http/consul/kv.py) consistent."""
     headers = response.headers
     headers["X-Consul-Index"] = str(max(1, index))
     headers["X-Consul-KnownLeader"] = "true"
     headers["X-Consul-LastContact"] = "0"
-    headers["X-Consul-Effective-Consistency"] = "stale"
+    headers.setdefault("X-Consul-Effective-Consistency", "stale")  # a quorum read's: consistent
 
 
 DIALECT = Dialect(render_error=render_error, stamp=stamp)

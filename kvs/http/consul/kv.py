@@ -6,13 +6,16 @@
     GET    /v1/kv/app/?keys&separator=/    ["app/db", "app/web/"]
     GET    /v1/kv/app/db?raw         the value's bytes
     GET    ...&index=9&wait=30s      blocks until something newer than 9 (KVApi.block)
-    PUT    /v1/kv/app/db?cas=9&flags=3   body: the value's bytes -> true | false
+    PUT    /v1/kv/app/db?cas=9&flags=3   body: the value's bytes -> true | false (Writes)
     PUT    /v1/kv/app/db?acquire=<session>    take the lock (and write) -> true | false
     PUT    /v1/kv/app/db?release=<session>    let it go (and write) -> true | false
     DELETE /v1/kv/app/?recurse       true;  DELETE /v1/kv/app/db?cas=9 -> true | false
 
-Unknown parameters are ignored, as Consul ignores them; `dc`, `stale`, `consistent`,
-`ns` and `partition` are accepted and have no effect (docs/consul.md says why). `token`
+Reads of a key that takes quorum writes (kvs/http/consul/writes.py), and every read with
+`consistent`, are quorum reads (linearizable; `X-Consul-Effective-Consistency:
+consistent`), unless `stale` asks for this node's copy; a key without quorum state is
+read locally. Other unknown parameters are ignored, as Consul ignores them; `dc`, `ns`
+and `partition` are accepted and have no effect (docs/consul.md says why). `token`
 (and X-Consul-Token) carry the ACL token when ACLs are on (docs/acl.md): a read needs
 read on the key, a listing shows only readable keys, a write needs write, a recursive
 delete write on every key under the prefix. A missing key is a 404 with an empty body.
@@ -20,6 +23,7 @@ delete write on every key under the prefix. A missing key is a 404 with an empty
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,7 +33,7 @@ from kvs import acl
 from kvs.conditions import NONE, Conditions
 from kvs.config import Config
 from kvs.engine import Engine, Op
-from kvs.errors import BadRequest, CASConflict, NotFound, TooLarge
+from kvs.errors import BadRequest, NotFound, TooLarge
 from kvs.http.consul.common import (
     entry,
     flag,
@@ -63,6 +67,7 @@ class ConsulKV:
         self.engine = engine
         self.block = block
         self.locks = locks
+        self.writes = locks.writes
 
     def routes(self) -> list[web.RouteDef]:
         path = r"/v1/kv/{key:[\s\S]*}"
@@ -96,18 +101,46 @@ class ConsulKV:
         if recurse:
             entries = [self.entry(v) for v in self.engine.live(key) if visible(v.key)]
             return json_response(entries) if entries else web.Response(status=404)
-        try:
-            current = self.engine.get(readable(key))
-        except NotFound:
+        found = await self._read(readable(key), quorum=flag(query, "consistent") or (
+            self.writes.quorum_for(key) and not flag(query, "stale")))
+        if found is None:
             return web.Response(status=404)
+        current, seq = found
+        headers = {} if seq is None else {"X-Consul-Effective-Consistency": "consistent"}
         if flag(query, "raw"):
             return web.Response(body=to_bytes(current.value), content_type="text/plain",
-                                headers={"X-Content-Type-Options": "nosniff",
+                                headers={**headers, "X-Content-Type-Options": "nosniff",
                                          "Content-Security-Policy": "sandbox"})
-        return json_response([self.entry(current)])
+        return json_response([self.entry(current, seq)], headers=headers)
 
-    def entry(self, version: Version) -> dict[str, Any]:
-        return entry(version.to_json(), self.locks.view(version.key))
+    async def _read(self, key: str, *, quorum: bool) -> tuple[Version, int | None] | None:
+        """The key's current version, and its seq if a quorum read found it (None: not
+        found). `quorum`: `?consistent`, or a key that takes quorum writes without
+        `?stale` (linearizable, as Consul's reads are). A key the round finds no quorum
+        state for (a local-mode key, or none) is read from this node's copy."""
+        if quorum:
+            register = await self.writes.quorum.read(key)
+            if register is not None:
+                live = register.value
+                if not live.is_live(self.engine.now_ms()):
+                    return None
+                with contextlib.suppress(NotFound):  # this node's copy, with its indexes
+                    live = self.engine.get_version(key, live.version)
+                return live, register.seq
+        try:
+            return self.engine.get(key), None
+        except NotFound:
+            return None
+
+    def entry(self, version: Version, seq: int | None = None) -> dict[str, Any]:
+        """A quorum key's ModifyIndex is its seq (what `cas` compares there): the quorum
+        read's, or for this node's copy the seq it can tell without a round."""
+        shown = version.to_json()
+        if seq is None and self.engine.is_quorum_key(version.key):
+            seq = self.writes.quorum.local_seq(version)
+        if seq is not None:
+            shown["modify_index"] = seq
+        return entry(shown, self.locks.view(version.key))
 
     def _names(self, prefix: str, separator: str, visible: Callable[[str], bool]) -> list[str]:
         """Live keys under the prefix that `visible` accepts, each cut after the first
@@ -139,11 +172,7 @@ class ConsulKV:
         if "acquire" in query or "release" in query:
             return json_response(await self.lock(query, Op("set", key, to_native(body), None, flags)))
         cond = Conditions(cas=cas) if cas is not None else NONE
-        try:
-            await self.engine.put(Op("set", key, to_native(body), None, flags, cond))
-        except (CASConflict, NotFound):  # NotFound: cas=N for a key that does not exist
-            return json_response(False)
-        return json_response(True)
+        return json_response(await self.writes.set(Op("set", key, to_native(body), None, flags, cond)))
 
     async def delete(self, request: web.Request) -> web.Response:
         query = request.query
@@ -157,13 +186,8 @@ class ConsulKV:
             return json_response(True)
         key = write_key(request, consul_key(request))
         cas = uint_param(query, "cas")
-        try:
-            await self.engine.delete(key, Conditions(cas=cas) if cas is not None else NONE)
-        except CASConflict:
-            return json_response(False)
-        except NotFound:
-            pass  # already absent: Consul answers true, with or without cas
-        return json_response(True)
+        return json_response(await self.writes.delete(key, Conditions(cas=cas) if cas is not None
+                                                      else NONE))
 
     async def lock(self, query: Any, write: Op) -> bool:
         """`?acquire=<session>` or `?release=<session>` with the write; as in Consul, `cas`

@@ -14,10 +14,11 @@ Locks.change, given a rule (the lock's next state from its current one, LockStat
 methods). With one voter it is a node-local CAS: the lock record's write, guarded by
 the record's modify index, in one engine transaction with the key's own write (a
 /v1/txn lock or unlock adds the same guarded write, `guarded`, to its transaction).
-With more than one voter the rule runs inside a quorum CAS round on the lock record
-(kvs/cluster/quorum.py), so a lock acquired through one node is refused through every
-other, even before replication; the key's own write follows, locally, once the round
-committed (the two are not one atomic step then).
+With more than one voter (or for a key that takes quorum writes, kvs/http/consul/writes.py)
+the rule runs inside a quorum CAS round on the lock record (kvs/cluster/quorum.py), so a
+lock acquired through one node is refused through every other, even before replication;
+the key's own write follows (through Writes: locally, or a quorum round for a quorum key)
+once the round committed (the two are not one atomic step then).
 
 Invalidation is leaderless and idempotent: any node that sees a lock held by a session
 that is gone (destroyed, or expired past its grace) frees it through Locks.change with
@@ -27,7 +28,6 @@ same finds it free already and writes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -37,6 +37,7 @@ from kvs.cluster.quorum import Quorum
 from kvs.conditions import Conditions
 from kvs.engine import Engine, Op
 from kvs.errors import CASConflict, NotFound, QuorumIndeterminate, QuorumUnavailable
+from kvs.http.consul.writes import Writes
 from kvs.model import Version
 from kvs.paxos import Register
 
@@ -106,9 +107,10 @@ def guarded(key: str, record: Version | None, after: LockState) -> Op:
 
 
 class Locks:
-    def __init__(self, engine: Engine, quorum: Quorum) -> None:
+    def __init__(self, engine: Engine, quorum: Quorum, writes: Writes) -> None:
         self.engine = engine
         self.quorum = quorum
+        self.writes = writes
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -161,7 +163,7 @@ class Locks:
         than one voter: `rule` runs inside a quorum CAS round on the record, against
         the value the voters chose, so two nodes cannot both hand out one lock; `write`
         follows locally once the round committed."""
-        if self.quorum_mode:
+        if self.quorum_mode or self.writes.quorum_for(key):
             return await self._quorum_change(key, rule, write)
         record, state = self.lock(key)
         after = rule(state)
@@ -197,10 +199,9 @@ class Locks:
 
     async def _apply(self, write: Op) -> None:
         if write.op == "set":
-            await self.engine.put(write)
+            await self.writes.set(write)
         else:
-            with contextlib.suppress(NotFound):  # gone already: nothing to delete
-                await self.engine.delete(write.key)
+            await self.writes.delete(write.key)
 
     async def acquire(self, key: str, session: dict[str, Any], write: Op) -> bool:
         """A lock outlives a delete of its key (it is in its own record): the session

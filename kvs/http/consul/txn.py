@@ -92,6 +92,7 @@ class ConsulTxn:
         steps, errors = Plan(self.engine, self.locks).run(ops)
         if errors:
             return conflict(errors)
+        self._local_writes(steps)
         # The lock records' guards are the server's own; a client's conditions need cas_enabled.
         internal = not any(s.op.cond for s in steps if not s.op.key.startswith(LOCK_PREFIX))
         # No await between the plan and this call: see the module docstring.
@@ -104,6 +105,17 @@ class ConsulTxn:
                          self.locks.view(step.op.key), with_value=step.shows == "entry")}
             for step, result in zip(steps, results, strict=True) if step.shows and result
         ], "Errors": None})
+
+    def _local_writes(self, steps: list[Step]) -> None:
+        """A transaction is one node's: it cannot write a key that takes only quorum
+        writes (kvs/http/consul/writes.py), one key at a time."""
+        for step in steps:
+            key = step.op.key
+            if step.op.op in ("set", "delete") and self.locks.writes.quorum_for(key):
+                raise BadRequest(
+                    f"operation {step.at}: a transaction is node-local, and key {quoted(key)} "
+                    "takes only quorum writes (default_consistency: quorum, or written with "
+                    "consistency=quorum): use PUT or DELETE /v1/kv/{key}; nothing was written")
 
     # -- parsing ----------------------------------------------------------------------------
 
