@@ -165,14 +165,17 @@ async def _node(data_dir: Path, **settings: Any) -> Any:
     return node
 
 
-async def load_keys(node: Any, n: int, progress: Progress, batch: int = 5000) -> None:
-    """n keys user/0000000.. as replicated versions, in batches (the fast path of a bulk load)."""
+async def load_keys(node: Any, n: int, progress: Progress, batch: int = 5000, *,
+                    key: Callable[[int], str] = "user/{:07d}".format, value: Any = None) -> None:
+    """n keys (user/0000000.. unless `key` names them) as replicated versions, in batches
+    (the fast path of a bulk load); `value` None: a small object that differs per key."""
     from kvs.model import Version, new_version_id
 
     started = time.perf_counter()
     for start in range(0, n, batch):
-        versions = [Version(f"user/{i:07d}", {"n": i, "pad": "x" * 40}, new_version_id(),
-                            1_700_000_000_000 + i, 0, "seed", 1) for i in range(start, min(n, start + batch))]
+        versions = [Version(key(i), {"n": i, "pad": "x" * 40} if value is None else value,
+                            new_version_id(), 1_700_000_000_000 + i, 0, "seed", 1)
+                    for i in range(start, min(n, start + batch))]
         await node.engine.apply_remote(versions)
         await asyncio.sleep(0)
         if n >= 200_000 and (start + batch) % 100_000 == 0:

@@ -549,10 +549,11 @@ def _fmt_s(value: float | None) -> str:
 
 
 def run_wrk(target: Target, op: str, duration: int, tag: str, *, connections: int,
-            cpus: str | None, log_path: Path) -> Rep:
-    """Load `target` with operation `op` for `duration` seconds; wrk's output goes to log_path."""
+            cpus: str | None, log_path: Path, args: Sequence[str] = ()) -> Rep:
+    """Load `target` with operation `op` for `duration` seconds; wrk's output goes to log_path.
+    `args`: script options that override the operation's (e.g. `keys=10000000`)."""
     spec = OPS[op]
-    args = list(spec.args)
+    args = [*spec.args, *args]
     if spec.fresh_prefix:
         args.append(f"prefix=bench/{op}/{tag}-{time.time_ns()}")
     c = str(connections)
