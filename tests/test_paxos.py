@@ -23,6 +23,7 @@ Checked on every schedule:
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -483,7 +484,10 @@ def check_ballots(sim: Sim) -> None:
 
 actions = st.lists(st.tuples(st.integers(0, 12), st.integers(0, 63), st.integers(0, 7)),
                    min_size=50, max_size=400)
-fast_settings = settings(max_examples=400, deadline=None,
+# Sized for seconds per test in the default run; the long run draws more schedules:
+#   KVS_PAXOS_EXAMPLES=5000 pytest -q tests/test_paxos.py
+EXAMPLES = int(os.environ.get("KVS_PAXOS_EXAMPLES", "250"))
+fast_settings = settings(max_examples=EXAMPLES, deadline=None,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
