@@ -64,6 +64,22 @@ async def test_local_writes_to_a_quorum_key_are_refused(api: Api, node: Node) ->
     assert (await api.put("plain", {"value": 2})).status == 200
 
 
+async def test_a_quorum_key_stays_one_after_a_restart(make_node: NodeFactory,
+                                                     http: aiohttp.ClientSession) -> None:
+    """The node keeps the set of its quorum keys in memory: it must be rebuilt from the
+    acceptor records a restart finds."""
+    node = await make_node()
+    data_dir, api = node.config.data_dir, Api(http, node.url)
+    assert (await api.put("q", {"value": 1, **Q})).status == 200
+    assert (await api.get("plain", consistency="quorum")).status == 404  # promises only
+    await node.stop()
+    again = await make_node(data_dir=data_dir)
+    api = Api(http, again.url)
+    refused = await api.put("q", {"value": 2})
+    assert refused.status == 409 and refused.body["error"] == "quorum_key", refused.body
+    assert (await api.put("plain", {"value": 1})).status == 200
+
+
 @pytest.mark.parametrize(("body", "words"), [
     ({"value": 1, "consistency": "strong"}, "consistency must be one of local, quorum"),
     ({"value": 1, "consistency": 1}, "consistency must be one of"),
