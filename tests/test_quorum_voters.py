@@ -166,3 +166,25 @@ async def test_an_added_node_goes_out_of_the_voters_as_any_voter(
         removed = await Api(http, qa.url).request("DELETE", "/cluster/members/qd")
         assert removed.status == 200, removed.body
     assert [voter_ids(n) for n in (qa, qb, qc)] == [(3, ["qa", "qb", "qc"])] * 3
+
+
+async def test_a_voter_removed_while_down_is_added_back_when_it_rejoins(
+        make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
+    """qd's stored configuration still names it after `kvs members remove`; started again,
+    it learns the newer one and asks to be added."""
+    qa, qb, qc = await three(make_node)
+    qd = await make_node(node_id="qd", seed_nodes=[qa.address], **FAST)
+    await eventually(lambda: voter_ids(qa) == (2, ["qa", "qb", "qc", "qd"]), timeout=30,
+                     what="qd to add itself to the voters")
+    data_dir = qd.config.data_dir
+    await qd.stop()
+    await eventually(lambda: (m := qa.membership.member("qd")) is not None and m.state == "dead",
+                     timeout=20, what="qd to be declared dead")
+    removed = await Api(http, qa.url).request("DELETE", "/cluster/members/qd")
+    assert removed.status == 200, removed.body
+    assert voter_ids(qa) == (3, ["qa", "qb", "qc"])
+
+    qd = await make_node(node_id="qd", seed_nodes=[qa.address], data_dir=data_dir, **FAST)
+    back = (4, ["qa", "qb", "qc", "qd"])
+    await eventually(lambda: all(voter_ids(n) == back for n in (qa, qb, qc, qd)), timeout=30,
+                     what="qd to add itself back")

@@ -17,8 +17,9 @@
 Joining as a voter (`auto_voter`, on by default): a node that is not a voter once it has
 caught up (the first complete anti-entropy round of this process) asks its alive peers,
 one after another with a growing pause, until one answers with a configuration that holds
-it, or until it leaves. Only that, graceful leave and `kvs members remove` change the
-voters: failure detection never calls any of this.
+it, or until it leaves. A node whose stored configuration names it reads the voters
+register first: it may have been removed while it was down. Only that, graceful leave
+and `kvs members remove` change the voters: failure detection never calls any of this.
 """
 
 from __future__ import annotations
@@ -178,6 +179,8 @@ class VoterChanges:
 
     async def _join_when(self, caught_up: asyncio.Event) -> None:
         await caught_up.wait()
+        if self._is_voter():
+            await self._refresh()
         pause, attempt = JOIN_RETRY_S[0], 0
         while not self._is_voter():
             peers = self._join_candidates()
@@ -190,6 +193,16 @@ class VoterChanges:
         assert voters is not None
         log.info("event=voter_joined node=%s epoch=%d voters=%s", self.engine.node_id,
                  voters.epoch, ",".join(sorted(voters.voters)))
+
+    async def _refresh(self) -> None:
+        """Learn the configuration in force: a node removed while it was down still has one
+        that names it, and would never ask to be added back. One read round of the
+        voters register does it (an acceptor with a newer epoch answers Stale, and the
+        proposer adopts its configuration); if it fails, the stored one stands."""
+        try:
+            await self.quorum.read(VOTERS_KEY)
+        except KVSError as exc:
+            log.info("event=voters_unconfirmed reason=%r", exc.message)
 
     def _join_candidates(self) -> list[str]:
         """Alive peers to ask, the voters this node knows of first (a peer that knows no
