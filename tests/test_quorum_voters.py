@@ -55,6 +55,10 @@ async def test_bad_voter_changes_are_400s_that_change_nothing(make_node: NodeFac
                         ({}, "body must be")):
         reply = await api.request("POST", "/cluster/voters", json=body)
         assert reply.status == 400 and words in reply.body["message"], (body, reply.body)
+    for body, status, words in (({}, 400, "body must be"), ({"id": 5}, 400, "body must be"),
+                                ({"id": "nobody"}, 409, "not an alive member")):
+        reply = await api.request("POST", "/internal/voters/join", json=body)
+        assert reply.status == status and words in reply.body["message"], (body, reply.body)
     assert node.engine.voters is not None and node.engine.voters.epoch == 1
     local = await api.put("_kvs/voters", {"value": 1})
     assert local.status == 400 and "kvs's own" in local.body["message"]
