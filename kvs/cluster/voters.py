@@ -64,6 +64,7 @@ class VoterChanges:
         self.rng = rng or random.Random()
         self._one = asyncio.Lock()
         self._joining: asyncio.Task[None] | None = None
+        self._asking: asyncio.Task[bool] | None = None  # the join request under way, if any
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(VOTERS_PATH, self._handle_change),
@@ -165,13 +166,20 @@ class VoterChanges:
         """Ask to become a voter once `caught_up` is set, unless this node is one by then."""
         self._joining = asyncio.create_task(self._join_when(caught_up), name="join-voters")
 
-    async def stop_joining(self) -> None:
-        """No more join requests from here on (a node that leaves, or stops). A request
-        already answered has been taken into account: its configuration is installed."""
+    async def stop_joining(self, *, settle: bool = False) -> None:
+        """No more join requests from here on. `settle` (a node that leaves): first wait
+        for the request under way, if any, since the peer goes on with the change whatever
+        we do; its answer installs the configuration, so the leave that follows knows to
+        take this node out again. Otherwise (the node stops) it is cancelled."""
         task, self._joining = self._joining, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        asking, self._asking = self._asking, None
+        if asking is not None:
+            if not settle:
+                asking.cancel()
+            await asyncio.gather(asking, return_exceptions=True)
 
     def _is_voter(self) -> bool:
         voters = self.engine.voters
@@ -184,8 +192,10 @@ class VoterChanges:
         pause, attempt = JOIN_RETRY_S[0], 0
         while not self._is_voter():
             peers = self._join_candidates()
-            if peers and await self._ask_to_join(peers[attempt % len(peers)]):
-                break
+            if peers:
+                self._asking = asyncio.create_task(self._ask_to_join(peers[attempt % len(peers)]))
+                if await asyncio.shield(self._asking):  # stop_joining decides its fate
+                    break
             attempt += 1
             await asyncio.sleep(pause * self.rng.uniform(0.5, 1.0))
             pause = min(pause * 2, JOIN_RETRY_S[1])
