@@ -119,9 +119,11 @@ async def test_joining_needs_only_the_cluster_signature_with_acls_on(make_node: 
 
 
 async def test_a_node_with_auto_voter_off_stays_a_non_voter(make_node: NodeFactory) -> None:
+    """Nor do the initial voters (as under `kvs cluster up`) change anything once caught up."""
     nodes = await three(make_node)
     qd = await make_node(node_id="qd", seed_nodes=[nodes[0].address], auto_voter=False, **FAST)
-    await eventually(lambda: qd.replicator.caught_up.is_set(), timeout=20, what="qd to catch up")
+    await eventually(lambda: all(n.replicator.caught_up.is_set() for n in (*nodes, qd)),
+                     timeout=20, what="every node to catch up")
     rounds = qd.replicator.stats.rounds
     await eventually(lambda: qd.replicator.stats.rounds >= rounds + 3, timeout=20,
                      what="three more anti-entropy rounds on qd")
