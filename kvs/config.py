@@ -51,6 +51,10 @@ class Config:
     # same list on every node of a new cluster, like etcd's initial-cluster. Empty: a node
     # without seed_nodes votes alone; one with seeds learns the voters from its peers.
     initial_voters: tuple[str, ...] = ()
+    # A node that joins (seeds, not a voter) asks a voter to add it once it has caught up
+    # (its first complete anti-entropy round); false: it stays a non-voter until an
+    # operator adds it (POST /cluster/voters).
+    auto_voter: bool = True
     revision_history_enabled: bool = True
     # Versions kept per key, the current one included. Must be equal on all nodes,
     # or Merkle roots of nodes with different limits never agree.

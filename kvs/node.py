@@ -4,8 +4,9 @@ Everything that starts is pushed onto one exit stack right after it started, so
 `stop()` tears down in exactly the reverse order, and so does a start-up that
 fails half-way: no RocksDB lock, listening socket or task is left behind.
 
-    storage ─► engine ─► socket ─► transport ─► membership, replicator
-            ─► listeners wired ─► HTTP server ─► membership started ─► loops
+    storage ─► engine ─► socket ─► transport ─► membership, replicator, quorum, voters
+            ─► listeners wired ─► HTTP server ─► membership started ─► joining as a voter
+            (auto_voter) ─► loops
 
 Listeners (who hears about committed writes) are wired here and only here.
 """
@@ -61,6 +62,7 @@ class Node:
         self.membership: Membership | None = None
         self.replicator: Replicator | None = None
         self.quorum: Quorum | None = None
+        self.voters: VoterChanges | None = None
         self.locks: consul.Locks | None = None
         self.port: int | None = None
         self.app: web.Application | None = None
@@ -117,6 +119,7 @@ class Node:
                                      eager_push=config.eager_push, data_dir=config.data_path)
         stack.push_async_callback(self.replicator.stop)
         self.quorum = Quorum(engine, self.transport, self.membership)
+        self.voters = VoterChanges(self.quorum, self.transport, self.membership)
         self.locks = consul.Locks(engine, self.quorum, consul.Writes(config, engine, self.quorum))
         self._wire(engine, self.membership, self.replicator)
         self.app = self._app()
@@ -130,6 +133,9 @@ class Node:
                                 ssl_context=self.tls.server if self.tls else None)
         await self.membership.start()
         stack.push_async_callback(self.membership.stop)
+        if config.auto_voter:
+            self.voters.start_joining(self.replicator.caught_up)
+            stack.push_async_callback(self.voters.stop_joining)
         self._spawn(stack, self.replicator.run(), "anti-entropy")
         self._spawn(stack, self._every(config.ttl_sweep_interval_ms, self._sweep), "sweeper")
         self._spawn(stack, self._every(config.ttl_sweep_interval_ms, self._sweep_locks),
@@ -155,20 +161,19 @@ class Node:
 
     def _app(self) -> web.Application:
         assert (self.engine and self.membership and self.replicator and self.quorum
-                and self.transport and self.locks and self.tokens)
+                and self.voters and self.transport and self.locks and self.tokens)
         config, engine = self.config, self.engine
         metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections,
                           self.quorum.rounds)
         kv = KVApi(config, engine, self.watchers, self.quorum)
-        voters = VoterChanges(self.quorum, self.transport, self.membership)
         routes = [
             *kv.routes(),
             *TxnApi(config, engine).routes(),
-            *ClusterApi(engine, self.membership, self.replicator, self.left.set, voters).routes(),
+            *ClusterApi(engine, self.membership, self.replicator, self.left.set, self.voters).routes(),
             *self.membership.routes(),
             *self.replicator.routes(),
             *self.quorum.routes(),
-            *voters.routes(),
+            *self.voters.routes(),
             web.get("/metrics", metrics.handle),
             *ServiceApi(config, engine).routes(),
             *SnapshotApi(config, engine).routes(),

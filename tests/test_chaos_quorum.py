@@ -176,6 +176,18 @@ def test_minority_counts_the_voters_in_force(tmp_path: Path) -> None:
     assert result.status == "fail" and "cut off from a majority" in messages(result)
 
 
+def test_while_a_node_joins_no_side_is_known_to_lack_a_majority(tmp_path: Path) -> None:
+    """A joined node is a voter for part of its `join` fault and is never cut off by a
+    partition, so it may give the one-node side its majority: no minority check then."""
+    b = partitioned(success=True)
+    b.fault("join", ["j1"], 1.5, 3.0, seeds=["n1", "n2", "n3"])
+    history = b.load(tmp_path)
+    assert quorum.voters_during(history, 2.0, 2.1) is None
+    assert quorum.voters_during(history, 3.5, 3.6) == {"n1", "n2", "n3"}
+    result = quorum.run(history)
+    assert result.status == "pass" and result.stats["minority_calls"] == 0, messages(result)
+
+
 def test_quorum_keys_leave_the_per_node_checkers(tmp_path: Path) -> None:
     """The per-node checkers would call a two-node-stamped quorum history a cross-node loss;
     they leave quorum keys to the quorum checker."""

@@ -99,9 +99,10 @@ def test_short_chaos_run_passes_every_checker_and_cleans_up(tmp_path: Path) -> N
 
 
 def test_short_mixed_run_with_quorum_keys_and_overlapping_faults(tmp_path: Path) -> None:
-    """Quorum and local keys side by side, two faults at a time, one-way cuts and clock jumps."""
+    """Quorum and local keys side by side, two faults at a time, one-way cuts, clock jumps, and
+    a new node that joins, makes itself a voter and leaves."""
     out = tmp_path / "run"
-    faults = "kill,pause,jump" + (",partition,oneway" if PARTITIONS else "")
+    faults = "kill,pause,jump,join" + (",partition,oneway" if PARTITIONS else "")
     proc = subprocess.run(
         chaos("--nodes", "3", "--clients", "8", "--duration", "20", "--seed", "99", "--consistency", "mixed",
               "--faults", faults, "--overlap", "2", "--fault-every", "0.3,1", "--fault-length", "2,4",
@@ -120,6 +121,9 @@ def test_short_mixed_run_with_quorum_keys_and_overlapping_faults(tmp_path: Path)
     assert any(op.ok and op.quorum and op.tag == "incr" for op in history.calls)
     kinds = {f.kind for f in history.faults}
     assert "jump" in kinds and ("oneway" in kinds or not PARTITIONS), kinds
+    joins = [f for f in history.faults if f.kind == "join"]
+    assert joins and all(f.end is not None for f in joins), joins
+    assert all("in_force" in f.detail and "leaving" in f.detail for f in joins), joins
     spans = sorted((f.begin, f.end or float("inf")) for f in history.faults)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), "no two faults at once"
     assert processes_mentioning(str(out / "nodes")) == []

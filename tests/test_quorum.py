@@ -222,10 +222,10 @@ async def test_acceptor_state_survives_a_restart(make_node: NodeFactory,
 
 async def test_replicated_versions_of_a_quorum_key_accept_nothing(make_node: NodeFactory,
                                                                   http: aiohttp.ClientSession) -> None:
-    """One voter (qa) of three nodes: a quorum write proposed by a non-voter is chosen by qa
-    alone; the other nodes get its version by replication, as an ordinary version, and
-    hold no acceptor state for it."""
-    nodes = await three(make_node, initial_voters=["qa"])
+    """One voter (qa) of three nodes (the others do not join the voters): a quorum write
+    proposed by a non-voter is chosen by qa alone; the other nodes get its version by
+    replication, as an ordinary version, and hold no acceptor state for it."""
+    nodes = await three(make_node, initial_voters=["qa"], auto_voter=False)
     voter, _, proposer = nodes
     wrote = await Api(http, proposer.url).put("r", {"value": "v", **Q})
     assert (wrote.status, wrote.body["seq"]) == (200, 1), wrote.body

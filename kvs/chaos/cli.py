@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-FAULTS = ("kill", "pause", "partition", "oneway", "jump", "voters", "skew")
+FAULTS = ("kill", "pause", "partition", "oneway", "jump", "voters", "join", "skew")
 WORKLOADS = ("register", "counter", "lease", "putdel")
 CONSISTENCIES = ("local", "quorum", "mixed")
 

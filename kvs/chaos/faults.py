@@ -1,5 +1,6 @@
 """Faults: kill -9 + restart, SIGSTOP/SIGCONT, network partitions (two-way and one-way),
-clock jumps, voter changes, and a clock-skewed node; up to --overlap of them at once.
+clock jumps, voter changes, a new node that joins as a voter and leaves, and a
+clock-skewed node; up to --overlap of them at once.
 
 Partitions on one host. Every node and every client talks to 127.0.0.1, so addresses
 cannot tell a node's packets from another's. Ports can, together with the sender: each
@@ -51,10 +52,12 @@ from typing import Any, Protocol
 
 from kvs.chaos.history import HistoryWriter
 from kvs.cluster import auth
-from kvs.testing import Cluster, KvsNode
+from kvs.testing import Cluster, KvsNode, NodeGroup, StartError
 
-FAULT_KINDS = ("kill", "pause", "partition", "oneway", "jump", "voters", "skew")
+FAULT_KINDS = ("kill", "pause", "partition", "oneway", "jump", "voters", "join", "skew")
 VOTERS_PATH = "/cluster/voters"
+LEAVE_PATH = "/cluster/leave"
+STATUS_PATH = "/cluster/status"
 VOTER_CHANGE_SECONDS = 30.0  # a change under faults may wait for a majority
 NODE_FAULTS = ("kill", "pause", "jump")  # faults of one node: one at a time per node
 CUTS = ("partition", "oneway")  # one at a time: healing flushes the run's whole chain
@@ -195,8 +198,11 @@ class FaultInjector:
 
     def __init__(self, cluster: Cluster, history: HistoryWriter, plan: FaultPlan,
                  rng: random.Random, *, firewall: Partitioner | None, say: Callable[[str], None],
-                 secret: str | None = None) -> None:
+                 secret: str | None = None, joiners: NodeGroup | None = None) -> None:
+        """`joiners`: where the `join` fault makes its new nodes (j1, j2, ...; None: no joins)."""
         self.cluster = cluster
+        self.joiners = joiners
+        self._joined: dict[int, tuple[KvsNode, asyncio.Task[None]]] = {}  # join fault -> node, watch
         self.history = history
         self.plan = plan
         self.rng = rng
@@ -282,8 +288,10 @@ class FaultInjector:
         busy, cut = self._busy()
         if kind in CUTS:
             return None if cut else await self._partition(oneway=kind == "oneway")
-        if kind == "voters":
-            return None if any(k == "voters" for k, _, _ in self.active.values()) else await self._voter_out()
+        if kind in ("voters", "join"):
+            if any(k == kind for k, _, _ in self.active.values()):
+                return None
+            return await (self._voter_out() if kind == "voters" else self._join())
         free = [n for n in self.cluster.nodes if n.name not in busy and (kind != "jump" or n.jump_ms)]
         if not free:
             return None
@@ -339,13 +347,16 @@ class FaultInjector:
         nodes = [n for n in self.cluster.nodes if n.name != avoid and n.running and not n.paused]
         if not nodes:
             return None
-        url = self.rng.choice(nodes).url
-        body = json.dumps(change).encode()
+        return await self._post(self.rng.choice(nodes), VOTERS_PATH, change)
+
+    async def _post(self, node: KvsNode, path: str, payload: Any) -> int | None:
+        """POST an operations request (signed), in a thread; its status (None: no answer)."""
+        body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json",
-                   **auth.operator_headers(self.secret, "POST", VOTERS_PATH, body)}
+                   **auth.operator_headers(self.secret, "POST", path, body)}
 
         def post() -> int | None:
-            request = urllib.request.Request(f"{url}{VOTERS_PATH}", data=body, method="POST", headers=headers)
+            request = urllib.request.Request(f"{node.url}{path}", data=body, method="POST", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=VOTER_CHANGE_SECONDS) as resp:
                     return int(resp.status)
@@ -354,6 +365,63 @@ class FaultInjector:
             except OSError:
                 return None
         return await asyncio.to_thread(post)
+
+    async def _join(self) -> Callable[[], Awaitable[None]] | None:
+        """Start a brand-new node (fresh data dir, seeded with the running nodes) that makes
+        itself a voter (auto_voter) once it has caught up: `in_force` when its /cluster/status
+        lists it among the voters. The heal makes it leave gracefully (`leaving`; it is taken
+        out of the voters first) and waits for its process to exit. It is not a client target
+        and no other fault touches it."""
+        assert self.joiners is not None
+        seeds = [n for n in self.cluster.nodes if n.running and not n.paused]
+        if not seeds:
+            return None
+        name = f"j{len(self.joiners.nodes) + 1}"
+        node = self.joiners.node(name, node_id=name, seeds=seeds)
+        fault = self._begin("join", [name], seeds=[n.name for n in seeds])
+        try:
+            await node.astart()
+        except StartError as exc:
+            self.say(f"{name} did not start: {exc}")
+            self.history.event("fault", fault=fault, kind="join", phase="refused", status=None)
+            self._end(fault)
+            return _nothing
+        watch = asyncio.create_task(self._until_voter(fault, node))
+        self._joined[fault] = (node, watch)
+
+        async def heal() -> None:
+            await self._leave(fault)
+        return heal
+
+    async def _until_voter(self, fault: int, node: KvsNode) -> None:
+        """Record `in_force` once the node lists itself among the voters (it added itself)."""
+        deadline = time.monotonic() + VOTER_CHANGE_SECONDS
+        while time.monotonic() < deadline:
+            status = await asyncio.to_thread(_status, node)
+            if node.name in ((status or {}).get("voters") or {}).get("ids", []):
+                self.history.event("fault", fault=fault, kind="join", phase="in_force")
+                return
+            await asyncio.sleep(0.2)
+        self.say(f"{node.name} did not become a voter in {VOTER_CHANGE_SECONDS:.0f}s")
+
+    async def _leave(self, fault: int) -> None:
+        """Leave gracefully once the node is a voter (or gave up becoming one), retrying while
+        its removal from the voters gets no majority; killed if it never can."""
+        joined = self._joined.pop(fault, None)
+        if joined is None:  # its heal was cut short (the run is stopping): only end the record
+            self._end(fault)
+            return
+        node, watch = joined
+        await watch
+        self.history.event("fault", fault=fault, kind="join", phase="leaving")
+        deadline = time.monotonic() + VOTER_CHANGE_SECONDS
+        while await self._post(node, LEAVE_PATH, {}) != 200:
+            if time.monotonic() > deadline:
+                self.say(f"{node.name} could not leave gracefully; killed (it may stay a voter)")
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.to_thread(node.terminate)
+        self._end(fault)
 
     def _jump(self, node: KvsNode) -> Callable[[], Awaitable[None]]:
         """Step the node's clock forward or back by its jump_ms; the heal steps it back."""
@@ -409,9 +477,21 @@ class FaultInjector:
                 self._jump_back(fault)
             elif kind == "voters":
                 await self._voter_back(fault)
+            elif kind == "join":
+                await self._leave(fault)
             elif kind != "skew":  # the skewed node stays skewed until the run ends
                 self._end(fault)
 
     def end_all(self) -> None:
         for fault in list(self.active):
             self._end(fault)
+
+
+def _status(node: KvsNode) -> dict[str, Any] | None:
+    """GET /cluster/status of a node (open to anyone without ACLs, as a chaos run's nodes are)."""
+    try:
+        with urllib.request.urlopen(f"{node.url}{STATUS_PATH}", timeout=2.0) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None

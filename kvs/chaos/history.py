@@ -138,7 +138,7 @@ def _short(value: Any) -> str:
 @dataclass
 class Fault:
     id: int
-    kind: str  # kill | pause | partition | oneway | jump | voters | skew
+    kind: str  # kill | pause | partition | oneway | jump | voters | join | skew
     nodes: list[str]
     begin: float
     end: float | None = None
@@ -285,7 +285,7 @@ def load_history(path: Path | str) -> History:
             if rec["phase"] == "begin":
                 faults[rec["fault"]] = Fault(rec["fault"], rec["kind"], list(rec.get("nodes", [])),
                                              rec["t"], detail=rec.get("detail") or {})
-            elif rec["fault"] in faults and rec["phase"] in ("in_force", "rejoining"):
+            elif rec["fault"] in faults and rec["phase"] in ("in_force", "rejoining", "leaving"):
                 faults[rec["fault"]].detail[rec["phase"]] = rec["t"]
             elif rec["fault"] in faults and rec["phase"] == "refused":
                 faults[rec["fault"]].detail["refused"] = rec.get("status")

@@ -40,7 +40,7 @@ from kvs.chaos.faults import CUTS, FAULT_KINDS, FaultInjector, FaultPlan, Firewa
 from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
 from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
 from kvs.cluster import auth
-from kvs.testing import Cluster, free_ports, netns
+from kvs.testing import Cluster, NodeGroup, free_ports, netns
 from kvs.tls import client_context
 
 GID_BASE = 47000
@@ -95,6 +95,7 @@ class Run:
         self.out = Path(options.out)
         self.history: HistoryWriter | None = None
         self.cluster: Cluster | None = None
+        self.joiners: NodeGroup | None = None  # the nodes the `join` fault starts
         self.nodes: list[Any] = []
         self.firewall: Firewall | None = None
         self.network: netns.Network | None = None
@@ -106,9 +107,10 @@ class Run:
     # -- cleanup (idempotent, synchronous: also runs from atexit) --------------------------
 
     def cleanup(self) -> None:
-        if self.cluster is not None:
-            with contextlib.suppress(Exception):
-                self.cluster.stop()
+        for group in (self.joiners, self.cluster):
+            if group is not None:
+                with contextlib.suppress(Exception):
+                    group.stop()
         if self.firewall is not None:
             with contextlib.suppress(Exception):
                 self.firewall.cleanup()
@@ -132,6 +134,8 @@ class Run:
             return
         if "voters" in self.faults and (self.o.consistency == "local" or self.o.nodes < 3):
             self.faults.remove("voters")  # voters matter to quorum keys; and one must stay a majority
+        if "join" in self.faults and (self.o.consistency == "local" or self.o.netns):
+            self.faults.remove("join")  # voters matter to quorum keys; a new host is not made here
         if any(f in CUTS for f in self.faults) and not self.o.netns:  # --netns checks for itself
             ok, why = partitions_available()
             if not ok:
@@ -168,6 +172,9 @@ class Run:
         self.cluster = Cluster(self.out / "nodes", names, ports=ports, env=env, gids=gids, skews=skews,
                                jump_ms=jump_ms)
         self.nodes = self.cluster.nodes
+        if "join" in self.faults:  # new nodes, not among the first voters: they add themselves
+            self.joiners = NodeGroup(self.out / "nodes" / f"joiners-{self.run_id}",
+                                     env={**env, "KVS_INITIAL_VOTERS": None})
         return True
 
     def _prepare_hosts(self, names: list[str], env: dict[str, str],
@@ -233,7 +240,7 @@ class Run:
                 self.cluster, history,
                 FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration, self.o.overlap),
                 random.Random(f"{self.seed}:faults"), firewall=self.firewall or self.network,
-                say=self.say, secret=self.o.cluster_secret)
+                say=self.say, secret=self.o.cluster_secret, joiners=self.joiners)
             for node in self.cluster.nodes:
                 if node.skew_ms:
                     self.injector.mark_skew(node)
@@ -367,7 +374,7 @@ def execute(options: Options, say: Callable[[str], None] = print) -> int:
         run.cleanup()
         atexit.unregister(run.cleanup)
         if run.cluster is not None:
-            left = run.cluster.leftover_pids()
+            left = run.cluster.leftover_pids() + (run.joiners.leftover_pids() if run.joiners else [])
             if left:
                 say(f"warning: node processes still alive: {left}")
     if run.history is None:

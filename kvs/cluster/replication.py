@@ -153,6 +153,9 @@ class Replicator:
         self.last_contact = self._load_contact()
         self._persisted_contact = self.last_contact
         self._behind: tuple[str, int] | None = None  # a peer that purged what we never saw
+        # Set by this process's first complete round: the node held everything that peer
+        # did (a node joining as a voter waits for it, kvs/cluster/voters.py).
+        self.caught_up = asyncio.Event()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -332,6 +335,7 @@ class Replicator:
     def _contacted(self, at_ms: int) -> None:
         """A complete round started at `at_ms`: we held everything the peer did then."""
         self._behind = None
+        self.caught_up.set()
         self.last_contact = max(self.last_contact, at_ms)
         if self._contact_file is not None and (
                 self.last_contact - self._persisted_contact >= CONTACT_PERSIST_MS):

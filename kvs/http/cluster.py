@@ -66,6 +66,7 @@ class ClusterApi:
         a leave half done (membership stopped, yet the node never shutting down).
         """
         if self._leaving is None:
+            await self.voters.stop_joining(settle=True)  # no voter again once it has left
             await self._unvote(self.engine.node_id)  # a 503 here: the node stays
             self._leaving = asyncio.create_task(self._leave(), name="leave")
         await asyncio.shield(self._leaving)

@@ -370,9 +370,13 @@ def voters_during(history: History, t0: float, t1: float) -> set[str] | None:
     """The voters in force from t0 to t1, or None if a voter change may have been under way.
     Every node starts a voter; a `voters` fault takes one out from `in_force` (its removal
     answered) until `rejoining` (its add was sent). A removal that was refused may still be
-    completed by the next change, so from then on nothing is certain."""
+    completed by the next change, so from then on nothing is certain. While a `join` fault
+    lasts (a new node adds itself, later leaves) nothing is either: it is a voter for part
+    of it, and partitions do not cut it off, so it may give either side its majority."""
     voters = set(history.nodes)
     for f in history.faults:
+        if f.kind == "join" and t0 <= (f.end or INF) and t1 >= f.begin:
+            return None
         if f.kind != "voters":
             continue
         if "in_force" not in f.detail:
