@@ -4,13 +4,18 @@ to clients and hashes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import threading
+from pathlib import Path
 
 import pytest
+from rocksdict import DbClosedError
 
 from kvs.errors import StorageFull
 from kvs.node import Node
 from kvs.store.commits import Commits
+from kvs.store.storage import Storage
 from tests.conftest import Api, NodeFactory, node_config
 
 
@@ -88,3 +93,29 @@ async def test_compression_is_invisible_to_clients_and_to_the_merkle_hash(
     reply = await Api(http, packed.url).get("x")
     assert reply.status == 200 and reply.body["value"] == value
     assert packed.storage.tree.root() == plain.storage.tree.root()
+
+
+def test_close_waits_for_a_wal_fsync_running_in_its_thread(tmp_path: Path) -> None:
+    """A node stopped in the middle of a group commit closes RocksDB while the fsync that
+    Commits runs in a worker thread may still be inside the handle: rocksdict's close then
+    raised "Already borrowed" (a flaky failure on stop). Here the thread fsyncs without a
+    pause until the handle is closed under it."""
+    for attempt in range(20):
+        storage = Storage(tmp_path / f"db{attempt}")
+        storage.db[b"k"] = b"v"
+        inside, stop = threading.Event(), threading.Event()
+        fsyncing = threading.Thread(target=_fsync_until_closed, args=(storage, inside, stop))
+        fsyncing.start()
+        inside.wait()
+        try:
+            storage.close()
+        finally:
+            stop.set()  # if close failed, the handle is still open: stop the thread anyway
+            fsyncing.join()
+
+
+def _fsync_until_closed(storage: Storage, inside: threading.Event, stop: threading.Event) -> None:
+    inside.set()
+    with contextlib.suppress(DbClosedError):
+        while not stop.is_set():
+            storage.fsync_wal()

@@ -30,6 +30,7 @@ import gc
 import heapq
 import logging
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -114,7 +115,10 @@ class Storage:
         self._retry_at = 0.0  # monotonic time before which recover() does not try again
         self._backoff = 0.0
         self.gc_ms = gc_ms
-        self.commits = Commits(self._write_pending, lambda: self.db.flush_wal(True),
+        # Held by a WAL fsync (Commits runs it in a worker thread) and by close: RocksDB's
+        # handle cannot close while another thread is inside it ("Already borrowed").
+        self._handle_lock = threading.Lock()
+        self.commits = Commits(self._write_pending, self.fsync_wal,
                                sync=sync_writes, data_dir=str(path))
         # Staged, not yet written: RocksDB key -> value, None for a delete. Later mutations
         # overwrite earlier ones' entries, so the batch holds each record once.
@@ -410,17 +414,24 @@ class Storage:
                                       access_type=rocksdict.AccessType.read_only())
             raise
 
+    def fsync_wal(self) -> None:
+        """Make every written batch durable; safe from a worker thread while the event
+        loop reads and writes (only close must wait for it)."""
+        with self._handle_lock:
+            self.db.flush_wal(True)
+
     def close(self) -> None:
         with contextlib.suppress(StorageFailed):
             self.flush()
         if self._pending:
             log.error("event=storage_closed_with_unwritten_records records=%d: the "
                       "unacknowledged writes they hold are lost", len(self._pending))
-        if self.commits.fault is not None:
-            self._close_failed_handle()
-            return
-        self.db.flush_wal(True)
-        self.db.close()
+        with self._handle_lock:  # an fsync still running in its thread (a stop mid-commit)
+            if self.commits.fault is not None:
+                self._close_failed_handle()
+                return
+            self.db.flush_wal(True)
+            self.db.close()
 
     def _close_failed_handle(self) -> None:
         """Close a handle that failed a write. Its close reports that failure again, and
