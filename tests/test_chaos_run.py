@@ -321,6 +321,9 @@ def test_without_root_partitions_are_left_out_with_a_reason(monkeypatch: pytest.
 
 
 def test_netns_run_puts_every_node_on_a_host_of_its_own_and_removes_the_hosts(tmp_path: Path) -> None:
+    """The namespaced cluster of tests/test_netns.py: secret, mutual TLS and ACLs on; the
+    clients' token reaches every node before the workload, and the run's own operator
+    requests (Merkle roots, dumps) carry the management token."""
     from kvs.testing import netns
 
     if netns.unavailable() is not None:
@@ -339,6 +342,16 @@ def test_netns_run_puts_every_node_on_a_host_of_its_own_and_removes_the_hosts(tm
     urls = [node["url"] for node in history.meta["nodes"].values()]
     hosts = {url.split("//")[1].split(":")[0] for url in urls}
     assert len(hosts) == 3 and all(url.startswith("https://10.") and url.endswith(":8080") for url in urls)
+    for name in history.meta["nodes"]:  # what each node said it runs with
+        started = next(line for line in (out / "nodes" / f"{name}.log").read_text().splitlines()
+                       if "event=started" in line)
+        assert "acl_enabled=True" in started and "tls=mutual" in started, started
+    records = [orjson.loads(line) for line in (out / "history.jsonl").read_bytes().splitlines()]
+    (acl,) = [r for r in records if r["type"] == "acl"]
+    assert acl["policy"] == "chaos" and acl["client_token"] != acl["operator_token"]
+    refused = [r for r in records if r.get("status") in (401, 403)]
+    assert refused == [] and any(r["type"] == "ok" for r in records), refused[:3]
+    assert "converged" in history.phases and set(history.dump_info) == set(history.meta["nodes"]), report
     # Nothing left behind: no node process, no namespace or link of the run's network.
     assert processes_mentioning(str(out / "nodes")) == []
     run = history.meta["network"]

@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kvs.chaos.history import HistoryWriter
-from kvs.cluster import auth
 from kvs.testing import Cluster, KvsNode
 
 FAULT_KINDS = ("kill", "pause", "partition", "oneway", "jump", "voters", "skew")
@@ -195,14 +194,15 @@ class FaultInjector:
 
     def __init__(self, cluster: Cluster, history: HistoryWriter, plan: FaultPlan,
                  rng: random.Random, *, firewall: Partitioner | None, say: Callable[[str], None],
-                 secret: str | None = None) -> None:
+                 operator: Callable[[str, str, bytes], dict[str, str]] | None = None) -> None:
         self.cluster = cluster
         self.history = history
         self.plan = plan
         self.rng = rng
         self.firewall = firewall
         self.say = say
-        self.secret = secret  # signs the voter changes
+        # The credentials of a voter change (method, path, body -> headers); none: unsigned.
+        self.operator = operator or (lambda method, path, body: {})
         self.active: dict[int, tuple[str, list[str], dict[str, Any]]] = {}
         self._next = 0
         self.counts: dict[str, int] = {}
@@ -342,7 +342,7 @@ class FaultInjector:
         url = self.rng.choice(nodes).url
         body = json.dumps(change).encode()
         headers = {"Content-Type": "application/json",
-                   **auth.operator_headers(self.secret, "POST", VOTERS_PATH, body)}
+                   **self.operator("POST", VOTERS_PATH, body)}
 
         def post() -> int | None:
             request = urllib.request.Request(f"{url}{VOTERS_PATH}", data=body, method="POST", headers=headers)
