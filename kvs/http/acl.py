@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from kvs import acl
 from kvs.clock import wall_ms
@@ -226,7 +226,7 @@ class Gate:
 
 def carries_token(request: web.Request) -> bool:
     headers = request.headers
-    return ("Authorization" in headers or any(h in headers for h in TOKEN_HEADERS)
+    return (hdrs.AUTHORIZATION in headers or any(h in headers for h in TOKEN_HEADERS)
             or (request.path.startswith(CONSUL_PREFIX) and "token" in request.query))
 
 
@@ -235,7 +235,7 @@ def secret_of(request: web.Request) -> str | None:
     and on Consul's /v1/ routes ?token= too; None if none. Unauthorized for an Authorization
     header of another scheme; Tokens.resolve tells a malformed token from an unknown one."""
     headers = request.headers
-    raw = headers.get("Authorization")
+    raw = headers.get(hdrs.AUTHORIZATION)  # an istr: found without case-folding the name
     if raw is not None:
         if raw.startswith("Bearer "):  # what every client sends: no more parsing than this
             return raw[7:].strip()
