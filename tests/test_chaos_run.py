@@ -360,6 +360,28 @@ def test_netns_run_puts_every_node_on_a_host_of_its_own_and_removes_the_hosts(tm
     assert run and run not in left
 
 
+def test_netns_run_changes_voters_over_tls_with_the_management_token(tmp_path: Path) -> None:
+    """The voters fault's POST to /cluster/voters of an https node verifies it against the
+    run's CA and is admitted with ACLs on (without the CA every change failed its handshake)."""
+    from kvs.testing import netns
+
+    if netns.unavailable() is not None:
+        pytest.skip(str(netns.unavailable()))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        chaos("--netns", "--nodes", "3", "--clients", "3", "--duration", "4", "--faults", "voters",
+              "--consistency", "quorum", "--fault-every", "0.2,0.3", "--fault-length", "1,1.5",
+              "--out", str(out), "--progress", "5"),
+        env=env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    report = proc.stdout + proc.stderr
+    if "--netns: cannot make the hosts" in report:
+        pytest.skip(report.split("--netns: ", 1)[1].splitlines()[0])
+    assert proc.returncode == 0, report
+    records = [orjson.loads(line) for line in (out / "history.jsonl").read_bytes().splitlines()]
+    phases = [r["phase"] for r in records if r["type"] == "fault" and r["kind"] == "voters"]
+    assert "in_force" in phases and "refused" not in phases, phases
+
+
 def test_netns_mode_refuses_url_and_names_what_it_lacks(monkeypatch: pytest.MonkeyPatch,
                                                          tmp_path: Path) -> None:
     from kvs.chaos.runner import Options, execute

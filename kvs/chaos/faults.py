@@ -339,7 +339,8 @@ class FaultInjector:
         nodes = [n for n in self.cluster.nodes if n.name != avoid and n.running and not n.paused]
         if not nodes:
             return None
-        url = self.rng.choice(nodes).url
+        node = self.rng.choice(nodes)
+        url = node.url
         body = json.dumps(change).encode()
         headers = {"Content-Type": "application/json",
                    **self.operator("POST", VOTERS_PATH, body)}
@@ -347,7 +348,7 @@ class FaultInjector:
         def post() -> int | None:
             request = urllib.request.Request(f"{url}{VOTERS_PATH}", data=body, method="POST", headers=headers)
             try:
-                with urllib.request.urlopen(request, timeout=VOTER_CHANGE_SECONDS) as resp:
+                with urllib.request.urlopen(request, timeout=VOTER_CHANGE_SECONDS, context=node.tls) as resp:
                     return int(resp.status)
             except urllib.error.HTTPError as exc:
                 return int(exc.code)
