@@ -265,11 +265,11 @@ class Authorizer:
         allowed = (WRITE,) if action == WRITE else (READ, WRITE)
         if self.level(prefix) not in allowed:
             return False
-        start = bisect_right(self.prefixes, prefix)
-        for p, lvl in zip(self.prefixes[start:], self.levels[start:], strict=True):
-            if not p.startswith(prefix):
+        prefixes, levels = self.prefixes, self.levels
+        for i in range(bisect_right(prefixes, prefix), len(prefixes)):  # no copy of the rules
+            if not prefixes[i].startswith(prefix):
                 break
-            if lvl not in allowed:
+            if levels[i] not in allowed:
                 return False
         return True
 

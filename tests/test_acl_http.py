@@ -14,6 +14,7 @@ import pytest
 from consul.aio import Consul
 from consul.exceptions import ACLPermissionDenied
 
+from kvs import acl
 from kvs.cluster import auth
 from kvs.node import Node
 from tests.conftest import Api, NodeFactory, Reply, eventually
@@ -269,6 +270,32 @@ async def test_deleting_a_policy_takes_its_rules_from_tokens_at_once(acl_node: N
     assert (await user("GET", "/kv/x")).status == 403
     builtin = await admin("DELETE", "/acl/policies/global-management")
     assert builtin.status == 400
+
+
+async def test_a_secret_is_hashed_once_until_a_token_or_policy_changes(
+        acl_node: Node, admin: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hot path: a secret seen before costs no SHA-256 (docs/benchmarks.md, ACLs);
+    secrets that match no token are never kept, so guessing cannot fill the cache; a
+    token in use follows its policy being replaced."""
+    hashed: list[str] = []
+    real = acl.hash_secret
+    monkeypatch.setattr(acl, "hash_secret", lambda secret: hashed.append(secret) or real(secret))
+    secret = await admin.token_for("p", [rule("", "read")])
+    hashed.clear()  # making the token hashed it to store it
+    user = admin.as_(secret)
+    for _ in range(3):
+        assert (await user("GET", "/kv/x")).status == 404
+    assert hashed.count(secret) == 1
+    for _ in range(2):
+        assert (await admin.as_("no-such-token")("GET", "/kv/x")).status == 401
+    assert hashed.count("no-such-token") == 2
+    assert (await admin("POST", "/acl/policies", {"name": "other", "rules": []})).status == 200
+    assert (await user("GET", "/kv/x")).status == 404
+    assert hashed.count(secret) == 2  # any change: looked up, and its rules compiled, afresh
+    assert (await user("PUT", "/kv/x", {"value": 1})).status == 403
+    assert (await admin("DELETE", "/acl/policies/p")).status == 200
+    assert (await admin("POST", "/acl/policies", {"name": "p", "rules": [rule("", "write")]})).status == 200
+    assert (await user("PUT", "/kv/x", {"value": 1})).status == 200  # the replaced rules apply
 
 
 # -- Consul's /v1/ -------------------------------------------------------------------------------

@@ -325,6 +325,9 @@ def test_without_root_partitions_are_left_out_with_a_reason(monkeypatch: pytest.
 
 
 def test_netns_run_puts_every_node_on_a_host_of_its_own_and_removes_the_hosts(tmp_path: Path) -> None:
+    """The namespaced cluster of tests/test_netns.py: secret, mutual TLS and ACLs on; the
+    clients' token reaches every node before the workload, and the run's own operator
+    requests (Merkle roots, dumps) carry the management token."""
     from kvs.testing import netns
 
     if netns.unavailable() is not None:
@@ -343,12 +346,44 @@ def test_netns_run_puts_every_node_on_a_host_of_its_own_and_removes_the_hosts(tm
     urls = [node["url"] for node in history.meta["nodes"].values()]
     hosts = {url.split("//")[1].split(":")[0] for url in urls}
     assert len(hosts) == 3 and all(url.startswith("https://10.") and url.endswith(":8080") for url in urls)
+    for name in history.meta["nodes"]:  # what each node said it runs with
+        started = next(line for line in (out / "nodes" / f"{name}.log").read_text().splitlines()
+                       if "event=started" in line)
+        assert "acl_enabled=True" in started and "tls=mutual" in started, started
+    records = [orjson.loads(line) for line in (out / "history.jsonl").read_bytes().splitlines()]
+    (acl,) = [r for r in records if r["type"] == "acl"]
+    assert acl["policy"] == "chaos" and acl["client_token"] != acl["operator_token"]
+    refused = [r for r in records if r.get("status") in (401, 403)]
+    assert refused == [] and any(r["type"] == "ok" for r in records), refused[:3]
+    assert "converged" in history.phases and set(history.dump_info) == set(history.meta["nodes"]), report
     # Nothing left behind: no node process, no namespace or link of the run's network.
     assert processes_mentioning(str(out / "nodes")) == []
     run = history.meta["network"]
     left = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     left += subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert run and run not in left
+
+
+def test_netns_run_changes_voters_over_tls_with_the_management_token(tmp_path: Path) -> None:
+    """The voters fault's POST to /cluster/voters of an https node verifies it against the
+    run's CA and is admitted with ACLs on (without the CA every change failed its handshake)."""
+    from kvs.testing import netns
+
+    if netns.unavailable() is not None:
+        pytest.skip(str(netns.unavailable()))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        chaos("--netns", "--nodes", "3", "--clients", "3", "--duration", "4", "--faults", "voters",
+              "--consistency", "quorum", "--fault-every", "0.2,0.3", "--fault-length", "1,1.5",
+              "--out", str(out), "--progress", "5"),
+        env=env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    report = proc.stdout + proc.stderr
+    if "--netns: cannot make the hosts" in report:
+        pytest.skip(report.split("--netns: ", 1)[1].splitlines()[0])
+    assert proc.returncode == 0, report
+    records = [orjson.loads(line) for line in (out / "history.jsonl").read_bytes().splitlines()]
+    phases = [r["phase"] for r in records if r["type"] == "fault" and r["kind"] == "voters"]
+    assert "in_force" in phases and "refused" not in phases, phases
 
 
 def test_netns_mode_refuses_url_and_names_what_it_lacks(monkeypatch: pytest.MonkeyPatch,

@@ -101,7 +101,8 @@ def add_parser(sub: Any) -> None:
                    "with --url, used to sign the dump requests)")
     p.add_argument("--netns", action="store_true",
                    help="run every node on a host of its own: a Linux network namespace with its own "
-                        "address, TLS and a cluster secret; partitions by iptables on the hosts' veths "
+                        "address, TLS, a cluster secret and ACLs (the clients hold a token for the run's "
+                        "keys); partitions by iptables on the hosts' veths "
                         "(root only)")
     p.add_argument("--progress", type=float, default=2.0, help="seconds between progress lines (2)")
     p.set_defaults(run=run_command)

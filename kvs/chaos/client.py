@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,11 @@ class NodeClient:
     """A client bound to one node; every call records one operation."""
 
     def __init__(self, session: aiohttp.ClientSession, history: HistoryWriter, *, client: str,
-                 node: str, url: str, workload: str, timeout: float) -> None:
+                 node: str, url: str, workload: str, timeout: float,
+                 headers: Mapping[str, str] | None = None) -> None:
+        """`headers`: sent with every request (the ACL token, with ACLs on)."""
         self.session = session
+        self.headers = dict(headers or {})
         self.history = history
         self.client = client
         self.node = node
@@ -131,7 +135,7 @@ class NodeClient:
         inv = self.history.invoke(op_id, client=self.client, node=self.node, workload=self.workload,
                                   **record)
         data = orjson.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
+        headers = {**self.headers, "Content-Type": "application/json"} if data is not None else self.headers
         trace: dict[str, bool] = {"sent": False}
         try:
             async with self.session.request(method, self._url(key, query), data=data, headers=headers,

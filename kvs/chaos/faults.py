@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kvs.chaos.history import HistoryWriter
-from kvs.cluster import auth
 from kvs.testing import Cluster, KvsNode, NodeGroup, StartError
 
 FAULT_KINDS = ("kill", "pause", "partition", "oneway", "jump", "voters", "join", "skew")
@@ -198,7 +197,8 @@ class FaultInjector:
 
     def __init__(self, cluster: Cluster, history: HistoryWriter, plan: FaultPlan,
                  rng: random.Random, *, firewall: Partitioner | None, say: Callable[[str], None],
-                 secret: str | None = None, joiners: NodeGroup | None = None) -> None:
+                 operator: Callable[[str, str, bytes], dict[str, str]] | None = None,
+                 joiners: NodeGroup | None = None) -> None:
         """`joiners`: where the `join` fault makes its new nodes (j1, j2, ...; None: no joins)."""
         self.cluster = cluster
         self.joiners = joiners
@@ -208,7 +208,8 @@ class FaultInjector:
         self.rng = rng
         self.firewall = firewall
         self.say = say
-        self.secret = secret  # signs the voter changes
+        # The credentials of a voter change (method, path, body -> headers); none: unsigned.
+        self.operator = operator or (lambda method, path, body: {})
         self.active: dict[int, tuple[str, list[str], dict[str, Any]]] = {}
         self._next = 0
         self.counts: dict[str, int] = {}
@@ -352,13 +353,12 @@ class FaultInjector:
     async def _post(self, node: KvsNode, path: str, payload: Any) -> int | None:
         """POST an operations request (signed), in a thread; its status (None: no answer)."""
         body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json",
-                   **auth.operator_headers(self.secret, "POST", path, body)}
+        headers = {"Content-Type": "application/json", **self.operator("POST", path, body)}
 
         def post() -> int | None:
             request = urllib.request.Request(f"{node.url}{path}", data=body, method="POST", headers=headers)
             try:
-                with urllib.request.urlopen(request, timeout=VOTER_CHANGE_SECONDS) as resp:
+                with urllib.request.urlopen(request, timeout=VOTER_CHANGE_SECONDS, context=node.tls) as resp:
                     return int(resp.status)
             except urllib.error.HTTPError as exc:
                 return int(exc.code)

@@ -35,16 +35,16 @@ import aiohttp
 from kvs.chaos import report
 from kvs.chaos.checkers import run_all
 from kvs.chaos.client import NodeClient, no_resend, sent_trace
-from kvs.chaos.cluster import ClusterError, get_json, remote_nodes
+from kvs.chaos.cluster import ClusterError, Credentials, get_json, remote_nodes, with_acl
 from kvs.chaos.faults import CUTS, FAULT_KINDS, FaultInjector, FaultPlan, Firewall, partitions_available
 from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
 from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
-from kvs.cluster import auth
 from kvs.testing import Cluster, NodeGroup, free_ports, netns
 from kvs.tls import client_context
 
 GID_BASE = 47000
 DUMP_PATH = "/internal/dump"
+STATUS_PATH = "/cluster/status"
 SETUP_SECONDS = 60.0
 
 
@@ -72,7 +72,7 @@ class Options:
     fault_duration: tuple[float, float] = (2.0, 5.0)
     settings: dict[str, str] = field(default_factory=dict)  # extra node config as KVS_* env
     cluster_secret: str | None = None  # given to the nodes started; signs the dump requests
-    netns: bool = False  # every node on a host of its own (a network namespace), with TLS
+    netns: bool = False  # every node on a host of its own (a network namespace), TLS and ACLs
     base_port: int | None = None
     progress: float = 2.0
     think: float = 0.005
@@ -99,6 +99,7 @@ class Run:
         self.nodes: list[Any] = []
         self.firewall: Firewall | None = None
         self.network: netns.Network | None = None
+        self.credentials = Credentials(options.cluster_secret)
         self.injector: FaultInjector | None = None
         self.keys = KeySpace(f"chaos-{self.run_id}", options.keys, options.key_budget, options.consistency)
         self.faults = list(options.faults)
@@ -179,7 +180,8 @@ class Run:
 
     def _prepare_hosts(self, names: list[str], env: dict[str, str],
                        skews: dict[str, int], jump_ms: int) -> ssl.SSLContext:
-        """One network namespace per node (TLS, a cluster secret): see kvs/testing/netns.py."""
+        """One network namespace per node (TLS, a cluster secret, ACLs): see kvs/testing/netns.py
+        and `with_acl`."""
         reason = netns.unavailable()
         if reason is not None:
             raise ClusterError(f"--netns: {reason}")
@@ -187,10 +189,11 @@ class Run:
             self.network = netns.Network(names).create()
         except netns.NetnsError as exc:
             raise ClusterError(f"--netns: cannot make the hosts: {exc}") from None
-        cluster = netns.NetnsCluster(self.out / "nodes", self.network, env=env, skews=skews,
+        cluster = netns.NetnsCluster(self.out / "nodes", self.network, skews=skews,
+                                     env={**env, "KVS_ACL_ENABLED": "true"},
                                      port=self.o.base_port or netns.DEFAULT_PORT,
                                      secret=self.o.cluster_secret, jump_ms=jump_ms)
-        self.o.cluster_secret = cluster.secret  # signs the dump requests
+        self.credentials = Credentials(cluster.secret)  # until ACLs are bootstrapped (start)
         self.cluster, self.nodes = cluster, cluster.nodes
         return client_context(str(cluster.ca_file))
 
@@ -205,10 +208,16 @@ class Run:
             "faults": self.faults, "options": self.o.to_json(), "argv": sys.argv,
             "prefix": self.keys.prefix, "network": self.network.run_id if self.network else None})
         if self.cluster is not None:
-            hosts = ", each on a host of its own (network namespace), TLS" if self.network else ""
+            hosts = ", each on a host of its own (network namespace), TLS, ACLs" if self.network else ""
             self.say(f"starting {self.o.nodes} nodes under {self.out / 'nodes'} "
                      f"(cas_enabled, revision_history_limit={self.o.history_limit}{hosts})")
             await self.cluster.astart_all()
+        if self.network is not None:
+            self.credentials, ids = await with_acl(session, self.nodes, self.keys.prefix,
+                                                   self.credentials.secret, SETUP_SECONDS)
+            self.history.event("acl", **ids)
+            self.say(f"ACLs bootstrapped; the clients' token ({ids['client_token']}) may write "
+                     f"{self.keys.prefix}/ only")
         if any(f in CUTS for f in self.faults) and self.network is None:
             self.firewall = Firewall(self.run_id)
             await asyncio.to_thread(self.firewall.setup)
@@ -223,8 +232,9 @@ class Run:
         contexts = []
         for i, (workload, home) in enumerate(assign(self.o.clients, len(self.nodes), self.o.workloads)):
             name = f"c{i + 1}"
-            clients = [NodeClient(session, history, client=name, node=n.name, url=n.url,
-                                  workload=workload, timeout=self.o.op_timeout) for n in self.nodes]
+            clients = [NodeClient(session, history, client=name, node=n.name, url=n.url, workload=workload,
+                                  timeout=self.o.op_timeout, headers=self.credentials.client())
+                       for n in self.nodes]
             ctx = ClientContext(name, home, clients, random.Random(f"{self.seed}:{name}"), self.keys, stop,
                                 history.next_id, think=self.o.think, lease_ttl=self.o.lease_ttl)
             contexts.append((workload, ctx))
@@ -240,7 +250,7 @@ class Run:
                 self.cluster, history,
                 FaultPlan(self.faults, self.o.fault_quiet, self.o.fault_duration, self.o.overlap),
                 random.Random(f"{self.seed}:faults"), firewall=self.firewall or self.network,
-                say=self.say, secret=self.o.cluster_secret, joiners=self.joiners)
+                say=self.say, operator=self.credentials.operator, joiners=self.joiners)
             for node in self.cluster.nodes:
                 if node.skew_ms:
                     self.injector.mark_skew(node)
@@ -296,7 +306,7 @@ class Run:
             roots = {}
             for node in self.nodes:
                 try:
-                    status = await get_json(session, node.url + "/cluster/status")
+                    status = await self._status(session, node)
                     roots[node.name] = status["merkle_root"]
                 except (aiohttp.ClientError, TimeoutError, ClusterError, OSError) as exc:
                     roots[node.name] = f"unreachable: {exc!r}"
@@ -318,7 +328,7 @@ class Run:
         async def read_all(node: Any) -> None:
             for key, workload in sorted(self.keys.touched.items()):
                 client = NodeClient(session, history, client="final", node=node.name, url=node.url,
-                                    workload=workload, timeout=10.0)
+                                    workload=workload, timeout=10.0, headers=self.credentials.client())
                 await client.read(key, tag="final", consistency=self.keys.consistency(key))
 
         history = self.history
@@ -326,9 +336,8 @@ class Run:
         prefix = self.keys.prefix + "/"
         for node in self.nodes:
             try:
-                headers = auth.operator_headers(self.o.cluster_secret, "POST", DUMP_PATH)
                 dump = await get_json(session, node.url + DUMP_PATH, timeout=60.0, method="POST",
-                                      headers=headers)
+                                      headers=self.credentials.operator("POST", DUMP_PATH))
             except (aiohttp.ClientError, TimeoutError, ClusterError, OSError) as exc:
                 self.say(f"could not dump {node.name}: {exc!r}")
                 continue
@@ -338,9 +347,13 @@ class Run:
                     self.history.write({"type": "dump", "node": node.name, "key": versions[0]["key"],
                                         "versions": versions})
                     count += 1
-            status = await get_json(session, node.url + "/cluster/status")
+            status = await self._status(session, node)
             self.history.event("dump_done", node=node.name, keys=count, merkle_root=status["merkle_root"])
         self.history.flush()
+
+    async def _status(self, session: aiohttp.ClientSession, node: Any) -> Any:
+        return await get_json(session, node.url + STATUS_PATH,
+                              headers=self.credentials.operator("GET", STATUS_PATH))
 
 
 async def _run(run: Run) -> None:

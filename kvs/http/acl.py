@@ -3,9 +3,13 @@
     Tokens       the replicated store under _acl/ (kvs/acl.py: RESERVED), written only here
        │ engine listeners (local and remote versions, expiries)
        ▼
-    Tokens.by_hash ── sha256(secret) -> Token ── compiled Authorizer (cached per token)
+    Tokens.by_hash ── sha256(secret) -> Token          (a secret not seen since the last change)
+       │ + the token's policies compiled into an Authorizer
+       ▼
+    Tokens._resolved ── secret -> (Token, Authorizer)  (emptied by any token or policy change)
        ▲
-    Gate.admit(request, need) ◄── the route wrapper (kvs/http/server.py), once per request
+    Gate.rules / Gate.admit(request, need) ◄── the route wrapper (kvs/http/server.py), once
+                                                per request
 
 What each route needs is one table here (`need_of`), by method and path prefix; a route
 the table does not name needs a valid token, so a new route is never open by mistake.
@@ -26,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from kvs import acl
 from kvs.clock import wall_ms
@@ -94,7 +98,10 @@ class Tokens:
         self.policies: dict[str, acl.Policy] = {}
         self.tokens: dict[str, acl.Token] = {}           # id -> token
         self.by_hash: dict[str, acl.Token] = {}          # sha256(secret) -> token
-        self._compiled: dict[str, acl.Authorizer] = {}   # token id -> its rules, compiled
+        # secret -> its token and compiled rules: the hot path (see `resolve`). Only secrets
+        # that matched a token enter, so it holds at most one entry per token; any change to
+        # a token or policy empties it.
+        self._resolved: dict[str, tuple[acl.Token, acl.Authorizer]] = {}
 
     def load(self) -> None:
         for version in self.engine.live(acl.RESERVED):
@@ -134,13 +141,13 @@ class Tokens:
             self.policies.pop(name, None)
         else:
             self.policies[name] = acl.policy_from_stored(value)
-        self._compiled.clear()  # any token may hold it
+        self._resolved.clear()  # any token may hold it
 
     def _set_token(self, token_id: str, value: Any) -> None:
         old = self.tokens.pop(token_id, None)
         if old is not None:
             self.by_hash.pop(old.secret_hash, None)
-        self._compiled.pop(token_id, None)
+        self._resolved.clear()  # keyed by secret: the old token's entry is not known by id
         if value is not None:
             token = acl.Token.from_stored(value)
             self.tokens[token_id] = self.by_hash[token.secret_hash] = token
@@ -148,9 +155,24 @@ class Tokens:
     def resolve(self, secret: str) -> tuple[acl.Token, acl.Authorizer]:
         """The token whose secret this is, and its rules; Unauthorized if none is, or it expired.
 
-        The lookup is keyed by the secret's SHA-256: its timing can only tell an attacker
-        something about the hash of the guess, not about any stored secret. The match is
-        then confirmed with a constant-time comparison of the hashes."""
+        A secret seen before is found in `_resolved` by the secret itself: a dict probes by
+        the string's keyed hash (SipHash, keyed at random per process) and compares
+        characters only when that full 64-bit hash matches, so the time a wrong guess takes
+        tells nothing of any stored secret. A secret not seen before goes the long way
+        (`_match`), hashed with SHA-256 and compared in constant time."""
+        found = self._resolved.get(secret)
+        if found is None:
+            found = self._match(secret)
+            self._resolved[secret] = found
+        token = found[0]
+        if token.expires_at is not None and token.expired(self.now_ms()):
+            raise Unauthorized(f"the ACL token {token.id} has expired", cause="expired")
+        return found
+
+    def _match(self, secret: str) -> tuple[acl.Token, acl.Authorizer]:
+        """The token whose SHA-256 matches, and its rules compiled. The lookup is keyed by
+        the hash, so its timing can only tell an attacker something about the hash of the
+        guess; the match is then confirmed with a constant-time comparison of the hashes."""
         digest = acl.hash_secret(secret)
         token = self.by_hash.get(digest)
         if token is None or not hmac.compare_digest(token.secret_hash, digest):
@@ -159,13 +181,8 @@ class Tokens:
                 raise Unauthorized(f"malformed ACL token: {problem}", cause="malformed")
             raise Unauthorized("the ACL token is not known to this node (unknown, deleted, or "
                                "not replicated here yet)", cause="unknown")
-        if token.expires_at is not None and token.expired(self.now_ms()):
-            raise Unauthorized(f"the ACL token {token.id} has expired", cause="expired")
-        compiled = self._compiled.get(token.id)
-        if compiled is None:
-            policies = [self.policies[name] for name in token.policies if name in self.policies]
-            compiled = self._compiled[token.id] = acl.compile_policies(policies, token.id)
-        return token, compiled
+        policies = [self.policies[name] for name in token.policies if name in self.policies]
+        return token, acl.compile_policies(policies, token.id)
 
 
 # -- the gate the route wrapper calls -----------------------------------------------------------
@@ -178,15 +195,26 @@ class Gate:
     def need_of(self, method: str, path: str | None) -> str:
         return need_of(method, path, self.config)
 
-    def admit(self, request: web.Request, need: str) -> acl.Authorizer:
-        """The rules of the request's token, if it meets `need`; else Unauthorized (no valid
-        token) or Forbidden (the token's policies do not grant it)."""
+    def admission(self, need: str) -> Callable[[web.Request], acl.Authorizer]:
+        """The check of a route that needs `need`, chosen once per route: a KV route (a
+        token, whatever its policies) calls `rules` directly, the hot path."""
+        if need == TOKEN:
+            return self.rules
+        return lambda request: self.admit(request, need)
+
+    def rules(self, request: web.Request) -> acl.Authorizer:
+        """The rules of the request's token; Unauthorized if it carries no valid token."""
         secret = secret_of(request)
         if secret is None:
             raise Unauthorized("this request needs an ACL token: send Authorization: Bearer "
                                "<secret>, X-KVS-Token or X-Consul-Token (kvs: --token or "
                                "KVS_TOKEN)", cause="missing")
-        _, authorizer = self.tokens.resolve(secret)
+        return self.tokens.resolve(secret)[1]
+
+    def admit(self, request: web.Request, need: str) -> acl.Authorizer:
+        """The rules of the request's token, if it meets `need`; else Unauthorized (no valid
+        token) or Forbidden (the token's policies do not grant it)."""
+        authorizer = self.rules(request)
         if need in (OPERATOR_READ, OPERATOR_WRITE):
             if not authorizer.may_operate(need.removeprefix("operator:")):
                 raise Forbidden(f"this token's policies do not grant {need} "
@@ -198,7 +226,7 @@ class Gate:
 
 def carries_token(request: web.Request) -> bool:
     headers = request.headers
-    return ("Authorization" in headers or any(h in headers for h in TOKEN_HEADERS)
+    return (hdrs.AUTHORIZATION in headers or any(h in headers for h in TOKEN_HEADERS)
             or (request.path.startswith(CONSUL_PREFIX) and "token" in request.query))
 
 
@@ -207,7 +235,7 @@ def secret_of(request: web.Request) -> str | None:
     and on Consul's /v1/ routes ?token= too; None if none. Unauthorized for an Authorization
     header of another scheme; Tokens.resolve tells a malformed token from an unknown one."""
     headers = request.headers
-    raw = headers.get("Authorization")
+    raw = headers.get(hdrs.AUTHORIZATION)  # an istr: found without case-folding the name
     if raw is not None:
         if raw.startswith("Bearer "):  # what every client sends: no more parsing than this
             return raw[7:].strip()

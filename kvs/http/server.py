@@ -122,7 +122,7 @@ def _admission(gate: acl.Gate | None, guard: auth.Guard | None, method: str,
         return (guard.refuse if signed and guard is not None else None), _open
     assert gate is not None
     if need not in (acl.OPERATOR_READ, acl.OPERATOR_WRITE) or guard is None:
-        return None, lambda request: gate.admit(request, need)
+        return None, gate.admission(need)
 
     async def operator(request: web.Request) -> web.Response | None:
         if auth.SIGNATURE_HEADER in request.headers or (signed and not acl.carries_token(request)):
