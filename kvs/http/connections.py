@@ -35,6 +35,7 @@ import logging
 import resource
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
@@ -181,9 +182,27 @@ class _Site(web.BaseSite):
             ssl_handshake_timeout=self._handshake_timeout if tls else None)
 
 
-def runner(app: web.Application) -> web.AppRunner:
-    """The runner for `app`: handlers are cancelled when their client goes away."""
-    return web.AppRunner(app, handle_signals=False, handler_cancellation=True)
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class _Runner(web.AppRunner):
+    def __init__(self, app: web.Application, front: Callable[[Handler], Handler] | None) -> None:
+        super().__init__(app, handle_signals=False, handler_cancellation=True)
+        self._front = front
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        if self._front is not None:
+            server.request_handler = self._front(server.request_handler)
+        return server
+
+
+def runner(app: web.Application, front: Callable[[Handler], Handler] | None = None
+           ) -> web.AppRunner:
+    """The runner for `app`: handlers are cancelled when their client goes away. `front`
+    wraps the Application's request handler (kvs.http.server.front: hot routes skip the
+    router)."""
+    return _Runner(app, front)
 
 
 async def serve(app_runner: web.AppRunner, sock: socket.socket, limit: ConnectionLimit, *,
