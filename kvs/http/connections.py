@@ -150,12 +150,17 @@ class _Connection(RequestHandler):
             super().connection_lost(exc)
 
     def _head_due(self) -> None:
-        """Bring the keep-alive timer forward to the header deadline."""
+        """Bring the keep-alive timer forward to the header deadline. A timer due no later
+        is kept: it re-arms itself for the deadline when it fires, so a busy connection
+        does not replace its timer on every request."""
         due = self._loop.time() + self._header_timeout
         if due < self._next_keepalive_close_time:
             self._next_keepalive_close_time = due
-            if self._keepalive_handle is not None:
-                self._keepalive_handle.cancel()
+            handle = self._keepalive_handle
+            if handle is not None:
+                if cast(asyncio.TimerHandle, handle).when() <= due:
+                    return
+                handle.cancel()
             self._keepalive_handle = self._loop.call_at(due, self._process_keepalive)
 
 
