@@ -33,6 +33,8 @@ def test_subtrees_are_catch_all_routes_with_no_other_route_under_their_prefix() 
         web.get(r"/svc/{name:[\s\S]*}", _handler),
         web.get("/svc/special", _other),     # more specific: the router would prefer it
         web.get("/svc/{name}", _handler),    # a segment, not a subtree
+        web.get(r"/doc/{page:[\s\S]*}", _handler),
+        web.get(r"/doc{rest:.*}", _other),   # indexed under /doc too: it may come first
         web.get("/health", _handler),
     ])
     assert table == {"GET": (("/kv/", _handler), ("/v1/kv/", _handler)),

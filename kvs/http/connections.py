@@ -187,7 +187,8 @@ class _Site(web.BaseSite):
             ssl_handshake_timeout=self._handshake_timeout if tls else None)
 
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# The server's request handler (the Application's request factory makes web.Requests).
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class _Runner(web.AppRunner):

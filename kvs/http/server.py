@@ -124,8 +124,9 @@ SUBTREES = web.AppKey("kvs.subtrees", Subtrees)
 
 def subtrees(routes: Iterable[web.RouteDef]) -> Subtrees:
     """The routes `front` may dispatch itself: those whose path is a prefix followed by one
-    variable matching anything, where no other route lies under that prefix (aiohttp's
-    router would prefer the more specific one). For a path under such a prefix the router
+    variable matching anything, where no other route's path begins like the prefix (aiohttp's
+    router would try a more specific one first, or one it indexes under the same part, such
+    as /kv{rest}, in the order they were added). For a path under such a prefix the router
     can only pick that route: which one is then decided by a string comparison."""
     routes = list(routes)
     table: dict[str, list[tuple[str, Handler]]] = {}
@@ -134,7 +135,8 @@ def subtrees(routes: Iterable[web.RouteDef]) -> Subtrees:
         if match is None:
             continue
         prefix = match.group(1)
-        if all(other.path == route.path or not other.path.startswith(prefix) for other in routes):
+        stem = prefix.rstrip("/")
+        if all(other.path == route.path or not other.path.startswith(stem) for other in routes):
             table.setdefault(route.method, []).append((prefix, route.handler))
     return {method: tuple(entries) for method, entries in table.items()}
 
