@@ -37,7 +37,7 @@ from kvs.http.acl import ACLApi, Gate, Tokens
 from kvs.http.cluster import ClusterApi
 from kvs.http.kv import KVApi
 from kvs.http.metrics import Metrics
-from kvs.http.server import make_app
+from kvs.http.server import front, make_app
 from kvs.http.services import ServiceApi
 from kvs.http.snapshot import SnapshotApi
 from kvs.http.txn import TxnApi
@@ -123,7 +123,7 @@ class Node:
         self.locks = consul.Locks(engine, self.quorum, consul.Writes(config, engine, self.quorum))
         self._wire(engine, self.membership, self.replicator)
         self.app = self._app()
-        runner = connections.runner(self.app)
+        runner = connections.runner(self.app, front(self.app))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         stack.callback(self.watchers.close)  # before cleanup: blocking queries answer now

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ab, bare_app, cluster_figures, run, targets
+from bench import ab, bare_app, cluster_figures, front_options, run, targets
 from bench.run import KVS, Cell, Ratio, Rep
 
 
@@ -194,3 +194,16 @@ def test_a_wrk_run_measures_the_servers_cpu(tmp_path: Path) -> None:
         rep = run.run_wrk(bare, "get", 1, "t", connections=2, cpus=None, log_path=tmp_path / "wrk.log")
     assert rep.requests > 0 and rep.cpu_s is not None
     assert 0 < rep.cpu_s < 5 and rep.cpu_us_per_req is not None and rep.cpu_us_per_req > 1
+
+
+def test_front_options_table_pairs_cpu_by_round_against_the_application() -> None:
+    cells: dict[tuple[str, str], list[Rep]] = {}
+    for name, cpu in zip(front_options.OPTIONS, ((0.1, 0.2), (0.05, 0.2), (0.1, 0.1), (0.02, 0.02)),
+                         strict=True):
+        cells[name, "get"] = [_rep(1000), _rep(1000)]
+        for rep, seconds in zip(cells[name, "get"], cpu, strict=True):
+            rep.cpu_s = seconds
+    lines = front_options.table(cells, ["get"]).splitlines()
+    assert lines[2] == "| GET | application | 150 | 1,000 | 1.00 |"
+    assert lines[3] == "| GET | front | 125 | 1,000 | 0.75 |"      # ratios 0.5 and 1.0
+    assert lines[5] == "| GET | protocol | 20 | 1,000 | 0.15 |"     # ratios 0.2 and 0.1

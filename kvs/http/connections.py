@@ -35,6 +35,7 @@ import logging
 import resource
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
@@ -149,12 +150,17 @@ class _Connection(RequestHandler):
             super().connection_lost(exc)
 
     def _head_due(self) -> None:
-        """Bring the keep-alive timer forward to the header deadline."""
+        """Bring the keep-alive timer forward to the header deadline. A timer due no later
+        is kept: it re-arms itself for the deadline when it fires, so a busy connection
+        does not replace its timer on every request."""
         due = self._loop.time() + self._header_timeout
         if due < self._next_keepalive_close_time:
             self._next_keepalive_close_time = due
-            if self._keepalive_handle is not None:
-                self._keepalive_handle.cancel()
+            handle = self._keepalive_handle
+            if handle is not None:
+                if cast(asyncio.TimerHandle, handle).when() <= due:
+                    return
+                handle.cancel()
             self._keepalive_handle = self._loop.call_at(due, self._process_keepalive)
 
 
@@ -181,9 +187,28 @@ class _Site(web.BaseSite):
             ssl_handshake_timeout=self._handshake_timeout if tls else None)
 
 
-def runner(app: web.Application) -> web.AppRunner:
-    """The runner for `app`: handlers are cancelled when their client goes away."""
-    return web.AppRunner(app, handle_signals=False, handler_cancellation=True)
+# The server's request handler (the Application's request factory makes web.Requests).
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Runner(web.AppRunner):
+    def __init__(self, app: web.Application, front: Callable[[Handler], Handler] | None) -> None:
+        super().__init__(app, handle_signals=False, handler_cancellation=True)
+        self._front = front
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        if self._front is not None:
+            server.request_handler = self._front(server.request_handler)
+        return server
+
+
+def runner(app: web.Application, front: Callable[[Handler], Handler] | None = None
+           ) -> web.AppRunner:
+    """The runner for `app`: handlers are cancelled when their client goes away. `front`
+    wraps the Application's request handler (kvs.http.server.front: hot routes skip the
+    router)."""
+    return _Runner(app, front)
 
 
 async def serve(app_runner: web.AppRunner, sock: socket.socket, limit: ConnectionLimit, *,

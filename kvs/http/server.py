@@ -43,10 +43,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from kvs.acl import OPEN, Authorizer
 from kvs.cluster import auth
@@ -104,10 +105,69 @@ def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_s
     around = _wrapper(engine, count, auth.Guard(secret) if secret is not None else None,
                       body_timeout, {**NATIVE_DIALECTS, **(dialects or {})}, peer_certificates,
                       gate)
-    app.add_routes([web.RouteDef(r.method, r.path, around(r.handler, r.method, r.path), r.kwargs)
-                    for r in routes])
+    wrapped = [web.RouteDef(r.method, r.path, around(r.handler, r.method, r.path), r.kwargs)
+               for r in routes]
+    app.add_routes(wrapped)
     app.router.add_route("*", "/{path:.*}", around(_no_route, "*", None))  # last: the fallback
+    app[SUBTREES] = subtrees(wrapped)
     return app
+
+
+# -- the front: hot routes without aiohttp's router -------------------------------------------
+
+# A route answering every path under a prefix: /kv/{key:[\s\S]*}.
+_SUBTREE = re.compile(r"^(/[^{}]*/)\{\w+:\[\\s\\S\]\*\}$")
+# method -> ((path prefix, wrapped handler), ...): see subtrees.
+Subtrees = Mapping[str, tuple[tuple[str, Handler], ...]]
+SUBTREES = web.AppKey("kvs.subtrees", Subtrees)
+
+
+def subtrees(routes: Iterable[web.RouteDef]) -> Subtrees:
+    """The routes `front` may dispatch itself: those whose path is a prefix followed by one
+    variable matching anything, where no other route's path begins like the prefix (aiohttp's
+    router would try a more specific one first, or one it indexes under the same part, such
+    as /kv{rest}, in the order they were added). For a path under such a prefix the router
+    can only pick that route: which one is then decided by a string comparison."""
+    routes = list(routes)
+    table: dict[str, list[tuple[str, Handler]]] = {}
+    for route in routes:
+        match = _SUBTREE.match(route.path)
+        if match is None:
+            continue
+        prefix = match.group(1)
+        stem = prefix.rstrip("/")
+        if all(other.path == route.path or not other.path.startswith(stem) for other in routes):
+            table.setdefault(route.method, []).append((prefix, route.handler))
+    return {method: tuple(entries) for method, entries in table.items()}
+
+
+def front(app: web.Application) -> Callable[[Handler], Handler]:
+    """The request handler of `app`'s server: a request for a subtree route (a KV read or
+    write, the hot path) goes straight to its wrapped handler, anything else to aiohttp's
+    router (`routed`, the Application's own handler).
+
+    The Application's dispatch costs a GET about a tenth of its CPU time (the router's walk
+    of the path's parts, a match-info object, the current-app bookkeeping): see
+    docs/design.md, The HTTP front. A request with an Expect header takes the router, which
+    answers 100-continue. The raw path is compared: a path that starts with a prefix also
+    does once decoded, and one that only starts with it once decoded (/k%76/) takes the
+    router, which routes it the same way.
+    """
+    table = app[SUBTREES]
+
+    def wrap(routed: Handler) -> Handler:
+        async def dispatch(request: web.Request) -> web.StreamResponse:
+            entries = table.get(request.method)
+            if entries is not None and hdrs.EXPECT not in request.headers:
+                path = request.raw_path
+                for prefix, handler in entries:
+                    if path.startswith(prefix):
+                        return await handler(request)
+            return await routed(request)
+
+        return dispatch
+
+    return wrap
 
 
 def _admission(gate: acl.Gate | None, guard: auth.Guard | None, method: str,
