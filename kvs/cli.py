@@ -316,7 +316,7 @@ def cmd_members_remove(c: Client, args: argparse.Namespace) -> Any:
     """DELETE /cluster/members/ID, signed with the cluster secret if one is given."""
     secret = args.secret or os.environ.get("KVS_CLUSTER_SECRET") or None
     path = "/cluster/members/" + urllib.parse.quote(args.id, safe="")
-    answer = _signed_delete(c, path, secret, token_of(args))
+    answer = _signed(c, "DELETE", path, secret, token_of(args))
     if answer.status != 200:
         raise error_for(answer)
     removed = json.loads(answer.body)
@@ -327,17 +327,43 @@ def cmd_members_remove(c: Client, args: argparse.Namespace) -> Any:
     return None
 
 
-def _signed_delete(c: Client, path: str, secret: str | None, token: str | None) -> Answer:
-    """One DELETE, to the first of the client's nodes that answers; signed like a peer's
+def cmd_voters(c: Client, args: argparse.Namespace) -> Any:
+    voters = c.status().voters
+    if args.json:
+        return voters
+    print(f"voters (epoch {voters['epoch']}): {', '.join(voters['ids'])}" if voters
+          else "voters: none known to this node yet")
+    return None
+
+
+def cmd_voters_change(c: Client, args: argparse.Namespace) -> Any:
+    """POST /cluster/voters {"add" | "remove": ID}, signed like `members remove`."""
+    secret = args.secret or os.environ.get("KVS_CLUSTER_SECRET") or None
+    body = json.dumps({args.action: args.id}).encode()
+    answer = _signed(c, "POST", "/cluster/voters", secret, token_of(args), body)
+    if answer.status != 200:
+        raise error_for(answer)
+    voters = json.loads(answer.body)
+    if args.json:
+        return voters
+    print(f"voters (epoch {voters['epoch']}): {', '.join(voters['ids'])}")
+    return None
+
+
+def _signed(c: Client, method: str, path: str, secret: str | None, token: str | None,
+            body: bytes = b"") -> Answer:
+    """One request, to the first of the client's nodes that answers; signed like a peer's
     request (kvs.cluster.auth) when a secret is given, as a node with a secret requires,
     else carrying the ACL token (an operator token takes the signature's place)."""
     failures = []
     for node in c.nodes:
-        headers = {**bearer(token), **auth.operator_headers(secret, "DELETE", path)}
+        headers = {**bearer(token), **auth.operator_headers(secret, method, path, body)}
+        if body:
+            headers["Content-Type"] = "application/json"
         conn = c.connection(node)
         conn.timeout = c.timeout
         try:
-            conn.request("DELETE", path, headers=headers)
+            conn.request(method, path, body=body or None, headers=headers)
             resp = conn.getresponse()
             return Answer(node, resp.status, resp.getheader("Content-Type", ""), None, resp.read())
         except (OSError, http.client.HTTPException) as exc:
@@ -909,6 +935,24 @@ def _add_client_commands(sub: Any) -> None:
     p.add_argument("id", metavar="ID", help="the member's node id (see `kvs members`)")
     p.add_argument("--secret", help="the cluster_secret (default: $KVS_CLUSTER_SECRET)")
     _add_json_option(p, "print the node's answer as JSON", default=argparse.SUPPRESS)
+    voters = _client_command(sub, "voters", cmd_voters, "the voters of quorum keys: list, add, remove")
+    _add_json_option(voters)
+    actions = voters.add_subparsers(dest="action", metavar="ACTION")
+    p = _client_command(actions, "list", cmd_voters, "list the voters (the default ACTION)",
+                        nested=True)
+    _add_json_option(p, default=argparse.SUPPRESS)
+    for action, what in (("add", "make ID a voter (a member this node sees alive)"),
+                         ("remove", "take ID out of the voters")):
+        p = _client_command(
+            actions, action, cmd_voters_change, what,
+            f"{what[0].upper()}{what[1:]}: one voter change at a time, through a quorum of the "
+            "current voters (503 without a majority: nothing changed). Joining nodes add "
+            "themselves (auto_voter) and leaving ones take themselves out; this is for the "
+            "rest. With a cluster_secret the request is signed with it (--secret, or "
+            "KVS_CLUSTER_SECRET); with ACLs an operator-write token does instead.", nested=True)
+        p.add_argument("id", metavar="ID", help="the node id (see `kvs members`)")
+        p.add_argument("--secret", help="the cluster_secret (default: $KVS_CLUSTER_SECRET)")
+        _add_json_option(p, "print the node's answer as JSON", default=argparse.SUPPRESS)
     p = _client_command(sub, "status", cmd_status, "node and anti-entropy status")
     _add_json_option(p)
     p = _command(sub, "leave", "make a node leave the cluster and shut down", LEAVE_DESCRIPTION)

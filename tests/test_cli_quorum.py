@@ -84,3 +84,18 @@ async def test_kvs_lock_is_a_quorum_lease_on_several_voters_unless_told(make_nod
         with pytest.raises(NotFound) as local:
             await kv.get("locks/local", consistency="quorum")
         assert local.value.seq == 0 and "consistency=local" in local.value.message
+
+
+async def test_voters_list_remove_add(make_node: NodeFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, _ = await three(make_node)
+    listed = answer(await kvs(capsys, a, "voters", "--json"))
+    assert listed == {"epoch": 1, "ids": ["qa", "qb", "qc"]}
+    removed = answer(await kvs(capsys, b, "voters", "remove", "qc", "--json"))
+    assert removed == {"epoch": 2, "ids": ["qa", "qb"]}
+    code, out, _ = await kvs(capsys, a, "voters")
+    assert code == 0 and "voters (epoch 2): qa, qb" in out
+    code, out, _ = await kvs(capsys, a, "voters", "add", "qc")
+    assert code == 0 and "voters (epoch 3): qa, qb, qc" in out
+    code, _, err = await kvs(capsys, a, "voters", "add", "nobody")
+    assert code == EXIT_CONFLICT and "nobody is not a member this node knows" in err
+    assert answer(await kvs(capsys, b, "voters", "--json"))["epoch"] == 3

@@ -245,7 +245,12 @@ class VoterChanges:
         if len(body) != 1 or not set(body) <= {"add", "remove"} or not isinstance(
                 next(iter(body.values())), str):
             raise BadRequest('body must be {"add": "<node id>"} or {"remove": "<node id>"}')
-        config = await self.change(add=body.get("add"), remove=body.get("remove"))
+        added = body.get("add")
+        if added is not None and added != self.engine.node_id and self.membership.member(added) is None:
+            raise Conflict(f"{added} is not a member this node knows (a typo? see `kvs members`); "
+                           "a new node joins with seed_nodes and adds itself to the voters once "
+                           "caught up (auto_voter). Nothing changed")
+        config = await self.change(add=added, remove=body.get("remove"))
         return json_response({"epoch": config.epoch, "ids": sorted(config.voters)})
 
     async def _handle_install(self, request: web.Request) -> web.Response:
