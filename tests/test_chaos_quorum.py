@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kvs.chaos.checkers import quorum, run_all
 from kvs.chaos.history import History
 from tests.test_chaos_checkers import Builder, vid
@@ -174,6 +176,22 @@ def test_minority_counts_the_voters_in_force(tmp_path: Path) -> None:
     assert quorum.voters_during(history, 0.3, 0.4) is None  # the removal was under way
     result = quorum.run(history)
     assert result.status == "fail" and "cut off from a majority" in messages(result)
+
+
+@pytest.mark.parametrize(("status", "certain"), [(409, True), (400, True), (503, False), (None, False)])
+def test_a_removal_without_a_clear_answer_leaves_the_voters_uncertain_until_the_fault_ends(
+        tmp_path: Path, status: int | None, certain: bool) -> None:
+    """A removal answered 503 (or not at all) may be completed by the next change; the
+    fault's heal adds the node back, after which the voters are all the nodes again. One
+    refused with 400 or 409 changed nothing."""
+    b = QBuilder()
+    b.fault("voters", ["n3"], 0.2, 6.0, removed="n3")
+    b.records.insert(-1, {"type": "fault", "fault": len(b.records) - 2, "kind": "voters",
+                          "phase": "refused", "status": status, "t": 0.4})
+    history = b.load(tmp_path)
+    everyone = {"n1", "n2", "n3"}
+    assert quorum.voters_during(history, 2.0, 2.1) == (everyone if certain else None)
+    assert quorum.voters_during(history, 7.0, 7.1) == everyone
 
 
 def test_while_a_node_joins_no_side_is_known_to_lack_a_majority(tmp_path: Path) -> None:

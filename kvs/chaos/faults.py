@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kvs.chaos.history import HistoryWriter
+from kvs.chaos.history import VOTER_CHANGE_UNCHANGED, HistoryWriter
 from kvs.testing import Cluster, KvsNode, NodeGroup, StartError
 
 FAULT_KINDS = ("kill", "pause", "partition", "oneway", "jump", "voters", "join", "skew")
@@ -317,15 +317,20 @@ class FaultInjector:
         """Take a voter out of the voters (POST /cluster/voters through another node) and, at the
         heal, back in: the reconfiguration runs under load and under the other faults. The
         fault records `in_force` once the removal answered 200, and `rejoining` when the add
-        is sent; a removal that fails (503 under a partition) ends the fault at once."""
+        is sent. A removal refused outright (400, 409: nothing changed) ends the fault at
+        once; one without a clear answer (503 under a partition, none) may still be
+        completed by the next change, so it is `refused` with its status and the heal adds
+        the node back all the same (a 400 "already a voter" then says it never left)."""
         out = self.rng.choice(self.cluster.nodes)
         fault = self._begin("voters", [out.name], removed=out.name)
         status = await self._change_voters({"remove": out.name}, avoid=out.name)
         if status != 200:
             self.history.event("fault", fault=fault, kind="voters", phase="refused", status=status)
-            self._end(fault)
-            return _nothing
-        self.history.event("fault", fault=fault, kind="voters", phase="in_force")
+            if status in VOTER_CHANGE_UNCHANGED:
+                self._end(fault)
+                return _nothing
+        else:
+            self.history.event("fault", fault=fault, kind="voters", phase="in_force")
 
         async def heal() -> None:
             await self._voter_back(fault)

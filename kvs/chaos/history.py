@@ -10,6 +10,7 @@
     {"type": "fault", "fault": 3, "kind": "partition", "phase": "begin", "nodes": [...], "t": ...}
     {"type": "fault", "fault": 3, "kind": "partition", "phase": "in_force", "t": ...}  rules in place
     {"type": "fault", "fault": 4, "kind": "voters", "phase": "refused", "status": 503, "t": ...}
+                          (400, 409: nothing changed; 503, none: the removal may complete later)
     {"type": "phase", "phase": "healed", "t": ...}
     {"type": "converge", "t": ..., "roots": {"n1": "ab12..."}, "equal": true}
     {"type": "dump", "node": "n1", "key": ..., "versions": [...]}     one per key and node
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+
+VOTER_CHANGE_UNCHANGED = (400, 409)  # a voter change refused before anything was written
 
 HISTORY_FILE = "history.jsonl"
 OUTCOMES = ("ok", "fail", "unknown")

@@ -55,7 +55,7 @@ from typing import Any
 from kvs.chaos.checkers import leases
 from kvs.chaos.checkers.base import CheckResult, Violation, verdict
 from kvs.chaos.checkers.linearizability import INF, Step, clock_offsets, search
-from kvs.chaos.history import Call, History
+from kvs.chaos.history import VOTER_CHANGE_UNCHANGED, Call, History
 from kvs.conditions import json_equal
 
 NAME = "quorum"
@@ -369,8 +369,10 @@ def two_holders(history: History, quorum_keys: set[str], clock_offsets: float) -
 def voters_during(history: History, t0: float, t1: float) -> set[str] | None:
     """The voters in force from t0 to t1, or None if a voter change may have been under way.
     Every node starts a voter; a `voters` fault takes one out from `in_force` (its removal
-    answered) until `rejoining` (its add was sent). A removal that was refused may still be
-    completed by the next change, so from then on nothing is certain. While a `join` fault
+    answered) until `rejoining` (its add was sent). A removal without a clear answer (503,
+    none) may still be completed by the next change: nothing is certain until the fault
+    ends (its heal adds the node back); one refused outright (400, 409) changed nothing.
+    While a `join` fault
     lasts (a new node adds itself, later leaves) nothing is either: it is a voter for part
     of it, and partitions do not cut it off, so it may give either side its majority."""
     voters = set(history.nodes)
@@ -380,7 +382,8 @@ def voters_during(history: History, t0: float, t1: float) -> set[str] | None:
         if f.kind != "voters":
             continue
         if "in_force" not in f.detail:
-            if t1 >= f.begin:
+            changed = f.detail.get("refused") not in VOTER_CHANGE_UNCHANGED
+            if changed and t0 <= (f.end or INF) and t1 >= f.begin:
                 return None
             continue
         out, end = f.detail["in_force"], f.end or INF
