@@ -50,7 +50,7 @@ async def while_cut_off(nodes: Sequence[Node], write: Callable[[], Awaitable[boo
 async def test_consistent_reads_a_quorum_key_through_a_quorum_round(
         make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
     nodes = await three(make_node, **QUIET)
-    qa, _, qc = nodes
+    qa, qb, qc = nodes
 
     async def native_quorum_put() -> bool:
         async with http.put(qa.url + "/kv/cfg/db", json={"value": "pg", "consistency": "quorum"}) as r:
@@ -66,9 +66,11 @@ async def test_consistent_reads_a_quorum_key_through_a_quorum_round(
         assert await client.kv.put("plain", "x") is True
     status, consistency, _ = await get(http, qa, "/v1/kv/plain?consistent")
     assert (status, consistency) == (200, "stale")
-    # A Consul write to the quorum key goes through the quorum too (a local one is refused).
-    async with consul(qc) as client:
+    # A Consul write to the quorum key, through a node that knows it is one (qb accepted
+    # it; qc need not have), goes through the quorum too: a local write would be refused.
+    async with consul(qb) as client:
         assert await client.kv.put("cfg/db", "mysql", cas=1) is True
+    async with consul(qa) as client:
         assert await client.kv.put("cfg/db", "lost", cas=1) is False
     status, _, body = await get(http, qa, "/v1/kv/cfg/db")
     assert status == 200 and json.loads(body)[0]["Value"] == "bXlzcWw="
