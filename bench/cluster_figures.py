@@ -4,6 +4,8 @@ Over real processes (a running `KvsTarget` / `EtcdTarget` of 3 nodes):
   write_to_visible    PUT on node i, poll node i+1 until the key is there; p50/p99 over N trials
   failure_detection   SIGKILL one kvs node; time until the others list it "suspect", then "dead"
   startup_rss         `kvs serve` on a data dir holding n keys: time to /health 200, and RSS
+  quorum_budget       issue 14's latency budget for quorum CAS over local CAS: two loopback
+                      HTTP round trips plus one fsync, each measured on the idle cluster
 
 In process (real `kvs.node.Node`s on loopback, in the harness's own event loop):
   anti_entropy_curve  bytes and ms of one `Replicator.sync_with` round for d differing keys
@@ -18,6 +20,7 @@ import asyncio
 import http.client
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -118,6 +121,55 @@ def failure_detection(target: KvsTarget, progress: Progress, timeout: float = 60
     progress(f"{target.name}: failure detection after SIGKILL: every observer says suspect after "
              f"{_s(result['suspect_s'])}, dead after {_s(result['dead_s'])}")
     return result
+
+
+def quorum_budget(target: KvsTarget, trials: int, progress: Progress) -> dict[str, Any]:
+    """The budget quorum CAS may add to local CAS's p50 (issue 14): 2 round trips + 1 fsync.
+
+    A round trip is one HTTP request from the harness to node 2 on a keep-alive connection
+    (GET /health: the same loopback hop and HTTP stack the proposer's Accept uses); the fsync
+    is a small append + os.fsync in the cluster's directory (the nodes' disk), what one group
+    commit of the acceptors' WAL costs. Both are p50s, measured with no other load."""
+    rtt = loopback_rtt_ms(target.urls[1 % len(target.urls)], trials)
+    sync = fsync_ms(target.dir, max(20, trials // 10))
+    result = {"rtt_ms": rtt, "fsync_ms": sync, "budget_ms": 2 * rtt + sync}
+    progress(f"{target.name}: quorum budget: round trip p50 {_ms(rtt)}, fsync p50 {_ms(sync)}: "
+             f"2 x rtt + fsync = {_ms(result['budget_ms'])}")
+    return result
+
+
+def loopback_rtt_ms(url: str, trials: int) -> float:
+    """p50 of GET /health round trips to an idle node, in ms."""
+    client = Http(url)
+    times: list[float] = []
+    try:
+        for _ in range(trials):
+            started = time.perf_counter()
+            status, _ = client.request("GET", "/health")
+            times.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                raise RuntimeError(f"GET {url}/health -> {status}")
+    finally:
+        client.close()
+    return percentile(times, 50)
+
+
+def fsync_ms(directory: Path, trials: int) -> float:
+    """p50 of appending 128 bytes to a file in `directory` and fsyncing it, in ms."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "fsync-probe"
+    times: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(trials):
+            started = time.perf_counter()
+            os.write(fd, b"x" * 128)
+            os.fsync(fd)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return percentile(times, 50)
 
 
 def startup_rss(data_dir: Path, keys: int, log_dir: Path, cpus: str | None, progress: Progress,

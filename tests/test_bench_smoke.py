@@ -207,3 +207,31 @@ def test_front_options_table_pairs_cpu_by_round_against_the_application() -> Non
     assert lines[2] == "| GET | application | 150 | 1,000 | 1.00 |"
     assert lines[3] == "| GET | front | 125 | 1,000 | 0.75 |"      # ratios 0.5 and 1.0
     assert lines[5] == "| GET | protocol | 20 | 1,000 | 0.15 |"     # ratios 0.2 and 0.1
+
+
+def test_issue_14_compares_quorum_cas_with_etcd_x3_txn_cas_in_both_modes(tmp_path: Path) -> None:
+    minimum = {(r.num, r.den): r.minimum for r in run.RATIOS}
+    assert minimum[(run.KVS3, "qcas"), (run.ETCD3, "cas_index")] == 1.0
+    assert minimum[(run.KVS3, "qcas_hot"), (run.ETCD3, "cas_hot")] == 1.0
+    for full in (False, True):
+        ops = {spec.name: spec.ops for spec in run.plan(full)}
+        assert {"qcas", "qcas_hot", "cas_index"} <= set(ops[run.KVS3])
+        assert {"cas_index", "cas_hot"} <= set(ops[run.ETCD3])
+
+
+def test_quorum_latency_is_gated_with_one_client_and_reported_at_full_load() -> None:
+    q = {"rtt_ms": 0.5, "fsync_ms": 2.0, "budget_ms": 3.0, "clients": 32, "local_p50_1c_ms": 1.0,
+         "quorum_p50_1c_ms": 3.5, "local_p50_ms": 12.0, "quorum_p50_ms": 50.0}
+    checks = run.quorum_latency_checks(q)
+    assert [(c.value, c.target, c.status) for c in checks] == [
+        ("3.50 - 1.00 = 2.50 ms", "<= 3.00 ms", "pass"), ("50.00 - 12.00 = 38.00 ms", "<= 3.00 ms", "info")]
+    assert run.quorum_latency_checks({**q, "quorum_p50_1c_ms": 4.5})[0].status == "FAIL"
+    assert run.quorum_latency_checks({**q, "quorum_p50_ms": None})[1].status == "n/a"
+    assert [c.status for c in run.quorum_latency_checks(None)] == ["n/a"]
+    table = run.figures_tables({"quorum_latency": q})
+    assert "|       1 |" in table and "2.50" in table and "38.00" in table
+
+
+def test_fsync_probe_measures_and_cleans_up(tmp_path: Path) -> None:
+    assert cluster_figures.fsync_ms(tmp_path, 3) > 0
+    assert list(tmp_path.iterdir()) == []
