@@ -698,8 +698,8 @@ class Engine:
                     version: Version = accepted.value.value
                     self.hlc.observe((version.timestamp, version.logical))
                     m.apply(dataclasses.replace(version))
-            if step.state.accepted is not None:
-                self._quorum_keys.add(key)
+                if step.state.accepted is not None:  # before the listeners hear of the version
+                    self._quorum_keys.add(key)
         await self.storage.settle_durable()
         return step.reply
 

@@ -15,10 +15,11 @@ import aiohttp
 import pytest
 
 from kvs import paxos
+from kvs.errors import NotFound
 from kvs.model import new_version_id
 from kvs.node import Node
 from kvs.paxos import Register
-from tests.cluster import QUORUM, heal, partition, three
+from tests.cluster import FAST, QUORUM, heal, partition, three
 from tests.conftest import Api, NodeFactory, eventually
 
 Q = QUORUM
@@ -333,3 +334,32 @@ async def test_a_write_resolved_as_not_chosen_is_never_chosen_later(
     partition([qc], [qa, qb])
     read = await a.get("r", consistency="quorum")
     assert (read.status, read.body["value"], read.body["seq"]) == (200, "x", 1), read.body
+
+
+async def test_a_quorum_version_is_pushed_to_non_voters_only(make_node: NodeFactory,
+                                                            http: aiohttp.ClientSession) -> None:
+    """Every voter was sent the version in the round's Accept: pushing it to them again
+    cost two more requests per quorum write. A non-voter still gets it by eager push."""
+    quiet = {"sync_interval_ms": 600_000}  # no anti-entropy: what arrives came by push
+    qa, qb, qc = await three(make_node, **quiet)
+    qd = await make_node(node_id="qd", seed_nodes=[qa.address], auto_voter=False, **{**FAST, **quiet})
+    nodes = (qa, qb, qc, qd)
+    await eventually(lambda: all(len(n.membership.alive_peers()) == 3 for n in nodes),
+                     what="4 nodes to see each other alive")
+    api, stats = Api(http, qa.url), qa.replicator.stats
+
+    async def pushed(write: Any, key: str, receivers: tuple[Node, ...]) -> int:
+        before = stats.versions_pushed
+        assert (await write).status == 200
+        await eventually(lambda: all(_holds(n, key) for n in receivers), what=f"{key} everywhere")
+        return stats.versions_pushed - before
+    assert await pushed(api.put("q", {"value": 1, **Q}), "q", nodes) == 1  # to qd alone
+    assert await pushed(api.put("plain", {"value": 1}), "plain", nodes) == 3
+
+
+def _holds(node: Node, key: str) -> bool:
+    try:
+        node.engine.get(key)
+    except NotFound:
+        return False
+    return True

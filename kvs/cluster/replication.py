@@ -185,20 +185,29 @@ class Replicator:
     # -- eager push ------------------------------------------------------------------------
 
     def on_applied(self, versions: list[Version]) -> None:
-        """Engine listener: queue this node's own new versions for every live peer."""
+        """Engine listener: queue this node's own new versions for every live peer, but a
+        quorum key's only for peers that are not voters: every voter was sent the version
+        in the round's Accept (one that missed it gets it from anti-entropy or the key's
+        next round), and pushing it again cost each quorum write two more requests."""
         if not self.eager_push:
             return
         peers = self.membership.alive_peers()  # none on a single node: no version to look at
         local = [v for v in versions if v.origin == self.engine.node_id] if peers else None
         if not local:
             return
+        engine = self.engine
+        voters = engine.voters.voters if engine.voters is not None else frozenset()
+        plain = [v for v in local if not engine.is_quorum_key(v.key)] if voters else local
         for member in peers:
+            batch = plain if member.id in voters else local
+            if not batch:
+                continue
             sender = self._senders.get(member.id)
             if sender is None or sender.address != member.address:
                 if sender is not None:
                     sender.task.cancel()  # the peer moved: its old queue goes nowhere
                 sender = self._senders[member.id] = _PeerSender(self, member)
-            sender.add(local)
+            sender.add(batch)
 
     def on_member(self, member: Member) -> None:
         """Membership listener: drop a gone peer's sender; catch up with a returning one."""
