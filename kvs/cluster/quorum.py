@@ -204,9 +204,19 @@ class Quorum:
         leaves the write's outcome unknown, and the answer must say so. The read writes
         its value back at a ballot above the write's: without that, a value a minority
         accepted could still be chosen by a later round after `_chosen` said it never
-        will be, and the change would run twice."""
+        will be, and the change would run twice.
+
+        An identity round that is itself indeterminate (its write-back met the same
+        contention) is run again, as `read` does: writing back what a quorum holds changes
+        nothing, so only the last round's outcome counts. Giving up on the first one made
+        concurrent quorum updates answer 503 while every voter was up."""
+        outcome: paxos.Outcome = paxos.Rejected(None, None)
+        for _ in range(ATTEMPTS):
+            outcome = await self._attempts(key, paxos.identity, write_back=True)
+            if not isinstance(outcome, paxos.Indeterminate):
+                break
         try:
-            return _result(await self._attempts(key, paxos.identity, write_back=True))
+            return _result(outcome)
         except (QuorumUnavailable, QuorumIndeterminate):
             raise QuorumIndeterminate(
                 "the change may or may not be applied: its round ended without a quorum of "
