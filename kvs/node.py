@@ -119,6 +119,7 @@ class Node:
                                      eager_push=config.eager_push, data_dir=config.data_path)
         stack.push_async_callback(self.replicator.stop)
         self.quorum = Quorum(engine, self.transport, self.membership)
+        stack.push_async_callback(self.quorum.close)
         self.voters = VoterChanges(self.quorum, self.transport, self.membership)
         self.locks = consul.Locks(engine, self.quorum, consul.Writes(config, engine, self.quorum))
         self._wire(engine, self.membership, self.replicator)
