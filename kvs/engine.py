@@ -680,13 +680,24 @@ class Engine:
         return W.state_from(orjson.loads(raw)) if raw is not None else paxos.AcceptorState()
 
     async def paxos_step(self, key: str, message: paxos.Prepare | paxos.Accept) -> paxos.Reply:
-        """One acceptor step for one key, answered only once what it keeps is fsynced.
+        """One acceptor step for one key, answered only once what it keeps is fsynced."""
+        return (await self.paxos_steps([(key, message)]))[0]
 
-        The state and an accepted version are staged in one batch (a crash keeps both or
+    async def paxos_steps(self, messages: list[tuple[str, paxos.Prepare | paxos.Accept]]
+                          ) -> list[paxos.Reply]:
+        """Acceptor steps in order (a peer's batch), answered together once all they keep is
+        fsynced: one wait for the lot is what makes a batch cheaper than its messages.
+
+        The wait covers every earlier batch too: a repeated prepare changes nothing, yet
+        its answer relies on a promise staged before."""
+        replies = [self._paxos_stage(key, message) for key, message in messages]
+        await self.storage.settle_durable()
+        return replies
+
+    def _paxos_stage(self, key: str, message: paxos.Prepare | paxos.Accept) -> paxos.Reply:
+        """The state and an accepted version are staged in one batch (a crash keeps both or
         neither); the accepted version joins the revision set like a replicated one (a
-        write-back's same id is a duplicate). The wait covers every earlier batch too: a
-        repeated prepare changes nothing, yet its answer relies on a promise staged before.
-        """
+        write-back's same id is a duplicate)."""
         with self._mutation() as m:
             state = self.acceptor_state(key)
             step = paxos.receive(self.node_id, self.voters, state, message)
@@ -700,7 +711,6 @@ class Engine:
                     m.apply(dataclasses.replace(version))
                 if step.state.accepted is not None:  # before the listeners hear of the version
                     self._quorum_keys.add(key)
-        await self.storage.settle_durable()
         return step.reply
 
     def bootstrap_voters(self, config: paxos.Config) -> None:

@@ -165,7 +165,7 @@ class Node:
                 and self.voters and self.transport and self.locks and self.tokens)
         config, engine = self.config, self.engine
         metrics = Metrics(engine, self.replicator, self.membership, self.watchers, self.connections,
-                          self.quorum.rounds)
+                          self.quorum.rounds, self.quorum.sent)
         kv = KVApi(config, engine, self.watchers, self.quorum)
         routes = [
             *kv.routes(),

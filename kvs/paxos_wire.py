@@ -156,6 +156,30 @@ def message_from(raw: Any, *, accept: bool) -> tuple[str, Prepare | Accept]:
     return key, Accept(ballot, value, config, ballot_from(body.get("next")))
 
 
+def batch_from(raw: Any, max_messages: int) -> list[tuple[str, Prepare | Accept]]:
+    """The messages of a batch body, {"messages": [["prepare" | "accept", message], ...]},
+    in order; the whole batch is refused if one of them is malformed."""
+    body = _dict(raw, "batch", {"messages"})
+    entries = body.get("messages")
+    if not isinstance(entries, list) or not 0 < len(entries) <= max_messages:
+        raise ValueError(f"messages must be a list of 1 to {max_messages} entries")
+    messages = []
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] not in ("prepare", "accept"):
+            raise ValueError('a batch entry is ["prepare" or "accept", message]')
+        messages.append(message_from(entry[1], accept=entry[0] == "accept"))
+    return messages
+
+
+def replies_from(raw: Any, count: int) -> list[Reply]:
+    """The replies to a batch of `count` messages, in the batch's order."""
+    body = _dict(raw, "batch reply", {"replies"})
+    replies = body.get("replies")
+    if not isinstance(replies, list) or len(replies) != count:
+        raise ValueError(f"a batch of {count} messages is answered with {count} replies")
+    return [reply_from(reply) for reply in replies]
+
+
 def reply_json(reply: Reply) -> dict[str, Any]:
     out: dict[str, Any] = {"voter": reply.voter, "ballot": ballot_json(reply.ballot)}
     if isinstance(reply, Promise):

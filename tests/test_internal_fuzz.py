@@ -171,7 +171,8 @@ PAXOS_HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 
 
 @st.composite
-def forged_paxos(draw: st.DrawFn) -> tuple[str, bytes]:
+def forged_paxos(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """("prepare" | "accept", a message with one or two hostile fields)."""
     accept = draw(st.booleans())
     message: dict[str, Any] = {"key": "seed/0", "ballot": [1, "mallory"], "config": CONFIG}
     if accept:
@@ -182,7 +183,12 @@ def forged_paxos(draw: st.DrawFn) -> tuple[str, bytes]:
         message[name] = draw(PAXOS_HOSTILE[name])
     if draw(st.booleans()):
         message["surplus"] = 1
-    return f"/internal/paxos/{'accept' if accept else 'prepare'}", _body(message)
+    return "accept" if accept else "prepare", message
+
+
+def forged_batch(messages: list[tuple[str, dict[str, Any]]]) -> tuple[str, bytes]:
+    """A batch whose first entries may be well-formed: the hostile one must refuse them too."""
+    return "/internal/paxos/batch", _body({"messages": [list(entry) for entry in messages]})
 
 
 def _body(payload: Any) -> bytes:
@@ -205,11 +211,16 @@ REQUESTS = st.one_of(
         lambda segments: ("/internal/sync/leaves", _body(segments))),
     st.lists(st.sampled_from(["", "\x00", "k" * 600, 5, None]), min_size=1, max_size=4).map(
         lambda keys: ("/internal/sync/fetch", _body(keys))),
-    forged_paxos(),
+    forged_paxos().map(lambda sent: (f"/internal/paxos/{sent[0]}", _body(sent[1]))),
+    st.lists(forged_paxos(), min_size=1, max_size=3).map(forged_batch),
+    st.sampled_from([{}, {"messages": []}, {"messages": [["commit", {}]]}, {"messages": [[]]},
+                     {"messages": [["prepare", {}]] * 65}, {"messages": 1}, {"other": []}]).map(
+        lambda body: ("/internal/paxos/batch", _body(body))),
     PAXOS_HOSTILE["config"].map(lambda config: ("/internal/paxos/install", _body(config))),
     st.tuples(st.sampled_from(["/internal/push", "/internal/swim/join", "/internal/sync/fetch",
                                "/internal/paxos/prepare", "/internal/paxos/accept",
-                               "/internal/paxos/install", "/internal/paxos/keys"]),
+                               "/internal/paxos/batch", "/internal/paxos/install",
+                               "/internal/paxos/keys"]),
               st.sampled_from([b"", b"{", b"[1e999]", b"[" + b"9" * 30 + b"]", b"\xff\xfe",
                                b"[NaN]", b"null", b'"x"'])),
 )

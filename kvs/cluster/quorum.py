@@ -20,9 +20,11 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from kvs import paxos
@@ -48,6 +50,11 @@ from kvs.paxos import Register
 
 PREPARE_PATH = "/internal/paxos/prepare"
 ACCEPT_PATH = "/internal/paxos/accept"
+BATCH_PATH = "/internal/paxos/batch"
+BATCH_MESSAGES = 64  # messages in one batch, at most
+# Encoded messages in one batch of several, at most: under the 1 MiB every node's body
+# limit adds to its values' limit. A single message goes alone, whatever its size.
+BATCH_BYTES = 512 * 1024
 ROUND_TIMEOUT = 2.0  # seconds one round waits for its replies; then Round.expire()
 ATTEMPTS = 8  # rounds one change may take when they meet higher ballots (contention)
 BACKOFF_S = 0.002  # first retry's jitter bound; doubles with each attempt
@@ -86,6 +93,67 @@ class _Recorded:
         return self.last
 
 
+Message = tuple[str, paxos.Prepare | paxos.Accept]  # (key, message)
+
+
+class _Outbox:
+    """The Paxos messages to one voter. A message goes at once while no call to the voter
+    is in flight; the ones that come meanwhile go together in the next call, when it
+    returns. An idle cluster sees no added wait; under load one HTTP request, one
+    acceptor batch and one fsync serve many rounds, and the calls to a voter never
+    outnumber one."""
+
+    def __init__(self, send: Callable[[list[tuple[Message, bytes]]], Awaitable[list[Any]]]
+                 ) -> None:
+        self._send = send
+        self._queue: list[tuple[Message, bytes, asyncio.Future[Any]]] = []
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, message: Message, encoded: bytes) -> Any:
+        """The voter's reply to `message`; None if it gave no usable answer."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((message, encoded, future))
+        if not self._busy:
+            self._busy = True
+            self._task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        batch: list[tuple[Message, bytes, asyncio.Future[Any]]] = []
+        try:
+            while self._queue:
+                batch = self._take()
+                replies = await self._send([(message, encoded) for message, encoded, _ in batch])
+                for (_, _, future), reply in zip(batch, replies, strict=True):
+                    if not future.done():
+                        future.set_result(reply)
+        except Exception as exc:  # a bug: the waiting rounds see it
+            for _, _, future in batch + self._queue:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        finally:
+            self._busy = False
+            for _, _, future in batch + self._queue:  # cancelled (node shutdown)
+                future.cancel()
+            self._queue.clear()
+
+    def _take(self) -> list[tuple[Message, bytes, asyncio.Future[Any]]]:
+        size, count = 0, 0
+        for _, encoded, _ in self._queue[:BATCH_MESSAGES]:
+            if count and size + len(encoded) > BATCH_BYTES:
+                break
+            size, count = size + len(encoded), count + 1
+        batch, self._queue = self._queue[:count], self._queue[count:]
+        return batch
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 class Quorum:
     def __init__(self, engine: Engine, transport: HttpTransport, membership: Membership,
                  *, timeout: float = ROUND_TIMEOUT) -> None:
@@ -97,13 +165,17 @@ class Quorum:
         self._keys: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         # Messages still in flight when their round ended: see _run.
         self._stragglers: set[asyncio.Task[None]] = set()
+        self._outboxes: dict[str, _Outbox] = {}  # by voter address
         # Rounds this node proposed, by outcome (committed, conflict, rejected,
         # unavailable, indeterminate): /metrics.
         self.rounds: Counter[str] = Counter()
+        # Paxos messages sent to other voters, and the calls that carried them: /metrics.
+        self.sent: Counter[str] = Counter()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(PREPARE_PATH, self._handle_prepare),
-                web.post(ACCEPT_PATH, self._handle_accept)]
+                web.post(ACCEPT_PATH, self._handle_accept),
+                web.post(BATCH_PATH, self._handle_batch)]
 
     # -- the changes kvs makes ------------------------------------------------------------
 
@@ -344,6 +416,8 @@ class Quorum:
         for task in list(self._stragglers):
             task.cancel()
         await asyncio.gather(*self._stragglers, return_exceptions=True)
+        for outbox in self._outboxes.values():
+            await outbox.close()
 
     def _observe(self, reply: paxos.Reply) -> None:
         """Our HLC passes every version we were promised, before the change stamps one."""
@@ -369,14 +443,32 @@ class Quorum:
         member = self.membership.member(to)
         if member is None:
             return None
-        path = ACCEPT_PATH if isinstance(message, paxos.Accept) else PREPARE_PATH
+        address = member.address
+        outbox = self._outboxes.get(address)
+        if outbox is None:
+            outbox = self._outboxes[address] = _Outbox(partial(self._send, address))
+        reply: paxos.Reply | None = await outbox.submit(
+            (key, message), orjson.dumps(W.message_json(key, message)))
+        return reply if reply is not None and reply.voter == to else None  # another node there?
+
+    async def _send(self, address: str, batch: list[tuple[Message, bytes]]
+                    ) -> list[paxos.Reply | None]:
+        """One call with the batch's messages: a lone one to its own route, several to the
+        batch route. Replies in the batch's order; all None if the call failed."""
+        self.sent.update(messages=len(batch), calls=1)
         try:
-            raw = await self.transport.call(member.address, path, W.message_json(key, message),
+            if len(batch) == 1:
+                (_, message), encoded = batch[0]
+                path = ACCEPT_PATH if isinstance(message, paxos.Accept) else PREPARE_PATH
+                raw = await self.transport.call(address, path, orjson.Fragment(encoded),
+                                                self.timeout)
+                return [W.reply_from(raw)]
+            entries = [[_kind(message), orjson.Fragment(encoded)] for (_, message), encoded in batch]
+            raw = await self.transport.call(address, BATCH_PATH, {"messages": entries},
                                             self.timeout)
-            reply = W.reply_from(raw)
+            return list(W.replies_from(raw, len(batch)))
         except (TransportError, ValueError):
-            return None
-        return reply if reply.voter == to else None  # another node at that address
+            return [None] * len(batch)
 
     # -- this node as an acceptor ------------------------------------------------------------
 
@@ -391,11 +483,27 @@ class Quorum:
             key, message = W.message_from(await json_body(request, dict), accept=accept)
         except ValueError as exc:
             raise BadRequest(f"malformed paxos message: {exc}") from None
+        self._check_message(key, message)
+        reply = await self.engine.paxos_step(key, message)
+        return json_response(W.reply_json(reply))
+
+    async def _handle_batch(self, request: web.Request) -> web.Response:
+        """A proposer's messages that came while its previous call to us was in flight:
+        every one is checked before any is taken (a bad one refuses the batch, and changes
+        nothing), then they are taken in order and answered after one fsync."""
+        try:
+            messages = W.batch_from(await json_body(request, dict), BATCH_MESSAGES)
+        except ValueError as exc:
+            raise BadRequest(f"malformed paxos batch: {exc}") from None
+        for key, message in messages:
+            self._check_message(key, message)
+        replies = await self.engine.paxos_steps(messages)
+        return json_response({"replies": [W.reply_json(reply) for reply in replies]})
+
+    def _check_message(self, key: str, message: paxos.Prepare | paxos.Accept) -> None:
         validate_key(key)
         if isinstance(message, paxos.Accept) and message.value is not None:
             self._check_version(message.value.value)
-        reply = await self.engine.paxos_step(key, message)
-        return json_response(W.reply_json(reply))
 
     def _check_version(self, version: Version) -> None:
         """What a replicated version must pass, and no stamp from beyond our clock's reach
@@ -408,6 +516,10 @@ class Quorum:
         if version.timestamp > engine.now_ms() + engine.max_offset_ms:
             raise BadRequest("the version's timestamp is more than max_clock_offset_ms ahead "
                              "of this node's clock")
+
+
+def _kind(message: paxos.Prepare | paxos.Accept) -> str:
+    return "accept" if isinstance(message, paxos.Accept) else "prepare"
 
 
 def quorum_json(version: Version | None, seq: int, *, meta: bool = False) -> dict[str, Any] | None:

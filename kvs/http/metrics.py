@@ -30,9 +30,11 @@ QUORUM_OUTCOMES = ("committed", "conflict", "rejected", "unavailable", "indeterm
 class _NodeCollector(Collector):
     def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
                  watchers: Sized | None, connections: ConnectionLimit | None,
-                 requests: dict[tuple[str, int], int], quorum_rounds: Mapping[str, int]) -> None:
+                 requests: dict[tuple[str, int], int], quorum_rounds: Mapping[str, int],
+                 paxos_sent: Mapping[str, int]) -> None:
         self.engine = engine
         self.quorum_rounds = quorum_rounds
+        self.paxos_sent = paxos_sent
         self.connections = connections
         self.replicator = replicator
         self.membership = membership
@@ -79,6 +81,12 @@ class _NodeCollector(Collector):
         for outcome in QUORUM_OUTCOMES:
             rounds.add_metric([outcome], self.quorum_rounds.get(outcome, 0))
         yield rounds
+        yield CounterMetricFamily("kvs_paxos_messages_sent", "Paxos messages this node's "
+                                  "proposer sent to other voters",
+                                  value=self.paxos_sent.get("messages", 0))
+        yield CounterMetricFamily("kvs_paxos_calls", "Node-to-node calls that carried them "
+                                  "(messages / calls = the mean batch)",
+                                  value=self.paxos_sent.get("calls", 0))
         status = self.engine.status()
         yield GaugeMetricFamily("kvs_keys", "Live keys on this node", value=status["keys"])
         yield GaugeMetricFamily("kvs_index", "This node's index counter", value=status["index"])
@@ -118,14 +126,16 @@ def _clock_metrics(clock: dict[str, Any]) -> Iterator[Metric]:
 class Metrics:
     def __init__(self, engine: Engine, replicator: Replicator, membership: Membership,
                  watchers: Sized | None = None, connections: ConnectionLimit | None = None,
-                 quorum_rounds: Mapping[str, int] | None = None) -> None:
+                 quorum_rounds: Mapping[str, int] | None = None,
+                 paxos_sent: Mapping[str, int] | None = None) -> None:
         self.registry = CollectorRegistry()
         # (method, status) -> answered requests; a plain dict, as prometheus-client's Counter
         # takes a lock and builds a label key on every request.
         self.requests: Counter[tuple[str, int]] = Counter()
         self.registry.register(_NodeCollector(engine, replicator, membership, watchers,
                                               connections, self.requests,
-                                              {} if quorum_rounds is None else quorum_rounds))
+                                              {} if quorum_rounds is None else quorum_rounds,
+                                              {} if paxos_sent is None else paxos_sent))
 
     def count(self, method: str, status: int) -> None:
         """Count one answered request (called by the wrapper around every route)."""
