@@ -308,8 +308,9 @@ Outcome = Committed | Conflict | Rejected | Unavailable | Indeterminate
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """What the one-round-trip path keeps after a commit: a prepare quorum promised
-    `ballot` in the very step in which it accepted `value`."""
+    """What the one-round-trip path keeps: a prepare quorum promised `ballot`, which has
+    carried no value yet, and `value` is what those promises showed chosen (after a
+    commit, the value they accepted in the same step)."""
 
     ballot: Ballot
     value: Any
@@ -478,8 +479,11 @@ class Round:
         chosen = highest is None or sum(
             1 for a in promised if a is not None and a.ballot == highest.ballot) >= config.accept_quorum
         if (refusal is not None or new == current) and chosen and not self.write_back:
-            self._finish(Conflict(current, refusal) if refusal is not None
-                         else Committed(current, highest.ballot if highest else None))
+            if refusal is None:
+                self._finish(Committed(current, highest.ballot if highest else None))
+            else:
+                self._finish(Conflict(current, refusal))
+                self._keep_promises(current)
             return []
         # Otherwise write the new value, or write the current one back (the paper's identity
         # step) so that the value this round reports cannot be undone by a later round.
@@ -511,6 +515,16 @@ class Round:
                      else Committed(self._value, self.ballot))
         if self._next is not None and promised_next >= self.config.prepare_quorum:
             self.proposer.remember(self.key, Prepared(self._next, self._value, self.config))
+
+    def _keep_promises(self, current: Any) -> None:
+        """A refused change: a prepare quorum promised this round's ballot, which carried no
+        value, and showed `current` chosen. That is what a prepare of the ballot returns,
+        so the key's next change through this proposer may send its Accept at once: a
+        refused CAS and its retry with the right condition take one round trip each,
+        instead of one and two. Reads keep nothing (only this case is argued, in
+        docs/consistency.md)."""
+        if self.proposer.fast:
+            self.proposer.remember(self.key, Prepared(self.ballot, current, self.config))
 
     def _finish(self, outcome: Outcome) -> Outcome:
         self.phase, self.outcome = _DONE, outcome

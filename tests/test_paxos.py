@@ -815,3 +815,27 @@ def test_a_configuration_whose_quorums_may_miss_each_other_is_refused() -> None:
     with pytest.raises(ValueError):
         Config(1, frozenset("abcd"), 2, 2)
     Config(1, frozenset("abcd"), 2, 3)  # flexible quorums that meet are fine
+
+
+def test_a_refused_change_leaves_its_promises_for_the_next_change() -> None:
+    """A CAS refused after a full prepare (the value chosen, nothing to write) keeps the
+    promised ballot: its retry sends only Accepts, at that ballot, and commits."""
+    acceptors = {n: Acceptor(FIRST) for n in "abc"}
+    other = Proposer("q", FIRST)
+    for value in (1, 2):  # another proposer changed the key twice: seq 2
+        moved, _ = _run_calm(other, acceptors, lambda cur, value=value: successor(cur, value))
+    assert isinstance(moved, Committed) and moved.value.seq == 2
+    proposer = Proposer("p", FIRST, counter=9)
+
+    def expect_seq_1(cur: Any) -> Any:
+        if cur.seq != 1:
+            raise CASConflict("no")
+        return successor(cur, 3)
+
+    refused, sent = _run_calm(proposer, acceptors, expect_seq_1)
+    assert isinstance(refused, Conflict) and refused.current == moved.value
+    prepared = {m.ballot for m in sent if isinstance(m, Prepare)}
+    assert not any(isinstance(m, Accept) for m in sent) and len(prepared) == 1
+    retry, sent = _run_calm(proposer, acceptors, lambda cur: successor(cur, 4))
+    assert isinstance(retry, Committed) and retry.value.seq == 3
+    assert sent and all(isinstance(m, Accept) and m.ballot in prepared for m in sent)
