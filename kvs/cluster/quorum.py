@@ -63,6 +63,7 @@ CAS_IN_QUORUM = ("cas compares a node-local index; with consistency=quorum use i
                  "key's cluster-wide sequence number, in every quorum answer as `seq`)")
 
 Change = Callable[[Register | None], Register | None]
+_EXPIRED = object()  # what a round's timer puts among its replies
 
 
 class _FloorReached(Exception):
@@ -110,14 +111,14 @@ class _Outbox:
         self._busy = False
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, message: Message, encoded: bytes) -> Any:
-        """The voter's reply to `message`; None if it gave no usable answer."""
+    def submit(self, message: Message, encoded: bytes) -> asyncio.Future[Any]:
+        """The voter's reply to `message` (a future): None if it gave no usable answer."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((message, encoded, future))
         if not self._busy:
             self._busy = True
             self._task = asyncio.create_task(self._drain())
-        return await future
+        return future
 
     async def _drain(self) -> None:
         batch: list[tuple[Message, bytes, asyncio.Future[Any]]] = []
@@ -376,36 +377,46 @@ class Quorum:
             await self.engine.install_voters(proposer.config)
 
     async def _run(self, round_: paxos.Round) -> paxos.Outcome:
-        replies: asyncio.Queue[paxos.Reply | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        replies: asyncio.Queue[Any] = asyncio.Queue()  # replies, None (no answer), _EXPIRED
         tasks: list[asyncio.Task[None]] = []
+        key = round_.key
 
         def send(sends: list[paxos.Send]) -> int:
+            encoded: dict[int, bytes] = {}  # a message goes to every voter: encoded once
             for to, message in sends:
-                tasks.append(asyncio.create_task(self._deliver(round_.key, to, message, replies)))
+                if to == self.engine.node_id:
+                    tasks.append(asyncio.create_task(self._step_here(key, message, replies)))
+                    continue
+                data = encoded.get(id(message))
+                if data is None:
+                    data = encoded[id(message)] = orjson.dumps(W.message_json(key, message))
+                self._post(key, to, message, data, replies.put_nowait)
             return len(sends)
 
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        # One timer for the round, not one per reply awaited.
+        timer = loop.call_at(loop.time() + self.timeout, replies.put_nowait, _EXPIRED)
         try:
             waiting = send(round_.start())
             while round_.outcome is None and waiting:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        reply = await replies.get()
-                except TimeoutError:
+                reply = await replies.get()
+                if reply is _EXPIRED:
                     break
                 waiting -= 1
                 if reply is not None:
                     self._observe(reply)
                     waiting += send(round_.receive(reply))
         finally:
+            timer.cancel()
             self._let_finish(tasks)
         return round_.outcome or round_.expire()
 
     def _let_finish(self, tasks: list[asyncio.Task[None]]) -> None:
-        """Messages the round no longer waits for (a majority answered first) finish on their
-        own, bounded by the call's timeout: cancelling one half-way closes its pooled
-        connection, and the next round paid a new TCP (and TLS) connection to that voter,
-        one every round (seen in a profile of sequential quorum CAS)."""
+        """Local steps the round no longer waits for (a majority answered first) finish on
+        their own; a peer's message is never cancelled either: cancelling one half-way
+        closed its pooled connection, and the next round paid a new TCP (and TLS)
+        connection to that voter, one every round (seen in a profile of sequential
+        quorum CAS)."""
         for task in tasks:
             if not task.done():
                 self._stragglers.add(task)
@@ -425,31 +436,31 @@ class Quorum:
             version: Version = reply.accepted.value.value
             self.engine.hlc.observe((version.timestamp, version.logical))
 
-    async def _deliver(self, key: Any, to: str, message: Any,
-                       replies: asyncio.Queue[paxos.Reply | None]) -> None:
-        """One message to one voter; its reply, or None for no usable answer."""
+    async def _step_here(self, key: str, message: paxos.Prepare | paxos.Accept,
+                         replies: asyncio.Queue[Any]) -> None:
+        """This node's own acceptor step; None for a storage fault (no answer)."""
         reply: paxos.Reply | None = None
-        try:
-            if to == self.engine.node_id:
-                reply = await self.engine.paxos_step(key, message)
-            else:
-                reply = await self._call(key, to, message)
-        except KVSError:
-            pass  # a storage fault here: this voter did not answer
+        with contextlib.suppress(KVSError):
+            reply = await self.engine.paxos_step(key, message)
         replies.put_nowait(reply)
 
-    async def _call(self, key: str, to: str, message: paxos.Prepare | paxos.Accept
-                    ) -> paxos.Reply | None:
+    def _post(self, key: str, to: str, message: paxos.Prepare | paxos.Accept, data: bytes,
+              answer: Callable[[paxos.Reply | None], None]) -> None:
+        """A message to a peer voter, through its outbox; `answer` gets the reply, or None
+        for no usable answer (an unknown member, a failed call, another node there)."""
         member = self.membership.member(to)
         if member is None:
-            return None
-        address = member.address
-        outbox = self._outboxes.get(address)
+            answer(None)
+            return
+        outbox = self._outboxes.get(member.address)
         if outbox is None:
-            outbox = self._outboxes[address] = _Outbox(partial(self._send, address))
-        reply: paxos.Reply | None = await outbox.submit(
-            (key, message), orjson.dumps(W.message_json(key, message)))
-        return reply if reply is not None and reply.voter == to else None  # another node there?
+            outbox = self._outboxes[member.address] = _Outbox(partial(self._send, member.address))
+
+        def done(future: asyncio.Future[paxos.Reply | None]) -> None:
+            reply = None if future.cancelled() or future.exception() else future.result()
+            answer(reply if reply is not None and reply.voter == to else None)
+
+        outbox.submit((key, message), data).add_done_callback(done)
 
     async def _send(self, address: str, batch: list[tuple[Message, bytes]]
                     ) -> list[paxos.Reply | None]:
