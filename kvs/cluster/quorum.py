@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -29,6 +29,7 @@ from aiohttp import web
 
 from kvs import paxos
 from kvs import paxos_wire as W
+from kvs.cluster.outbox import Outbox
 from kvs.cluster.swim.membership import Membership
 from kvs.cluster.transport import HttpTransport, TransportError
 from kvs.conditions import Conditions, failures
@@ -55,6 +56,7 @@ BATCH_MESSAGES = 64  # messages in one batch, at most
 # Encoded messages in one batch of several, at most: under the 1 MiB every node's body
 # limit adds to its values' limit. A single message goes alone, whatever its size.
 BATCH_BYTES = 512 * 1024
+WAITING_MESSAGES = 4096  # waiting for one voter, at most; more: that voter does not answer
 ROUND_TIMEOUT = 2.0  # seconds one round waits for its replies; then Round.expire()
 ATTEMPTS = 8  # rounds one change may take when they meet higher ballots (contention)
 BACKOFF_S = 0.002  # first retry's jitter bound; doubles with each attempt
@@ -97,64 +99,6 @@ class _Recorded:
 Message = tuple[str, paxos.Prepare | paxos.Accept]  # (key, message)
 
 
-class _Outbox:
-    """The Paxos messages to one voter. A message goes at once while no call to the voter
-    is in flight; the ones that come meanwhile go together in the next call, when it
-    returns. An idle cluster sees no added wait; under load one HTTP request, one
-    acceptor batch and one fsync serve many rounds, and the calls to a voter never
-    outnumber one."""
-
-    def __init__(self, send: Callable[[list[tuple[Message, bytes]]], Awaitable[list[Any]]]
-                 ) -> None:
-        self._send = send
-        self._queue: list[tuple[Message, bytes, asyncio.Future[Any]]] = []
-        self._busy = False
-        self._task: asyncio.Task[None] | None = None
-
-    def submit(self, message: Message, encoded: bytes) -> asyncio.Future[Any]:
-        """The voter's reply to `message` (a future): None if it gave no usable answer."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((message, encoded, future))
-        if not self._busy:
-            self._busy = True
-            self._task = asyncio.create_task(self._drain())
-        return future
-
-    async def _drain(self) -> None:
-        batch: list[tuple[Message, bytes, asyncio.Future[Any]]] = []
-        try:
-            while self._queue:
-                batch = self._take()
-                replies = await self._send([(message, encoded) for message, encoded, _ in batch])
-                for (_, _, future), reply in zip(batch, replies, strict=True):
-                    if not future.done():
-                        future.set_result(reply)
-        except Exception as exc:  # a bug: the waiting rounds see it
-            for _, _, future in batch + self._queue:
-                if not future.done():
-                    future.set_exception(exc)
-            raise
-        finally:
-            self._busy = False
-            for _, _, future in batch + self._queue:  # cancelled (node shutdown)
-                future.cancel()
-            self._queue.clear()
-
-    def _take(self) -> list[tuple[Message, bytes, asyncio.Future[Any]]]:
-        size, count = 0, 0
-        for _, encoded, _ in self._queue[:BATCH_MESSAGES]:
-            if count and size + len(encoded) > BATCH_BYTES:
-                break
-            size, count = size + len(encoded), count + 1
-        batch, self._queue = self._queue[:count], self._queue[count:]
-        return batch
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-
 class Quorum:
     def __init__(self, engine: Engine, transport: HttpTransport, membership: Membership,
                  *, timeout: float = ROUND_TIMEOUT) -> None:
@@ -166,7 +110,7 @@ class Quorum:
         self._keys: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         # Messages still in flight when their round ended: see _run.
         self._stragglers: set[asyncio.Task[None]] = set()
-        self._outboxes: dict[str, _Outbox] = {}  # by voter address
+        self._outboxes: dict[str, Outbox[tuple[Message, bytes]]] = {}  # by voter address
         # Rounds this node proposed, by outcome (committed, conflict, rejected,
         # unavailable, indeterminate): /metrics.
         self.rounds: Counter[str] = Counter()
@@ -454,13 +398,15 @@ class Quorum:
             return
         outbox = self._outboxes.get(member.address)
         if outbox is None:
-            outbox = self._outboxes[member.address] = _Outbox(partial(self._send, member.address))
+            outbox = self._outboxes[member.address] = Outbox(
+                partial(self._send, member.address), max_items=BATCH_MESSAGES,
+                max_bytes=BATCH_BYTES, max_waiting=WAITING_MESSAGES, max_age=self.timeout)
 
         def done(future: asyncio.Future[paxos.Reply | None]) -> None:
             reply = None if future.cancelled() or future.exception() else future.result()
             answer(reply if reply is not None and reply.voter == to else None)
 
-        outbox.submit((key, message), data).add_done_callback(done)
+        outbox.submit(((key, message), data), len(data)).add_done_callback(done)
 
     async def _send(self, address: str, batch: list[tuple[Message, bytes]]
                     ) -> list[paxos.Reply | None]:
