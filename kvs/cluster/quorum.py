@@ -108,7 +108,7 @@ class Quorum:
         self.timeout = timeout
         self._proposer: _Proposer | None = None
         self._keys: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-        # Messages still in flight when their round ended: see _run.
+        # This node's own acceptor steps still running when their round ended: see _run.
         self._stragglers: set[asyncio.Task[None]] = set()
         self._outboxes: dict[str, Outbox[tuple[Message, bytes]]] = {}  # by voter address
         # Rounds this node proposed, by outcome (committed, conflict, rejected,
@@ -367,7 +367,7 @@ class Quorum:
                 task.add_done_callback(self._stragglers.discard)
 
     async def close(self) -> None:
-        """Stop the messages still in flight (node shutdown)."""
+        """Stop the steps and messages still in flight (node shutdown)."""
         for task in list(self._stragglers):
             task.cancel()
         await asyncio.gather(*self._stragglers, return_exceptions=True)
