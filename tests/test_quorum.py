@@ -403,3 +403,28 @@ async def test_a_batch_with_one_bad_message_takes_none_of_them(api: Api, node: N
     assert good.status == 200, good.body
     assert [reply["type"] for reply in good.body["replies"]] == ["ack", "promise"]
     assert (await api.get("b")).body["version"] == made.version
+
+
+async def test_waiting_changes_of_a_key_share_rounds_and_each_gets_its_own_answer(
+        api: Api, node: Node) -> None:
+    """CAS requests on one key that come while a round of it runs go in the next round
+    together: one of each group writes, the others are refused with the seq they saw
+    (linearizable: all at the round's commit, in order). Fewer rounds than requests."""
+    assert (await api.put("hot", {"value": 0, **Q})).status == 200
+    assert node.quorum is not None
+    before = sum(node.quorum.rounds.values())
+    replies = await asyncio.gather(*(api.put("hot", {"value": i, "if_seq": 1, **Q})
+                                     for i in range(1, 17)))
+    assert sorted(reply.status for reply in replies) == [200] + [409] * 15
+    won = next(reply for reply in replies if reply.status == 200)
+    assert won.body["seq"] == 2
+    assert {reply.body["current"]["seq"] for reply in replies if reply.status == 409} == {2}
+    assert sum(node.quorum.rounds.values()) - before < 16
+    # Reads and writes mixed: every write lands once, on its own seq.
+    writes = await asyncio.gather(*(api.put("hot", {"value": i, **Q}) for i in range(8)),
+                                  *(api.get("hot", consistency="quorum") for _ in range(8)))
+    assert all(reply.status == 200 for reply in writes)
+    assert sorted(reply.body["seq"] for reply in writes[:8]) == list(range(3, 11))
+    assert all(3 <= reply.body["seq"] <= 10 or reply.body["seq"] == 2 for reply in writes[8:])
+    history = (await api.get("hot", history="true")).body["revisions"]
+    assert len({revision["version"] for revision in history}) == 10  # every write a version

@@ -22,7 +22,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -84,16 +84,60 @@ class _Proposer(paxos.Proposer):
         return super().next_ballot()
 
 
-class _Recorded:
-    """A change that remembers what it made last: the value its round sent to accept."""
+class _Refused(KVSError):
+    """Every change of a `_Combined` that was run refused (or read): the round then ends
+    like a refused change, and each change's answer is in `results`."""
 
-    def __init__(self, change: Change) -> None:
-        self.change = change
+    status = 409
+
+
+class _Combined:
+    """The changes of one key that waited for a round, as one change: in order, each on
+    the register the ones before it left, up to the first that writes (the round's value).
+    One round writes one register, so every write stays one version with its own `seq`;
+    the changes after it wait for the next round. The changes before it are refusals and
+    reads, answered with the register they saw: all of them take effect at the round's
+    commit, in this order.
+
+    Called again for every try of the round; `results` (one per change run: a register,
+    or the KVSError that refused it) and `last` (the register written, or None) are
+    those of the last call, the one whose value the round sent."""
+
+    def __init__(self, changes: list[Change]) -> None:
+        self.changes = changes
+        self.results: list[Register | KVSError | None] = []
         self.last: Register | None = None
 
     def __call__(self, current: Register | None) -> Register | None:
-        self.last = self.change(current)
-        return self.last
+        self.results, self.last = [], None
+        for change in self.changes:
+            try:
+                new = change(current)
+            except KVSError as refusal:
+                self.results.append(refusal)
+                continue
+            self.results.append(new)
+            if new != current:
+                self.last = new
+                return new
+        if any(isinstance(result, KVSError) for result in self.results):
+            raise _Refused("refused")
+        return current
+
+
+class _Waiting(NamedTuple):
+    change: Change
+    answer: asyncio.Future[Register | None]
+
+
+def _settle(answer: asyncio.Future[Register | None],
+            result: Register | BaseException | None) -> None:
+    if answer.done():
+        return
+    if isinstance(result, BaseException):
+        answer.set_exception(result)
+    else:
+        answer.set_result(result)
 
 
 Message = tuple[str, paxos.Prepare | paxos.Accept]  # (key, message)
@@ -108,6 +152,7 @@ class Quorum:
         self.timeout = timeout
         self._proposer: _Proposer | None = None
         self._keys: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._waiting: dict[str, list[_Waiting]] = {}  # changes waiting for a round, by key
         # This node's own acceptor steps still running when their round ended: see _run.
         self._stragglers: set[asyncio.Task[None]] = set()
         self._outboxes: dict[str, Outbox[tuple[Message, bytes]]] = {}  # by voter address
@@ -200,23 +245,73 @@ class Quorum:
         """Run `change` on the key until it commits; raise what the outcome says otherwise.
 
         At most one round per key at a time on this node (the one-round-trip cache
-        belongs to one round). An indeterminate write that an identity round shows was
-        not chosen (and never will be) is run again: its conditions are checked anew.
+        belongs to one round). The changes of the key that come meanwhile wait, and the
+        next round runs them together (see `_Combined`): under contention, a refused CAS
+        and the writes around it share rounds instead of taking one each.
         """
-        async with self._one_round(key):
-            for _ in range(ATTEMPTS):
-                recorded = _Recorded(change)
-                outcome = await self._attempts(key, recorded)
-                if not isinstance(outcome, paxos.Indeterminate):
-                    return _result(outcome)
-                if change is not paxos.identity and self._chosen(
-                        key, recorded.last, await self._resolve(key)):
-                    return recorded.last
-            # Every round ended without a quorum, and none of them was chosen (or it was a read).
-            raise QuorumUnavailable(
-                f"{ATTEMPTS} rounds in a row ended without a quorum of acceptors (other nodes "
-                "changing the key at the same time, or voters failing); nothing was written, "
-                "retry", contended=True)
+        waiting = _Waiting(change, asyncio.get_running_loop().create_future())
+        self._waiting.setdefault(key, []).append(waiting)
+        try:
+            async with self._one_round(key):
+                while not waiting.answer.done():  # ours may wait behind another's write
+                    await self._run_waiting(key)
+        except asyncio.CancelledError:
+            self._forget(key, waiting)
+            raise
+        return waiting.answer.result()
+
+    def _forget(self, key: str, waiting: _Waiting) -> None:
+        """A caller that stopped waiting: its change is not run, or its answer not read."""
+        queue = self._waiting.get(key, [])
+        if waiting in queue:
+            queue.remove(waiting)
+            if not queue:
+                del self._waiting[key]
+        if waiting.answer.done() and not waiting.answer.cancelled():
+            waiting.answer.exception()  # read here, so asyncio does not report it unread
+        waiting.answer.cancel()
+
+    async def _run_waiting(self, key: str) -> None:
+        """One combined change of the key's waiting changes. Those after its write wait for
+        the next round; the others get their answers (also an error that ended it)."""
+        taken = [waiting for waiting in self._waiting.pop(key, []) if not waiting.answer.done()]
+        combined = _Combined([waiting.change for waiting in taken])
+        try:
+            await self._change_until_known(key, combined)
+        except _Refused:
+            pass  # every answer is in combined.results
+        except Exception as exc:
+            for waiting in taken:
+                _settle(waiting.answer, exc)
+            return
+        except BaseException:  # cancelled: the round's outcome is unknown to the others
+            for waiting in taken:
+                _settle(waiting.answer, QuorumIndeterminate(
+                    "the change may or may not be applied: the node stopped its round; read "
+                    "with consistency=quorum"))
+            raise
+        for waiting, result in zip(taken, combined.results, strict=False):
+            _settle(waiting.answer, result)
+        later = taken[len(combined.results):]
+        if later:
+            self._waiting[key] = later + self._waiting.get(key, [])
+
+    async def _change_until_known(self, key: str, change: _Combined) -> Register | None:
+        """Rounds of `change` until one commits or is refused. An indeterminate write that
+        an identity round shows was not chosen (and never will be) is run again: its
+        conditions are checked anew."""
+        for _ in range(ATTEMPTS):
+            outcome = await self._attempts(key, change)
+            if not isinstance(outcome, paxos.Indeterminate):
+                return _result(outcome)
+            if change.last is not None and self._chosen(key, change.last,
+                                                        await self._resolve(key)):
+                return change.last
+        # Every round ended without a quorum, and none of them was chosen (or it was a read).
+        raise QuorumUnavailable(
+            f"{ATTEMPTS} rounds in a row ended without a quorum of acceptors (other nodes "
+            "changing the key at the same time, or voters failing); nothing was written, "
+            "retry", contended=True)
 
     async def _resolve(self, key: str) -> Register | None:
         """The chosen register after an indeterminate write: whatever stops this read
