@@ -160,6 +160,20 @@ def test_success_through_the_minority_side_fails(tmp_path: Path) -> None:
     assert result.status == "pass" and result.stats["minority_calls"] == 1
 
 
+def test_a_call_answered_while_the_cut_is_lifted_is_not_a_minority_success(
+        tmp_path: Path) -> None:
+    """The rules go one by one after `lifting`, and the fault ends once all are gone: a
+    call answered in between may have had its majority back (a 5-node run flagged one
+    answered 7 ms before the end)."""
+    b = partitioned(success=False)
+    b.records.insert(-1, {"type": "fault", "fault": 1, "kind": "partition", "phase": "lifting",
+                          "t": 4.9})
+    b.q("n1", "read", 2.7, 4.95, seq=1, value="c2:1")
+    result = check(b, tmp_path)
+    assert result.status == "pass", messages(result)
+    assert result.stats["minority_calls"] == 1
+
+
 def test_minority_counts_the_voters_in_force(tmp_path: Path) -> None:
     """With n3 out of the voters, {n2, n3} holds one voter of two: no majority either."""
     b = QBuilder()

@@ -234,6 +234,13 @@ class FaultInjector:
                            detail=detail)
         return self._next
 
+    def _lifting(self, fault: int) -> None:
+        """A cut's rules are about to be removed: from now on packets may pass again, so the
+        minority check ends the cut here, not at `end` (recorded once every rule is gone,
+        milliseconds later: a call answered in between had its majority back)."""
+        kind, _, _ = self.active[fault]
+        self.history.event("fault", fault=fault, kind=kind, phase="lifting")
+
     def _end(self, fault: int) -> None:
         kind, nodes, _ = self.active.pop(fault)
         self.history.event("fault", fault=fault, kind=kind, phase="end", nodes=nodes)
@@ -464,6 +471,7 @@ class FaultInjector:
         self.history.event("fault", fault=fault, kind=kind, phase="in_force")
 
         async def heal() -> None:
+            self._lifting(fault)
             await asyncio.to_thread(firewall.heal)
             self._end(fault)
         return heal
@@ -471,6 +479,9 @@ class FaultInjector:
     async def heal_all(self) -> None:
         """End every fault: flush partitions, resume paused nodes, restart dead ones."""
         if self.firewall is not None:
+            for fault, (kind, _, _) in self.active.items():
+                if kind in CUTS:
+                    self._lifting(fault)
             await asyncio.to_thread(self.firewall.heal)
         for node in self.cluster.nodes:
             if node.paused:

@@ -9,6 +9,7 @@
     {"type": "fail", "id": 10, ..., "status": 404, "error": "not_found", "seq": 4}   quorum: the key's seq
     {"type": "fault", "fault": 3, "kind": "partition", "phase": "begin", "nodes": [...], "t": ...}
     {"type": "fault", "fault": 3, "kind": "partition", "phase": "in_force", "t": ...}  rules in place
+    {"type": "fault", "fault": 3, "kind": "partition", "phase": "lifting", "t": ...}   rules going
     {"type": "fault", "fault": 4, "kind": "voters", "phase": "refused", "status": 503, "t": ...}
                           (400, 409: nothing changed; 503, none: the removal may complete later)
     {"type": "phase", "phase": "healed", "t": ...}
@@ -44,6 +45,8 @@ import orjson
 VOTER_CHANGE_UNCHANGED = (400, 409)  # a voter change refused before anything was written
 
 HISTORY_FILE = "history.jsonl"
+# Fault phases whose times the checkers read from Fault.detail.
+DETAIL_PHASES = ("in_force", "lifting", "rejoining", "leaving")
 OUTCOMES = ("ok", "fail", "unknown")
 
 
@@ -288,7 +291,7 @@ def load_history(path: Path | str) -> History:
             if rec["phase"] == "begin":
                 faults[rec["fault"]] = Fault(rec["fault"], rec["kind"], list(rec.get("nodes", [])),
                                              rec["t"], detail=rec.get("detail") or {})
-            elif rec["fault"] in faults and rec["phase"] in ("in_force", "rejoining", "leaving"):
+            elif rec["fault"] in faults and rec["phase"] in DETAIL_PHASES:
                 faults[rec["fault"]].detail[rec["phase"]] = rec["t"]
             elif rec["fault"] in faults and rec["phase"] == "refused":
                 faults[rec["fault"]].detail["refused"] = rec.get("status")

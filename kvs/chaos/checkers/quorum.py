@@ -42,7 +42,8 @@ the property the issue promises):
              or renew less every clock offset of the run (expiry is judged on some
              node's clock).
   minority   a quorum call through a node cut off from a majority of the voters (invoked
-             after the partition began, answered before it healed) never succeeds.
+             after the cut's rules were in force, answered before their removal began)
+             never succeeds.
 """
 
 from __future__ import annotations
@@ -404,8 +405,9 @@ def minority_successes(history: History) -> tuple[int, int, list[Violation]]:
         if f.kind not in ("partition", "oneway") or f.end is None:
             continue
         start = f.detail.get("in_force", f.begin + CUT_MARGIN)
+        end = f.detail.get("lifting", f.end)  # packets may pass once the first rule is gone
         sides = f.detail.get("sides", [])
-        cut += [(start, f.end, set(side)) for side in (sides[:1] if f.kind == "oneway" else sides)]
+        cut += [(start, end, set(side)) for side in (sides[:1] if f.kind == "oneway" else sides)]
     seen, refused, bad = 0, 0, []
     for op in history.calls:
         if not op.quorum or op.tag == "final":
