@@ -162,9 +162,9 @@ def test_success_through_the_minority_side_fails(tmp_path: Path) -> None:
 
 def test_a_call_answered_while_the_cut_is_lifted_is_not_a_minority_success(
         tmp_path: Path) -> None:
-    """The rules go one by one after `lifting`, and the fault ends once all are gone: a
-    call answered in between may have had its majority back (a 5-node run flagged one
-    answered 7 ms before the end)."""
+    """The rules are flushed after `lifting`, and the fault ends once the flush command
+    has returned: a call answered in between may have had its majority back (a 5-node
+    run flagged one answered 7 ms before the end)."""
     b = partitioned(success=False)
     b.records.insert(-1, {"type": "fault", "fault": 1, "kind": "partition", "phase": "lifting",
                           "t": 4.9})

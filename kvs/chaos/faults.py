@@ -236,8 +236,9 @@ class FaultInjector:
 
     def _lifting(self, fault: int) -> None:
         """A cut's rules are about to be removed: from now on packets may pass again, so the
-        minority check ends the cut here, not at `end` (recorded once every rule is gone,
-        milliseconds later: a call answered in between had its majority back)."""
+        minority check ends the cut here, not at `end` (recorded once the removal command
+        has returned, milliseconds later: a call answered in between may have had its
+        majority back)."""
         kind, _, _ = self.active[fault]
         self.history.event("fault", fault=fault, kind=kind, phase="lifting")
 
