@@ -3,32 +3,46 @@ write-to-visible goes on an idle cluster, and what a receiving node pays per ver
 
     python -m bench.replication_cost                  # kvs x3
     python -m bench.replication_cost --etcd           # the same probe against etcd x3
+    python -m bench.replication_cost --apply          # in process: the receiver's engine only
 
 visibility: PUT through node 1, then one GET on node 2 sent `d` ms after the PUT's
 acknowledgement, for d in DELAYS: the share of writes already visible at each d, without
 the polling GETs of bench.cluster_figures.write_to_visible competing with the push.
 receiving: wrk PUT load on node 1 (put_one, put_random); CPU seconds of each node from
 /proc per acknowledged write, and the versions node 1's eager push carried per request.
+apply: one process, two engines on real RocksDB stores; CPU µs per version of what the
+push handler does after HTTP (decode, check, Engine.apply_remote) for batches of BATCH.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import median
 
+import orjson
+
 from bench.cpu_profile import cpu_seconds
 from bench.run import run_wrk
 from bench.targets import EtcdTarget, Http, KvsTarget, Target
+from kvs.clock import wall_ms
+from kvs.cluster.replication import _versions
+from kvs.config import load
+from kvs.engine import Engine, Op
+from kvs.store.storage import Storage
 
 DELAYS = (0.0, 0.25, 0.5, 1.0, 2.0)
 PROBES = 100
+BATCH = 18  # versions per push seen under wrk load
+APPLIED = 20_000
 _METRIC = re.compile(r"^(kvs_replication_(?:pushes|versions_pushed)_total) (\S+)$", re.M)
 
 
@@ -83,13 +97,43 @@ def receiving(target: KvsTarget, op: str, duration: int, work: Path) -> str:
             f"{', '.join(per[1:])}; {versions / max(requests, 1):.1f} versions per push")
 
 
+async def apply_cost(work: Path, same_key: bool) -> str:
+    """CPU µs per replicated version applied: written on engine a, applied on engine b."""
+    config = load(environ={}, overrides={"cas_enabled": True})
+    stores = [Storage(work / name, gc_ms=config.tombstone_gc_seconds * 1000, sync_writes=False)
+              for name in ("a", "b")]
+    try:
+        for name, store in zip(("a", "b"), stores, strict=True):
+            store.ensure_identity(name, wall_ms())
+        origin, receiver = (Engine(config, store, wall_ms) for store in stores)
+        written = [await origin.put(Op("set", "bench/one" if same_key else f"bench/{uuid.uuid4()}",
+                                       "v" * 20)) for _ in range(APPLIED)]
+        bodies = [orjson.dumps([v.to_wire() for v in written[i:i + BATCH]])
+                  for i in range(0, APPLIED, BATCH)]
+        started = time.process_time()
+        for body in bodies:
+            await receiver.apply_remote(_versions(orjson.loads(body), config.max_value_bytes))
+        used = time.process_time() - started
+    finally:
+        for store in stores:
+            store.close()
+    return (f"apply, {'one key' if same_key else 'random keys'}: "
+            f"{1e6 * used / APPLIED:.1f} µs CPU per version (batches of {BATCH})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.replication_cost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--etcd", action="store_true", help="probe etcd x3 instead (visibility only)")
+    parser.add_argument("--apply", action="store_true", help="in process: the receiver's engine only")
     parser.add_argument("--reps", type=int, default=3, help="wrk runs per operation")
     parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
     args = parser.parse_args(argv)
+    if args.apply:
+        for same_key in (True, False):
+            with tempfile.TemporaryDirectory() as tmp:
+                print(asyncio.run(apply_cost(Path(tmp), same_key)), flush=True)
+        return 0
     kind = EtcdTarget if args.etcd else KvsTarget
     with tempfile.TemporaryDirectory() as tmp, kind(f"{kind.kind} x3", Path(tmp), "0", nodes=3) as target:
         print(visibility(target), flush=True)
