@@ -24,7 +24,6 @@ HTTP; the API maps its exceptions to statuses.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -554,7 +553,7 @@ class Engine:
                 self.hlc.observe((version.timestamp, version.logical))
                 # A copy: apply() sets this node's indexes on it, and an in-process caller
                 # may pass another node's stored (cached, shared) versions.
-                if m.apply(dataclasses.replace(version)):
+                if m.apply(version.copy()):
                     self.stats.remote_applied += 1
         await self._settled(m)
         return m.applied
@@ -726,7 +725,7 @@ class Engine:
                     if accepted is not None and accepted != state.accepted and accepted.value:
                         version: Version = accepted.value.value
                         self.hlc.observe((version.timestamp, version.logical))
-                        m.apply(dataclasses.replace(version))
+                        m.apply(version.copy())
                     if step.state.accepted is not None:  # before listeners hear of the version
                         self._quorum_keys.add(key)
         except BaseException:

@@ -72,6 +72,15 @@ class Version:
     # Cache of json_bytes(), for the same reason: a GET of a hot key re-encodes nothing.
     cached_json: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
+    def copy(self) -> Version:
+        """What dataclasses.replace(self) gives (every init field, no encode caches), at a
+        fraction of its cost: it runs once per replicated version a node applies, where
+        the generic replace cost as much as staging the version."""
+        return Version(self.key, self.value, self.version, self.timestamp, self.logical,
+                       self.origin, self.origin_joined_at, self.flags, self.expires_at,
+                       self.deleted, self.parent, self.modify_index, self.create_index,
+                       self.superseded, self.cached_digest)
+
     def order_key(self) -> tuple[int, int, int, str]:
         return (self.timestamp, self.logical, -self.origin_joined_at, self.version)
 

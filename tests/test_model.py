@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
 
@@ -161,3 +162,17 @@ def test_version_ids_do_not_follow_the_global_random_state() -> None:
     second = new_version_id()
     assert first != second
     assert uuid.UUID(first).version == 4 and str(uuid.UUID(first)) == first
+
+
+def test_copy_is_dataclasses_replace_field_for_field() -> None:
+    """Version.copy hand-lists the init fields for speed; a field added to Version and not
+    to copy() would be silently dropped from every replicated version."""
+    original = Version("k", {"a": [1]}, str(uuid.uuid4()), 7, 2, "n1", 3, flags=5, expires_at=9,
+                       deleted=False, parent=str(uuid.uuid4()), modify_index=11,
+                       create_index=4, superseded=True, cached_digest=123)
+    original.cached_row = b"row"
+    copied = original.copy()
+    expected = dataclasses.replace(original)
+    assert copied is not original
+    for f in dataclasses.fields(Version):
+        assert getattr(copied, f.name) == getattr(expected, f.name), f.name
