@@ -889,6 +889,14 @@ def _add_json_option(p: argparse.ArgumentParser, text: str = "print JSON instead
     p.add_argument("--json", action="store_true", help=text, **kwargs)
 
 
+def _add_signed_change_options(p: argparse.ArgumentParser, id_help: str) -> None:
+    """The arguments every cluster change by node id shares (`members remove`, `voters
+    add|remove`), so the three stay alike: the id, the secret that signs it, --json."""
+    p.add_argument("id", metavar="ID", help=id_help)
+    p.add_argument("--secret", help="the cluster_secret (default: $KVS_CLUSTER_SECRET)")
+    _add_json_option(p, "print the node's answer as JSON", default=argparse.SUPPRESS)
+
+
 def _add_client_commands(sub: Any) -> None:
     p = _client_command(sub, "get", cmd_get, "read a key")
     _add_key(p)
@@ -932,16 +940,15 @@ def _add_client_commands(sub: Any) -> None:
         "member can be removed (exit 1 otherwise). A removed node can rejoin by restarting. "
         "With a cluster_secret the request is signed with it (--secret, or "
         "KVS_CLUSTER_SECRET); the node refuses it unsigned.", nested=True)
-    p.add_argument("id", metavar="ID", help="the member's node id (see `kvs members`)")
-    p.add_argument("--secret", help="the cluster_secret (default: $KVS_CLUSTER_SECRET)")
-    _add_json_option(p, "print the node's answer as JSON", default=argparse.SUPPRESS)
+    _add_signed_change_options(p, "the member's node id (see `kvs members`)")
     voters = _client_command(sub, "voters", cmd_voters, "the voters of quorum keys: list, add, remove")
     _add_json_option(voters)
     actions = voters.add_subparsers(dest="action", metavar="ACTION")
     p = _client_command(actions, "list", cmd_voters, "list the voters (the default ACTION)",
                         nested=True)
     _add_json_option(p, default=argparse.SUPPRESS)
-    for action, what in (("add", "make ID a voter (a member this node sees alive)"),
+    for action, what in (("add", "make ID a voter (this node or any entry of its member table, "
+                                 "whatever its state; 409 otherwise)"),
                          ("remove", "take ID out of the voters")):
         p = _client_command(
             actions, action, cmd_voters_change, what,
@@ -950,9 +957,7 @@ def _add_client_commands(sub: Any) -> None:
             "themselves (auto_voter) and leaving ones take themselves out; this is for the "
             "rest. With a cluster_secret the request is signed with it (--secret, or "
             "KVS_CLUSTER_SECRET); with ACLs an operator-write token does instead.", nested=True)
-        p.add_argument("id", metavar="ID", help="the node id (see `kvs members`)")
-        p.add_argument("--secret", help="the cluster_secret (default: $KVS_CLUSTER_SECRET)")
-        _add_json_option(p, "print the node's answer as JSON", default=argparse.SUPPRESS)
+        _add_signed_change_options(p, "the node id (see `kvs members`)")
     p = _client_command(sub, "status", cmd_status, "node and anti-entropy status")
     _add_json_option(p)
     p = _command(sub, "leave", "make a node leave the cluster and shut down", LEAVE_DESCRIPTION)

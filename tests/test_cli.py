@@ -307,6 +307,21 @@ def test_the_console_script_starts_where_python_m_kvs_does() -> None:
     assert script.value == "kvs.__main__:main"
 
 
+def test_voters_add_help_says_what_the_node_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    """POST /cluster/voters checks only that the id is in the member table (any state), not
+    that the member is alive: the help must not promise a check the node does not make."""
+    text = help_text(capsys, "voters", "add")
+    assert "sees alive" not in text
+    assert "any entry of its member table, whatever its state" in text
+
+
+def test_cluster_changes_by_id_share_their_options(capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (("members", "remove"), ("voters", "add"), ("voters", "remove")):
+        text = help_text(capsys, *args)
+        assert "--secret SECRET the cluster_secret (default: $KVS_CLUSTER_SECRET)" in text, args
+        assert "--json print the node's answer as JSON" in text, args
+
+
 def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -10,10 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from kvs.client import TOKEN_VARIABLE
 
 FAULTS = ("kill", "pause", "partition", "oneway", "jump", "voters", "join", "skew")
 WORKLOADS = ("register", "counter", "lease", "putdel")
@@ -99,6 +102,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--base-port", type=int, help="first node port (default: free ports)")
     p.add_argument("--cluster-secret", help="cluster_secret of the nodes (given to the nodes started; "
                    "with --url, used to sign the dump requests)")
+    p.add_argument("--token", metavar="SECRET",
+                   help="with --url: the ACL token every request of the run carries, for nodes with "
+                        "acl_enabled; it must be allowed to write the run's keys (chaos-*) and to read "
+                        f"/cluster/* and dump (a management token does) (default: ${TOKEN_VARIABLE})")
     p.add_argument("--netns", action="store_true",
                    help="run every node on a host of its own: a Linux network namespace with its own "
                         "address, TLS, a cluster secret and ACLs (the clients hold a token for the run's "
@@ -124,6 +131,10 @@ def run_command(args: argparse.Namespace) -> int:
     if args.netns and args.url:
         print("kvs chaos: --netns starts its own nodes; it cannot be combined with --url", file=sys.stderr)
         return 2
+    if args.token and not args.url:
+        print("kvs chaos: --token is for --url nodes; the nodes a run starts get their tokens from it",
+              file=sys.stderr)
+        return 2
     out = args.out or Path(time.strftime("chaos-%Y%m%d-%H%M%S"))
     options = Options(
         nodes=args.nodes, clients=args.clients, duration=args.duration, seed=args.seed,
@@ -136,7 +147,8 @@ def run_command(args: argparse.Namespace) -> int:
         fault_duration=args.fault_length, converge_timeout=args.converge_timeout,
         settings={**({"sync_writes": "true"} if args.sync_writes else {}), **dict(args.set)},
         base_port=args.base_port, progress=args.progress,
-        cluster_secret=args.cluster_secret, netns=args.netns)
+        cluster_secret=args.cluster_secret, netns=args.netns,
+        token=(args.token or os.environ.get(TOKEN_VARIABLE) or None) if args.url else None)
     return execute(options, say=lambda line: print(line, flush=True))
 
 

@@ -25,6 +25,7 @@ import signal
 import ssl
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from kvs.chaos.cluster import ClusterError, Credentials, get_json, remote_nodes,
 from kvs.chaos.faults import CUTS, FAULT_KINDS, FaultInjector, FaultPlan, Firewall, partitions_available
 from kvs.chaos.history import HISTORY_FILE, HistoryWriter, load_history
 from kvs.chaos.workloads import CLIENTS, WORKLOADS, ClientContext, KeySpace, assign
+from kvs.client import TOKEN_VARIABLE
 from kvs.testing import Cluster, NodeGroup, free_ports, netns
 from kvs.tls import client_context
 
@@ -72,6 +74,7 @@ class Options:
     fault_duration: tuple[float, float] = (2.0, 5.0)
     settings: dict[str, str] = field(default_factory=dict)  # extra node config as KVS_* env
     cluster_secret: str | None = None  # given to the nodes started; signs the dump requests
+    token: str | None = None  # with urls: the ACL token every request of the run carries
     netns: bool = False  # every node on a host of its own (a network namespace), TLS and ACLs
     base_port: int | None = None
     progress: float = 2.0
@@ -82,7 +85,23 @@ class Options:
         out = asdict(self)
         out["out"] = str(self.out)
         out["cluster_secret"] = "***" if self.cluster_secret else None
+        out["token"] = "***" if self.token else None
         return out
+
+
+SECRET_OPTIONS = ("--token", "--cluster-secret")
+
+
+def masked_argv(argv: list[str]) -> list[str]:
+    """The command line for the history, which is meant to be shared: secrets as ***."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in SECRET_OPTIONS:
+            arg = "***"
+        elif arg.startswith(tuple(f"{o}=" for o in SECRET_OPTIONS)):
+            arg = arg.split("=", 1)[0] + "=***"
+        out.append(arg)
+    return out
 
 
 class Run:
@@ -99,7 +118,8 @@ class Run:
         self.nodes: list[Any] = []
         self.firewall: Firewall | None = None
         self.network: netns.Network | None = None
-        self.credentials = Credentials(options.cluster_secret)
+        # An external cluster's token serves the clients and the run's operator requests alike.
+        self.credentials = Credentials(options.cluster_secret, options.token, options.token)
         self.injector: FaultInjector | None = None
         self.keys = KeySpace(f"chaos-{self.run_id}", options.keys, options.key_budget, options.consistency)
         self.faults = list(options.faults)
@@ -197,15 +217,31 @@ class Run:
         self.cluster, self.nodes = cluster, cluster.nodes
         return client_context(str(cluster.ca_file))
 
+    async def _check_access(self, session: aiohttp.ClientSession) -> None:
+        """Before any history: an external cluster with ACLs on refuses every request of a run
+        without a (good) token, and thousands of 401s recorded as failed calls would bury the
+        one thing to say."""
+        key = urllib.parse.quote(f"{self.keys.prefix}/access-check", safe="/")
+        for node in self.nodes:
+            async with session.get(f"{node.url}/kv/{key}", headers=self.credentials.client(),
+                                   timeout=aiohttp.ClientTimeout(total=SETUP_SECONDS)) as resp:
+                if resp.status in (401, 403):
+                    given = "the token given is refused" if self.o.token else "no ACL token was given"
+                    raise ClusterError(
+                        f"{node.name} ({node.url}) answers HTTP {resp.status} to a read of the run's "
+                        f"keys: {given}; give a token that may write {self.keys.prefix}/ with "
+                        f"--token or ${TOKEN_VARIABLE}")
+
     async def start(self, session: aiohttp.ClientSession) -> None:
         if self.o.urls:
             self.nodes = await remote_nodes(session, self.o.urls)
+            await self._check_access(session)
         self.history = HistoryWriter(self.out / HISTORY_FILE)
         self.history.write({
             "type": "meta", "run_id": self.run_id, "seed": self.seed, "t0": self.t0,
             "nodes": {n.name: {"url": n.url, "skew_ms": n.skew_ms,
                                "gid": getattr(n, "gid", None)} for n in self.nodes},
-            "faults": self.faults, "options": self.o.to_json(), "argv": sys.argv,
+            "faults": self.faults, "options": self.o.to_json(), "argv": masked_argv(sys.argv),
             "prefix": self.keys.prefix, "network": self.network.run_id if self.network else None})
         if self.cluster is not None:
             hosts = ", each on a host of its own (network namespace), TLS, ACLs" if self.network else ""
