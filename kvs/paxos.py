@@ -334,18 +334,19 @@ class Proposer:
         self._prepared: dict[Hashable, Prepared] = {}
 
     def begin(self, key: Hashable, change: Callable[[Any], Any], *,
-              write_back: bool = False) -> Round:
+              write_back: bool = False, keep_read: bool = True) -> Round:
         """A round applying `change` to the key's current value (None if it has none).
 
         `change` is side-effect free and may run more than once; it refuses by raising a
         KVSError (e.g. a failed CAS condition). Any other exception is a bug and escapes.
-        `write_back`: see Round.
+        `write_back`, `keep_read`: see Round.
         """
         cached = self._prepared.pop(key, None)
         if cached is not None and cached.config == self.config:
             return Round(self, key, change, cached.ballot, self.config, fast_base=cached,
-                         write_back=write_back)
-        return Round(self, key, change, self.next_ballot(), self.config, write_back=write_back)
+                         write_back=write_back, keep_read=keep_read)
+        return Round(self, key, change, self.next_ballot(), self.config, write_back=write_back,
+                     keep_read=keep_read)
 
     def next_ballot(self) -> Ballot:
         self.counter += 1
@@ -402,6 +403,10 @@ class Round:
     the messages to send; the round ends with `outcome` set, or when the caller stops
     waiting and calls `expire()`. Replies for other ballots or from non-voters are ignored.
 
+    `keep_read`: a read that found the value chosen leaves its promises for the key's
+    next change (see `_keep_promises`). A test turns it off for a resolution read whose
+    write-back it turned off, so that the re-run takes a full round.
+
     `write_back`: accept the value even when a quorum of the promises already holds it.
     A chosen value read without a write-back does not stop a value that a minority
     accepted at a higher ballot (an indeterminate round's) from being chosen by a later
@@ -411,9 +416,10 @@ class Round:
 
     def __init__(self, proposer: Proposer, key: Hashable, change: Callable[[Any], Any],
                  ballot: Ballot, config: Config, fast_base: Prepared | None = None,
-                 *, write_back: bool = False) -> None:
+                 *, write_back: bool = False, keep_read: bool = True) -> None:
         self.proposer, self.key, self.change = proposer, key, change
         self.ballot, self.config, self.write_back = ballot, config, write_back
+        self.keep_read = keep_read
         self.phase = _PREPARE
         self.outcome: Outcome | None = None
         self._fast_base = fast_base
@@ -481,6 +487,8 @@ class Round:
         if (refusal is not None or new == current) and chosen and not self.write_back:
             if refusal is None:
                 self._finish(Committed(current, highest.ballot if highest else None))
+                if self.keep_read:
+                    self._keep_promises(current)
             else:
                 self._finish(Conflict(current, refusal))
                 self._keep_promises(current)
@@ -517,12 +525,11 @@ class Round:
             self.proposer.remember(self.key, Prepared(self._next, self._value, self.config))
 
     def _keep_promises(self, current: Any) -> None:
-        """A refused change: a prepare quorum promised this round's ballot, which carried no
-        value, and showed `current` chosen. That is what a prepare of the ballot returns,
-        so the key's next change through this proposer may send its Accept at once: a
-        refused CAS and its retry with the right condition take one round trip each,
-        instead of one and two. Reads keep nothing (only this case is argued, in
-        docs/consistency.md)."""
+        """A refused change or a read: a prepare quorum promised this round's ballot, which
+        carried no value, and showed `current` chosen. That is what a prepare of the ballot
+        returns, so the key's next change through this proposer may send its Accept at
+        once: a refused CAS and its retry, or a read and the CAS built on it, take one
+        round trip each instead of one and two (argued in docs/consistency.md)."""
         if self.proposer.fast:
             self.proposer.remember(self.key, Prepared(self.ballot, current, self.config))
 

@@ -251,8 +251,9 @@ class Sim:
         self._begin(name, client, change)
 
     def _begin(self, name: str, client: Client, change: Callable[[Any], Any],
-               write_back: bool = False) -> None:
-        client.round = client.proposer.begin(KEY, change, write_back=write_back)
+               write_back: bool = False, keep_read: bool = True) -> None:
+        client.round = client.proposer.begin(KEY, change, write_back=write_back,
+                                             keep_read=keep_read)
         self.post(name, client.round.start())
 
     def expire(self, name: str) -> None:
@@ -290,7 +291,10 @@ class Sim:
         """`Quorum._resolve`: an identity round that writes the chosen value back at its own
         ballot, above the change's (unless a test turns that off to see the checks fail)."""
         client.reads -= 1
-        self._begin(name, client, identity, write_back=self.write_back)
+        # Without the write-back, the read must not hand its ballot to the re-run either:
+        # that would let this schedule's re-run overwrite the minority value by chance.
+        self._begin(name, client, identity, write_back=self.write_back,
+                    keep_read=self.write_back)
 
     def _resolved(self, name: str, client: Client, op: Op, outcome: Outcome) -> None:
         if isinstance(outcome, Committed):
@@ -695,11 +699,11 @@ def test_a_stale_epoch_is_refused_with_the_newer_config_and_a_newer_one_is_adopt
 
 
 def _run_calm(proposer: Proposer, acceptors: dict[str, Acceptor], change: Callable[[Any], Any],
-              down: frozenset[str] = frozenset(), write_back: bool = False
-              ) -> tuple[Outcome, list[Any]]:
+              down: frozenset[str] = frozenset(), write_back: bool = False,
+              keep_read: bool = True) -> tuple[Outcome, list[Any]]:
     """One round, every message delivered in order except to acceptors that are down;
     returns the outcome and the messages delivered or lost before it."""
-    round_ = proposer.begin(KEY, change, write_back=write_back)
+    round_ = proposer.begin(KEY, change, write_back=write_back, keep_read=keep_read)
     queue, sent = list(round_.start()), []
     while queue and round_.outcome is None:
         to, message = queue.pop(0)
@@ -839,3 +843,20 @@ def test_a_refused_change_leaves_its_promises_for_the_next_change() -> None:
     retry, sent = _run_calm(proposer, acceptors, lambda cur: successor(cur, 4))
     assert isinstance(retry, Committed) and retry.value.seq == 3
     assert sent and all(isinstance(m, Accept) and m.ballot in prepared for m in sent)
+
+
+def test_a_read_leaves_its_promises_for_the_change_built_on_it() -> None:
+    """The update() pattern (a quorum read, then a CAS on what it saw): the CAS sends only
+    Accepts, at the read's ballot. A read made with keep_read off leaves nothing."""
+    for keep in (True, False):
+        acceptors = {n: Acceptor(FIRST) for n in "abc"}
+        _run_calm(Proposer("q", FIRST), acceptors, lambda cur: successor(cur, 1))
+        proposer = Proposer("p", FIRST, counter=9)
+        read, sent = _run_calm(proposer, acceptors, identity, keep_read=keep)
+        assert isinstance(read, Committed) and read.value.seq == 1
+        assert not any(isinstance(m, Accept) for m in sent)
+        (read_ballot,) = {m.ballot for m in sent}
+        write, sent = _run_calm(proposer, acceptors, lambda cur: successor(cur, 2))
+        assert isinstance(write, Committed) and write.value.seq == 2
+        only_accepts = all(isinstance(m, Accept) and m.ballot == read_ballot for m in sent)
+        assert only_accepts == keep
