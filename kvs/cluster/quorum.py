@@ -296,17 +296,19 @@ class Quorum:
         if later:
             self._waiting[key] = later + self._waiting.get(key, [])
 
-    async def _change_until_known(self, key: str, change: _Combined) -> Register | None:
-        """Rounds of `change` until one commits or is refused. An indeterminate write that
-        an identity round shows was not chosen (and never will be) is run again: its
+    async def _change_until_known(self, key: str, change: _Combined) -> None:
+        """Rounds of `change` until one commits (the answers are in `change.results`) or
+        is refused; raises what any other outcome says. An indeterminate write that an
+        identity round shows was not chosen (and never will be) is run again: its
         conditions are checked anew."""
         for _ in range(ATTEMPTS):
             outcome = await self._attempts(key, change)
             if not isinstance(outcome, paxos.Indeterminate):
-                return _result(outcome)
+                _result(outcome)
+                return
             if change.last is not None and self._chosen(key, change.last,
                                                         await self._resolve(key)):
-                return change.last
+                return
         # Every round ended without a quorum, and none of them was chosen (or it was a read).
         raise QuorumUnavailable(
             f"{ATTEMPTS} rounds in a row ended without a quorum of acceptors (other nodes "
