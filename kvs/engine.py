@@ -42,7 +42,7 @@ from kvs.conditions import NONE, Conditions, check, failures
 from kvs.config import Config
 from kvs.errors import CASConflict, CASDisabled, ClockSkew, NotFound, QuorumKey, StorageFailed
 from kvs.merkle import MerkleTree
-from kvs.model import Version, add_newest, new_version_id, resolve, wins
+from kvs.model import Version, add_newest, is_quorum_version, new_version_id, resolve, wins
 from kvs.store import snapshot
 from kvs.store.storage import Change, Storage
 
@@ -189,6 +189,10 @@ class _Seen:
         if len(self._items) > self.size:
             self._items.popitem(last=False)
         return True
+
+
+def _made_by_quorum(versions: list[Version]) -> bool:
+    return any(is_quorum_version(v.version) for v in versions)
 
 
 def _newly_superseded(before: list[Version], after: list[Version]) -> int:
@@ -476,8 +480,8 @@ class Engine:
 
     def _new_version(self, m: _Mutation, key: str, value: Any, ts: int, logical: int,
                      flags: int, expires_at: int | None, deleted: bool) -> Version:
-        self._require_local(key)
         previous = m.read(key)
+        self._require_local(key, previous)
         version = Version(
             key=key, value=value, version=new_version_id(), timestamp=ts, logical=logical,
             origin=self.node_id, origin_joined_at=self.storage.joined_at, flags=flags,
@@ -488,10 +492,10 @@ class Engine:
         assert applied, "a fresh local version always becomes current"
         return version
 
-    def _require_local(self, key: str) -> None:
+    def _require_local(self, key: str, versions: list[Version]) -> None:
         """A local write must not fork a key that is written with consistency=quorum: its
         version would sit beside the Paxos chain, invisible to quorum reads."""
-        if self.is_quorum_key(key):
+        if key in self._quorum_keys or _made_by_quorum(versions):
             raise QuorumKey(f"this key is written with consistency=quorum; {key!r} takes only "
                             "quorum writes (add \"consistency\": \"quorum\" to the write, or "
                             "?consistency=quorum to a DELETE). Nothing was written.", key=key)
@@ -667,10 +671,12 @@ class Engine:
     # -- quorum keys: this node as a Paxos acceptor (kvs/paxos.py) ------------------------
 
     def is_quorum_key(self, key: str) -> bool:
-        """This node accepted a quorum value of the key. A promise alone does not count: a
-        quorum read of a key nobody wrote in quorum mode leaves promises, and must not turn
-        a local key into a quorum one."""
-        return key in self._quorum_keys
+        """The key is written in quorum mode, as far as this node can tell: it accepted a
+        quorum value of it, or it holds a version a quorum round made (a node that is not a
+        voter gets those by replication). A promise alone does not count: a quorum read of
+        a key nobody wrote in quorum mode leaves promises, and must not turn a local key
+        into a quorum one."""
+        return key in self._quorum_keys or _made_by_quorum(self.storage.read(key))
 
     def quorum_keys(self) -> list[str]:
         """Every key this node holds acceptor state for (what a voter change rescans)."""

@@ -188,8 +188,10 @@ def _check_wire(ver: str, ts: int, logical: int, origin: str, joined: int, flags
         raise ValueError("a tombstone carries no value, expiry or flags")
 
 
-_V4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (2**128 - 1)
+_VERSION_BITS = 0xF000 << 64 | 0xC000 << 48  # a UUID's version digit and variant
+_RANDOM = ~_VERSION_BITS & (2**128 - 1)
 _V4_BITS = 0x4000 << 64 | 0x8000 << 48
+_V7_BITS = 0x7000 << 64 | 0x8000 << 48
 # A private generator seeded from os.urandom, re-seeded in a forked child: the global
 # `random` is anyone's to seed (Hypothesis seeds it for every example, a test or a chaos
 # run may call random.seed()), and two writes with the same id would be taken for one
@@ -201,7 +203,24 @@ os.register_at_fork(after_in_child=_ids.seed)
 def new_version_id() -> str:
     """A random (version 4) UUID string, without uuid.uuid4()'s syscall and object: this is
     on every write's path. Uniqueness is what matters here, not unpredictability."""
-    h = f"{_ids.getrandbits(128) & _V4_MASK | _V4_BITS:032x}"
+    return _uuid_string(_ids.getrandbits(128) & _RANDOM | _V4_BITS)
+
+
+def new_quorum_version_id(ms: int) -> str:
+    """The id of a version a quorum round writes: a version 7 UUID (its first 48 bits the
+    version's timestamp, ms). Local writes only ever make version 4 ids, so any node that
+    holds the version, a voter or not, can tell the key is written in quorum mode
+    (is_quorum_version) and refuse local writes to it."""
+    return _uuid_string((ms & (2**48 - 1)) << 80 | _ids.getrandbits(80) & _RANDOM | _V7_BITS)
+
+
+def is_quorum_version(version_id: str) -> bool:
+    """Whether a quorum round made this version: its id is a version 7 UUID."""
+    return version_id[14] == "7"
+
+
+def _uuid_string(bits: int) -> str:
+    h = f"{bits:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -15,6 +15,8 @@ from kvs.model import (
     decode_set,
     encode_set,
     from_wire,
+    is_quorum_version,
+    new_quorum_version_id,
     new_version_id,
     resolve,
     set_digest,
@@ -162,6 +164,18 @@ def test_version_ids_do_not_follow_the_global_random_state() -> None:
     second = new_version_id()
     assert first != second
     assert uuid.UUID(first).version == 4 and str(uuid.UUID(first)) == first
+
+
+@given(st.integers(0, 2**48 - 1))
+def test_quorum_version_ids_are_uuid7_and_local_ones_never_look_like_them(ms: int) -> None:
+    """A node tells a quorum key by its versions' ids (the guard against local writes on a
+    node that is not a voter), so no local id may ever pass for a quorum one."""
+    quorum, local = new_quorum_version_id(ms), new_version_id()
+    parsed = uuid.UUID(quorum)
+    assert str(parsed) == quorum and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert parsed.int >> 80 == ms  # UUIDv7: the first 48 bits are the Unix time in ms
+    assert is_quorum_version(quorum) and not is_quorum_version(local)
+    assert quorum != new_quorum_version_id(ms)
 
 
 def test_copy_is_dataclasses_replace_field_for_field() -> None:

@@ -221,11 +221,13 @@ async def test_acceptor_state_survives_a_restart(make_node: NodeFactory,
     assert again.engine.acceptor_state("k").promised.counter > state.promised.counter
 
 
-async def test_replicated_versions_of_a_quorum_key_accept_nothing(make_node: NodeFactory,
-                                                                  http: aiohttp.ClientSession) -> None:
+async def test_nodes_that_are_not_voters_refuse_local_writes_to_a_quorum_key(
+        make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
     """One voter (qa) of three nodes (the others do not join the voters): a quorum write
     proposed by a non-voter is chosen by qa alone; the other nodes get its version by
-    replication, as an ordinary version, and hold no acceptor state for it."""
+    replication, as an ordinary version, and hold no acceptor state for it. They still
+    know the key is a quorum key, from the version's id, and refuse local writes to it
+    (a local write there would be a version beside the Paxos chain)."""
     nodes = await three(make_node, initial_voters=["qa"], auto_voter=False)
     voter, _, proposer = nodes
     wrote = await Api(http, proposer.url).put("r", {"value": "v", **Q})
@@ -233,8 +235,13 @@ async def test_replicated_versions_of_a_quorum_key_accept_nothing(make_node: Nod
     for node in nodes[1:]:
         await eventually(lambda node=node: bool(node.storage.read("r")), what="replication")
         assert node.engine.get("r").version == wrote.body["version"]
-        assert not node.engine.is_quorum_key("r")
         assert node.engine.acceptor_state("r").accepted is None
+        assert node.engine.is_quorum_key("r")
+        api = Api(http, node.url)
+        for reply in (await api.put("r", {"value": "local"}), await api.delete("r"),
+                      await api.txn([{"op": "set", "key": "r", "value": "local"}])):
+            assert reply.status == 409 and reply.body["error"] == "quorum_key", reply.body
+        assert node.engine.get("r").version == wrote.body["version"]
     assert voter.engine.acceptor_state("r").accepted is not None
     status = await Api(http, proposer.url).request("GET", "/cluster/status")
     assert status.body["voters"] == {"epoch": 1, "ids": ["qa"]}

@@ -46,7 +46,7 @@ from kvs.errors import (
 )
 from kvs.http.toolkit import encoded_size, json_body, json_response
 from kvs.keys import validate_key
-from kvs.model import Version, new_version_id
+from kvs.model import Version, new_quorum_version_id
 from kvs.paxos import Register
 
 PREPARE_PATH = "/internal/paxos/prepare"
@@ -204,7 +204,7 @@ class Quorum:
                 raise NotFound(f"key {key!r} not found", seq=current.seq if current else 0)
             ts, logical = engine.hlc.tick()
             expires_at = engine.expiry(ts, ttl_ms)
-            return Version(key=key, value=value, version=new_version_id(), timestamp=ts,
+            return Version(key=key, value=value, version=new_quorum_version_id(ts), timestamp=ts,
                            logical=logical, origin=engine.node_id,
                            origin_joined_at=engine.joined_at, flags=flags,
                            expires_at=expires_at, deleted=deleted,
