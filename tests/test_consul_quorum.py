@@ -130,3 +130,21 @@ async def test_with_default_quorum_a_lock_and_its_value_are_seen_on_every_node(
         async with consul(qb) as client:
             return (await client.kv.get("svc/lock"))[1].get("Session") == session
     await eventually(holder_on_qb, what="qb's copy of the lock record")
+
+
+async def test_a_node_that_is_not_a_voter_sends_consul_writes_of_a_quorum_key_to_the_voters(
+        make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
+    """qb is not a voter and holds no acceptor state: it knows the key is a quorum key only
+    from the replicated version's id, and must not take a /v1/kv write to it as a local one
+    (which quorum reads would never see)."""
+    nodes = await three(make_node, initial_voters=["qa"], auto_voter=False)
+    qa, qb, _ = nodes
+    async with http.put(qa.url + "/kv/cfg/db", json={"value": "pg", "consistency": "quorum"}) as r:
+        assert r.status == 200
+    await eventually(lambda: bool(qb.storage.read("cfg/db")), what="replication to qb")
+    assert qb.engine.acceptor_state("cfg/db").accepted is None
+    async with consul(qb) as client:
+        assert await client.kv.put("cfg/db", "mysql", cas=1) is True  # cas: the key's seq
+    async with http.get(qa.url + "/kv/cfg/db", params={"consistency": "quorum"}) as r:
+        read = await r.json()
+    assert (read["value"], read["seq"]) == ("mysql", 2)
