@@ -2,6 +2,7 @@
 
     python -m bench.engine_cost                           # set cache 16 and 64 MiB, 3 rounds
     python -m bench.engine_cost --cache-mb 16,64 --ops txn4,put_random --reps 5
+    python -m bench.engine_cost --cache-mb 64 --history 1         # the cost of history
 
 What a node's request costs below its HTTP layer, steadier than through wrk: 32 tasks
 call Engine.txn / Engine.put back to back (as wrk's 32 connections do, so the writes of
@@ -81,20 +82,20 @@ async def _drive(engine: Engine, workload: Workload, requests: int) -> None:
     await asyncio.gather(*[task(random.randrange(2**32)) for _ in range(TASKS)])
 
 
-def _open(directory: Path, cache_mb: int) -> tuple[Engine, Misses]:
-    config = load(environ={}, overrides={})
+def _open(directory: Path, cache_mb: int, history: int) -> tuple[Engine, Misses]:
+    config = load(environ={}, overrides={"revision_history_limit": history})
     storage = Storage(directory, gc_ms=config.tombstone_gc_seconds * 1000)
     storage.ensure_identity("bench", int(time.time() * 1000))
     storage._cache = SetCache(cache_mb << 20, CACHE_MAX_SET_BYTES)
     return Engine(config, storage), Misses(storage)
 
 
-async def run(ops: Sequence[str], sizes: Sequence[int], reps: int, requests: int
+async def run(ops: Sequence[str], sizes: Sequence[int], reps: int, requests: int, history: int = 10
               ) -> dict[tuple[str, int], list[tuple[float, float]]]:
     """(CPU µs per request, miss share) per round, by (operation, cache MiB)."""
     results: dict[tuple[str, int], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="kvs-engine-cost-") as tmp:
-        stores = {mb: _open(Path(tmp) / f"{mb}mib", mb) for mb in sizes}
+        stores = {mb: _open(Path(tmp) / f"{mb}mib", mb, history) for mb in sizes}
         try:
             for op in ops:
                 workload, warm_up = OPS[op]
@@ -120,10 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-mb", default="16,64", help="set-cache sizes to compare, MiB")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20_000, help="per round and store")
+    parser.add_argument("--history", type=int, default=10, help="revision_history_limit")
     args = parser.parse_args(argv)
     sizes = [int(mb) for mb in args.cache_mb.split(",")]
     gc.set_threshold(GC_YOUNG_THRESHOLD)  # as `kvs serve` runs
-    results = asyncio.run(run(args.ops.split(","), sizes, args.reps, args.requests))
+    results = asyncio.run(run(args.ops.split(","), sizes, args.reps, args.requests, args.history))
     first = sizes[0]
     print(f"\n| op | set cache | CPU µs/request | cache misses | CPU ÷ {first} MiB |")
     print("|---|---:|---:|---:|---:|")
