@@ -23,9 +23,9 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from statistics import median
 from typing import Any
 
+from bench.cpu_profile import cpu_row
 from kvs.cli import GC_YOUNG_THRESHOLD
 from kvs.config import load
 from kvs.engine import Engine, Op
@@ -130,9 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n| op | set cache | CPU µs/request | cache misses | CPU ÷ {first} MiB |")
     print("|---|---:|---:|---:|---:|")
     for (op, mb), rounds in results.items():
-        ratio = median(r[0] / b[0] for r, b in zip(rounds, results[op, first], strict=True))
-        print(f"| {op} | {mb} MiB | {median(r[0] for r in rounds):.1f} "
-              f"| {100 * median(r[1] for r in rounds):.0f}% | {ratio:.3f} |")
+        print(cpu_row(rounds, results[op, first], op, f"{mb} MiB", second=".0%"))
     return 0
 
 
