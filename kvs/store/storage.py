@@ -52,7 +52,12 @@ log = logging.getLogger("kvs.storage")
 # Decoded revision sets kept in memory, by their encoded size: decoding a set (orjson
 # plus a Version per entry) is most of a GET and a good part of a PUT on a hot key.
 # Sets larger than CACHE_MAX_SET_BYTES are not cached; they would evict everything else.
-CACHE_BYTES = 16 << 20
+# 64 MiB holds 20k-30k keys with a full ten-version history (~2.3 KB encoded each); at 16
+# MiB a write to a key that had fallen out (a RocksDB get, a decode, an eviction, and the
+# re-encoding of every row it keeps) cost about 35 µs more, a quarter of a txn of 4 ops'
+# engine time (docs/benchmarks.md, "Issue 17: txn and PUT CPU per request"). The price is
+# memory: decoded sets take ~4x their encoded size (docs/design.md, Memory).
+CACHE_BYTES = 64 << 20
 CACHE_MAX_SET_BYTES = 256 << 10
 # RocksDB memtable size (RocksDB's default is 64 MiB, and two can be in memory). Also the
 # size the write-ahead log reaches before it is flushed into a table file, so the free
