@@ -425,7 +425,10 @@ class Quorum:
 
         def send(sends: list[paxos.Send]) -> int:
             encoded: dict[int, bytes] = {}  # a message goes to every voter: encoded once
-            for to, message in sends:
+            # The peers' messages first: tasks run in the order they were made, so the
+            # requests are on the wire before this node's own step takes the loop, and the
+            # peers' steps overlap with it (a majority needs a peer's answer anyway).
+            for to, message in sorted(sends, key=lambda send: send.to == self.engine.node_id):
                 if to == self.engine.node_id:
                     tasks.append(asyncio.create_task(self._step_here(key, message, replies)))
                     continue
