@@ -66,9 +66,10 @@ async def test_a_failed_write_fails_its_waiters_refuses_later_writes_until_resum
 
 
 async def test_a_quick_fsync_runs_on_the_loop_and_a_slow_disk_goes_back_to_a_thread() -> None:
-    """Handing a quick fsync to a worker thread and back cost more CPU than the fsync (and
-    two thread wake-ups of latency); a disk slower than INLINE_FSYNC_S must not stall the
-    loop, so its next fsync runs in a thread again. The disk's time is simulated."""
+    """Handing a quick fsync for one waiter to a worker thread and back cost more CPU than
+    the fsync (and two thread wake-ups of latency); a disk slower than INLINE_FSYNC_S must
+    not stall the loop, so its next fsync runs in a thread again, and neither must an fsync
+    that many writers wait for. The disk's time is simulated."""
     disk = {"now": 0.0, "takes": 0.0}
     threads: list[str] = []
 
@@ -88,6 +89,9 @@ async def test_a_quick_fsync_runs_on_the_loop_and_a_slow_disk_goes_back_to_a_thr
     # The third fsync is the one that shows the disk is slow; the fifth that it is quick again.
     assert [name == loop_thread for name in threads] == [True, True, True, False, False, True]
     assert commits.syncs == 6 and commits.synced == commits.issued == 6
+    # Several waiters share one fsync: in the thread, so the loop serves others meanwhile.
+    await asyncio.gather(commit(0.0), commit(0.0))
+    assert threads[6:] != [loop_thread] and commits.syncs == 7
 
 
 async def test_a_failed_fsync_on_the_loop_fails_its_waiters_and_refuses_later_writes() -> None:
