@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ab, bare_app, cluster_figures, engine_cost, front_options, run, targets
+from bench import ab, bare_app, cluster_figures, engine_cost, front_options, quorum_cost, run, targets
 from bench.run import KVS, Cell, Ratio, Rep
 
 
@@ -243,3 +243,12 @@ async def test_engine_cost_measures_each_store_by_round() -> None:
     for rounds in results.values():
         assert len(rounds) == 2
         assert all(cpu > 0 and misses == 0 for cpu, misses in rounds)  # one hot key: always cached
+
+
+def test_quorum_ab_table_pairs_added_latency_and_cpu_by_round() -> None:
+    # per revision: quorum p50, local p50, added, CPU µs per quorum CAS; by round
+    series = {"A": [{1: 2.0, 2: 3.0}, {1: 1.0, 2: 1.0}, {1: 1.0, 2: 2.0}, {1: 1000.0, 2: 2000.0}],
+              "B": [{1: 1.5, 2: 2.0}, {1: 1.0, 2: 1.0}, {1: 0.5, 2: 1.0}, {1: 800.0, 2: 1000.0}]}
+    table = quorum_cost.ab_table(["A", "B"], series)
+    assert table.splitlines()[2] == "| A | 2.500 | 1.000 | 1.500 | 1,500 | 1.00 | 1.00 |"
+    assert table.splitlines()[3] == "| B | 1.750 | 1.000 | 0.750 | 900 | 0.50 | 0.65 |"

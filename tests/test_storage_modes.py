@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from rocksdict import DbClosedError
 
-from kvs.errors import StorageFull
+from kvs.errors import StorageFailed, StorageFull
 from kvs.node import Node
-from kvs.store.commits import Commits
+from kvs.store.commits import INLINE_FSYNC_S, Commits
 from kvs.store.storage import Storage
 from tests.conftest import Api, NodeFactory, node_config
 
@@ -63,6 +63,58 @@ async def test_a_failed_write_fails_its_waiters_refuses_later_writes_until_resum
     assert commits.resume() and commits.fault is None
     assert disk["writes"] == 1 and commits.written == commits.issued == 2
     await commits.wait(second)  # settled now
+
+
+async def test_a_quick_fsync_runs_on_the_loop_and_a_slow_disk_goes_back_to_a_thread() -> None:
+    """Handing a quick fsync for one waiter to a worker thread and back cost more CPU than
+    the fsync (and two thread wake-ups of latency); a disk slower than INLINE_FSYNC_S must
+    not stall the loop, so its next fsync runs in a thread again, and neither must an fsync
+    that many writers wait for. The disk's time is simulated."""
+    disk = {"now": 0.0, "takes": 0.0}
+    threads: list[str] = []
+
+    def fsync() -> None:
+        threads.append(threading.current_thread().name)
+        disk["now"] += disk["takes"]
+
+    commits = Commits(lambda: None, fsync, sync=True, clock=lambda: disk["now"])
+    loop_thread = threading.current_thread().name
+
+    async def commit(takes: float) -> None:
+        disk["takes"] = takes
+        await commits.wait(commits.stage())
+
+    for takes in (0.0, INLINE_FSYNC_S / 2, INLINE_FSYNC_S * 2, INLINE_FSYNC_S * 2, 0.0, 0.0):
+        await commit(takes)
+    # The third fsync is the one that shows the disk is slow; the fifth that it is quick again.
+    assert [name == loop_thread for name in threads] == [True, True, True, False, False, True]
+    assert commits.syncs == 6 and commits.synced == commits.issued == 6
+    # Several waiters share one fsync: in the thread, so the loop serves others meanwhile.
+    await asyncio.gather(commit(0.0), commit(0.0))
+    assert threads[6:] != [loop_thread] and commits.syncs == 7
+
+
+async def test_a_failed_fsync_on_the_loop_fails_its_waiters_and_refuses_later_writes() -> None:
+    """The fsync that runs on the loop fails as the one in a thread does: every waiter hears
+    the outcome is unknown, later writes are refused until resume()."""
+    disk = {"broken": True}
+    threads: list[str] = []
+
+    def fsync() -> None:
+        threads.append(threading.current_thread().name)
+        if disk["broken"]:
+            raise OSError(errno.EIO, "Input/output error")
+
+    commits = Commits(lambda: None, fsync)
+    first, second = commits.stage(), commits.stage()
+    waits = [asyncio.ensure_future(commits.wait_durable(t)) for t in (first, second)]
+    done = await asyncio.gather(*waits, return_exceptions=True)
+    assert all(isinstance(e, StorageFailed) and "outcome is unknown" in e.message for e in done)
+    assert threads == [threading.current_thread().name]
+    with pytest.raises(StorageFailed, match="nothing was written"):
+        commits.check()
+    disk["broken"] = False
+    assert commits.resume() and commits.synced == commits.issued == 2
 
 
 async def test_sync_writes_share_fsyncs_and_keep_the_loop_responsive(make_node: NodeFactory, http) -> None:  # type: ignore[no-untyped-def]

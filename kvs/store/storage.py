@@ -13,9 +13,10 @@ counter can never go backwards or repeat.
     process crash) ─► synced (WAL fsync: survives power loss; sync_writes only)
 
 Durability: a request is acknowledged only once its ticket is *written* (RocksDB
-writes the WAL with write(2)), or *synced* with sync_writes: one fsync of the WAL,
-in a worker thread so the event loop keeps serving, covers every batch written
-before it started (group commit).
+writes the WAL with write(2)), or *synced* with sync_writes: one fsync of the WAL
+covers every batch written before it started (group commit). On a slow disk it runs
+in a worker thread so the event loop keeps serving; a quick one is fsynced on the
+loop (see `Commits`).
 
 Storage faults (a full disk, an I/O error): a batch that fails to write stays
 pending, so reads (point reads and scans alike) keep showing memory; writes are
