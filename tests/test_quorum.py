@@ -9,13 +9,15 @@ import asyncio
 import dataclasses
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
 from kvs import paxos
-from kvs.errors import NotFound
+from kvs.cluster.quorum import _Combined, _Refused
+from kvs.errors import CASConflict, NotFound
 from kvs.model import Version, new_version_id
 from kvs.node import Node
 from kvs.paxos import Register
@@ -435,3 +437,34 @@ async def test_waiting_changes_of_a_key_share_rounds_and_each_gets_its_own_answe
     assert all(3 <= reply.body["seq"] <= 10 or reply.body["seq"] == 2 for reply in writes[8:])
     history = (await api.get("hot", history="true")).body["revisions"]
     assert len({revision["version"] for revision in history}) == 10  # every write a version
+
+
+def test_a_combined_round_answers_the_refusals_and_reads_after_its_write() -> None:
+    """Changes that waited behind a round are applied in order on one register: the first
+    that writes is the round's value, and the refusals and reads after it are answered on
+    the register it writes (at the round's commit, just after the write), instead of
+    waiting for another round. A second write waits for the next round."""
+    def cas(expected: int) -> Callable[[Register | None], Register | None]:
+        def change(current: Register | None) -> Register | None:
+            seq = current.seq if current else 0
+            if seq != expected:
+                raise CASConflict(f"if_seq expected {expected}, actual {seq}", seq=seq)
+            return Register(seq + 1, f"v{seq + 1}")
+        return change
+
+    def read(current: Register | None) -> Register | None:
+        return current
+
+    one = Register(1, "v1")
+    combined = _Combined([cas(0), cas(1), cas(1), read, cas(2), cas(1)])
+    assert combined(one) == Register(2, "v2") == combined.last
+    refused, wrote, stale, seen = combined.results
+    assert isinstance(refused, CASConflict) and refused.extra["seq"] == 1  # before the write
+    assert wrote == Register(2, "v2")
+    assert isinstance(stale, CASConflict) and stale.extra["seq"] == 2  # after it: sees seq 2
+    assert seen == Register(2, "v2")
+    # cas(2) would write seq 3: it and everything after it wait for the next round.
+    only_refusals = _Combined([cas(5), read])
+    with pytest.raises(_Refused):
+        only_refusals(one)
+    assert len(only_refusals.results) == 2 and only_refusals.last is None

@@ -93,11 +93,13 @@ class _Refused(KVSError):
 
 class _Combined:
     """The changes of one key that waited for a round, as one change: in order, each on
-    the register the ones before it left, up to the first that writes (the round's value).
-    One round writes one register, so every write stays one version with its own `seq`;
-    the changes after it wait for the next round. The changes before it are refusals and
-    reads, answered with the register they saw: all of them take effect at the round's
-    commit, in this order.
+    the register the ones before it left. The first that writes gives the round's value;
+    the refusals and reads after it are applied to that value, up to a second change
+    that would write, which waits for the next round with every change after it. One
+    round writes one register, so every write stays one version with its own `seq`. The
+    refusals and reads are answered with the register they saw: all of them take effect
+    at the round's commit, in this order (docs/consistency.md, "Changes that wait share
+    a round").
 
     Called again for every try of the round; `results` (one per change run: a register,
     or the KVSError that refused it) and `last` (the register written, or None) are
@@ -111,15 +113,19 @@ class _Combined:
     def __call__(self, current: Register | None) -> Register | None:
         self.results, self.last = [], None
         for change in self.changes:
+            seen = current if self.last is None else self.last
             try:
-                new = change(current)
+                new = change(seen)
             except KVSError as refusal:
                 self.results.append(refusal)
                 continue
-            self.results.append(new)
-            if new != current:
+            if new != seen:
+                if self.last is not None:
+                    break  # a second write: the next round's
                 self.last = new
-                return new
+            self.results.append(new)
+        if self.last is not None:
+            return self.last
         if any(isinstance(result, KVSError) for result in self.results):
             raise _Refused("refused")
         return current
