@@ -222,7 +222,7 @@ async def test_a_lock_taken_through_one_node_is_refused_on_another(
     """One voter (the first node alone): once the lock has replicated. Two acquires
     racing on two nodes before they meet can both win here; with more than one voter
     the quorum CAS settles it (the test above)."""
-    a, b = await start_cluster(make_node, 2, **SHORT_TTL)
+    a, b = await start_cluster(make_node, 2, auto_voter=False, **SHORT_TTL)
     on_a = await create(http, a, LockDelay="0s")
     on_b = await create(http, b, LockDelay="0s")
     assert (await raw(http, a, "PUT", f"/v1/kv/shared?acquire={on_a}", b"a")) == (200, b"true")
@@ -241,6 +241,29 @@ async def test_a_lock_taken_through_one_node_is_refused_on_another(
     async def b_holds_on_a() -> bool:
         return await holder(http, a, "shared") == on_b
     await eventually(b_holds_on_a, what="a to see b's lock")
+
+
+async def test_a_lock_held_with_one_voter_stays_held_once_there_are_two(
+        make_node: NodeFactory, http: aiohttp.ClientSession) -> None:
+    """With one voter a lock is a local CAS on its record; with two, a quorum CAS. The
+    first quorum round on a record no round has changed starts from the node's copy:
+    before, it saw no record, and b's session took the lock a's session held."""
+    a, b = await start_cluster(make_node, 2, auto_voter=False, **SHORT_TTL)
+    on_a = await create(http, a, LockDelay="0s")
+    on_b = await create(http, b, LockDelay="0s")
+    assert (await raw(http, a, "PUT", f"/v1/kv/shared?acquire={on_a}", b"a")) == (200, b"true")
+
+    async def seen_on_b() -> bool:
+        return await holder(http, b, "shared") == on_a
+    await eventually(seen_on_b, what="the lock to replicate to b")
+    async with http.post(a.url + "/cluster/voters", json={"add": b.engine.node_id}) as reply:
+        assert reply.status == 200, await reply.text()
+    assert b.engine.voters is not None and len(b.engine.voters.voters) == 2
+    assert (await raw(http, b, "PUT", f"/v1/kv/shared?acquire={on_b}", b"b")) == (200, b"false")
+    assert await holder(http, a, "shared") == on_a
+    # Released through a (a quorum round now), b's session takes it.
+    assert (await raw(http, a, "PUT", f"/v1/kv/shared?release={on_a}", b"a")) == (200, b"true")
+    assert (await raw(http, b, "PUT", f"/v1/kv/shared?acquire={on_b}", b"b")) == (200, b"true")
 
 
 async def test_txn_lock_unlock_check_session(consul: Consul, node: Node) -> None:

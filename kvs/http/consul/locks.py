@@ -18,7 +18,9 @@ With more than one voter (or for a key that takes quorum writes, kvs/http/consul
 the rule runs inside a quorum CAS round on the lock record (kvs/cluster/quorum.py), so a
 lock acquired through one node is refused through every other, even before replication;
 the key's own write follows (through Writes: locally, or a quorum round for a quorum key)
-once the round committed (the two are not one atomic step then).
+once the round committed (the two are not one atomic step then). A lock record that no
+quorum round has changed yet (held while there was one voter, before a second joined) is
+taken from this node's copy by the first round, so a lock held then stays held.
 
 Invalidation is leaderless and idempotent: any node that sees a lock held by a session
 that is gone (destroyed, or expired past its grace) frees it through Locks.change with
@@ -182,7 +184,10 @@ class Locks:
         quorum, lock_key, now = self.quorum, LOCK_PREFIX + key, self.engine.now_ms()
 
         def change(current: Register | None) -> Register:
-            live = current.value if current and current.value.is_live(now) else None
+            if current is not None:
+                live = current.value if current.value.is_live(now) else None
+            else:  # no quorum round changed it yet: the record of the one-voter days, if any
+                live = self.lock(key)[0]
             after = rule(LockState.of(live.value if live else None))
             if after is None:
                 raise CASConflict("the lock's state refuses the change")  # nothing written
