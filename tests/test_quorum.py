@@ -468,3 +468,19 @@ def test_a_combined_round_answers_the_refusals_and_reads_after_its_write() -> No
     with pytest.raises(_Refused):
         only_refusals(one)
     assert len(only_refusals.results) == 2 and only_refusals.last is None
+
+
+async def test_the_first_quorum_write_of_a_local_key_checks_its_conditions_on_the_local_copy(
+        api: Api, node: Node) -> None:
+    """A key written locally (a lease taken while there was one voter) is not absent to its
+    first quorum write: `cas: 0` must not take it over."""
+    held = await api.put("lease", {"value": "holder-1", "ttl": 60})
+    assert held.status == 200
+    taken = await api.put("lease", {"value": "holder-2", "cas": 0, **Q})
+    assert taken.status == 409 and taken.body["error"] == "cas_conflict", taken.body
+    assert taken.body["current"]["version"] == held.body["version"]
+    assert taken.body["current"]["seq"] == 0
+    assert (await api.get("lease")).body["value"] == "holder-1"
+    changed = await api.put("lease", {"value": "holder-1b", "if_value": "holder-1", **Q})
+    assert (changed.status, changed.body["seq"]) == (200, 1), changed.body
+    assert (await api.get("lease", consistency="quorum")).body["value"] == "holder-1b"

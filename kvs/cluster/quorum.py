@@ -183,11 +183,10 @@ class Quorum:
               make: Callable[[Version | None, Register | None], Version]) -> Change:
         """A change: the conditions and `if_seq` against the current register, then the
         next register with the version `make(live current, register)` builds."""
-        engine = self.engine
 
         def change(current: Register | None) -> Register:
             seq = current.seq if current else 0
-            live = current.value if current and current.value.is_live(engine.now_ms()) else None
+            live = self.base(key, current)
             try:
                 problems = failures(cond, live)
             except NotFound as absent:
@@ -199,6 +198,18 @@ class Quorum:
                                   seq=seq)
             return Register(seq + 1, make(live, current))
         return change
+
+    def base(self, key: str, current: Register | None) -> Version | None:
+        """The live version a change of `key` starts from: the register's; for a key no
+        quorum round has written yet, this node's own copy (a key written locally before,
+        e.g. a lease taken while there was one voter, keeps its value for the conditions
+        of its first quorum write, so `cas: 0` does not take it over)."""
+        if current is not None:
+            return current.value if current.value.is_live(self.engine.now_ms()) else None
+        try:
+            return self.engine.get(key)
+        except NotFound:
+            return None
 
     def new_version(self, key: str, value: Any, *, flags: int = 0, ttl_ms: int | None = None,
                     deleted: bool = False) -> Callable[[Version | None, Register | None], Version]:

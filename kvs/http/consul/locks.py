@@ -181,13 +181,10 @@ class Locks:
         return True
 
     async def _quorum_change(self, key: str, rule: Rule, write: Op | None) -> bool:
-        quorum, lock_key, now = self.quorum, LOCK_PREFIX + key, self.engine.now_ms()
+        quorum, lock_key = self.quorum, LOCK_PREFIX + key
 
         def change(current: Register | None) -> Register:
-            if current is not None:
-                live = current.value if current.value.is_live(now) else None
-            else:  # no quorum round changed it yet: the record of the one-voter days, if any
-                live = self.lock(key)[0]
+            live = quorum.base(lock_key, current)  # before any round: this node's record
             after = rule(LockState.of(live.value if live else None))
             if after is None:
                 raise CASConflict("the lock's state refuses the change")  # nothing written
