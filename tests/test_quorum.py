@@ -18,7 +18,7 @@ import pytest
 from kvs import paxos
 from kvs.cluster.quorum import _Combined, _Refused
 from kvs.errors import CASConflict, NotFound
-from kvs.model import Version, new_version_id
+from kvs.model import Version, new_quorum_version_id, new_version_id
 from kvs.node import Node
 from kvs.paxos import Register
 from tests.cluster import FAST, QUORUM, heal, partition, three
@@ -484,3 +484,14 @@ async def test_the_first_quorum_write_of_a_local_key_checks_its_conditions_on_th
     changed = await api.put("lease", {"value": "holder-1b", "if_value": "holder-1", **Q})
     assert (changed.status, changed.body["seq"]) == (200, 1), changed.body
     assert (await api.get("lease", consistency="quorum")).body["value"] == "holder-1b"
+
+
+async def test_an_unchosen_quorum_version_held_locally_is_not_a_base(api: Api, node: Node) -> None:
+    """What a minority accepted reaches other nodes by anti-entropy; with no register above
+    it, it was never chosen, and the key is still absent to a create-only quorum write."""
+    engine = node.engine
+    stray = Version("s", "stray", new_quorum_version_id(engine.now_ms()), engine.now_ms(), 0,
+                    "another-node", 1)
+    assert await engine.apply_remote([stray])
+    created = await api.put("s", {"value": "mine", "cas": 0, **Q})
+    assert (created.status, created.body.get("seq")) == (200, 1), created.body

@@ -46,7 +46,7 @@ from kvs.errors import (
 )
 from kvs.http.toolkit import encoded_size, json_body, json_response
 from kvs.keys import validate_key
-from kvs.model import Version, new_quorum_version_id
+from kvs.model import Version, is_quorum_version, new_quorum_version_id
 from kvs.paxos import Register
 
 PREPARE_PATH = "/internal/paxos/prepare"
@@ -203,13 +203,16 @@ class Quorum:
         """The live version a change of `key` starts from: the register's; for a key no
         quorum round has written yet, this node's own copy (a key written locally before,
         e.g. a lease taken while there was one voter, keeps its value for the conditions
-        of its first quorum write, so `cas: 0` does not take it over)."""
+        of its first quorum write, so `cas: 0` does not take it over). A quorum round's
+        version there (anti-entropy spreads what a minority accepted) was never chosen,
+        since the register is empty: it does not count."""
         if current is not None:
             return current.value if current.value.is_live(self.engine.now_ms()) else None
         try:
-            return self.engine.get(key)
+            local = self.engine.get(key)
         except NotFound:
             return None
+        return None if is_quorum_version(local.version) else local
 
     def new_version(self, key: str, value: Any, *, flags: int = 0, ttl_ms: int | None = None,
                     deleted: bool = False) -> Callable[[Version | None, Register | None], Version]:
