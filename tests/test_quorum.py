@@ -17,7 +17,7 @@ import pytest
 
 from kvs import paxos
 from kvs.cluster.quorum import _Combined, _Refused
-from kvs.errors import CASConflict, NotFound
+from kvs.errors import CASConflict, NotFound, QuorumIndeterminate
 from kvs.model import Version, new_quorum_version_id, new_version_id
 from kvs.node import Node
 from kvs.paxos import Register
@@ -271,13 +271,39 @@ async def test_an_indeterminate_write_is_committed_only_if_the_chain_passes_thro
         return accepted.value  # type: ignore[no-any-return]
 
     first, second, third = await register(1), await register(2), await register(3)
-    assert quorum._chosen("i", first, first)
-    assert quorum._chosen("i", first, third)  # two changes later, through `second`
-    assert quorum._chosen("i", second, third)
+    assert await quorum._chosen("i", first, first)
+    assert await quorum._chosen("i", first, third)  # two changes later, through `second`
+    assert await quorum._chosen("i", second, third)
     rival = Register(2, dataclasses.replace(second.value, version=new_version_id()))
-    assert not quorum._chosen("i", rival, third)  # another value took its place on the chain
-    assert not quorum._chosen("i", third, second)  # the chain has not reached it: never will
-    assert not quorum._chosen("i", first, None)
+    assert not await quorum._chosen("i", rival, third)  # another value took its place on the chain
+    assert not await quorum._chosen("i", third, second)  # the chain has not reached it: never will
+    assert not await quorum._chosen("i", first, None)
+
+
+async def test_settling_waits_for_a_chain_version_that_is_still_on_its_way(
+        api: Api, node: Node) -> None:
+    """A voter one round behind lacks the newest links of the chain for a moment: the check
+    waits for them (up to CHAIN_WAIT_S) instead of answering 503 at once."""
+    quorum, engine = node.quorum, node.engine
+    assert quorum is not None
+    assert (await api.put("w", {"value": 1, **Q})).status == 200
+    ours = engine.acceptor_state("w").accepted
+    assert ours is not None
+    now = engine.now_ms()
+    late = Version("w", 2, new_quorum_version_id(now), now, 0, "another-node", 1,
+                   parent=ours.value.value.version)
+    tip = Version("w", 3, new_quorum_version_id(now), now, 1, "another-node", 1, parent=late.version)
+    assert await engine.apply_remote([tip])
+
+    async def arrive() -> None:
+        await asyncio.sleep(0.05)  # the link comes a moment later, as an Accept would
+        await engine.apply_remote([late])
+    arriving = asyncio.create_task(arrive())
+    assert await quorum._chosen("w", ours.value, Register(3, tip))
+    await arriving
+    with pytest.raises(QuorumIndeterminate):  # a link that never comes: 503, after the wait
+        await quorum._chosen("w", ours.value, Register(4, dataclasses.replace(
+            tip, version=new_quorum_version_id(now), parent=new_version_id())))
 
 
 async def test_a_stale_one_round_trip_cache_never_wins_over_another_nodes_write(
@@ -337,7 +363,7 @@ async def test_a_write_resolved_as_not_chosen_is_never_chosen_later(
     assert qb.quorum is not None
     chosen = await qb.quorum._resolve("r")
     assert chosen is not None and chosen.seq == 1
-    assert not qb.quorum._chosen("r", y, chosen)
+    assert not await qb.quorum._chosen("r", y, chosen)
 
     heal([qa, qb, qc])
     partition([qc], [qa, qb])
