@@ -63,7 +63,7 @@ from kvs.errors import BadRequest, KVSError, TooLarge
 from kvs.http.toolkit import encoded_size, json_body, json_response
 from kvs.keys import validate_key
 from kvs.merkle import DEPTH, FANOUT, SEGMENTS, compare_leaves, descend
-from kvs.model import MAX_U64, Version, from_wire
+from kvs.model import MAX_U64, Version, from_wire, is_quorum_version
 
 log = logging.getLogger("kvs.replication")
 
@@ -186,9 +186,10 @@ class Replicator:
 
     def on_applied(self, versions: list[Version]) -> None:
         """Engine listener: queue this node's own new versions for every live peer, but a
-        quorum key's only for peers that are not voters: every voter was sent the version
-        in the round's Accept (one that missed it gets it from anti-entropy or the key's
-        next round), and pushing it again cost each quorum write two more requests."""
+        quorum round's (a UUIDv7 id) only for peers that are not voters: every voter was
+        sent it in the round's Accept (one that missed it gets it from anti-entropy or the
+        key's next round), and pushing it again cost each quorum write two more requests.
+        Told by the id, not by a read of the key's set: this runs on every write."""
         if not self.eager_push:
             return
         peers = self.membership.alive_peers()  # none on a single node: no version to look at
@@ -197,7 +198,7 @@ class Replicator:
             return
         engine = self.engine
         voters = engine.voters.voters if engine.voters is not None else frozenset()
-        plain = [v for v in local if not engine.is_quorum_key(v.key)] if voters else local
+        plain = [v for v in local if not is_quorum_version(v.version)] if voters else local
         for member in peers:
             batch = plain if member.id in voters else local
             if not batch:

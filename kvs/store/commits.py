@@ -10,6 +10,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from itertools import chain
 
 from kvs.clock import wall_ms
 from kvs.errors import StorageFailed, StorageFull
@@ -210,7 +211,7 @@ class Commits:
 
     def _covered(self, stop: int) -> int:
         """How many wait for an fsync of a batch already written, counted up to `stop`."""
-        waiters = self._durable + self._waiters if self._sync_acks else self._durable
+        waiters = chain(self._durable, self._waiters) if self._sync_acks else self._durable
         count = 0
         for ticket, _ in waiters:
             if ticket <= self.written:
