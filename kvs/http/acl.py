@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -395,7 +394,7 @@ class ACLApi:
 
     def _new_token(self, policies: tuple[str, ...], description: str,
                    ttl_ms: int | None) -> tuple[acl.Token, str]:
-        secret = secrets.token_urlsafe(32)
+        secret = acl.new_secret()
         now = self.engine.now_ms()
         token = acl.Token(str(uuid.uuid4()), acl.hash_secret(secret), policies, description,
                           now + ttl_ms if ttl_ms is not None else None, now)
