@@ -35,9 +35,10 @@ from kvs.errors import ConfigError, StorageFailed
 from kvs.http import connections, consul, index, openapi, ui
 from kvs.http.acl import ACLApi, Gate, Tokens
 from kvs.http.cluster import ClusterApi
+from kvs.http.fastpath import fast_routes
 from kvs.http.kv import KVApi
 from kvs.http.metrics import Metrics
-from kvs.http.server import front, make_app
+from kvs.http.server import SUBTREES, front, make_app
 from kvs.http.services import ServiceApi
 from kvs.http.snapshot import SnapshotApi
 from kvs.http.txn import TxnApi
@@ -48,6 +49,11 @@ from kvs.watch import Watchers
 log = logging.getLogger("kvs.node")
 
 ENVELOPE_BYTES = 1 << 20
+
+
+def client_max_size(config: Config) -> int:
+    """The largest request body a node reads: four values (a txn) and their envelope."""
+    return config.max_value_bytes * 4 + ENVELOPE_BYTES
 
 
 class Node:
@@ -66,6 +72,7 @@ class Node:
         self.locks: consul.Locks | None = None
         self.port: int | None = None
         self.app: web.Application | None = None
+        self.site: connections.Site | None = None
         self.tokens: Tokens | None = None  # ACL tokens and policies, kept in step with the store
         self.left = asyncio.Event()  # set after POST /cluster/leave: the process should exit
         self.tls: NodeTls | None = None
@@ -128,10 +135,12 @@ class Node:
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         stack.callback(self.watchers.close)  # before cleanup: blocking queries answer now
-        await connections.serve(runner, sock, self.connections,
-                                header_timeout=config.http_header_timeout_seconds,
-                                keepalive_timeout=config.http_keepalive_seconds,
-                                ssl_context=self.tls.server if self.tls else None)
+        self.site = await connections.serve(runner, sock, self.connections,
+                                            header_timeout=config.http_header_timeout_seconds,
+                                            keepalive_timeout=config.http_keepalive_seconds,
+                                            ssl_context=self.tls.server if self.tls else None,
+                                            fast=fast_routes(self.app[SUBTREES]),
+                                            client_max_size=client_max_size(config))
         await self.membership.start()
         stack.push_async_callback(self.membership.stop)
         if config.auto_voter:
@@ -185,7 +194,7 @@ class Node:
             *ACLApi(config, engine, self.tokens).routes(),
         ]
         return make_app(routes, engine=engine, count=metrics.count, secret=config.cluster_secret,
-                        client_max_size=config.max_value_bytes * 4 + ENVELOPE_BYTES,
+                        client_max_size=client_max_size(config),
                         body_timeout=config.http_body_timeout_seconds,
                         dialects={consul.PREFIX: consul.DIALECT},
                         peer_certificates=self.tls is not None and self.tls.verify_peer,

@@ -35,12 +35,14 @@ import logging
 import resource
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from kvs.http import fastpath
 
 log = logging.getLogger("kvs.http")
 
@@ -51,6 +53,7 @@ REFUSING_MAX = 64  # refused connections given that grace at once
 # Seconds aiohttp keeps reading (and dropping) a body it answered early, before closing,
 # so a client still sending sees the answer instead of a reset. aiohttp's default is 10.
 LINGER_SECONDS = 2.0
+SHUTDOWN_GRACE = 5.0  # seconds a stopping node waits for the fast path's answers in progress
 
 
 class ConnectionLimit:
@@ -104,24 +107,33 @@ def _busy_response(limit: int) -> bytes:
 
 
 class _Connection(RequestHandler):
-    __slots__ = ("_admitted", "_busy", "_header_timeout", "_limit", "_refusing")
+
+    __slots__ = ("_admitted", "_busy", "_decided", "_first_due", "_header_timeout", "_limit",
+                 "_refusing")
 
     def __init__(self, manager: web.Server, *, limit: ConnectionLimit, busy: bytes,
-                 header_timeout: float, **kwargs: Any) -> None:
+                 header_timeout: float, admitted: bool | None = None,
+                 head_due: float | None = None, **kwargs: Any) -> None:
+        """`admitted`, `head_due`: for a connection handed over by the fast path
+        (kvs/http/fastpath.py), whether it was counted against the cap (False: refuse it),
+        and the loop time by which its current request head must have arrived."""
         super().__init__(manager, **kwargs)
         self._limit = limit
         self._busy = busy
         self._header_timeout = header_timeout
+        self._decided = admitted
+        self._first_due = head_due
         self._admitted = False
         self._refusing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._limit.admit():
+        admitted = self._limit.admit() if self._decided is None else self._decided
+        if not admitted:
             self._refuse(cast(asyncio.Transport, transport))  # aiohttp never sees this connection
             return
         self._admitted = True
         super().connection_made(transport)
-        self._head_due()
+        self._head_due(self._first_due)
 
     def _refuse(self, transport: asyncio.Transport) -> None:
         transport.write(self._busy)
@@ -149,11 +161,13 @@ class _Connection(RequestHandler):
             self._limit.release()
             super().connection_lost(exc)
 
-    def _head_due(self) -> None:
-        """Bring the keep-alive timer forward to the header deadline. A timer due no later
-        is kept: it re-arms itself for the deadline when it fires, so a busy connection
-        does not replace its timer on every request."""
-        due = self._loop.time() + self._header_timeout
+    def _head_due(self, due: float | None = None) -> None:
+        """Bring the keep-alive timer forward to the header deadline (`due`, by default
+        header_timeout from now). A timer due no later is kept: it re-arms itself for the
+        deadline when it fires, so a busy connection does not replace its timer on every
+        request."""
+        if due is None:
+            due = self._loop.time() + self._header_timeout
         if due < self._next_keepalive_close_time:
             self._next_keepalive_close_time = due
             handle = self._keepalive_handle
@@ -164,15 +178,18 @@ class _Connection(RequestHandler):
             self._keepalive_handle = self._loop.call_at(due, self._process_keepalive)
 
 
-class _Site(web.BaseSite):
-    """Listens on an already bound socket with `protocol` as the connection factory."""
+class Site(web.BaseSite):
+    """Listens on an already bound socket with `protocol` as the connection factory;
+    `fast`: what its fast-path connections share (None: every connection is aiohttp's)."""
 
     def __init__(self, runner: web.AppRunner, sock: socket.socket, protocol: Any,
-                 ssl_context: ssl.SSLContext | None, handshake_timeout: float) -> None:
+                 ssl_context: ssl.SSLContext | None, handshake_timeout: float,
+                 fast: fastpath.Listener | None) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._sock = sock
         self._protocol = protocol
         self._handshake_timeout = handshake_timeout
+        self.fast = fast
 
     @property
     def name(self) -> str:
@@ -185,6 +202,13 @@ class _Site(web.BaseSite):
         self._server = await asyncio.get_running_loop().create_server(
             self._protocol, sock=self._sock, backlog=self._backlog, ssl=self._ssl_context,
             ssl_handshake_timeout=self._handshake_timeout if tls else None)
+
+    async def stop(self) -> None:
+        """Stop listening; then close the fast path's connections (aiohttp's server closes
+        those it serves), giving answers in progress SHUTDOWN_GRACE seconds."""
+        await super().stop()
+        if self.fast is not None:
+            await fastpath.shut(self.fast, SHUTDOWN_GRACE)
 
 
 # The server's request handler (the Application's request factory makes web.Requests).
@@ -213,20 +237,34 @@ def runner(app: web.Application, front: Callable[[Handler], Handler] | None = No
 
 async def serve(app_runner: web.AppRunner, sock: socket.socket, limit: ConnectionLimit, *,
                 header_timeout: float, keepalive_timeout: float,
-                ssl_context: ssl.SSLContext | None = None) -> web.BaseSite:
+                ssl_context: ssl.SSLContext | None = None,
+                fast: Mapping[bytes, Handler] | None = None,
+                client_max_size: int = 0) -> Site:
     """Start serving `sock` (already bound and listening) with the bounds above; TLS only,
-    with `ssl_context`."""
+    with `ssl_context`. With `fast` (kvs/http/fastpath.py: the wrapped KV handlers by
+    method), each connection starts on the protocol-level path, bodies up to
+    `client_max_size`, and is handed to aiohttp at its first request outside that path."""
     server = app_runner.server
     assert server is not None, "call runner.setup() first"
     busy = _busy_response(limit.limit)
     loop = asyncio.get_running_loop()
 
-    def protocol() -> _Connection:
+    def aiohttp_connection(admitted: bool | None = None, head_due: float | None = None
+                           ) -> _Connection:
         return _Connection(server, loop=loop, limit=limit, busy=busy,
                            header_timeout=header_timeout, keepalive_timeout=keepalive_timeout,
                            access_log=None, lingering_time=LINGER_SECONDS,
-                           auto_decompress=False)
+                           auto_decompress=False, admitted=admitted, head_due=head_due)
 
-    site = _Site(app_runner, sock, protocol, ssl_context, header_timeout)
+    listener = None
+    protocol: Callable[[], asyncio.Protocol] = aiohttp_connection
+    if fast is not None:
+        listener = fastpath.Listener(fast, client_max_size, header_timeout, keepalive_timeout)
+
+        def protocol() -> asyncio.Protocol:
+            return fastpath.FastConnection(listener, admit=limit.admit, release=limit.release,
+                                           hand_off=aiohttp_connection)
+
+    site = Site(app_runner, sock, protocol, ssl_context, header_timeout, listener)
     await site.start()
     return site

@@ -1,0 +1,283 @@
+"""The protocol-level path for plain KV requests (kvs/http/fastpath.py).
+
+The whole HTTP suite runs through it; these tests cover what only it can get wrong: which
+heads it serves and which it hands to aiohttp, a hand-off in the middle of a connection
+(pipelined requests of both kinds answered in order), heads and bodies split across reads,
+its own timeouts, back-pressure, and a node stopping with connections open.
+
+A served answer is told from aiohttp's by the Server header: aiohttp sends one, this path
+does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvs.http.fastpath import MAX_HEAD, parse_head
+from kvs.node import Node
+from tests.conftest import Api, NodeFactory, eventually
+from tests.test_http_limits import closed_by_server, raw_request
+
+METHODS = {b"GET": 1, b"PUT": 1, b"DELETE": 1}
+LIMIT = 1 << 20
+
+
+def head(*lines: bytes) -> bytes:
+    return b"\r\n".join(lines)
+
+
+# -- which heads are served here (pure) -----------------------------------------------------
+
+def test_a_plain_kv_head_is_parsed() -> None:
+    parsed = parse_head(head(b"PUT /kv/a%2Fb HTTP/1.1", b"Host: x", b"Content-Length:  12 ",
+                             b"X-KVS-Token: t", b"Connection: Close"), METHODS, LIMIT)
+    assert parsed is not None
+    assert (parsed.method, parsed.path, parsed.length, parsed.close) == ("PUT", "/kv/a%2Fb", 12, True)
+    assert parsed.headers["x-kvs-token"] == "t"
+    assert parsed.headers["Content-Length"] == "12"
+
+
+@pytest.mark.parametrize("raw", [
+    head(b"GET /kv/a HTTP/1.0"),                                  # another version
+    head(b"HEAD /kv/a HTTP/1.1"),                                 # another method
+    head(b"POST /kv/a HTTP/1.1", b"Content-Length: 1"),
+    head(b"get /kv/a HTTP/1.1"),
+    head(b"GET /kv/a?raw=true HTTP/1.1"),                         # a query
+    head(b"GET /kv/a#x HTTP/1.1"),
+    head(b"GET /kv/a/../b HTTP/1.1"),                             # dot and empty segments
+    head(b"GET /kv/./b HTTP/1.1"),
+    head(b"GET /kv//b HTTP/1.1"),
+    head(b"GET /txn HTTP/1.1"),                                   # another route
+    head(b"GET /kvx/a HTTP/1.1"),
+    head(b"GET http://x/kv/a HTTP/1.1"),                          # absolute form
+    head(b"GET /kv/\xc3\xa9 HTTP/1.1"),                           # not ASCII
+    head(b"GET /kv/a\x00 HTTP/1.1"),
+    head(b"GET  /kv/a HTTP/1.1"),                                 # two spaces
+    head(b"GET /kv/a HTTP/1.1", b"Host : x"),                     # space before the colon
+    head(b"GET /kv/a HTTP/1.1", b"Host x"),
+    head(b"GET /kv/a HTTP/1.1", b" folded"),                      # obs-fold
+    head(b"GET /kv/a HTTP/1.1", b"X: a\nContent-Length: 5"),      # bare LF
+    head(b"GET /kv/a HTTP/1.1", b"X: a\rb"),                      # bare CR
+    head(b"GET /kv/a HTTP/1.1", b"X: \xff"),                      # obs-text
+    head(b"GET /kv/a HTTP/1.1", b"X: \x01"),
+    head(b"PUT /kv/a HTTP/1.1"),                                  # a PUT without a length
+    head(b"PUT /kv/a HTTP/1.1", b"Content-Length: 1", b"Content-Length: 1"),
+    head(b"PUT /kv/a HTTP/1.1", b"Content-Length: +1"),
+    head(b"PUT /kv/a HTTP/1.1", b"Content-Length: 1, 1"),
+    head(b"PUT /kv/a HTTP/1.1", b"Content-Length: " + str(LIMIT + 1).encode()),
+    head(b"GET /kv/a HTTP/1.1", b"Content-Length: 1"),            # a body on GET
+    head(b"PUT /kv/a HTTP/1.1", b"Transfer-Encoding: chunked"),
+    head(b"PUT /kv/a HTTP/1.1", b"Content-Length: 2", b"Content-Encoding: gzip"),
+    head(b"PUT /kv/a HTTP/1.1", b"Content-Length: 2", b"Expect: 100-continue"),
+    head(b"GET /kv/a HTTP/1.1", b"Connection: Upgrade", b"Upgrade: websocket"),
+    head(b"GET /kv/a HTTP/1.1", b"Connection: keep-alive, close"),
+    head(b"GET /kv/a HTTP/1.1", b"Host: x", b"Host: y"),
+])
+def test_anything_outside_the_subset_is_left_to_aiohttp(raw: bytes) -> None:
+    lines = raw.split(b"\r\n")
+    if b"Host: x" not in lines:  # every head here has its Host, so that is not the reason
+        lines.insert(1, b"Host: x")
+    assert parse_head(b"\r\n".join(lines), METHODS, LIMIT) is None
+
+
+def test_a_head_without_a_host_is_left_to_aiohttp() -> None:
+    assert parse_head(head(b"GET /kv/a HTTP/1.1", b"Accept: */*"), METHODS, LIMIT) is None
+
+
+_NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(
+    lambda name: name not in ("host", "content-length", "connection", "transfer-encoding",
+                              "content-encoding", "expect", "upgrade"))
+
+
+@given(st.lists(st.tuples(_NAME, st.text(alphabet="abc xyz;=/019", max_size=20)), max_size=8),
+       st.binary(max_size=3))
+def test_a_head_is_served_only_if_every_header_line_is_clean(
+        fields: list[tuple[str, str]], noise: bytes) -> None:
+    """Plain headers keep a head on this path, with their values trimmed; one byte that
+    is not a printable character, space or tab in any line sends it to aiohttp."""
+    lines = [b"GET /kv/k HTTP/1.1", b"Host: h"] + [f"{n}: {v}".encode() for n, v in fields]
+    parsed = parse_head(head(*lines), METHODS, LIMIT)
+    assert parsed is not None
+    assert [("Host", "h")] + [(n, v.strip(" ")) for n, v in fields] == list(parsed.headers.items())
+    dirty = [b for b in noise if (b < 0x20 and b != 0x09) or b >= 0x7F]
+    if dirty and fields:
+        lines[-1] += bytes(dirty)
+        assert parse_head(head(*lines), METHODS, LIMIT) is None
+
+
+# -- on a node ----------------------------------------------------------------------------------
+
+async def answers(reader: asyncio.StreamReader, count: int) -> list[tuple[bytes, bytes]]:
+    """The next `count` answers on a connection: (head, body), read by Content-Length."""
+    found = []
+    for _ in range(count):
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = next(int(line.split(b":")[1]) for line in raw.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        found.append((raw, await asyncio.wait_for(reader.readexactly(length), 10)))
+    return found
+
+
+def served_here(answer_head: bytes) -> bool:
+    return b"\r\nServer:" not in answer_head
+
+
+def put(key: str, value: object, *extra: bytes) -> bytes:
+    body = orjson.dumps({"value": value})
+    return head(f"PUT /kv/{key} HTTP/1.1".encode(), b"Host: x", *extra,
+                b"Content-Length: " + str(len(body)).encode(), b"", body)
+
+
+async def test_plain_requests_are_served_here_with_the_usual_answer(node: Node) -> None:
+    reader, writer = await raw_request(node, put("p", 1) + head(
+        b"GET /kv/p HTTP/1.1", b"Host: x", b"", b"") + head(
+        b"DELETE /kv/p HTTP/1.1", b"Host: x", b"", b"") + head(
+        b"GET /kv/p HTTP/1.1", b"Host: x", b"", b""))
+    try:
+        (put_head, put_body), (get_head, get_body), (del_head, _), (gone_head, gone) = \
+            await answers(reader, 4)
+        assert all(served_here(h) for h in (put_head, get_head, del_head, gone_head))
+        assert put_head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nX-KVS-Index: " in put_head
+        assert b"\r\nDate: " in put_head and b"Content-Type: application/json" in put_head
+        assert orjson.loads(get_body)["value"] == 1
+        assert orjson.loads(get_body)["version"] == orjson.loads(put_body)["version"]
+        assert del_head.startswith(b"HTTP/1.1 200 ")
+        assert gone_head.startswith(b"HTTP/1.1 404 Not Found\r\n")
+        assert orjson.loads(gone)["error"] == "not_found"
+    finally:
+        writer.close()
+
+
+async def test_pipelined_requests_of_both_kinds_are_answered_in_order(node: Node) -> None:
+    """Served, served, then one aiohttp must serve (a query): it and every later request
+    of the connection, plain or not, are aiohttp's, answered in the order sent."""
+    sent = (put("q", 1) + head(b"GET /kv/q HTTP/1.1", b"Host: x", b"", b"")
+            + head(b"GET /kv/q?raw=true HTTP/1.1", b"Host: x", b"", b"")
+            + put("q", 2) + head(b"GET /kv/q HTTP/1.1", b"Host: x", b"", b""))
+    reader, writer = await raw_request(node, sent)
+    try:
+        got = await answers(reader, 5)
+        assert [served_here(h) for h, _ in got] == [True, True, False, False, False]
+        assert got[2][1] == b"1"
+        assert orjson.loads(got[4][1])["value"] == 2
+    finally:
+        writer.close()
+
+
+async def test_a_request_split_at_every_byte_is_served(node: Node) -> None:
+    data = put("s", "split", b"X-Extra: yes") + head(b"GET /kv/s HTTP/1.1", b"Host: x", b"", b"")
+    reader, writer = await raw_request(node, b"")
+    try:
+        for i in range(len(data)):
+            writer.write(data[i:i + 1])
+            await writer.drain()
+        (put_head, _), (get_head, get_body) = await answers(reader, 2)
+        assert served_here(put_head) and served_here(get_head)
+        assert orjson.loads(get_body)["value"] == "split"
+    finally:
+        writer.close()
+
+
+_GZIPPED = gzip.compress(b'{"value": 3}')
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    # A chunked body, a gzip body, bare LF line ends: aiohttp's, with aiohttp's answers.
+    (b"PUT /kv/h HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nc\r\n"
+     b'{"value": 3}\r\n0\r\n\r\n', b"200"),
+    (b"PUT /kv/h HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: "
+     + str(len(_GZIPPED)).encode() + b"\r\n\r\n" + _GZIPPED, b"200"),
+    (b"PUT /kv/h HTTP/1.1\nHost: x\nContent-Length: 12\n\n" + b'{"value": 3}', b"400"),
+])
+async def test_unusual_requests_are_answered_by_aiohttp(node: Node, api: Api,
+                                                        request_bytes: bytes, status: bytes) -> None:
+    reader, writer = await raw_request(node, request_bytes)
+    try:
+        [(answer, _)] = await answers(reader, 1)
+        assert not served_here(answer)
+        assert answer.split(b" ")[1] == status
+        stored = (await api.get("h")).body
+        assert stored.get("value") == (3 if status == b"200" else None)
+    finally:
+        writer.close()
+
+
+async def test_a_long_head_goes_to_aiohttp(node: Node) -> None:
+    reader, writer = await raw_request(node, head(b"GET /kv/l HTTP/1.1", b"Host: x",
+                                                  b"X-Long: " + b"a" * MAX_HEAD, b"", b""))
+    try:
+        [(answer, _)] = await answers(reader, 1)
+        assert not served_here(answer)
+    finally:
+        writer.close()
+
+
+async def test_connection_close_is_honoured(node: Node) -> None:
+    reader, _ = await raw_request(node, head(b"GET /kv/c HTTP/1.1", b"Host: x", b"Connection: close",
+                                             b"", b""))
+    answer = await closed_by_server(reader, 10)
+    assert answer.startswith(b"HTTP/1.1 404 ") and b"\r\nConnection: close\r\n" in answer
+    assert served_here(answer)
+
+
+async def test_an_idle_connection_is_closed_at_the_keep_alive_timeout(
+        make_node: NodeFactory) -> None:
+    node = await make_node(http_keepalive_seconds=1)
+    reader, _ = await raw_request(node, head(b"GET /kv/k HTTP/1.1", b"Host: x", b"", b""))
+    started = asyncio.get_running_loop().time()
+    answer = await closed_by_server(reader, 10)
+    assert answer.startswith(b"HTTP/1.1 404 ") and served_here(answer)
+    assert asyncio.get_running_loop().time() - started >= 0.9
+
+
+async def test_a_head_must_arrive_within_the_header_timeout_after_a_request(
+        make_node: NodeFactory) -> None:
+    """The first request is answered; the next head, begun but never finished, is cut
+    off at the header timeout though the keep-alive timeout is far away."""
+    node = await make_node(http_header_timeout_seconds=1, http_keepalive_seconds=60)
+    reader, writer = await raw_request(node, head(b"GET /kv/k HTTP/1.1", b"Host: x", b"", b""))
+    try:
+        await answers(reader, 1)
+        writer.write(b"GET /kv/k HTTP/1.1\r\nHo")
+        assert await closed_by_server(reader, 10) == b""
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_buffered_forever(
+        node: Node) -> None:
+    """Pipelined GETs of a large value, never read: the node stops reading the connection
+    once its answers back up, instead of holding every answer in memory; it goes on once
+    the client reads."""
+    value = "v" * 100_000
+    reader, writer = await raw_request(node, put("big", value))
+    try:
+        await answers(reader, 1)
+        assert node.site is not None and node.site.fast is not None
+        [connection] = node.site.fast.live
+        count = 300  # 30 MB of answers, were they all buffered
+        writer.write(head(b"GET /kv/big HTTP/1.1", b"Host: x", b"", b"") * count)
+        await eventually(lambda: not connection.reading)
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert connection.backlog < 1_000_000
+        got = await answers(reader, count)
+        assert all(orjson.loads(body)["value"] == value for _, body in got)
+    finally:
+        writer.close()
+
+
+async def test_a_stopping_node_closes_idle_connections_and_finishes_answers(
+        make_node: NodeFactory) -> None:
+    node = await make_node()
+    idle_reader, idle_writer = await raw_request(node, head(b"GET /kv/k HTTP/1.1", b"Host: x", b"", b""))
+    await answers(idle_reader, 1)
+    await asyncio.wait_for(node.stop(), 10)
+    assert await closed_by_server(idle_reader, 5) == b""
+    idle_writer.close()
