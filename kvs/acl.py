@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,14 +208,6 @@ class Token:
 def policy_from_stored(data: Mapping[str, Any]) -> Policy:
     return Policy(data["name"], tuple(Rule(r["prefix"], r["access"]) for r in data["rules"]),
                   data.get("operator"), bool(data.get("management")), data.get("description", ""))
-
-
-def new_secret() -> str:
-    """A token's secret: 256 random bits, URL-safe, never beginning with "-" (one in 64 did,
-    and `kvs ... --token -x...` is then read as an unknown option)."""
-    while (secret := secrets.token_urlsafe(32)).startswith("-"):
-        pass
-    return secret
 
 
 def malformed_secret(secret: str) -> str | None:

@@ -120,9 +120,3 @@ def test_a_valid_policy_round_trips() -> None:
 def test_malformed_secrets(secret: str, problem: str) -> None:
     assert problem in (acl.malformed_secret(secret) or "")
 
-
-def test_a_new_secret_never_reads_as_a_command_line_option() -> None:
-    """kvs --token SECRET: a secret beginning with "-" would be taken for an option."""
-    made = [acl.new_secret() for _ in range(2000)]
-    assert not any(secret.startswith("-") for secret in made)
-    assert len(set(made)) == len(made) and all(acl.malformed_secret(s) is None for s in made)

@@ -16,6 +16,7 @@ from consul.exceptions import ACLPermissionDenied
 
 from kvs import acl
 from kvs.cluster import auth
+from kvs.http.acl import new_secret
 from kvs.node import Node
 from tests.conftest import Api, NodeFactory, Reply, eventually
 
@@ -397,3 +398,10 @@ async def test_a_consul_session_is_renewed_or_destroyed_only_by_its_creator(
     assert (await holder("PUT", f"/v1/session/renew/{session}")).status == 200
     assert (await admin("PUT", f"/v1/session/destroy/{session}")).body is True  # management may
     assert (await holder("GET", f"/v1/session/info/{session}")).body == []
+
+
+def test_a_new_secret_never_reads_as_a_command_line_option() -> None:
+    """kvs --token SECRET: a secret beginning with "-" would be taken for an option."""
+    made = [new_secret() for _ in range(2000)]
+    assert not any(secret.startswith("-") for secret in made)
+    assert len(set(made)) == len(made) and all(acl.malformed_secret(s) is None for s in made)

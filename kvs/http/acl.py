@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -248,6 +249,14 @@ def secret_of(request: web.Request) -> str | None:
     return secret
 
 
+def new_secret() -> str:
+    """A token's secret: 256 random bits, URL-safe, never beginning with "-" (one in 64 did,
+    and `kvs ... --token -x...` is then read as an unknown option)."""
+    while (secret := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return secret
+
+
 # -- /acl/: administration ----------------------------------------------------------------------
 
 TOKEN_FIELDS = frozenset({"description", "policies", "ttl", "expires_at"})
@@ -394,7 +403,7 @@ class ACLApi:
 
     def _new_token(self, policies: tuple[str, ...], description: str,
                    ttl_ms: int | None) -> tuple[acl.Token, str]:
-        secret = acl.new_secret()
+        secret = new_secret()
         now = self.engine.now_ms()
         token = acl.Token(str(uuid.uuid4()), acl.hash_secret(secret), policies, description,
                           now + ttl_ms if ttl_ms is not None else None, now)
