@@ -8,14 +8,17 @@ on the same engine, so every option serves the same data and pays the same engin
 
     application  (a) the node's Application, as before the front: aiohttp's router for
                  every request, aiohttp's own connection class
-    front        (b) the node's own port: the Application with kvs.http.server.front and
-                 kvs's connection class (header timeout, connection cap)
+    front        (b) the Application with kvs.http.server.front (with aiohttp's connection
+                 class here: the node's own, with its header timer, is a little dearer)
     low-level    (c) aiohttp's low-level web.Server handing KV requests to the node's
                  wrapped routes (the same table the front uses), aiohttp's connection class
     protocol     (d) an asyncio Protocol on httptools calling the engine for GET and PUT
                  /kv/{key}: a prototype of the floor, not a server. It has no ACL admission,
                  body timeout, Content-Encoding, header timeout, connection cap, settle
                  wait, pipelining order for writes, Expect or chunked-body limits.
+    fast path    (e) the node's own port: kvs.http.fastpath (plain KV requests served by
+                 an asyncio Protocol calling the node's wrapped routes; anything else
+                 handed to the Application of (b)), with kvs's connection class
 
 Each round runs every operation on every listener back to back; the table gives medians,
 and the CPU ratio to (a) is the median of per-round ratios (the CPU time is the whole
@@ -48,12 +51,12 @@ from bench.targets import have_taskset, pinned
 from kvs.config import load
 from kvs.errors import BadRequest, KVSError
 from kvs.http.kv import OP_FIELDS, parse_op, write_result
-from kvs.http.server import SUBTREES
+from kvs.http.server import SUBTREES, front
 from kvs.keys import validate_key
 from kvs.node import Node
 from kvs.testing import REPO_ROOT
 
-OPTIONS = ("application", "front", "low-level", "protocol")
+OPTIONS = ("application", "front", "low-level", "protocol", "fast path")
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
             409: b"Conflict", 412: b"Precondition Failed"}
 
@@ -145,14 +148,17 @@ async def _serve(data_dir: str) -> None:
                 return await handler(request)  # type: ignore[arg-type]
         return web.Response(status=404)
 
+    front_server = node.app._make_handler(loop=loop, access_log=None, handler_cancellation=True)
+    front_server.request_handler = front(node.app)(front_server.request_handler)
     factories: dict[str, Any] = {
         # The Application's own server (what AppRunner builds): its router for every request.
         "application": node.app._make_handler(loop=loop, access_log=None,
                                               handler_cancellation=True),
+        "front": front_server,
         "low-level": web.Server(low_level, handler_cancellation=True, access_log=None),
         "protocol": lambda: _Protocol(node),
     }
-    ports = {"front": node.port}
+    ports = {"fast path": node.port}
     for name, factory in factories.items():
         server = await loop.create_server(factory, "127.0.0.1", 0)
         ports[name] = server.sockets[0].getsockname()[1]
