@@ -16,15 +16,24 @@ import gzip
 
 import orjson
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvs.http.fastpath import MAX_HEAD, parse_head
+from kvs.engine import Op
+from kvs.http.fastpath import MAX_HEAD, Routes, parse_head
 from kvs.node import Node
+from tests.cluster import start_cluster
 from tests.conftest import Api, NodeFactory, eventually
 from tests.test_http_limits import closed_by_server, raw_request
 
-METHODS = {b"GET": 1, b"PUT": 1, b"DELETE": 1}
+
+async def _route(request: web.Request) -> web.Response:
+    return web.Response()
+
+
+METHODS = Routes({b"GET": _route, b"PUT": _route, b"DELETE": _route},
+                 {(b"POST", b"/internal/push"): _route})
 LIMIT = 1 << 20
 
 
@@ -47,6 +56,10 @@ def test_a_plain_kv_head_is_parsed() -> None:
     head(b"GET /kv/a HTTP/1.0"),                                  # another version
     head(b"HEAD /kv/a HTTP/1.1"),                                 # another method
     head(b"POST /kv/a HTTP/1.1", b"Content-Length: 1"),
+    head(b"GET /internal/push HTTP/1.1"),                         # a peers' route: POST only
+    head(b"POST /internal/push HTTP/1.1"),                        # ... with a length
+    head(b"POST /internal/push/x HTTP/1.1", b"Content-Length: 1"),  # exact paths only
+    head(b"POST /internal/pus HTTP/1.1", b"Content-Length: 1"),
     head(b"get /kv/a HTTP/1.1"),
     head(b"GET /kv/a?raw=true HTTP/1.1"),                         # a query
     head(b"GET /kv/a#x HTTP/1.1"),
@@ -84,6 +97,12 @@ def test_anything_outside_the_subset_is_left_to_aiohttp(raw: bytes) -> None:
     if b"Host: x" not in lines:  # every head here has its Host, so that is not the reason
         lines.insert(1, b"Host: x")
     assert parse_head(b"\r\n".join(lines), METHODS, LIMIT) is None
+
+
+def test_a_peers_post_is_parsed() -> None:
+    parsed = parse_head(head(b"POST /internal/push HTTP/1.1", b"Host: x", b"Content-Length: 2",
+                             b"X-KVS-Signature: abc"), METHODS, LIMIT)
+    assert parsed is not None and (parsed.method, parsed.length) == ("POST", 2)
 
 
 def test_a_head_without_a_host_is_left_to_aiohttp() -> None:
@@ -281,3 +300,16 @@ async def test_a_stopping_node_closes_idle_connections_and_finishes_answers(
     await asyncio.wait_for(node.stop(), 10)
     assert await closed_by_server(idle_reader, 5) == b""
     idle_writer.close()
+
+
+async def test_peers_calls_are_served_here(make_node: NodeFactory) -> None:
+    """Node-to-node calls (signed with the cluster secret) stay on this path: the peers'
+    pooled connections are never handed to aiohttp, and replication works through them."""
+    nodes = await start_cluster(make_node, 2, cluster_secret="s" * 32)
+    a, b = nodes
+    assert (await a.engine.put(Op("set", "k", "v"))).value == "v"
+    await eventually(lambda: b.storage is not None and b.storage.read("k") is not None,
+                     what="the push to b")
+    for node in nodes:
+        assert node.site is not None and node.site.fast is not None
+        assert node.site.fast.live, "a peer's connection was handed to aiohttp"

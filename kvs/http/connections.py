@@ -35,7 +35,7 @@ import logging
 import resource
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
@@ -238,11 +238,11 @@ def runner(app: web.Application, front: Callable[[Handler], Handler] | None = No
 async def serve(app_runner: web.AppRunner, sock: socket.socket, limit: ConnectionLimit, *,
                 header_timeout: float, keepalive_timeout: float,
                 ssl_context: ssl.SSLContext | None = None,
-                fast: Mapping[bytes, Handler] | None = None,
+                fast: fastpath.Routes | None = None,
                 client_max_size: int = 0) -> Site:
     """Start serving `sock` (already bound and listening) with the bounds above; TLS only,
-    with `ssl_context`. With `fast` (kvs/http/fastpath.py: the wrapped KV handlers by
-    method), each connection starts on the protocol-level path, bodies up to
+    with `ssl_context`. With `fast` (kvs/http/fastpath.py: the wrapped routes it may
+    call), each connection starts on the protocol-level path, bodies up to
     `client_max_size`, and is handed to aiohttp at its first request outside that path."""
     server = app_runner.server
     assert server is not None, "call runner.setup() first"

@@ -1,9 +1,12 @@
-"""The protocol-level path for plain KV requests: GET, PUT and DELETE /kv/<key>.
+"""The protocol-level path for plain KV requests (GET, PUT and DELETE /kv/<key>) and
+for the peers' POST routes under /internal/ (every node-to-node call).
 
 Why: aiohttp's server spends about 35 µs of CPU on a request before kvs sees it (its
 connection loop, a task and a `Request` per request, a `Response` prepared through its
 writer), as much as the engine spends on a write (docs/design.md, The HTTP front).
-Most client traffic is the plainest kind of request, and that is what this path serves.
+Most client traffic is the plainest kind of request, and that is what this path serves;
+so is all peer traffic (kvs/cluster/transport.py sends nothing else), which every write
+of a cluster causes (pushes, Paxos rounds).
 
 How: every client connection starts with a `FastConnection`. It parses a request head
 itself only when the head is in a strict subset of HTTP/1.1 (`parse_head`). Such a
@@ -45,6 +48,7 @@ log = logging.getLogger("kvs.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIX = "/kv/"
+_PREFIX = PREFIX.encode()
 METHODS = ("GET", "PUT", "DELETE")
 # Heads longer than this go to aiohttp, which applies its own line and field limits.
 MAX_HEAD = 8190
@@ -59,34 +63,51 @@ _HANDED_OVER = frozenset({b"transfer-encoding", b"content-encoding", b"expect", 
 _EMPTY_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
 
+@dataclass(frozen=True)
+class Routes:
+    """The wrapped route handlers this path may call: by method for every path under
+    PREFIX (the KV routes), and by method and exact path (the peers' POST routes)."""
+
+    prefixed: Mapping[bytes, Handler]
+    exact: Mapping[tuple[bytes, bytes], Handler]
+
+    def find(self, method: bytes, target: bytes) -> Handler | None:
+        if target.startswith(_PREFIX):
+            return self.prefixed.get(method)
+        return self.exact.get((method, target))
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
-    """A request head in the subset this path serves."""
+    """A request head in the subset this path serves, and the handler it goes to."""
 
     method: str
     path: str
     headers: CIMultiDictProxy[str]
     length: int  # of the body
     close: bool  # the client asked to close after the answer (Connection: close)
+    handler: Handler
 
 
-def parse_head(raw: bytes, methods: Mapping[bytes, object], max_body: int) -> Head | None:
+def parse_head(raw: bytes, routes: Routes, max_body: int) -> Head | None:
     """The head of one request (its bytes up to, not including, the blank line), or None
     when it is outside the subset served here: then aiohttp must serve it.
 
-    The subset: "GET|PUT|DELETE /kv/<target> HTTP/1.1" with a target of printable ASCII,
-    no query or fragment and no dot or empty segment (aiohttp may normalise those); header
-    lines "name: value" with a token name and a value of printable ASCII, spaces and tabs,
-    each line ending in CRLF (no bare CR or LF, no folding); one Host; at most one Content-Length, in
-    digits, at most `max_body`, and a body only on PUT; no Transfer-Encoding,
-    Content-Encoding, Expect or Upgrade; Connection only keep-alive or close.
+    The subset: "METHOD TARGET HTTP/1.1" for a route of `routes`, with a target of printable
+    ASCII, no query or fragment and no dot or empty segment (aiohttp may normalise those);
+    header lines "name: value" with a token name and a value of printable ASCII, spaces and
+    tabs, each line ending in CRLF (no bare CR or LF, no folding); one Host; at most one
+    Content-Length, in digits, at most `max_body`; a body only on PUT and POST, and those
+    have a Content-Length; no Transfer-Encoding, Content-Encoding, Expect or Upgrade;
+    Connection only keep-alive or close.
     """
     lines = raw.split(b"\r\n")
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in methods:
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
         return None
     target = parts[1]
-    if (not target.startswith(b"/kv/") or target.translate(None, _VISIBLE)
+    handler = routes.find(parts[0], target)
+    if (handler is None or target.translate(None, _VISIBLE)
             or any(mark in target for mark in (b"?", b"#", b"//", b"/."))):
         return None
     fields: list[tuple[str, str]] = []
@@ -116,14 +137,15 @@ def parse_head(raw: bytes, methods: Mapping[bytes, object], max_body: int) -> He
     if hosts != 1:
         return None  # HTTP/1.1 needs exactly one (aiohttp answers 400)
     method = parts[0].decode("ascii")
+    with_body = method in ("PUT", "POST")
     if length is None:
-        if method == "PUT":
-            return None  # aiohttp answers a PUT without a length (an empty body: 400)
+        if with_body:
+            return None  # aiohttp answers one without a length (an empty body: 400)
         length = 0
-    if length > max_body or (length and method != "PUT"):
+    if length > max_body or (length and not with_body):
         return None
     return Head(method, target.decode("ascii"), CIMultiDictProxy(CIMultiDict(fields)),
-                length, close)
+                length, close, handler)
 
 
 class Exchange:
@@ -133,12 +155,14 @@ class Exchange:
     """
 
     __slots__ = ("_body", "_missing", "_state", "_waiter", "body_exists", "client_max_size",
-                 "headers", "method", "raw_path")
+                 "headers", "method", "raw_path", "transport")
     query_string = ""
     query = _EMPTY_QUERY
 
-    def __init__(self, head: Head, client_max_size: int) -> None:
+    def __init__(self, head: Head, client_max_size: int,
+                 transport: asyncio.Transport | None) -> None:
         self.method = head.method
+        self.transport = transport  # for the peer certificate (tls_verify_peer)
         self.raw_path = head.path
         self.headers = head.headers
         self.client_max_size = client_max_size
@@ -217,11 +241,14 @@ def encode(response: web.StreamResponse, keep_alive: bool) -> bytes:
 
 # -- the connection -------------------------------------------------------------------------
 
-def fast_routes(subtrees: Mapping[str, tuple[tuple[str, Handler], ...]]) -> dict[bytes, Handler]:
-    """The wrapped handlers for PREFIX among the application's subtree routes
-    (server.subtrees), by method as the parser reads it."""
-    return {method.encode(): handler for method in METHODS
-            for prefix, handler in subtrees.get(method, ()) if prefix == PREFIX}
+def fast_routes(subtrees: Mapping[str, tuple[tuple[str, Handler], ...]],
+                exact: Mapping[tuple[str, str], Handler]) -> Routes:
+    """The routes this path serves: the wrapped handlers for PREFIX among the application's
+    subtree routes (server.subtrees), and `exact`'s (method, path) routes."""
+    prefixed = {method.encode(): handler for method in METHODS
+                for prefix, handler in subtrees.get(method, ()) if prefix == PREFIX}
+    return Routes(prefixed, {(method.encode(), path.encode()): handler
+                             for (method, path), handler in exact.items()})
 
 
 @dataclass(frozen=True)
@@ -229,7 +256,7 @@ class Listener:
     """What the fast connections of one listening socket share: the handlers, the body
     bound, the timeouts, and the live connections (closed when the node stops)."""
 
-    handlers: Mapping[bytes, Handler]
+    routes: Routes
     client_max_size: int
     header_timeout: float
     keepalive_timeout: float
@@ -340,18 +367,18 @@ class FastConnection(asyncio.Protocol):
                 self._hand_off()  # a long head, or one with a bare LF: aiohttp's
             return
         listener = self._listener
-        head = parse_head(buffer[:end], listener.handlers, listener.client_max_size)
+        head = parse_head(buffer[:end], listener.routes, listener.client_max_size)
         if head is None:
             self._hand_off()
             return
-        exchange = Exchange(head, listener.client_max_size)
+        exchange = Exchange(head, listener.client_max_size, self._transport)
         self._buffer = exchange.feed(buffer[end + 4:])
         self._exchange = exchange
         self._close_after = head.close
         self._state = BUSY
         self._due = float("inf")
         request = cast(web.Request, exchange)  # see Exchange: what the wrapper reads
-        self._task = self._loop.create_task(listener.handlers[head.method.encode()](request))
+        self._task = self._loop.create_task(head.handler(request))
         self._task.add_done_callback(self._answered)
 
     def _answered(self, task: asyncio.Task[web.StreamResponse]) -> None:
