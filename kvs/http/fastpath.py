@@ -54,8 +54,13 @@ MAX_BUFFERED = 1 << 16
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VISIBLE = bytes(range(0x21, 0x7F))
 _FIELD_VALUE = _VISIBLE + b" \t"
-# Headers that change how a message is framed or read: such a request is aiohttp's.
-_HANDED_OVER = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
+# Header lines in a head served here; aiohttp answers 400 past 128 (its max_headers).
+MAX_FIELDS = 100
+# Headers that change how a message is framed or read, or that aiohttp refuses: such a
+# request is aiohttp's. llhttp reads Proxy-Connection as Connection (close: the connection
+# ends after the answer); aiohttp answers 400 to Sec-WebSocket-Key1 (the old handshake).
+_HANDED_OVER = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade",
+                          b"proxy-connection", b"sec-websocket-key1"})
 _EMPTY_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
 
@@ -77,30 +82,35 @@ def parse_head(raw: bytes, methods: Mapping[bytes, object], max_body: int) -> He
     The subset: "GET|PUT|DELETE /kv/<target> HTTP/1.1" with a target of printable ASCII,
     no query or fragment and no dot or empty segment (aiohttp may normalise those); header
     lines "name: value" with a token name and a value of printable ASCII, spaces and tabs,
-    each line ending in CRLF (no bare CR or LF, no folding); one Host; at most one Content-Length, in
-    digits, at most `max_body`, and a body only on PUT; no Transfer-Encoding,
-    Content-Encoding, Expect or Upgrade; Connection only keep-alive or close.
+    each line ending in CRLF (no bare CR or LF, no folding); at most MAX_FIELDS of them, no
+    name twice (aiohttp refuses a second Content-Type, User-Agent, Host...: 400); a Host; a
+    Content-Length, if any, in digits, at most `max_body`, and a body only on PUT; none of
+    the headers in _HANDED_OVER; Connection only keep-alive or close.
     """
     lines = raw.split(b"\r\n")
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in methods:
+    if (len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in methods
+            or len(lines) > MAX_FIELDS + 1):
         return None
     target = parts[1]
     if (not target.startswith(b"/kv/") or target.translate(None, _VISIBLE)
             or any(mark in target for mark in (b"?", b"#", b"//", b"/."))):
         return None
     fields: list[tuple[str, str]] = []
+    seen: set[bytes] = set()
     length: int | None = None
     close = False
-    hosts = 0
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name.translate(None, _TOKEN) or value.translate(None, _FIELD_VALUE):
             return None
         value = value.strip(b" \t")
         lowered = name.lower()
+        if lowered in seen or lowered in _HANDED_OVER:
+            return None
+        seen.add(lowered)
         if lowered == b"content-length":
-            if length is not None or not value.isdigit() or len(value) > 18:
+            if not value.isdigit() or len(value) > 18:
                 return None
             length = int(value)
         elif lowered == b"connection":
@@ -108,13 +118,9 @@ def parse_head(raw: bytes, methods: Mapping[bytes, object], max_body: int) -> He
             if token not in (b"keep-alive", b"close"):
                 return None
             close = token == b"close"
-        elif lowered == b"host":
-            hosts += 1
-        elif lowered in _HANDED_OVER:
-            return None
         fields.append((name.decode("ascii"), value.decode("ascii")))
-    if hosts != 1:
-        return None  # HTTP/1.1 needs exactly one (aiohttp answers 400)
+    if b"host" not in seen:
+        return None  # HTTP/1.1 needs one (aiohttp answers 400)
     method = parts[0].decode("ascii")
     if length is None:
         if method == "PUT":
