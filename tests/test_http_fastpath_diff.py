@@ -28,8 +28,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from kvs.http import connections
+from kvs.http.fastpath import MAX_BUFFERED
 from kvs.node import Node
 from tests.conftest import NodeFactory
+from tests.test_http_fastpath import answers
+from tests.test_http_limits import raw_request
 
 # Short timeouts: every conversation ends with the node closing the connection.
 SETTINGS = {"http_keepalive_seconds": 1, "http_header_timeout_seconds": 1,
@@ -349,3 +352,46 @@ async def test_streams_cut_at_random_places_are_answered_as_aiohttp_answers_them
     short = {f"{name}-bytes": stream for name, stream in PIPELINES.items() if len(stream) < 1000}
     assert await differences(ports, short, bytewise) == {}
 
+
+async def test_pipelined_requests_are_buffered_within_the_bound(node: Node) -> None:
+    """2 MB of pipelined requests in one write, answers read as they come: the node reads
+    the connection as it serves it, never holding much more than MAX_BUFFERED bytes of
+    requests (plus one read) however many arrive."""
+    count = 1000
+    request = req(b"GET /kv/k HTTP/1.1", H, b"X-Pad: " + b"p" * 2000, b"", b"")
+    reader, writer = await raw_request(node, END)
+    try:
+        await answers(reader, 1)
+        assert node.site is not None and node.site.fast is not None
+        [connection] = node.site.fast.live
+        most = 0
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, connection.buffered)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        writer.write(request * count)
+        got = await answers(reader, count)
+        watcher.cancel()
+        assert len(got) == count and most > MAX_BUFFERED
+        assert most < MAX_BUFFERED + (512 << 10), most
+    finally:
+        writer.close()
+
+
+async def test_a_connection_paused_on_a_large_pipelined_body_reads_again(node: Node) -> None:
+    """Two PUTs of 100 kB bodies in one write hold more than MAX_BUFFERED: reading pauses
+    while the first is served. Once both are, the connection reads (and answers) the next
+    request."""
+    big = put(body=b'{"value": "' + b"v" * 100_000 + b'"}').replace(b"/kv/a", b"/kv/big")
+    reader, writer = await raw_request(node, big * 2)
+    try:
+        assert [h.split(b" ")[1] for h, _ in await answers(reader, 2)] == [b"200", b"200"]
+        writer.write(END.replace(b"/kv/a", b"/kv/big"))
+        [(answer, body)] = await answers(reader, 1)
+        assert answer.startswith(b"HTTP/1.1 200 ") and len(body) > 100_000
+    finally:
+        writer.close()

@@ -169,15 +169,16 @@ class Exchange:
     def is_eof(self) -> bool:
         return self._missing == 0
 
-    def feed(self, data: bytes) -> bytes:
-        """Take what belongs to the body from `data`; return the rest (the next request)."""
-        taken = data[:self._missing]
+    def feed(self, data: bytes | bytearray) -> int:
+        """Take what belongs to the body from the start of `data`; return how many bytes
+        that was (the rest is the next request)."""
+        taken = bytes(data[:self._missing])
         if taken:
             self._body.append(taken)
             self._missing -= len(taken)
         if self._missing == 0 and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        return data[len(taken):]
+        return len(taken)
 
     async def read(self) -> bytes:
         if self._missing:
@@ -266,7 +267,9 @@ class FastConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._counted = False
-        self._buffer = b""
+        # Bytes of the next requests. A bytearray consumed from the front: deleting a served
+        # request costs no copy of those behind it (many pipelined in one read).
+        self._buffer = bytearray()
         self._state = HEAD
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -281,6 +284,11 @@ class FastConnection(asyncio.Protocol):
         """False while reading is paused: the client is not reading its answers, or has
         sent more than MAX_BUFFERED bytes of later requests."""
         return self._reading
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of requests received but not yet served."""
+        return len(self._buffer)
 
     @property
     def backlog(self) -> int:
@@ -300,14 +308,14 @@ class FastConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._exchange is not None and not self._exchange.is_eof():
-            data = self._exchange.feed(data)
+            data = data[self._exchange.feed(data):]
         self._buffer += data
         if self._state == IDLE and self._buffer:
             self._state = HEAD
             self._deadline(min(self._due, self._loop.time() + self._listener.header_timeout))
         if self._state == HEAD:
             self._next_request()
-        elif len(self._buffer) > MAX_BUFFERED:
+        if len(self._buffer) > MAX_BUFFERED:
             self._pause_reading()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -338,20 +346,24 @@ class FastConnection(asyncio.Protocol):
         if not self._writing:
             self._pause_reading()  # the client is not reading its answers: wait for it
             return
-        self._resume_reading()
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
         if end < 0:
             if len(buffer) > MAX_HEAD or buffer.count(b"\n") != buffer.count(b"\r\n"):
                 self._hand_off()  # a long head, or one with a bare LF: aiohttp's
+            else:
+                self._resume_reading()  # the rest of the head is still to come
             return
         listener = self._listener
-        head = parse_head(buffer[:end], listener.handlers, listener.client_max_size)
+        head = parse_head(bytes(buffer[:end]), listener.handlers, listener.client_max_size)
         if head is None:
             self._hand_off()
             return
         exchange = Exchange(head, listener.client_max_size)
-        self._buffer = exchange.feed(buffer[end + 4:])
+        del buffer[:end + 4]
+        del buffer[:exchange.feed(buffer)]
+        if len(buffer) <= MAX_BUFFERED:
+            self._resume_reading()  # else once enough of what is buffered has been served
         self._exchange = exchange
         self._close_after = head.close
         self._state = BUSY
@@ -396,7 +408,7 @@ class FastConnection(asyncio.Protocol):
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._buffer:
-            handler.data_received(self._buffer)
+            handler.data_received(bytes(self._buffer))
         if not self._reading:
             transport.resume_reading()
 
