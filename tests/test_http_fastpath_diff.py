@@ -395,3 +395,27 @@ async def test_a_connection_paused_on_a_large_pipelined_body_reads_again(node: N
         assert answer.startswith(b"HTTP/1.1 200 ") and len(body) > 100_000
     finally:
         writer.close()
+
+
+async def trickle(port: int) -> bytes:
+    """A PUT whose body trickles in, a byte every 0.1 s, past the body timeout (1 s) for
+    another second; then everything the node sends until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(req(b"PUT /kv/t HTTP/1.1", H, b"Content-Length: 100", b"", b"{"))
+        for _ in range(20):
+            await asyncio.sleep(0.1)
+            writer.write(b" ")
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_body_answered_early_is_read_and_dropped_before_the_close(
+        ports: tuple[int, int]) -> None:
+    """The 408 of a body that did not arrive in time reaches a client still sending it:
+    the node reads and drops what comes (connections.LINGER_SECONDS) before it closes, as
+    aiohttp does. Closing at once, with bytes unread, sends a reset that destroys the 408."""
+    got, expected = await asyncio.gather(*(trickle(port) for port in ports))
+    assert normalised(got) == normalised(expected)
+    assert got.startswith(b"HTTP/1.1 408 ")

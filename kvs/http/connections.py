@@ -50,8 +50,9 @@ log = logging.getLogger("kvs.http")
 FD_RESERVE = 128
 REFUSE_GRACE = 0.5  # seconds a refused connection may take to read its 503 and close
 REFUSING_MAX = 64  # refused connections given that grace at once
-# Seconds aiohttp keeps reading (and dropping) a body it answered early, before closing,
-# so a client still sending sees the answer instead of a reset. aiohttp's default is 10.
+# Seconds a connection keeps reading (and dropping) a body answered early, before closing,
+# so a client still sending sees the answer instead of a reset (aiohttp's lingering_time,
+# whose default is 10; the fast path does the same).
 LINGER_SECONDS = 2.0
 SHUTDOWN_GRACE = 5.0  # seconds a stopping node waits for the fast path's answers in progress
 
@@ -259,7 +260,8 @@ async def serve(app_runner: web.AppRunner, sock: socket.socket, limit: Connectio
     listener = None
     protocol: Callable[[], asyncio.Protocol] = aiohttp_connection
     if fast is not None:
-        listener = fastpath.Listener(fast, client_max_size, header_timeout, keepalive_timeout)
+        listener = fastpath.Listener(fast, client_max_size, header_timeout, keepalive_timeout,
+                                     LINGER_SECONDS)
 
         def protocol() -> asyncio.Protocol:
             return fastpath.FastConnection(listener, admit=limit.admit, release=limit.release,

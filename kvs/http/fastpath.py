@@ -21,7 +21,9 @@ Kept from the aiohttp connection: the connection cap (a connection counts once, 
 hand-off too), the header timeout (a head must arrive within http_header_timeout_seconds
 of the connection opening or of its first byte after a keep-alive gap, and within the
 keep-alive deadline), the keep-alive timeout, the body timeout (the wrapper's: it reads
-the body through `Exchange.read`), the handler cancelled when its client goes away,
+the body through `Exchange.read`) and the lingering close after it (the rest of the body
+is read and dropped, so the 408 is not lost to a reset), the handler cancelled when its
+client goes away,
 pipelined requests answered in order (one at a time, as aiohttp does), back-pressure on a
 client that does not read its answers, and TLS (a hand-off works on any transport).
 """
@@ -234,20 +236,23 @@ def fast_routes(subtrees: Mapping[str, tuple[tuple[str, Handler], ...]]) -> dict
 @dataclass(frozen=True)
 class Listener:
     """What the fast connections of one listening socket share: the handlers, the body
-    bound, the timeouts, and the live connections (closed when the node stops)."""
+    bound, the timeouts, and the live connections (closed when the node stops). `linger`:
+    seconds the rest of a body answered early is read and dropped before the close."""
 
     handlers: Mapping[bytes, Handler]
     client_max_size: int
     header_timeout: float
     keepalive_timeout: float
+    linger: float
     live: set[FastConnection] = field(default_factory=set)
 
 
-# A connection is waiting for a head (HEAD), serving a request (BUSY), or idle between
-# requests (IDLE). A head must arrive by the header deadline; an idle connection closes
-# at the keep-alive deadline; a busy one has no deadline of its own (the body timeout is
-# the wrapper's, and a handler may wait, e.g. for a quorum round).
-HEAD, BUSY, IDLE = "head", "busy", "idle"
+# A connection is waiting for a head (HEAD), serving a request (BUSY), idle between
+# requests (IDLE), or dropping the rest of a body answered early before it closes
+# (LINGERING). A head must arrive by the header deadline; an idle connection closes at the
+# keep-alive deadline; a busy one has no deadline of its own (the body timeout is the
+# wrapper's, and a handler may wait, e.g. for a quorum round).
+HEAD, BUSY, IDLE, LINGERING = "head", "busy", "idle", "lingering"
 
 
 class FastConnection(asyncio.Protocol):
@@ -307,8 +312,13 @@ class FastConnection(asyncio.Protocol):
         self._deadline(self._loop.time() + self._listener.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._exchange is not None and not self._exchange.is_eof():
-            data = data[self._exchange.feed(data):]
+        exchange = self._exchange
+        if exchange is not None and not exchange.is_eof():
+            data = data[exchange.feed(data):]
+        if self._state == LINGERING:
+            if exchange is None or exchange.is_eof():
+                self.close()  # the body is over: what follows is never served
+            return
         self._buffer += data
         if self._state == IDLE and self._buffer:
             self._state = HEAD
@@ -387,7 +397,10 @@ class FastConnection(asyncio.Protocol):
             exchange is not None and exchange.is_eof())
         transport.write(encode(response, keep))
         if not keep:
-            self.close()
+            if exchange is not None and not exchange.is_eof():
+                self._linger(exchange)
+            else:
+                self.close()
             return
         self._state = IDLE
         self._deadline(self._loop.time() + self._listener.keepalive_timeout)
@@ -411,6 +424,16 @@ class FastConnection(asyncio.Protocol):
             handler.data_received(bytes(self._buffer))
         if not self._reading:
             transport.resume_reading()
+
+    def _linger(self, exchange: Exchange) -> None:
+        """Read and drop the rest of the body of a request answered early (408: it came too
+        slowly), until it ends or for `linger` seconds, then close, as aiohttp does (its
+        lingering_time): closing with bytes unread sends a reset, which can destroy the
+        answer before the client reads it."""
+        self._exchange = exchange
+        self._state = LINGERING
+        self._cancel_timer()
+        self._timer = self._loop.call_later(self._listener.linger, self.close)
 
     def shut(self) -> asyncio.Task[web.StreamResponse] | None:
         """The node stops: close now if no request is in progress, else after its answer
