@@ -23,20 +23,40 @@ import contextlib
 import random
 import re
 import socket
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from kvs.http import connections
 from kvs.http.fastpath import MAX_BUFFERED
 from kvs.node import Node
 from tests.conftest import NodeFactory
+from tests.test_acl_http import bootstrapped, rule
 from tests.test_http_fastpath import answers
 from tests.test_http_limits import raw_request
+from tests.test_tls import Pki
 
 # Short timeouts: every conversation ends with the node closing the connection.
 SETTINGS = {"http_keepalive_seconds": 1, "http_header_timeout_seconds": 1,
             "http_body_timeout_seconds": 1}
+
+
+@dataclass(frozen=True)
+class Side:
+    """Where a stream goes: a port, the values of the placeholders its streams carry (such
+    as a token's secret, which differs between nodes), a TLS client context for a TLS port."""
+
+    port: int
+    fill: Mapping[bytes, bytes] = field(default_factory=dict)
+    tls: ssl.SSLContext | None = None
+
+
+Sides = tuple[Side, Side]  # (a node's port, with the fast path; another's, aiohttp alone)
 
 
 @contextlib.asynccontextmanager
@@ -48,21 +68,28 @@ async def plain_listener(node: Node) -> AsyncIterator[int]:
     sock.listen()
     site = await connections.serve(node.site._runner, sock, node.connections,
                                    header_timeout=node.config.http_header_timeout_seconds,
-                                   keepalive_timeout=node.config.http_keepalive_seconds)
+                                   keepalive_timeout=node.config.http_keepalive_seconds,
+                                   ssl_context=node.tls.server if node.tls else None)
     try:
         yield sock.getsockname()[1]
     finally:
         await site.stop()
 
 
-@pytest.fixture
-async def ports(make_node: NodeFactory) -> AsyncIterator[tuple[int, int]]:
-    """(a node's port, with the fast path; another node's port, aiohttp alone): two nodes,
-    so a stream finds the same state on both."""
-    fast = await make_node(**SETTINGS)
-    other = await make_node(**SETTINGS)
+@contextlib.asynccontextmanager
+async def two_nodes(make_node: NodeFactory, **settings: Any) -> AsyncIterator[tuple[Node, Node, int]]:
+    """Two nodes made alike, so a stream finds the same state on both: the first, the
+    second, and the port of the second that aiohttp alone serves."""
+    fast = await make_node(**SETTINGS, **settings)
+    other = await make_node(**SETTINGS, **settings)
     async with plain_listener(other) as port:
-        yield fast.port, port
+        yield fast, other, port
+
+
+@pytest.fixture
+async def ports(make_node: NodeFactory) -> AsyncIterator[Sides]:
+    async with two_nodes(make_node) as (fast, _, port):
+        yield Side(fast.port), Side(port)
 
 
 # What differs between two nodes answering the same requests.
@@ -99,10 +126,10 @@ def normalised(raw: bytes) -> list[tuple[bytes, list[tuple[bytes, bytes]], bytes
     return found
 
 
-async def conversation(port: int, pieces: list[bytes]) -> list[object]:
+async def conversation(side: Side, pieces: list[bytes]) -> list[object]:
     """Send `pieces` (one write each, the loop run in between), then read until the node
     closes the connection: the answers, normalised."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", side.port, ssl=side.tls)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         for piece in pieces:
@@ -123,18 +150,23 @@ def whole(stream: bytes) -> list[bytes]:
     return [stream]
 
 
-async def differences(ports: tuple[int, int], streams: dict[str, bytes],
+def filled(stream: bytes, side: Side) -> bytes:
+    for placeholder, value in side.fill.items():
+        stream = stream.replace(placeholder, value)
+    return stream
+
+
+async def differences(sides: Sides, streams: dict[str, bytes],
                       cut: Callable[[bytes], list[bytes]] = whole
                       ) -> dict[str, tuple[list[object], list[object]]]:
     """The streams (by name) whose answers differ: (fast path's, aiohttp's). All run at
-    once, each sent in the pieces `cut` makes of it, each with its own keys (/kv/a becomes
-    /kv/<name>)."""
-    fast, plain = ports
+    once, each sent in the same pieces to both sides (those `cut` makes of it; then each
+    side's placeholders are filled in), each with its own keys (/kv/a becomes /kv/<name>)."""
 
     async def compare(name: str, stream: bytes) -> tuple[str, list[object], list[object]]:
         pieces = cut(stream.replace(b"/kv/a", f"/kv/{name}".encode()))
-        got, expected = await asyncio.gather(conversation(fast, pieces),
-                                             conversation(plain, pieces))
+        got, expected = await asyncio.gather(
+            *(conversation(side, [filled(piece, side) for piece in pieces]) for side in sides))
         return name, got, expected
 
     results = await asyncio.gather(*(compare(n, p) for n, p in streams.items()))
@@ -310,7 +342,7 @@ CASES = {
 @pytest.mark.parametrize("names", [list(CASES)[i::3] for i in range(3)],
                          ids=["part1", "part2", "part3"])
 async def test_every_stream_is_answered_as_aiohttp_answers_it(
-        ports: tuple[int, int], names: list[str]) -> None:
+        ports: Sides, names: list[str]) -> None:
     assert await differences(ports, {name: CASES[name] for name in names}) == {}
 
 
@@ -346,12 +378,73 @@ def bytewise(stream: bytes) -> list[bytes]:
 
 
 async def test_streams_cut_at_random_places_are_answered_as_aiohttp_answers_them(
-        ports: tuple[int, int]) -> None:
+        ports: Sides) -> None:
     streams = {f"{name}-{n}": stream for name, stream in PIPELINES.items() for n in range(4)}
     assert await differences(ports, streams, cutter(17)) == {}
     short = {f"{name}-bytes": stream for name, stream in PIPELINES.items() if len(stream) < 1000}
     assert await differences(ports, short, bytewise) == {}
 
+
+
+# -- ACLs and TLS -------------------------------------------------------------------------------
+
+def token(header: bytes, *lines: bytes, method: bytes = b"GET") -> bytes:
+    """A request of `method` for /kv/a carrying `header`: {R}, {W} stand for a token that may
+    read, one that may write everything."""
+    if method == b"PUT":
+        return put(header, *lines)
+    return req(method + b" /kv/a HTTP/1.1", H, header, *lines, b"", b"")
+
+
+ACL_STREAMS = {
+    "none": END + put(),
+    "read": token(b"Authorization: Bearer {R}") + token(b"Authorization: Bearer {R}",
+                                                         method=b"PUT"),
+    "write": token(b"X-KVS-Token: {W}", method=b"PUT") + token(b"X-Consul-Token: {R}")
+    + token(b"X-KVS-Token: {R}", method=b"DELETE") + token(b"X-KVS-Token: {W}", method=b"DELETE"),
+    "both": token(b"Authorization: Bearer {R}", b"X-KVS-Token: {W}", method=b"PUT") + END,
+    "basic": token(b"Authorization: Basic Zm9vOmJhcg==") + END,
+    "empty": token(b"Authorization: Bearer") + token(b"Authorization:") + token(b"X-KVS-Token:"),
+    "scheme-case": token(b"Authorization: bearer {R}") + token(b"Authorization: BEARER  {R} "),
+    "unknown": token(b"X-KVS-Token: 0123456789abcdef0123456789abcdef") + END,
+    "malformed": token(b"X-KVS-Token: not a token!") + token(b"Authorization: Bearer {R}x"),
+    "long": token(b"X-KVS-Token: " + b"t" * 5000) + END,
+    "reserved": req(b"GET /kv/_kvs/acl/tokens HTTP/1.1", H, b"X-KVS-Token: {W}", b"", b"") + END,
+}
+
+
+async def test_acl_answers_are_aiohttps(make_node: NodeFactory,
+                                        http: aiohttp.ClientSession) -> None:
+    """401 and 403 with the same bodies, and the connection kept as aiohttp keeps it, for
+    tokens in Authorization (Bearer, other schemes, odd spacing) and X-KVS-Token or
+    X-Consul-Token headers, known, unknown, malformed or missing."""
+    sides = []
+    async with two_nodes(make_node, acl_enabled=True) as (fast, other, port):
+        for node, side_port in ((fast, fast.port), (other, port)):
+            admin = await bootstrapped(node, http)
+            reader = await admin.token_for("reader", [rule("", "read")])
+            writer = await admin.token_for("writer", [rule("", "write")])
+            sides.append(Side(side_port, {b"{R}": reader.encode(), b"{W}": writer.encode()}))
+        assert await differences((sides[0], sides[1]), ACL_STREAMS) == {}
+
+
+async def test_over_tls_hand_offs_and_cut_streams_are_answered_as_by_aiohttp(
+        make_node: NodeFactory, tmp_path: Path) -> None:
+    """TLS on the client port: the fast path serves, hands a TLS connection over to aiohttp
+    mid-stream, and reads streams cut anywhere, as aiohttp alone answers them."""
+    pki = Pki(tmp_path / "pki")
+    client = ssl.create_default_context()
+    pki.ca.configure_trust(client)
+    async with contextlib.AsyncExitStack() as stack:
+        fast = await make_node(**SETTINGS, **pki.settings("fast"))
+        other = await make_node(**SETTINGS, **pki.settings("other"))
+        port = await stack.enter_async_context(plain_listener(other))
+        sides = (Side(fast.port, tls=client), Side(port, tls=client))
+        streams = {name: PIPELINES[name] for name in ("handed", "chunked", "expect", "big")}
+        streams.update({name: CASES[name] for name in ("many-headers", "long-line", "bare-lf")})
+        assert await differences(sides, streams) == {}
+        assert await differences(sides, {f"{name}-cut": stream for name, stream in
+                                         PIPELINES.items()}, cutter(5)) == {}
 
 async def test_pipelined_requests_are_buffered_within_the_bound(node: Node) -> None:
     """2 MB of pipelined requests in one write, answers read as they come: the node reads
@@ -412,10 +505,10 @@ async def trickle(port: int) -> bytes:
 
 
 async def test_a_body_answered_early_is_read_and_dropped_before_the_close(
-        ports: tuple[int, int]) -> None:
+        ports: Sides) -> None:
     """The 408 of a body that did not arrive in time reaches a client still sending it:
     the node reads and drops what comes (connections.LINGER_SECONDS) before it closes, as
     aiohttp does. Closing at once, with bytes unread, sends a reset that destroys the 408."""
-    got, expected = await asyncio.gather(*(trickle(port) for port in ports))
+    got, expected = await asyncio.gather(*(trickle(side.port) for side in ports))
     assert normalised(got) == normalised(expected)
     assert got.startswith(b"HTTP/1.1 408 ")
