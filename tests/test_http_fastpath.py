@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvs.http.fastpath import MAX_HEAD, parse_head
+from kvs.http.fastpath import MAX_HEAD, may_be_served, parse_head
 from kvs.node import Node
 from tests.conftest import Api, NodeFactory, eventually
 from tests.test_http_limits import closed_by_server, raw_request
@@ -93,6 +93,33 @@ def test_anything_outside_the_subset_is_left_to_aiohttp(raw: bytes) -> None:
     if b"Host: x" not in lines:  # every head here has its Host, so that is not the reason
         lines.insert(1, b"Host: x")
     assert parse_head(b"\r\n".join(lines), METHODS, LIMIT) is None
+
+
+_SERVED = head(b"PUT /kv/a%2Fb HTTP/1.1", b"Host: x", b"Content-Length: 12", b"X-KVS-Token: t",
+               b"Connection: keep-alive", b"", b"")
+
+
+def test_every_start_of_a_served_head_may_be_served() -> None:
+    assert parse_head(_SERVED[:-4], METHODS, LIMIT) is not None
+    assert all(may_be_served(_SERVED[:end], METHODS) for end in range(len(_SERVED) - 3))
+
+
+@pytest.mark.parametrize("start", [
+    bytes.fromhex("16030100a5010000a10303"),                    # a TLS handshake
+    b"HELLO ", b"FOO /kv/a HTTP/1.1\r\n", b"get ", b"GETT",      # other methods
+    b"GET /kv/a HTTP/1.0", b"GET /kv/a HTTP/1.1 ", b"GET /v1/kv/a", b"GET  ",
+    b"GET /kv/a\x00", b"GET /kv/\xc3",                           # not printable ASCII
+    b"GET /kv/a HTTP/1.1\rHost", b"GET /kv/a HTTP/1.1\nHost",    # bare CR, bare LF
+    b"GET /kv/a HTTP/1.1\r\nHost : x\r\n",                       # space before the colon
+    b"GET /kv/a HTTP/1.1\r\nHost : ",
+    b"GET /kv/a HTTP/1.1\r\nX: \x01",                             # a control character
+    b"GET /kv/a HTTP/1.1\r\nHost: x\r\n folded",                 # obs-fold
+    b"GET /kv/a HTTP/1.1\r\nHost: x\r\nHost: y\r\n",             # a name twice
+])
+def test_a_start_that_cannot_be_served_goes_to_aiohttp_at_once(start: bytes) -> None:
+    """aiohttp answers these 400 (or closes) as soon as it reads them: waiting here for a
+    blank line would hold the client until the header timeout."""
+    assert not may_be_served(start, METHODS)
 
 
 def test_a_head_without_a_host_is_left_to_aiohttp() -> None:

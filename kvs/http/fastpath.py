@@ -90,19 +90,78 @@ def parse_head(raw: bytes, methods: Mapping[bytes, object], max_body: int) -> He
     the headers in _HANDED_OVER; Connection only keep-alive or close.
     """
     lines = raw.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if (len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in methods
-            or len(lines) > MAX_FIELDS + 1):
+    if len(lines) > MAX_FIELDS + 1:
+        return None
+    start = _request_line(lines[0], methods)
+    found = _fields(lines[1:])
+    if start is None or found is None:
+        return None
+    fields, seen, length, close = found
+    if b"host" not in seen:
+        return None  # HTTP/1.1 needs one (aiohttp answers 400)
+    method, target = start
+    if length is None:
+        if method == "PUT":
+            return None  # aiohttp answers a PUT without a length (an empty body: 400)
+        length = 0
+    if length > max_body or (length and method != "PUT"):
+        return None
+    return Head(method, target, CIMultiDictProxy(CIMultiDict(fields)), length, close)
+
+
+def may_be_served(partial: bytes, methods: Mapping[bytes, object]) -> bool:
+    """Whether the start of a head (no blank line yet) may still turn out to be one that
+    `parse_head` serves. False once it cannot: then aiohttp must have it now, as it may
+    answer at once (400 to a malformed line, or to a TLS handshake sent to a plain port)
+    where waiting here for the rest would hold the client until the header timeout."""
+    *lines, last = partial.split(b"\r\n")
+    last = last.removesuffix(b"\r")  # a CR whose LF is still to come
+    if not lines:
+        return _request_line_start(last, methods)
+    if (len(lines) > MAX_FIELDS or _request_line(lines[0], methods) is None
+            or _fields(lines[1:]) is None):
+        return False
+    name, _, value = last.partition(b":")
+    return not name.translate(None, _TOKEN) and not value.translate(None, _FIELD_VALUE)
+
+
+_PREFIX = PREFIX.encode()
+
+
+def _request_line(line: bytes, methods: Mapping[bytes, object]) -> tuple[str, str] | None:
+    """(method, target) of a request line in the subset, else None."""
+    parts = line.split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in methods:
         return None
     target = parts[1]
-    if (not target.startswith(b"/kv/") or target.translate(None, _VISIBLE)
+    if (not target.startswith(_PREFIX) or target.translate(None, _VISIBLE)
             or any(mark in target for mark in (b"?", b"#", b"//", b"/."))):
         return None
+    return parts[0].decode("ascii"), target.decode("ascii")
+
+
+def _request_line_start(start: bytes, methods: Mapping[bytes, object]) -> bool:
+    """Whether the start of a request line may still become one in the subset."""
+    method, space, rest = start.partition(b" ")
+    if not space:
+        return any(known.startswith(method) for known in methods)
+    target, space, version = rest.partition(b" ")
+    if space:  # the target is whole
+        return (b"HTTP/1.1".startswith(version)
+                and _request_line(b"%s %s HTTP/1.1" % (method, target), methods) is not None)
+    return (method in methods and not target.translate(None, _VISIBLE)
+            and (target.startswith(_PREFIX) or _PREFIX.startswith(target)))
+
+
+def _fields(lines: list[bytes]
+            ) -> tuple[list[tuple[str, str]], set[bytes], int | None, bool] | None:
+    """The header lines of a head in the subset: (the fields, their names lowered, the
+    Content-Length if any, whether Connection is close); None for lines outside it."""
     fields: list[tuple[str, str]] = []
     seen: set[bytes] = set()
     length: int | None = None
     close = False
-    for line in lines[1:]:
+    for line in lines:
         name, colon, value = line.partition(b":")
         if not colon or not name or name.translate(None, _TOKEN) or value.translate(None, _FIELD_VALUE):
             return None
@@ -121,17 +180,7 @@ def parse_head(raw: bytes, methods: Mapping[bytes, object], max_body: int) -> He
                 return None
             close = token == b"close"
         fields.append((name.decode("ascii"), value.decode("ascii")))
-    if b"host" not in seen:
-        return None  # HTTP/1.1 needs one (aiohttp answers 400)
-    method = parts[0].decode("ascii")
-    if length is None:
-        if method == "PUT":
-            return None  # aiohttp answers a PUT without a length (an empty body: 400)
-        length = 0
-    if length > max_body or (length and method != "PUT"):
-        return None
-    return Head(method, target.decode("ascii"), CIMultiDictProxy(CIMultiDict(fields)),
-                length, close)
+    return fields, seen, length, close
 
 
 class Exchange:
@@ -357,14 +406,14 @@ class FastConnection(asyncio.Protocol):
             self._pause_reading()  # the client is not reading its answers: wait for it
             return
         buffer = self._buffer
+        listener = self._listener
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
         if end < 0:
-            if len(buffer) > MAX_HEAD or buffer.count(b"\n") != buffer.count(b"\r\n"):
-                self._hand_off()  # a long head, or one with a bare LF: aiohttp's
+            if len(buffer) > MAX_HEAD or not may_be_served(bytes(buffer), listener.handlers):
+                self._hand_off()  # a long head, or one this path will not serve: aiohttp's
             else:
                 self._resume_reading()  # the rest of the head is still to come
             return
-        listener = self._listener
         head = parse_head(bytes(buffer[:end]), listener.handlers, listener.client_max_size)
         if head is None:
             self._hand_off()
