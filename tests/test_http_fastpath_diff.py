@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import re
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ import pytest
 from kvs.http import connections
 from kvs.http.fastpath import MAX_BUFFERED
 from kvs.node import Node
-from tests.conftest import NodeFactory
+from tests.conftest import NodeFactory, eventually
 from tests.test_acl_http import bootstrapped, rule
 from tests.test_http_fastpath import answers
 from tests.test_http_limits import raw_request
@@ -520,3 +522,48 @@ async def test_a_body_answered_early_is_read_and_dropped_before_the_close(
     assert normalised(got) == normalised(expected)
     assert got.startswith(b"HTTP/1.1 408 ")
 
+
+# -- clients that leave --------------------------------------------------------------------------
+
+async def leave(port: int, data: bytes, *, reset: bool = False, read: int = 0) -> None:
+    """Send `data`, read `read` bytes of the answers, then go: close, or reset."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    if read:
+        await asyncio.wait_for(reader.readexactly(read), 10)
+    if reset:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   struct.pack("ii", 1, 0))
+    writer.close()
+
+
+async def test_clients_leaving_at_any_point_leave_no_trace(
+        make_node: NodeFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """Clients that go mid-head, mid-body, mid-answer, mid-pipeline, or while the node drops
+    the rest of a late body: no error or traceback logged, and every connection uncounted."""
+    caplog.set_level(logging.DEBUG)
+    node = await make_node(**SETTINGS)
+    big = put(body=b'{"value": "' + b"v" * 500_000 + b'"}')
+    await leave(node.port, big, read=12)
+    get = END
+    late = req(b"PUT /kv/a HTTP/1.1", H, b"Content-Length: 100", b"", b"{")
+    for reset in (False, True):
+        await asyncio.gather(
+            leave(node.port, b"GET /kv/a HTT", reset=reset),
+            leave(node.port, big[:-1000], reset=reset),
+            leave(node.port, get * 200, reset=reset),
+            leave(node.port, get * 200, reset=reset, read=100),
+            leave(node.port, late, reset=reset),
+            leave(node.port, get + b"GET /kv/a?raw=true HTTP/1.1\r\nHost: x\r\n\r\n" + late,
+                  reset=reset),
+        )
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(late)
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 408")
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+    writer.close()
+    await eventually(lambda: node.connections.open == 0, what="every connection uncounted")
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not noisy, [r.getMessage() for r in noisy]
