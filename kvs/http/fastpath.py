@@ -23,9 +23,10 @@ of the connection opening or of its first byte after a keep-alive gap, and withi
 keep-alive deadline), the keep-alive timeout, the body timeout (the wrapper's: it reads
 the body through `Exchange.read`) and the lingering close after it (the rest of the body
 is read and dropped, so the 408 is not lost to a reset), the handler cancelled when its
-client goes away,
-pipelined requests answered in order (one at a time, as aiohttp does), back-pressure on a
-client that does not read its answers, and TLS (a hand-off works on any transport).
+client goes away, pipelined requests answered in order (one at a time, as aiohttp does),
+back-pressure on a client that does not read its answers or pipelines faster than it is
+served (at most MAX_BUFFERED bytes of requests held, plus one read), and TLS (a hand-off
+works on any transport).
 """
 
 from __future__ import annotations
