@@ -567,3 +567,29 @@ async def test_clients_leaving_at_any_point_leave_no_trace(
     await eventually(lambda: node.connections.open == 0, what="every connection uncounted")
     noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert not noisy, [r.getMessage() for r in noisy]
+
+
+async def test_over_tls_a_connection_past_the_cap_gets_its_503_without_an_error_logged(
+        make_node: NodeFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A TLS transport cannot be half-closed (write_eof): the refusal must not try to, which
+    logged a fatal error with its traceback for every refused TLS connection."""
+    caplog.set_level(logging.DEBUG)
+    pki = Pki(tmp_path / "pki")
+    client = ssl.create_default_context()
+    pki.ca.configure_trust(client)
+    node = await make_node(max_connections=1, **pki.settings("n"))
+    held_reader, held = await asyncio.open_connection("127.0.0.1", node.port, ssl=client)
+    try:
+        held.write(END)
+        await answers(held_reader, 1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port, ssl=client)
+        writer.write(END)
+        refused = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in refused
+    finally:
+        held.close()
+    await eventually(lambda: node.connections.open == 0 and node.connections.refusing == 0,
+                     what="both connections closed")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [r.getMessage() for r in errors]

@@ -7,7 +7,8 @@ descriptor of the node. `serve()` listens with a RequestHandler that adds:
 - a connection cap: past `max_connections` a new connection is answered 503
   too_many_connections (Retry-After: 1) and closed, before it costs more than its
   socket; reaching and leaving the cap is logged once per state change. The refused
-  connection is shut for writing and what the client sends is read and dropped until
+  connection is shut for writing (not over TLS, which cannot be half-closed: the 503's
+  Connection: close tells the client) and what the client sends is read and dropped until
   it closes, or REFUSE_GRACE seconds: closing with unread data would send a reset that
   can destroy the 503 before the client reads it. At most REFUSING_MAX refused
   connections wait so, so a flood cannot spend descriptors on them; beyond, close now;
@@ -143,7 +144,8 @@ class _Connection(RequestHandler):
             return
         self._limit.refusing += 1
         self._refusing = True
-        transport.write_eof()
+        if transport.can_write_eof():  # a TLS transport cannot: the 503 says Connection: close
+            transport.write_eof()
         self._loop.call_later(REFUSE_GRACE, transport.close)
 
     def data_received(self, data: bytes) -> None:
