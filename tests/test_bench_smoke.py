@@ -198,8 +198,8 @@ def test_a_wrk_run_measures_the_servers_cpu(tmp_path: Path) -> None:
 
 def test_front_options_table_pairs_cpu_by_round_against_the_application() -> None:
     cells: dict[tuple[str, str], list[Rep]] = {}
-    for name, cpu in zip(front_options.OPTIONS, ((0.1, 0.2), (0.05, 0.2), (0.1, 0.1), (0.02, 0.02), (0.04, 0.06)),
-                         strict=True):
+    cpus = ((0.1, 0.2), (0.05, 0.2), (0.1, 0.1), (0.02, 0.02), (0.04, 0.06))
+    for name, cpu in zip(front_options.OPTIONS, cpus, strict=True):
         cells[name, "get"] = [_rep(1000), _rep(1000)]
         for rep, seconds in zip(cells[name, "get"], cpu, strict=True):
             rep.cpu_s = seconds

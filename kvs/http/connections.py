@@ -7,7 +7,8 @@ descriptor of the node. `serve()` listens with a RequestHandler that adds:
 - a connection cap: past `max_connections` a new connection is answered 503
   too_many_connections (Retry-After: 1) and closed, before it costs more than its
   socket; reaching and leaving the cap is logged once per state change. The refused
-  connection is shut for writing and what the client sends is read and dropped until
+  connection is shut for writing (not over TLS, which cannot be half-closed: the 503's
+  Connection: close tells the client) and what the client sends is read and dropped until
   it closes, or REFUSE_GRACE seconds: closing with unread data would send a reset that
   can destroy the 503 before the client reads it. At most REFUSING_MAX refused
   connections wait so, so a flood cannot spend descriptors on them; beyond, close now;
@@ -50,8 +51,9 @@ log = logging.getLogger("kvs.http")
 FD_RESERVE = 128
 REFUSE_GRACE = 0.5  # seconds a refused connection may take to read its 503 and close
 REFUSING_MAX = 64  # refused connections given that grace at once
-# Seconds aiohttp keeps reading (and dropping) a body it answered early, before closing,
-# so a client still sending sees the answer instead of a reset. aiohttp's default is 10.
+# Seconds a connection keeps reading (and dropping) a body answered early, before closing,
+# so a client still sending sees the answer instead of a reset (aiohttp's lingering_time,
+# whose default is 10; the fast path does the same).
 LINGER_SECONDS = 2.0
 SHUTDOWN_GRACE = 5.0  # seconds a stopping node waits for the fast path's answers in progress
 
@@ -142,7 +144,8 @@ class _Connection(RequestHandler):
             return
         self._limit.refusing += 1
         self._refusing = True
-        transport.write_eof()
+        if transport.can_write_eof():  # a TLS transport cannot: the 503 says Connection: close
+            transport.write_eof()
         self._loop.call_later(REFUSE_GRACE, transport.close)
 
     def data_received(self, data: bytes) -> None:
@@ -259,7 +262,8 @@ async def serve(app_runner: web.AppRunner, sock: socket.socket, limit: Connectio
     listener = None
     protocol: Callable[[], asyncio.Protocol] = aiohttp_connection
     if fast is not None:
-        listener = fastpath.Listener(fast, client_max_size, header_timeout, keepalive_timeout)
+        listener = fastpath.Listener(fast, client_max_size, header_timeout, keepalive_timeout,
+                                     LINGER_SECONDS)
 
         def protocol() -> asyncio.Protocol:
             return fastpath.FastConnection(listener, admit=limit.admit, release=limit.release,

@@ -24,9 +24,12 @@ Kept from the aiohttp connection: the connection cap (a connection counts once, 
 hand-off too), the header timeout (a head must arrive within http_header_timeout_seconds
 of the connection opening or of its first byte after a keep-alive gap, and within the
 keep-alive deadline), the keep-alive timeout, the body timeout (the wrapper's: it reads
-the body through `Exchange.read`), the handler cancelled when its client goes away,
-pipelined requests answered in order (one at a time, as aiohttp does), back-pressure on a
-client that does not read its answers, and TLS (a hand-off works on any transport).
+the body through `Exchange.read`) and the lingering close after it (the rest of the body
+is read and dropped, so the 408 is not lost to a reset), the handler cancelled when its
+client goes away, pipelined requests answered in order (one at a time, as aiohttp does),
+back-pressure on a client that does not read its answers or pipelines faster than it is
+served (at most MAX_BUFFERED bytes of requests held, plus one read), and TLS (a hand-off
+works on any transport).
 """
 
 from __future__ import annotations
@@ -58,8 +61,13 @@ MAX_BUFFERED = 1 << 16
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VISIBLE = bytes(range(0x21, 0x7F))
 _FIELD_VALUE = _VISIBLE + b" \t"
-# Headers that change how a message is framed or read: such a request is aiohttp's.
-_HANDED_OVER = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
+# Header lines in a head served here; aiohttp answers 400 past 128 (its max_headers).
+MAX_FIELDS = 100
+# Headers that change how a message is framed or read, or that aiohttp refuses: such a
+# request is aiohttp's. llhttp reads Proxy-Connection as Connection (close: the connection
+# ends after the answer); aiohttp answers 400 to Sec-WebSocket-Key1 (the old handshake).
+_HANDED_OVER = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade",
+                          b"proxy-connection", b"sec-websocket-key1"})
 _EMPTY_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
 
@@ -75,6 +83,15 @@ class Routes:
         if target.startswith(_PREFIX):
             return self.prefixed.get(method)
         return self.exact.get((method, target))
+
+    def methods(self) -> set[bytes]:
+        return {*self.prefixed, *(method for method, _ in self.exact)}
+
+    def may_lead(self, method: bytes, start: bytes) -> bool:
+        """Whether a target beginning with `start` may still name a route of `method`."""
+        if method in self.prefixed and (start.startswith(_PREFIX) or _PREFIX.startswith(start)):
+            return True
+        return any(m == method and path.startswith(start) for m, path in self.exact)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,50 +110,27 @@ def parse_head(raw: bytes, routes: Routes, max_body: int) -> Head | None:
     """The head of one request (its bytes up to, not including, the blank line), or None
     when it is outside the subset served here: then aiohttp must serve it.
 
-    The subset: "METHOD TARGET HTTP/1.1" for a route of `routes`, with a target of printable
-    ASCII, no query or fragment and no dot or empty segment (aiohttp may normalise those);
-    header lines "name: value" with a token name and a value of printable ASCII, spaces and
-    tabs, each line ending in CRLF (no bare CR or LF, no folding); one Host; at most one
-    Content-Length, in digits, at most `max_body`; a body only on PUT and POST, and those
-    have a Content-Length; no Transfer-Encoding, Content-Encoding, Expect or Upgrade;
-    Connection only keep-alive or close.
+    The subset: "METHOD TARGET HTTP/1.1" for a route of `routes` (GET, PUT, DELETE under
+    /kv/; POST to a peers' path), with a target of printable ASCII, no query or fragment
+    and no dot or empty segment (aiohttp may normalise those); header lines "name: value"
+    with a token name and a value of printable ASCII, spaces and tabs, each line ending in
+    CRLF (no bare CR or LF, no folding); at most MAX_FIELDS of them, no name twice (aiohttp
+    refuses a second Content-Type, User-Agent, Host...: 400); a Host; a Content-Length, if
+    any, in digits, at most `max_body`; a body only on PUT and POST, which have a
+    Content-Length; none of the headers in _HANDED_OVER; Connection only keep-alive or
+    close.
     """
     lines = raw.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+    if len(lines) > MAX_FIELDS + 1:
         return None
-    target = parts[1]
-    handler = routes.find(parts[0], target)
-    if (handler is None or target.translate(None, _VISIBLE)
-            or any(mark in target for mark in (b"?", b"#", b"//", b"/."))):
+    start = _request_line(lines[0], routes)
+    found = _fields(lines[1:])
+    if start is None or found is None:
         return None
-    fields: list[tuple[str, str]] = []
-    length: int | None = None
-    close = False
-    hosts = 0
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TOKEN) or value.translate(None, _FIELD_VALUE):
-            return None
-        value = value.strip(b" \t")
-        lowered = name.lower()
-        if lowered == b"content-length":
-            if length is not None or not value.isdigit() or len(value) > 18:
-                return None
-            length = int(value)
-        elif lowered == b"connection":
-            token = value.lower()
-            if token not in (b"keep-alive", b"close"):
-                return None
-            close = token == b"close"
-        elif lowered == b"host":
-            hosts += 1
-        elif lowered in _HANDED_OVER:
-            return None
-        fields.append((name.decode("ascii"), value.decode("ascii")))
-    if hosts != 1:
-        return None  # HTTP/1.1 needs exactly one (aiohttp answers 400)
-    method = parts[0].decode("ascii")
+    fields, seen, length, close = found
+    if b"host" not in seen:
+        return None  # HTTP/1.1 needs one (aiohttp answers 400)
+    method, target, handler = start
     with_body = method in ("PUT", "POST")
     if length is None:
         if with_body:
@@ -144,8 +138,79 @@ def parse_head(raw: bytes, routes: Routes, max_body: int) -> Head | None:
         length = 0
     if length > max_body or (length and not with_body):
         return None
-    return Head(method, target.decode("ascii"), CIMultiDictProxy(CIMultiDict(fields)),
-                length, close, handler)
+    return Head(method, target, CIMultiDictProxy(CIMultiDict(fields)), length, close, handler)
+
+
+def may_be_served(partial: bytes, routes: Routes) -> bool:
+    """Whether the start of a head (no blank line yet) may still turn out to be one that
+    `parse_head` serves. False once it cannot: then aiohttp must have it now, as it may
+    answer at once (400 to a malformed line, or to a TLS handshake sent to a plain port)
+    where waiting here for the rest would hold the client until the header timeout."""
+    *lines, last = partial.split(b"\r\n")
+    last = last.removesuffix(b"\r")  # a CR whose LF is still to come
+    if not lines:
+        return _request_line_start(last, routes)
+    if (len(lines) > MAX_FIELDS or _request_line(lines[0], routes) is None
+            or _fields(lines[1:]) is None):
+        return False
+    name, _, value = last.partition(b":")
+    return not name.translate(None, _TOKEN) and not value.translate(None, _FIELD_VALUE)
+
+
+
+def _request_line(line: bytes, routes: Routes) -> tuple[str, str, Handler] | None:
+    """(method, target, handler) of a request line in the subset, else None."""
+    parts = line.split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+        return None
+    target = parts[1]
+    handler = routes.find(parts[0], target)
+    if (handler is None or target.translate(None, _VISIBLE)
+            or any(mark in target for mark in (b"?", b"#", b"//", b"/."))):
+        return None
+    return parts[0].decode("ascii"), target.decode("ascii"), handler
+
+
+def _request_line_start(start: bytes, routes: Routes) -> bool:
+    """Whether the start of a request line may still become one in the subset."""
+    method, space, rest = start.partition(b" ")
+    if not space:
+        return any(known.startswith(method) for known in routes.methods())
+    target, space, version = rest.partition(b" ")
+    if space:  # the target is whole
+        return (b"HTTP/1.1".startswith(version)
+                and _request_line(b"%s %s HTTP/1.1" % (method, target), routes) is not None)
+    return not target.translate(None, _VISIBLE) and routes.may_lead(method, target)
+
+
+def _fields(lines: list[bytes]
+            ) -> tuple[list[tuple[str, str]], set[bytes], int | None, bool] | None:
+    """The header lines of a head in the subset: (the fields, their names lowered, the
+    Content-Length if any, whether Connection is close); None for lines outside it."""
+    fields: list[tuple[str, str]] = []
+    seen: set[bytes] = set()
+    length: int | None = None
+    close = False
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TOKEN) or value.translate(None, _FIELD_VALUE):
+            return None
+        value = value.strip(b" \t")
+        lowered = name.lower()
+        if lowered in seen or lowered in _HANDED_OVER:
+            return None
+        seen.add(lowered)
+        if lowered == b"content-length":
+            if not value.isdigit() or len(value) > 18:
+                return None
+            length = int(value)
+        elif lowered == b"connection":
+            token = value.lower()
+            if token not in (b"keep-alive", b"close"):
+                return None
+            close = token == b"close"
+        fields.append((name.decode("ascii"), value.decode("ascii")))
+    return fields, seen, length, close
 
 
 class Exchange:
@@ -187,15 +252,16 @@ class Exchange:
     def is_eof(self) -> bool:
         return self._missing == 0
 
-    def feed(self, data: bytes) -> bytes:
-        """Take what belongs to the body from `data`; return the rest (the next request)."""
-        taken = data[:self._missing]
+    def feed(self, data: bytes | bytearray) -> int:
+        """Take what belongs to the body from the start of `data`; return how many bytes
+        that was (the rest is the next request)."""
+        taken = bytes(data[:self._missing])
         if taken:
             self._body.append(taken)
             self._missing -= len(taken)
         if self._missing == 0 and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        return data[len(taken):]
+        return len(taken)
 
     async def read(self) -> bytes:
         if self._missing:
@@ -254,20 +320,23 @@ def fast_routes(subtrees: Mapping[str, tuple[tuple[str, Handler], ...]],
 @dataclass(frozen=True)
 class Listener:
     """What the fast connections of one listening socket share: the handlers, the body
-    bound, the timeouts, and the live connections (closed when the node stops)."""
+    bound, the timeouts, and the live connections (closed when the node stops). `linger`:
+    seconds the rest of a body answered early is read and dropped before the close."""
 
     routes: Routes
     client_max_size: int
     header_timeout: float
     keepalive_timeout: float
+    linger: float
     live: set[FastConnection] = field(default_factory=set)
 
 
-# A connection is waiting for a head (HEAD), serving a request (BUSY), or idle between
-# requests (IDLE). A head must arrive by the header deadline; an idle connection closes
-# at the keep-alive deadline; a busy one has no deadline of its own (the body timeout is
-# the wrapper's, and a handler may wait, e.g. for a quorum round).
-HEAD, BUSY, IDLE = "head", "busy", "idle"
+# A connection is waiting for a head (HEAD), serving a request (BUSY), idle between
+# requests (IDLE), or dropping the rest of a body answered early before it closes
+# (LINGERING). A head must arrive by the header deadline; an idle connection closes at the
+# keep-alive deadline; a busy one has no deadline of its own (the body timeout is the
+# wrapper's, and a handler may wait, e.g. for a quorum round).
+HEAD, BUSY, IDLE, LINGERING = "head", "busy", "idle", "lingering"
 
 
 class FastConnection(asyncio.Protocol):
@@ -287,7 +356,9 @@ class FastConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._counted = False
-        self._buffer = b""
+        # Bytes of the next requests. A bytearray consumed from the front: deleting a served
+        # request costs no copy of those behind it (many pipelined in one read).
+        self._buffer = bytearray()
         self._state = HEAD
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -302,6 +373,11 @@ class FastConnection(asyncio.Protocol):
         """False while reading is paused: the client is not reading its answers, or has
         sent more than MAX_BUFFERED bytes of later requests."""
         return self._reading
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of requests received but not yet served."""
+        return len(self._buffer)
 
     @property
     def backlog(self) -> int:
@@ -320,15 +396,20 @@ class FastConnection(asyncio.Protocol):
         self._deadline(self._loop.time() + self._listener.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._exchange is not None and not self._exchange.is_eof():
-            data = self._exchange.feed(data)
+        exchange = self._exchange
+        if exchange is not None and not exchange.is_eof():
+            data = data[exchange.feed(data):]
+        if self._state == LINGERING:
+            if exchange is None or exchange.is_eof():
+                self.close()  # the body is over: what follows is never served
+            return
         self._buffer += data
         if self._state == IDLE and self._buffer:
             self._state = HEAD
             self._deadline(min(self._due, self._loop.time() + self._listener.header_timeout))
         if self._state == HEAD:
             self._next_request()
-        elif len(self._buffer) > MAX_BUFFERED:
+        if len(self._buffer) > MAX_BUFFERED:
             self._pause_reading()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -359,20 +440,24 @@ class FastConnection(asyncio.Protocol):
         if not self._writing:
             self._pause_reading()  # the client is not reading its answers: wait for it
             return
-        self._resume_reading()
         buffer = self._buffer
+        listener = self._listener
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
         if end < 0:
-            if len(buffer) > MAX_HEAD or buffer.count(b"\n") != buffer.count(b"\r\n"):
-                self._hand_off()  # a long head, or one with a bare LF: aiohttp's
+            if len(buffer) > MAX_HEAD or not may_be_served(bytes(buffer), listener.routes):
+                self._hand_off()  # a long head, or one this path will not serve: aiohttp's
+            else:
+                self._resume_reading()  # the rest of the head is still to come
             return
-        listener = self._listener
-        head = parse_head(buffer[:end], listener.routes, listener.client_max_size)
+        head = parse_head(bytes(buffer[:end]), listener.routes, listener.client_max_size)
         if head is None:
             self._hand_off()
             return
         exchange = Exchange(head, listener.client_max_size, self._transport)
-        self._buffer = exchange.feed(buffer[end + 4:])
+        del buffer[:end + 4]
+        del buffer[:exchange.feed(buffer)]
+        if len(buffer) <= MAX_BUFFERED:
+            self._resume_reading()  # else once enough of what is buffered has been served
         self._exchange = exchange
         self._close_after = head.close
         self._state = BUSY
@@ -396,7 +481,10 @@ class FastConnection(asyncio.Protocol):
             exchange is not None and exchange.is_eof())
         transport.write(encode(response, keep))
         if not keep:
-            self.close()
+            if exchange is not None and not exchange.is_eof():
+                self._linger(exchange)
+            else:
+                self.close()
             return
         self._state = IDLE
         self._deadline(self._loop.time() + self._listener.keepalive_timeout)
@@ -417,9 +505,19 @@ class FastConnection(asyncio.Protocol):
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._buffer:
-            handler.data_received(self._buffer)
+            handler.data_received(bytes(self._buffer))
         if not self._reading:
             transport.resume_reading()
+
+    def _linger(self, exchange: Exchange) -> None:
+        """Read and drop the rest of the body of a request answered early (408: it came too
+        slowly), until it ends or for `linger` seconds, then close, as aiohttp does (its
+        lingering_time): closing with bytes unread sends a reset, which can destroy the
+        answer before the client reads it."""
+        self._exchange = exchange
+        self._state = LINGERING
+        self._cancel_timer()
+        self._timer = self._loop.call_later(self._listener.linger, self.close)
 
     def shut(self) -> asyncio.Task[web.StreamResponse] | None:
         """The node stops: close now if no request is in progress, else after its answer
