@@ -38,7 +38,7 @@ from kvs.http.cluster import ClusterApi
 from kvs.http.fastpath import fast_routes
 from kvs.http.kv import KVApi
 from kvs.http.metrics import Metrics
-from kvs.http.server import PEER_ROUTES, SUBTREES, front, make_app
+from kvs.http.server import front, make_app
 from kvs.http.services import ServiceApi
 from kvs.http.snapshot import SnapshotApi
 from kvs.http.txn import TxnApi
@@ -139,7 +139,7 @@ class Node:
                                             header_timeout=config.http_header_timeout_seconds,
                                             keepalive_timeout=config.http_keepalive_seconds,
                                             ssl_context=self.tls.server if self.tls else None,
-                                            fast=fast_routes(self.app[SUBTREES], self.app[PEER_ROUTES]),
+                                            fast=fast_routes(self.app),
                                             client_max_size=client_max_size(config))
         await self.membership.start()
         stack.push_async_callback(self.membership.stop)

@@ -119,4 +119,3 @@ def test_a_valid_policy_round_trips() -> None:
     ("", "empty"), ("x" * 257, "longer than 256"), ("a b", "without spaces"), ("é", "ASCII")])
 def test_malformed_secrets(secret: str, problem: str) -> None:
     assert problem in (acl.malformed_secret(secret) or "")
-

@@ -36,7 +36,7 @@ import logging
 import resource
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -44,6 +44,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from kvs.http import fastpath
+from kvs.http.server import Handler
 
 log = logging.getLogger("kvs.http")
 
@@ -214,8 +215,6 @@ class Site(web.BaseSite):
             await fastpath.shut(self.fast, SHUTDOWN_GRACE)
 
 
-# The server's request handler (the Application's request factory makes web.Requests).
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class _Runner(web.AppRunner):

@@ -38,7 +38,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -47,9 +47,10 @@ from typing import Any, cast
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
+from kvs.http.server import PEER_ROUTES, SUBTREES, Handler
+
 log = logging.getLogger("kvs.http")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIX = "/kv/"
 _PREFIX = PREFIX.encode()
 METHODS = ("GET", "PUT", "DELETE")
@@ -307,14 +308,13 @@ def encode(response: web.StreamResponse, keep_alive: bool) -> bytes:
 
 # -- the connection -------------------------------------------------------------------------
 
-def fast_routes(subtrees: Mapping[str, tuple[tuple[str, Handler], ...]],
-                exact: Mapping[tuple[str, str], Handler]) -> Routes:
-    """The routes this path serves: the wrapped handlers for PREFIX among the application's
-    subtree routes (server.subtrees), and `exact`'s (method, path) routes."""
+def fast_routes(app: web.Application) -> Routes:
+    """The routes this path serves of `app` (server.make_app's): the wrapped KV handlers
+    for PREFIX among its subtree routes, and the peers' POST routes."""
     prefixed = {method.encode(): handler for method in METHODS
-                for prefix, handler in subtrees.get(method, ()) if prefix == PREFIX}
+                for prefix, handler in app[SUBTREES].get(method, ()) if prefix == PREFIX}
     return Routes(prefixed, {(method.encode(), path.encode()): handler
-                             for (method, path), handler in exact.items()})
+                             for (method, path), handler in app[PEER_ROUTES].items()})
 
 
 @dataclass(frozen=True)
@@ -473,7 +473,8 @@ class FastConnection(asyncio.Protocol):
         if transport is None or task.cancelled():
             return
         if task.exception() is not None:  # the wrapper answers every Exception: a bug
-            log.error("event=internal_error path=%s", PREFIX, exc_info=task.exception())
+            path = exchange.raw_path if exchange is not None else "-"
+            log.error("event=internal_error path=%s", path, exc_info=task.exception())
             self.close()
             return
         response = task.result()
