@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import re
 import zlib
 from collections.abc import AsyncIterator
 
@@ -102,6 +103,28 @@ async def test_a_decompression_bomb_stops_at_the_body_limit(api: Api, node: Node
 
 
 # -- clients that go away -------------------------------------------------------------------
+
+@pytest.mark.parametrize("head", [
+    b"GET /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"GET /kv/a HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+    b"GET /kv/a HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+    b"GET /kv/a HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 20_000 + b"\r\n\r\n",
+    b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+], ids=["two-lengths", "no-colon", "nul", "long-header", "bad-chunk"])
+async def test_a_malformed_request_is_a_400_logged_in_one_quiet_line(
+        api: Api, node: Node, caplog: pytest.LogCaptureFixture, head: bytes) -> None:
+    """aiohttp logs a malformed request as an error with a traceback; kvs answers 400 and
+    logs one debug line, so a bad client can neither fill the log nor look like a bug."""
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await raw_request(node, head)
+    answer = await closed_by_server(reader, within=10)
+    writer.close()
+    assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not noisy
+    assert "event=bad_http_request status=400" in caplog.text
+    assert (await api.get("a")).status == 404
+
 
 @pytest.mark.parametrize("head", [
     b"PUT /kv/gone HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"value\": \"",

@@ -41,6 +41,7 @@ from typing import Any, cast
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from kvs.http import fastpath
@@ -164,6 +165,17 @@ class _Connection(RequestHandler):
             self._admitted = False
             self._limit.release()
             super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A malformed request is the client's mistake and is answered 400: one debug line
+        without a traceback, where aiohttp logs an error with one (so one bad client cannot
+        fill the log, and an operator is not sent looking for a bug in kvs)."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            log.debug("event=bad_http_request status=%d reason=%r", exc.code,
+                      exc.message.partition("\n")[0])
+            return
+        super().log_exception(*args, **kw)
 
     def _head_due(self, due: float | None = None) -> None:
         """Bring the keep-alive timer forward to the header deadline (`due`, by default
