@@ -219,6 +219,27 @@ async def test_plain_requests_are_served_here_with_the_usual_answer(node: Node) 
         writer.close()
 
 
+async def test_a_txn_is_served_here_with_the_usual_answer(node: Node) -> None:
+    """POST /txn, a plain one and a failing one: the same answers as through aiohttp."""
+    def txn(*ops: dict[str, object]) -> bytes:
+        body = orjson.dumps({"ops": ops})
+        return head(b"POST /txn HTTP/1.1", b"Host: x",
+                    b"Content-Length: " + str(len(body)).encode(), b"", body)
+    reader, writer = await raw_request(node, txn(
+        {"op": "set", "key": "t/a", "value": 1}, {"op": "set", "key": "t/b", "value": 2},
+    ) + txn({"op": "check", "key": "t/a", "if_value": 9}, {"op": "delete", "key": "t/b"}))
+    try:
+        (done_head, done), (failed_head, failed) = await answers(reader, 2)
+        assert served_here(done_head) and served_here(failed_head)
+        assert done_head.startswith(b"HTTP/1.1 200 ") and b"\r\nX-KVS-Index: " in done_head
+        assert [r["key"] for r in orjson.loads(done)["results"]] == ["t/a", "t/b"]
+        assert failed_head.startswith(b"HTTP/1.1 409 ")
+        assert orjson.loads(failed)["failed"][0]["index"] == 0
+    finally:
+        writer.close()
+    assert node.engine.get("t/b") is not None
+
+
 async def test_pipelined_requests_of_both_kinds_are_answered_in_order(node: Node) -> None:
     """Served, served, then one aiohttp must serve (a query): it and every later request
     of the connection, plain or not, are aiohttp's, answered in the order sent."""

@@ -351,6 +351,32 @@ CASES = {
 }
 
 
+def txn(key: str, *extra: bytes, line: bytes = b"POST /txn HTTP/1.1",
+        body: bytes = b'{"ops": [{"op": "set", "key": "K", "value": 1}, '
+                      b'{"op": "get", "key": "K"}]}') -> bytes:
+    """A POST /txn on `key` (its own, as the streams run at once) followed by a GET."""
+    return put(*extra, body=body.replace(b'"K"', f'"{key}"'.encode()), line=line) + END
+
+
+CASES.update({
+    "txn": txn("t1"),
+    "txn-conflict": txn("t2", body=b'{"ops": [{"op": "check", "key": "K", "if_version": "v"}]}'),
+    "txn-bad-json": txn("t3", body=b'{"ops": ['),
+    "txn-not-obj": txn("t4", body=b"[1]"),
+    "txn-empty": txn("t5", body=b'{"ops": []}'),
+    "txn-quorum": txn("t6", body=b'{"ops": [{"op": "get", "key": "K", "consistency": "quorum"}]}'),
+    "txn-bad-op": txn("t7", body=b'{"ops": [{"op": "nope", "key": "K"}]}'),
+    "txn-empty-body": txn("t8", body=b""),
+    "txn-short": req(b"POST /txn HTTP/1.1", H, b"Content-Length: 40", b"", b'{"ops": ['),
+    "txn-no-cl": req(b"POST /txn HTTP/1.1", H, b"", b"") + END,
+    "txn-query": txn("t9", line=b"POST /txn?x=1 HTTP/1.1"),
+    "txn-slash": txn("t10", line=b"POST /txn/ HTTP/1.1"),
+    "txn-put": txn("t11", line=b"PUT /txn HTTP/1.1"),
+    "txn-get": req(b"GET /txn HTTP/1.1", H, b"", b"") + END,
+    "txn-pipeline": txn("t12") + txn("t12") + req(b"GET /kv/a?raw=true HTTP/1.1", H, b"", b""),
+})
+
+
 async def test_every_stream_is_answered_as_aiohttp_answers_it(ports: Sides) -> None:
     assert await differences(ports, CASES) == {}
 
@@ -419,6 +445,10 @@ ACL_STREAMS = {
     "malformed": token(b"X-KVS-Token: not a token!") + token(b"Authorization: Bearer {R}x"),
     "long": token(b"X-KVS-Token: " + b"t" * 5000) + END,
     "reserved": req(b"GET /kv/_kvs/acl/tokens HTTP/1.1", H, b"X-KVS-Token: {W}", b"", b"") + END,
+    "txn-none": txn("acl1"),
+    "txn-read": txn("acl2", b"X-KVS-Token: {R}"),
+    "txn-write": txn("acl3", b"X-KVS-Token: {W}"),
+    "txn-reserved": txn("_kvs/acl/tokens/x", b"X-KVS-Token: {W}"),
 }
 
 

@@ -1,5 +1,5 @@
 """The protocol-level path for plain KV requests (GET, PUT and DELETE /kv/<key>) and
-for the peers' POST routes under /internal/ (every node-to-node call).
+for the POST routes of /txn and of the peers under /internal/ (every node-to-node call).
 
 Why: aiohttp's server spends about 35 µs of CPU on a request before kvs sees it (its
 connection loop, a task and a `Request` per request, a `Response` prepared through its
@@ -47,7 +47,7 @@ from typing import Any, cast
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from kvs.http.server import PEER_ROUTES, SUBTREES, Handler
+from kvs.http.server import POST_ROUTES, SUBTREES, Handler
 
 log = logging.getLogger("kvs.http")
 
@@ -75,7 +75,7 @@ _EMPTY_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 @dataclass(frozen=True)
 class Routes:
     """The wrapped route handlers this path may call: by method for every path under
-    PREFIX (the KV routes), and by method and exact path (the peers' POST routes)."""
+    PREFIX (the KV routes), and by method and exact path (POST /txn, the peers' routes)."""
 
     prefixed: Mapping[bytes, Handler]
     exact: Mapping[tuple[bytes, bytes], Handler]
@@ -112,7 +112,7 @@ def parse_head(raw: bytes, routes: Routes, max_body: int) -> Head | None:
     when it is outside the subset served here: then aiohttp must serve it.
 
     The subset: "METHOD TARGET HTTP/1.1" for a route of `routes` (GET, PUT, DELETE under
-    /kv/; POST to a peers' path), with a target of printable ASCII, no query or fragment
+    /kv/; POST to /txn or a peers' path), with a target of printable ASCII, no query or fragment
     and no dot or empty segment (aiohttp may normalise those); header lines "name: value"
     with a token name and a value of printable ASCII, spaces and tabs, each line ending in
     CRLF (no bare CR or LF, no folding); at most MAX_FIELDS of them, no name twice (aiohttp
@@ -310,11 +310,11 @@ def encode(response: web.StreamResponse, keep_alive: bool) -> bytes:
 
 def fast_routes(app: web.Application) -> Routes:
     """The routes this path serves of `app` (server.make_app's): the wrapped KV handlers
-    for PREFIX among its subtree routes, and the peers' POST routes."""
+    for PREFIX among its subtree routes, and the POST routes of POST_ROUTES (peers', /txn)."""
     prefixed = {method.encode(): handler for method in METHODS
                 for prefix, handler in app[SUBTREES].get(method, ()) if prefix == PREFIX}
     return Routes(prefixed, {(method.encode(), path.encode()): handler
-                             for (method, path), handler in app[PEER_ROUTES].items()})
+                             for (method, path), handler in app[POST_ROUTES].items()})
 
 
 @dataclass(frozen=True)

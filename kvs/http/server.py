@@ -110,9 +110,8 @@ def make_app(routes: Iterable[web.RouteDef], *, secret: str | None, client_max_s
     app.add_routes(wrapped)
     app.router.add_route("*", "/{path:.*}", around(_no_route, "*", None))  # last: the fallback
     app[SUBTREES] = subtrees(wrapped)
-    app[PEER_ROUTES] = {(r.method, r.path): r.handler for r in wrapped
-                        if r.method == "POST" and r.path.startswith("/internal/")
-                        and "{" not in r.path}
+    app[POST_ROUTES] = {(r.method, r.path): r.handler for r in wrapped
+                        if r.method == "POST" and _FAST_POSTS.match(r.path)}
     return app
 
 
@@ -123,9 +122,11 @@ _SUBTREE = re.compile(r"^(/[^{}]*/)\{\w+:\[\\s\\S\]\*\}$")
 # method -> ((path prefix, wrapped handler), ...): see subtrees.
 Subtrees = Mapping[str, tuple[tuple[str, Handler], ...]]
 SUBTREES = web.AppKey("kvs.subtrees", Subtrees)
-# (method, path) -> wrapped handler of the peers' POST routes: kvs/http/fastpath.py serves
-# them too (every node-to-node call is one of those: kvs/cluster/transport.py).
-PEER_ROUTES = web.AppKey("kvs.peer_routes", Mapping[tuple[str, str], Handler])
+# (method, path) -> wrapped handler of the POST routes kvs/http/fastpath.py serves too: the
+# peers' (every node-to-node call is one of those: kvs/cluster/transport.py) and /txn. Their
+# handlers read only what fastpath.Exchange offers (no match_info, app or remote).
+POST_ROUTES = web.AppKey("kvs.post_routes", Mapping[tuple[str, str], Handler])
+_FAST_POSTS = re.compile(r"^(/internal/[^{}]+|/txn)$")
 
 
 def subtrees(routes: Iterable[web.RouteDef]) -> Subtrees:
