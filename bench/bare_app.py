@@ -1,10 +1,13 @@
 """The Python HTTP ceiling: trivial GET/PUT handlers on a dict, on kvs's stack.
 
-Same stack as a kvs node (aiohttp server, orjson, uvloop, no access log), same
-routes and body shapes as the kvs API, but no validation, no storage, no
-versions: whatever kvs does beyond this is its own cost.
+Same routes and body shapes as the kvs API, orjson, uvloop, no access log, but no
+validation, no storage, no versions: whatever kvs does beyond this is its own cost.
+Two HTTP servers: aiohttp's (the default), and with `--fast` the one a kvs node runs
+(kvs/http/fastpath.py in front of aiohttp, the handlers wrapped by kvs's route wrapper),
+the ceiling of issue 17 since kvs serves its plain requests that way.
 
-    python -m bench.bare_app --port 0                  # dict only
+    python -m bench.bare_app --port 0                  # dict only, aiohttp
+    python -m bench.bare_app --port 0 --fast           # dict only, kvs's fast path
     python -m bench.bare_app --port 0 --fsync-dir D    # naive fsync-per-write baseline
 
 With `--fsync-dir`, every PUT and txn also writes to RocksDB with `sync=True`,
@@ -22,6 +25,17 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from kvs.http import connections, fastpath, server
+
+PREFIX = "/kv/"
+BODY_LIMIT = 1 << 20
+
+
+def _key(request: web.Request) -> str:
+    """The key as sent (still percent-encoded: the bench's keys have nothing to decode);
+    read from the raw path (the fast path's requests have no match_info)."""
+    return request.raw_path[len(PREFIX):]
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -53,7 +67,7 @@ class BareApp:
         return _json({"status": "ok", "node": "bare"})
 
     async def get(self, request: web.Request) -> web.Response:
-        key = request.match_info["key"]
+        key = _key(request)
         if key not in self.data:
             return _json({"error": "not_found", "message": key}, 404)
         return _json({"key": key, "value": self.data[key]})
@@ -66,7 +80,7 @@ class BareApp:
         return self.index
 
     async def put(self, request: web.Request) -> web.Response:
-        key = request.match_info["key"]
+        key = _key(request)
         body = orjson.loads(await request.read())
         index = self._set(key, body["value"])
         return _json({"key": key, "modify_index": index})
@@ -86,10 +100,13 @@ class BareApp:
             self.db.close()
 
 
-async def serve(port: int, fsync_dir: str | None) -> None:
+async def serve(port: int, fsync_dir: str | None, fast: bool) -> None:
     app_state = BareApp(fsync_dir)
-    app = web.Application()
-    app.add_routes(app_state.routes())
+    if fast:
+        app = server.make_app(app_state.routes(), secret=None, client_max_size=BODY_LIMIT)
+    else:
+        app = web.Application()
+        app.add_routes(app_state.routes())
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -97,7 +114,12 @@ async def serve(port: int, fsync_dir: str | None) -> None:
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     sock.setblocking(False)
-    await web.SockSite(runner, sock).start()
+    if fast:
+        await connections.serve(runner, sock, connections.ConnectionLimit(10_000),
+                                header_timeout=10.0, keepalive_timeout=75.0,
+                                fast=fastpath.fast_routes(app), client_max_size=BODY_LIMIT)
+    else:
+        await web.SockSite(runner, sock).start()
     print(f"bare app listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bare_app", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--fsync-dir", default=None, help="RocksDB dir: fsync every write (naive)")
+    parser.add_argument("--fast", action="store_true", help="serve through kvs's fast path")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(args.port, args.fsync_dir))
+    asyncio.run(serve(args.port, args.fsync_dir, args.fast))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ What it does (docs/benchmarks.md explains every figure):
 
 1. Pins itself and wrk to the load core(s) and every server to the server core(s) with
    taskset (2 cores: load on CPU 1, servers on CPU 0).
-2. For each target -- the bare aiohttp app, the naive fsync-per-write app, kvs (default and
-   sync_writes), etcd (fsync and --unsafe-no-fsync), kvs and etcd 3-node clusters -- starts
-   it, runs each operation's wrk script (fixed connection count, one connection per wrk
-   thread), a warm-up and several timed repetitions, then stops it.
+2. For each target -- the bare dict app on aiohttp and on kvs's fast path (the ceiling),
+   the naive fsync-per-write app, kvs (default and sync_writes), etcd (fsync and
+   --unsafe-no-fsync), kvs and etcd 3-node clusters -- starts it, runs each operation's
+   wrk script (fixed connection count, one connection per wrk thread), a warm-up and
+   several timed repetitions, then stops it.
 3. Measures the cluster figures (write-to-visible, failure detection, anti-entropy cost,
    partition convergence, start-up time and RSS).
-4. Prints the table of medians, the ratios kvs/aiohttp and kvs/etcd, and the target checks.
+4. Prints the table of medians, the ratios kvs/ceiling and kvs/etcd, and the target checks.
 
 Every process it starts is stopped when it ends, on error and on Ctrl-C.
 """
@@ -100,6 +101,7 @@ OPS: dict[str, OpSpec] = {
 # -- targets --------------------------------------------------------------------------------
 
 BARE = "aiohttp"
+BARE_FAST = "fast path"
 BARE_FSYNC = "aiohttp+fsync"
 KVS = "kvs"
 KVS_SYNC = "kvs sync_writes"
@@ -128,7 +130,11 @@ def plan(full: bool) -> list[TargetSpec]:
     specs = [
         TargetSpec(BARE, lambda d, c: BareTarget(BARE, d, c),
                    ("get", "put_one", "put_random", *extra(("txn4",))),
-                   what="bare aiohttp + orjson + uvloop, dict handlers (the Python HTTP ceiling)"),
+                   what="bare aiohttp + orjson + uvloop, dict handlers"),
+        TargetSpec(BARE_FAST, lambda d, c: BareTarget(BARE_FAST, d, c, fast=True),
+                   ("get", "put_one", "put_random", *extra(("txn4",))),
+                   what="the same dict handlers behind kvs's HTTP server (its fast path and "
+                        "route wrapper): the ceiling"),
         TargetSpec(KVS, lambda d, c: KvsTarget(KVS, d, c), ALL_KVS_OPS,
                    what="kvs single node, defaults (+ cas_enabled): WAL write, no fsync"),
         TargetSpec(ETCD_NOFSYNC, lambda d, c: EtcdTarget(ETCD_NOFSYNC, d, c, no_fsync=True), ALL_KVS_OPS,
@@ -326,17 +332,23 @@ RATIOS: list[Ratio] = [
     _r("kvs x3 quorum CAS contended / etcd x3 txn CAS contended (issue 14)", (KVS3, "qcas_hot"),
        (ETCD3, "cas_hot"), 1.0),
     _r("kvs PUT random / kvs PUT one (the cold-key cost)", (KVS, "put_random"), (KVS, "put_one"), 0.85),
-    # The ceiling: the same HTTP server design answering from a dict.
-    _r("kvs GET / aiohttp GET", (KVS, "get"), (BARE, "get"), 0.85),
-    _r("kvs PUT one key / aiohttp PUT one key", (KVS, "put_one"), (BARE, "put_one"), 0.70),
-    _r("kvs CAS by index ok/s / aiohttp PUT", (KVS, "cas_index"), (BARE, "put_one"), 0.65),
+    # The ceiling: the same HTTP server design answering from a dict. kvs serves its plain
+    # requests on its fast path, so that is the design; bare aiohttp is reported beside it.
+    _r("kvs GET / fast path GET", (KVS, "get"), (BARE_FAST, "get"), 0.85),
+    _r("kvs PUT one key / fast path PUT one key", (KVS, "put_one"), (BARE_FAST, "put_one"), 0.70),
+    _r("kvs CAS by index ok/s / fast path PUT", (KVS, "cas_index"), (BARE_FAST, "put_one"), 0.65),
     # Reported only.
-    _r("kvs PUT random / aiohttp PUT random", (KVS, "put_random"), (BARE, "put_random")),
-    _r("kvs CAS by version ok/s / aiohttp PUT", (KVS, "cas_version"), (BARE, "put_one")),
+    _r("kvs GET / aiohttp GET", (KVS, "get"), (BARE, "get")),
+    _r("kvs PUT one key / aiohttp PUT one key", (KVS, "put_one"), (BARE, "put_one")),
+    _r("kvs CAS by index ok/s / aiohttp PUT", (KVS, "cas_index"), (BARE, "put_one")),
+    _r("fast path GET / aiohttp GET (dict handlers)", (BARE_FAST, "get"), (BARE, "get")),
+    _r("fast path PUT one / aiohttp PUT one (dict handlers)", (BARE_FAST, "put_one"), (BARE, "put_one")),
+    _r("kvs PUT random / fast path PUT random", (KVS, "put_random"), (BARE_FAST, "put_random")),
+    _r("kvs CAS by version ok/s / fast path PUT", (KVS, "cas_version"), (BARE_FAST, "put_one")),
     _r("kvs CAS by version / etcd no-fsync CAS by version", (KVS, "cas_version"),
        (ETCD_NOFSYNC, "cas_version")),
     _r("kvs CAS contended / etcd no-fsync CAS contended", (KVS, "cas_hot"), (ETCD_NOFSYNC, "cas_hot")),
-    _r("kvs txn / aiohttp txn", (KVS, "txn4"), (BARE, "txn4")),
+    _r("kvs txn / fast path txn", (KVS, "txn4"), (BARE_FAST, "txn4")),
     _r("kvs sync_writes PUT one / naive fsync PUT one", (KVS_SYNC, "put_one"), (BARE_FSYNC, "put_one")),
     _r("kvs sync_writes PUT random / naive fsync PUT random", (KVS_SYNC, "put_random"),
        (BARE_FSYNC, "put_random")),

@@ -203,14 +203,19 @@ class Target:
 class BareTarget(Target):
     kind = "bare"
 
-    def __init__(self, name: str, base_dir: Path, cpus: str | None, *, fsync: bool = False) -> None:
+    def __init__(self, name: str, base_dir: Path, cpus: str | None, *, fsync: bool = False,
+                 fast: bool = False) -> None:
+        """`fast`: served by kvs's HTTP server (its fast path) instead of aiohttp's."""
         super().__init__(name, base_dir, cpus)
         self.fsync = fsync
+        self.fast = fast
 
     def start(self) -> None:
         command = [sys.executable, "-m", "bench.bare_app", "--port", "0"]
         if self.fsync:
             command += ["--fsync-dir", str(self.dir / "rocksdb")]
+        if self.fast:
+            command.append("--fast")
         proc = ManagedProcess(self.name, pinned(command, self.cpus), log=self.dir / "server.log",
                               env=node_env(), cwd=REPO_ROOT).spawn()
         self.procs = [proc]
