@@ -41,6 +41,10 @@ async def test_single_node_quorum_put_get_delete_and_seq(api: Api, node: Node) -
     stale = await api.put("k", {"value": 3, "if_seq": 1, **Q})
     assert stale.status == 409 and stale.body["error"] == "cas_conflict"
     assert stale.body["current"]["seq"] == 2 and stale.body["current"]["version"] == changed.body["version"]
+    # Its indexes are this node's, as in the write's own answer (the register has none).
+    shown = {f: stale.body["current"][f] for f in ("modify_index", "create_index")}
+    assert shown == {f: changed.body[f] for f in ("modify_index", "create_index")} != {
+        "modify_index": 0, "create_index": 0}
     deleted = await api.delete("k", consistency="quorum")
     assert (deleted.status, deleted.body["seq"]) == (200, 3)
     gone = await api.get("k", consistency="quorum")

@@ -196,10 +196,19 @@ class Quorum:
             if if_seq is not None and if_seq != seq:
                 problems.append(f"if_seq expected {if_seq}, actual {seq}")
             if problems:
-                raise CASConflict("; ".join(problems), current=quorum_json(live, seq, meta=True),
+                shown = None if live is None else self.local_copy(live)
+                raise CASConflict("; ".join(problems), current=quorum_json(shown, seq, meta=True),
                                   seq=seq)
             return Register(seq + 1, make(live, current))
         return change
+
+    def local_copy(self, version: Version) -> Version:
+        """This node's copy of a version a round showed, with its node-local indexes
+        (the register's own copy has none), if the node holds it yet."""
+        try:
+            return self.engine.get_version(version.key, version.version)
+        except NotFound:
+            return version
 
     def base(self, key: str, current: Register | None) -> Version | None:
         """The live version a change of `key` starts from: the register's; for a key no

@@ -154,14 +154,7 @@ class KVApi:
             raise NotFound(f"key {key!r} not found{hint}", seq=seq)
         if raw:
             return self._raw(live)
-        return json_response(quorum_json(self._local(live), seq))
-
-    def _local(self, version: Version) -> Version:
-        """This node's copy of a committed version (with its indexes), if it holds one."""
-        try:
-            return self.engine.get_version(version.key, version.version)
-        except NotFound:
-            return version
+        return json_response(quorum_json(self.quorum.local_copy(live), seq))
 
     def _raw(self, current: Version) -> web.Response:
         if isinstance(current.value, str):
@@ -259,7 +252,7 @@ class KVApi:
         if mode == "quorum":
             register = await self.quorum.put(key, op.cond, if_seq, value=op.value,
                                             flags=op.flags, ttl_ms=op.ttl_ms)
-            version = self._local(register.value)
+            version = self.quorum.local_copy(register.value)
             return json_response({**write_result(version), "seq": register.seq})
         if if_seq is not None:
             raise BadRequest(IF_SEQ_LOCAL)
@@ -274,7 +267,7 @@ class KVApi:
         if mode == "quorum" and not flag(query, "recurse"):
             key = write_key(request, path_key(request))
             register = await self.quorum.put(key, query_conditions(query), if_seq, deleted=True)
-            return json_response({**delete_result(self._local(register.value)),
+            return json_response({**delete_result(self.quorum.local_copy(register.value)),
                                   "seq": register.seq})
         if "consistency" in query and mode == "quorum":
             raise BadRequest("recurse=true deletes on this node (consistency=local); a quorum "

@@ -23,7 +23,6 @@ delete write on every key under the prefix. A missing key is a 404 with an empty
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -124,9 +123,7 @@ class ConsulKV:
                 live = register.value
                 if not live.is_live(self.engine.now_ms()):
                     return None
-                with contextlib.suppress(NotFound):  # this node's copy, with its indexes
-                    live = self.engine.get_version(key, live.version)
-                return live, register.seq
+                return self.writes.quorum.local_copy(live), register.seq
         try:
             return self.engine.get(key), None
         except NotFound:
