@@ -394,6 +394,13 @@ async def test_bad_query(api: Api, before: tuple[Any, ...], cases: list[tuple[st
         await assert_rejected(api, before, reply, what=(method, path))
 
 
+async def test_a_query_string_where_none_is_taken_is_named_so(api: Api) -> None:
+    for method, path in [("PUT", "/kv/probe?cas=0"), ("POST", "/txn?foo=1")]:
+        reply = await raw(api, method, path, b'{"value": 2}')
+        assert reply.status == 400
+        assert "this request takes no query string" in reply.body["message"], reply.body
+
+
 async def test_odd_but_valid_queries(api: Api, before: tuple[Any, ...]) -> None:
     """Parameters that are strange but well-formed are answered, not rejected."""
     for path in ["/kv/probe?raw", "/kv/probe?raw=1", "/kv/probe?raw=false", "/kv/probe?wait=1s",

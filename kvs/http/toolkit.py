@@ -296,7 +296,8 @@ def _uuid(raw: Any) -> str:
 def check_params(query: Any, allowed: frozenset[str]) -> None:
     unknown = sorted(set(query) - allowed)
     if unknown:
-        raise BadRequest(f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        known = ", ".join(sorted(allowed)) or "none (this request takes no query string)"
+        raise BadRequest(f"unknown query parameter {unknown[0]!r}; allowed: {known}")
 
 
 def flag(query: Any, name: str) -> bool:
