@@ -32,7 +32,7 @@ from kvs.testing import REPO_ROOT, free_port, kvs_command, node_env, port_in_use
 pytestmark = pytest.mark.slow
 
 NODES = 2
-TRIES = 20
+TRIES = 8  # per signal: half of them during start-up, half once it is up (see below)
 UP_LINE = b"nodes is up"
 
 
@@ -159,11 +159,13 @@ def test_no_node_outlives_cluster_up_whenever_the_signal_comes(
         cluster_up: StartClusterUp, tmp_path: Path, sig: signal.Signals) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    spread = 1.5 * time_to_up(cluster_up, tmp_path / "calibrate")
+    # The moments are stratified over twice the time to "is up": one at random in each of
+    # TRIES equal slices, so both phases get tries and the whole start-up is covered.
+    spread = 2 * time_to_up(cluster_up, tmp_path / "calibrate")
     phases: Counter[str] = Counter()
     for attempt in range(TRIES):
         up = cluster_up(tmp_path / f"try{attempt}")
-        up.read(up.started + rng.uniform(0, spread))
+        up.read(up.started + spread * (attempt + rng.random()) / TRIES)
         up.drain()
         was_up = UP_LINE in up.output
         up.signal(sig)
