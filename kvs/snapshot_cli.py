@@ -21,7 +21,6 @@ from typing import Any
 from kvs.cli import add_token_option, token_of
 from kvs.client import bearer
 from kvs.cluster import auth
-from kvs.http.snapshot import SNAPSHOT_PATH
 from kvs.store import snapshot
 from kvs.tls import client_context
 
@@ -57,6 +56,10 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
+    # Here, not at the top: the server's module brings aiohttp's server and the engine
+    # (~0.25 s), and every `kvs` command imports this module to build its parser.
+    from kvs.http.snapshot import SNAPSHOT_PATH
+
     target = Path(args.file)
     partial = target.with_name(target.name + ".partial")
     # An operator token, or (taking precedence on the node) the secret's signature.

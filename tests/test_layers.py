@@ -4,6 +4,8 @@ import which. A new import that runs the wrong way fails here, not in a review."
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import kvs
@@ -80,3 +82,14 @@ def test_peer_code_uses_only_the_http_toolkit_and_clients_import_no_server_code(
     server = ("kvs.engine", "kvs.store", "kvs.http", "kvs.cluster", "kvs.node", "rocksdict")
     for module in ("kvs.client", "kvs.coordination"):
         assert not any(_in(i, *server) for i in MODULES[module]), module
+
+
+def test_the_command_line_does_not_load_the_server() -> None:
+    """Every `kvs` command imports kvs.cli and builds its parser; a client command (get,
+    put, ...) must not pay for aiohttp and the engine (~0.35 s of imports, more than the
+    command's own work). `kvs serve` and the subcommands that need them import them."""
+    probe = ("import sys, kvs.cli; kvs.cli.build_parser(); print(' '.join(sorted(m for m in "
+             "sys.modules if m.split('.')[0] == 'aiohttp' or m in ('kvs.engine', 'kvs.node'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert loaded == []
