@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import time
 
 import aiohttp
+import pytest
 
+from kvs import keys as K
 from kvs.engine import Op
-from kvs.model import wins
+from kvs.model import Version, decode_set, wins
 from tests.cluster import FAST, converged, dump, heal, partition, roots, start_cluster
 from tests.conftest import Api, NodeFactory, eventually
 
@@ -288,3 +291,43 @@ async def test_a_peer_that_moves_leaves_no_push_sender_behind(node, http) -> Non
     senders = [t for t in asyncio.all_tasks()
                if t.get_name() == "push-mover" and not t.done() and not t.cancelling()]
     assert len(senders) == 1
+
+
+async def test_a_version_reaches_peers_only_once_written_on_its_node(
+        make_node: NodeFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer must never hold a version that its origin can still lose. A write whose batch
+    the disk refused stays only in the origin's memory (a kill -9 would lose it); it reaches
+    the peer once the origin has written it, by push or anti-entropy, never before. (A chaos
+    run found a version that a killed node had pushed but never written: back from the
+    restart, the node got its own write from a peer, out of its order.)"""
+    a, b = await start_cluster(make_node, 2)
+    early: list[str] = []
+
+    def written_on_a(version: Version) -> bool:
+        raw = a.storage.db.get(K.versions_key(version.key))  # the disk's copy, not staged
+        return raw is not None and any(v.version == version.version for v in decode_set(version.key, raw))
+
+    b.engine.listeners.append(lambda versions: early.extend(
+        v.key for v in versions if v.origin == a.engine.node_id and not written_on_a(v)))
+    disk = {"full": True}
+    write = a.storage.commits._write_staged
+
+    def refusing_write() -> None:
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write()
+
+    monkeypatch.setattr(a.storage.commits, "_write_staged", refusing_write)
+    api_a, api_b = Api(http, a.url), Api(http, b.url)
+    reply = await api_a.put("unwritten", {"value": 1})
+    assert reply.status == 507 and "outcome is unknown" in reply.body["message"], reply
+    # Anti-entropy rounds in both directions while the version is staged on a only.
+    rounds = a.replicator.stats.rounds + b.replicator.stats.rounds
+    await eventually(lambda: a.replicator.stats.rounds + b.replicator.stats.rounds >= rounds + 4,
+                     what="anti-entropy rounds during the fault")
+    disk["full"] = False
+    await eventually(lambda: a.engine.storage_fault is None, what="a's disk to heal")
+    await _visible_everywhere(http, [a, b], "unwritten", lambda r: r.status == 200)
+    assert early == [] and a.replicator.stats.pushes_withheld >= 1
+    assert b.engine.stats.listener_errors == 0
+    assert (await api_b.get("unwritten")).body["version"] == (await api_a.get("unwritten")).body["version"]

@@ -59,7 +59,7 @@ from kvs.cluster.swim.membership import Membership
 from kvs.cluster.swim.state import Member
 from kvs.cluster.transport import HttpTransport, TransportError
 from kvs.engine import Engine
-from kvs.errors import BadRequest, KVSError, TooLarge
+from kvs.errors import BadRequest, KVSError, StorageFailed, TooLarge
 from kvs.http.toolkit import encoded_size, json_body, json_response
 from kvs.keys import validate_key
 from kvs.merkle import DEPTH, FANOUT, SEGMENTS, compare_leaves, descend
@@ -100,6 +100,7 @@ class Round:
 class ReplicationStats:
     pushes: int = 0
     push_failures: int = 0
+    pushes_withheld: int = 0  # batches not sent: their versions were not written (a fault)
     versions_pushed: int = 0
     rounds: int = 0
     keys_repaired: int = 0
@@ -131,7 +132,8 @@ class _PeerSender:
             await asyncio.sleep(0)
             while self.queue:
                 batch = [self.queue.popleft() for _ in range(min(PUSH_BATCH, len(self.queue)))]
-                await self.replicator.push(self.address, batch)
+                if await self.replicator.engine_written():
+                    await self.replicator.push(self.address, batch)
 
 
 class Replicator:
@@ -224,6 +226,19 @@ class Replicator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def engine_written(self) -> bool:
+        """Wait until everything this node staged is written (fsynced with sync_writes);
+        False during a storage fault. A version leaves its node only then: a peer must
+        never hold a version that its origin can still lose (a kill -9 before the write,
+        a disk that refuses it). A version withheld here reaches the peers by
+        anti-entropy once the disk takes it."""
+        try:
+            await self.engine.settle()
+        except StorageFailed:
+            self.stats.pushes_withheld += 1
+            return False
+        return True
+
     async def push(self, address: str, versions: list[Version]) -> None:
         try:
             await self.transport.call(address, PUSH_PATH, [v.to_wire() for v in versions],
@@ -311,6 +326,7 @@ class Replicator:
                                 self.engine.config.max_value_bytes)
             await self.engine.apply_remote(fetched, resync=watermark is not None)
         if give:
+            await self.engine.settle()  # only what is written (engine_written): raises in a fault
             versions = sync.revisions(give)
             for start in range(0, len(versions), PUSH_BATCH):
                 await meter.call(PUSH_PATH, [v.to_wire() for v in versions[start:start + PUSH_BATCH]])
@@ -409,6 +425,7 @@ class Replicator:
             raise BadRequest("expected a list of at most 4096 keys")
         for key in wanted:
             validate_key(key)
+        await self.engine.settle()  # only what is written (engine_written): a 503 in a fault
         return json_response([v.to_wire() for v in self.engine.sync.revisions(wanted)])
 
     def status(self) -> dict[str, Any]:

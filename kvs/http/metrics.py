@@ -64,6 +64,9 @@ class _NodeCollector(Collector):
              self.membership.refused_updates),
             ("kvs_replication_pushes", "Eager push requests that reached a peer", repl.pushes),
             ("kvs_replication_push_failures", "Eager push requests that failed", repl.push_failures),
+            ("kvs_replication_pushes_withheld", "Eager push batches not sent because this "
+             "node's disk had not written them (a storage fault); anti-entropy sends them later",
+             repl.pushes_withheld),
             ("kvs_replication_versions_pushed", "Versions sent by eager push", repl.versions_pushed),
             ("kvs_anti_entropy_rounds", "Merkle anti-entropy rounds", repl.rounds),
             ("kvs_anti_entropy_keys_repaired", "Keys repaired by anti-entropy", repl.keys_repaired),
