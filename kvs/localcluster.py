@@ -60,11 +60,22 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 
 
 class _StopRequest:
-    """Set by the first stop signal; installed before any node exists."""
+    """Set by the first stop signal; installed before any node exists.
+
+    The handler never touches `event` itself: a Python signal handler runs in the main
+    thread between two bytecodes, possibly while that thread is inside `event.wait()`
+    holding the event's (non-reentrant) lock, and `event.set()` would then wait for it
+    forever. (Seen: a SIGTERM right after "is up" left `kvs cluster up` and its nodes
+    running.) The handler writes to a pipe instead, which takes no lock, and a thread
+    sets the event.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signum: int | None = None
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        threading.Thread(target=self._relay, name="stop-signal", daemon=True).start()
         for sig in STOP_SIGNALS:
             # A shell starts background jobs with SIGINT ignored: take it anyway, so that
             # `kill -INT` stops us. An ignored SIGHUP, though, is a request (nohup).
@@ -77,6 +88,11 @@ class _StopRequest:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
+            os.write(self._wake_write, b"\0")
+
+    def _relay(self) -> None:
+        os.read(self._wake_read, 1)
         self.event.set()
 
 

@@ -18,6 +18,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -183,6 +184,25 @@ def test_no_node_outlives_cluster_up_whenever_the_signal_comes(
         phases["running" if was_up else "start-up"] += 1
         shutil.rmtree(up.directory, ignore_errors=True)
     assert phases["running"] >= 2 and phases["start-up"] >= 2, (seed, phases)
+
+
+STOP_WHILE_WAITING = """
+import os, signal, sys
+from kvs.localcluster import _StopRequest
+stop = _StopRequest()
+with stop.event._cond:  # as inside stop.event.wait(): the event's own lock is held
+    os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, before the lock is let go
+sys.exit(0 if stop.event.wait(10) and stop.signum == signal.SIGTERM else 1)
+"""
+
+
+def test_a_stop_signal_that_lands_inside_the_wait_for_it_still_stops() -> None:
+    """The moment that once left `kvs cluster up` running after a SIGTERM: the handler ran
+    while the main thread held the stop event's lock, and setting the event from there
+    waited for that lock forever."""
+    done = subprocess.run([sys.executable, "-c", STOP_WHILE_WAITING], capture_output=True,
+                          text=True, timeout=15, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
 
 
 def test_nodes_die_with_cluster_up_on_sigkill(cluster_up: StartClusterUp, tmp_path: Path) -> None:
