@@ -16,6 +16,18 @@ import pytest
 from kvs.config import Config, load
 from kvs.node import Node
 
+# The default run uses two pytest-xdist workers (addopts in pyproject.toml). Tests that
+# change the host's network (iptables rules, network namespaces) and assert that they
+# left nothing behind run in one worker, one at a time, so that no two of them see each
+# other's rules.
+HOST_NETWORK_MODULES = {"test_chaos_run.py", "test_netns.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in HOST_NETWORK_MODULES:
+            item.add_marker(pytest.mark.xdist_group("host_network"))
+
 
 @dataclass
 class Reply:

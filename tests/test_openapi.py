@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 import requests
 
@@ -31,6 +33,7 @@ from tests.conftest import Api, node_config
 
 schemathesis = pytest.importorskip("schemathesis")
 import jsonschema_rs  # noqa: E402  (a schemathesis dependency)
+from schemathesis import GenerationMode  # noqa: E402
 from schemathesis import checks as st_checks  # noqa: E402
 
 DOC = openapi.build()
@@ -234,28 +237,30 @@ def test_real_responses_conform(live_url: str) -> None:
 
 # -- schemathesis ------------------------------------------------------------------------------
 
-# 9 operations take input (up to 20 requests each), 6 take none (1 each): at most 186.
-# Deterministic, so a failure reproduces. To dig deeper locally, raise it and enable the
-# coverage phase (boundary values, undeclared methods): 300 per operation plus coverage
-# ran clean after the two fixes listed in the module docstring.
+# Up to 20 requests per operation, valid and invalid ones. Deterministic, so a failure
+# reproduces. To dig deeper locally, raise it: 300 per operation plus schemathesis's
+# coverage phase (boundary values, undeclared methods) ran clean after the two fixes
+# listed in the module docstring.
 EXAMPLES_PER_OPERATION = 20
-FUZZ_CONFIG = schemathesis.Config.from_dict({
-    "generation": {"mode": "all", "max-examples": EXAMPLES_PER_OPERATION, "deterministic": True,
-                   "database": "none"},
-    "phases": {"coverage": {"enabled": False}, "stateful": {"enabled": False}},
-})
-FUZZ = schemathesis.openapi.from_dict(DOC, config=FUZZ_CONFIG)
-for _path, _item in DOC["paths"].items():
-    for _method, _operation in _item.items():
-        if _operation.get("x-kvs-destructive"):
-            FUZZ = FUZZ.exclude(path=_path, method=_method.upper())
+FUZZED = [result.ok() for result in SCHEMA.get_all_operations()
+          if not result.ok().definition.raw.get("x-kvs-destructive")]
 CHECKS = [st_checks.not_a_server_error, st_checks.status_code_conformance,
           st_checks.content_type_conformance, st_checks.response_schema_conformance]
 
 
-@FUZZ.parametrize()
-def test_fuzz(case: Any, live_url: str) -> None:
-    if case.query and "index" in case.query:
-        case.query["wait"] = "0s"  # a blocking query would otherwise hold for its wait
-    response = case.call_and_validate(base_url=live_url, checks=CHECKS, timeout=10)
-    _strict_kv_read(case.method.upper(), case.operation.path, response)
+# One test per operation, parametrized here rather than by schemathesis's pytest plugin:
+# that gives every operation's test the same node id, and pytest-xdist's workers (which
+# find tests by node id) then ran only the first operation.
+@pytest.mark.parametrize("operation", FUZZED, ids=lambda operation: operation.label)
+def test_fuzz(operation: Any, live_url: str) -> None:
+    @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, database=None,
+                         deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(hypothesis.strategies.one_of(
+        operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)))
+    def fuzz(case: Any) -> None:
+        if case.query and "index" in case.query:
+            case.query["wait"] = "0s"  # a blocking query would otherwise hold for its wait
+        response = case.call_and_validate(base_url=live_url, checks=CHECKS, timeout=10)
+        _strict_kv_read(case.method.upper(), case.operation.path, response)
+
+    fuzz()
