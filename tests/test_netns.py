@@ -82,6 +82,8 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
         cluster.start_all()
         with client(cluster, NAMES[0]) as kv:
             _tokens[id(cluster)] = kv.acl_bootstrap().secret
+        for name in NAMES:  # the token replicates like data: a test that cuts a host off needs it there
+            until(lambda n=name: knows_the_token(cluster, n), f"the management token on {name}")
         yield cluster
     finally:
         try:
@@ -95,6 +97,15 @@ def client(cluster: NetnsCluster, name: str) -> Client:
     url = cluster.by_name(name).url
     assert url is not None
     return Client(url, ca=str(cluster.ca_file), token=_tokens.get(id(cluster)), timeout=3.0)
+
+
+def knows_the_token(cluster: NetnsCluster, name: str) -> bool:
+    with client(cluster, name) as kv:
+        try:
+            kv.acl_tokens()
+        except Unauthorized:
+            return False
+    return True
 
 
 def roots(cluster: NetnsCluster) -> dict[str, str]:
