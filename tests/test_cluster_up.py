@@ -162,13 +162,17 @@ def test_no_node_outlives_cluster_up_whenever_the_signal_comes(
         cluster_up: StartClusterUp, tmp_path: Path, sig: signal.Signals) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    # The moments are stratified over twice the time to "is up": one at random in each of
-    # TRIES equal slices, so both phases get tries and the whole start-up is covered.
-    spread = 2 * time_to_up(cluster_up, tmp_path / "calibrate")
+    took = time_to_up(cluster_up, tmp_path / "calibrate")
     phases: Counter[str] = Counter()
     for attempt in range(TRIES):
         up = cluster_up(tmp_path / f"try{attempt}")
-        up.read(up.started + spread * (attempt + rng.random()) / TRIES)
+        if attempt % 2:  # once it is up: a moment in the half start-up time after "is up"
+            up.read(up.started + 60, stop_at=UP_LINE)
+            assert UP_LINE in up.output, up.text
+            took = time.monotonic() - up.started  # start-up time drifts with the machine's load
+            up.read(time.monotonic() + took * rng.random() / 2)
+        else:  # during start-up: one moment in each of TRIES/2 equal slices of the latest time to up
+            up.read(up.started + took * (attempt // 2 + rng.random()) / (TRIES // 2))
         up.drain()
         was_up = UP_LINE in up.output
         up.signal(sig)
