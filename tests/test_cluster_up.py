@@ -56,7 +56,8 @@ class ClusterUp:
         self.proc = subprocess.Popen(
             kvs_command("cluster", "up", "--nodes", str(nodes), "--base-port", str(self.base_port),
                         "--dir", str(directory), *args),
-            env=node_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=node_env({"PYTHONFAULTHANDLER": "1"}),  # SIGABRT prints every thread's stack
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True)
         assert self.proc.stdout is not None
         self.fd = self.proc.stdout.fileno()
@@ -86,12 +87,15 @@ class ClusterUp:
         os.killpg(self.proc.pid, sig)  # what a terminal does: the whole foreground group
 
     def finish(self, timeout: float) -> int | None:
-        """Exit code once it has exited within `timeout` (its output read to the end), else None."""
+        """Exit code once it has exited within `timeout` (its output read to the end), else
+        None, after a SIGABRT has added where each of its threads was stuck to the output."""
         deadline = time.monotonic() + timeout
         self.read(deadline)
         try:
             return self.proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGABRT)
+            self.read(time.monotonic() + 5)
             return None
 
     @property
