@@ -46,6 +46,14 @@ def free_port_block(count: int) -> int:
             return base
 
 
+def _as_in_a_terminal() -> None:
+    """The stop signals at their defaults, as for a command typed in a terminal. A test run
+    started in the background inherits SIGINT ignored (a shell's `&`) or SIGHUP ignored
+    (`nohup`), which the command rightly keeps or only takes once its handlers exist."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class ClusterUp:
     """One `kvs cluster up` in its own process group, its output read without blocking."""
 
@@ -58,7 +66,7 @@ class ClusterUp:
                         "--dir", str(directory), *args),
             env=node_env({"PYTHONFAULTHANDLER": "1"}),  # SIGABRT prints every thread's stack
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_as_in_a_terminal)
         assert self.proc.stdout is not None
         self.fd = self.proc.stdout.fileno()
         self.output = b""
