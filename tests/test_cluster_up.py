@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from kvs.localcluster import STOP_SIGNALS
 from kvs.testing import REPO_ROOT, free_port, kvs_command, node_env, port_in_use, processes_mentioning
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def _as_in_a_terminal() -> None:
     """The stop signals at their defaults, as for a command typed in a terminal. A test run
     started in the background inherits SIGINT ignored (a shell's `&`) or SIGHUP ignored
     (`nohup`), which the command rightly keeps or only takes once its handlers exist."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
 
 
