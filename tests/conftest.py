@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import fcntl
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,17 +18,24 @@ import pytest
 from kvs.config import Config, load
 from kvs.node import Node
 
-# The default run uses two pytest-xdist workers (addopts in pyproject.toml). Tests that
-# change the host's network (iptables rules, network namespaces) and assert that they
-# left nothing behind run in one worker, one at a time, so that no two of them see each
-# other's rules.
+# The default run uses two pytest-xdist workers (addopts in pyproject.toml). Modules that
+# change the host's network (iptables rules, network namespaces) and assert that they left
+# nothing behind run one at a time, so that none sees another's rules: a lock file shared
+# by every worker (and by any other test run on this host). xdist's own grouping
+# (`--dist loadgroup`) does nothing with pytest 9: it renames `item._nodeid`, which
+# pytest no longer reads.
 HOST_NETWORK_MODULES = {"test_chaos_run.py", "test_netns.py"}
+HOST_NETWORK_LOCK = Path(tempfile.gettempdir()) / "kvs-tests-host-network.lock"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in HOST_NETWORK_MODULES:
-            item.add_marker(pytest.mark.xdist_group("host_network"))
+@pytest.fixture(autouse=True, scope="module")
+def _one_host_network_module_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.path.name not in HOST_NETWORK_MODULES:
+        yield
+        return
+    with HOST_NETWORK_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # let go when the file closes, even if we are killed
+        yield
 
 
 @dataclass
